@@ -1,0 +1,31 @@
+"""posttrain: post-training for transformer language models.
+
+Public names are imported lazily so that ``import posttrain`` (and the CLI's ``--help``) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "SFTConfig": "posttrain.trainers.sft",
+    "SFTTrainer": "posttrain.trainers.sft",
+    "ModelConfig": "posttrain.models.loading",
+    "ScriptArguments": "posttrain.scripts.args",
+    "PosttrainParser": "posttrain.scripts.args",
+    "DataCollatorForLanguageModeling": "posttrain.data.collators",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'posttrain' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,16 @@
+"""Data layer: formats, chat templates, tokenization, packing and collators."""
+
+from .collators import IGNORE_INDEX, DataCollatorForLanguageModeling, pad_sequences
+from .formats import KINDS, DatasetFormat, DatasetFormatError, detect_format, require_kind, validate_dataset, validate_example
+from .loading import load_any
+from .packing import PACKING_STRATEGIES, best_fit_decreasing, pack_columns, pack_dataset
+from .templates import apply_chat_template, extract_prompt, require_chat_template, unpair_preference
+from .tokenize import chat_template_ids, tokenize_prompt_completion, tokenize_sft_example, truncate
+
+__all__ = [
+    "IGNORE_INDEX", "DataCollatorForLanguageModeling", "pad_sequences", "KINDS", "DatasetFormat",
+    "DatasetFormatError", "detect_format", "require_kind", "validate_dataset", "validate_example", "load_any",
+    "PACKING_STRATEGIES", "best_fit_decreasing", "pack_columns", "pack_dataset", "apply_chat_template",
+    "extract_prompt", "require_chat_template", "unpair_preference", "chat_template_ids",
+    "tokenize_prompt_completion", "tokenize_sft_example", "truncate",
+]

@@ -1,0 +1,108 @@
+"""Batch collators.
+
+:class:`DataCollatorForLanguageModeling` builds either
+
+* a **padded** batch — ``input_ids``/``attention_mask``/``labels`` of shape (B, L), right-padded; or
+* a **padding-free** batch — every sequence concatenated into one row of shape (1, N) with
+  ``position_ids`` that restart at 0 at each sequence start and no ``attention_mask``. transformers
+  turns restarting ``position_ids`` into a block-diagonal causal mask (and flash-attention kernels use
+  them as sequence boundaries), so no token attends across sequences and no compute is spent on padding.
+
+``labels`` are ``-100`` on padding, on tokens the loss skips (prompt tokens under completion-only loss,
+non-assistant tokens under assistant-only loss) and on the first token of every sequence (so the
+shifted loss never predicts one sequence's first token from the previous sequence).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def pad_sequences(seqs: Sequence[Sequence[int]], value: int, side: str = "right", multiple_of: int | None = None) -> torch.Tensor:
+    """Stack variable-length int sequences into a (B, L) tensor, padding on ``side``."""
+    length = max((len(s) for s in seqs), default=0)
+    if multiple_of:
+        length = -(-length // multiple_of) * multiple_of
+    out = torch.full((len(seqs), length), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s) == 0:
+            continue
+        t = torch.as_tensor(s, dtype=torch.long)
+        if side == "right":
+            out[i, : len(s)] = t
+        else:
+            out[i, length - len(s):] = t
+    return out
+
+
+def _label_ids(example: Mapping[str, Any], completion_only_loss: bool) -> list[int]:
+    ids = list(example["input_ids"])
+    keep = [1] * len(ids)
+    if completion_only_loss and "completion_mask" in example:
+        keep = [k & int(m) for k, m in zip(keep, example["completion_mask"])]
+    if "assistant_masks" in example:
+        keep = [k & int(m) for k, m in zip(keep, example["assistant_masks"])]
+    return [t if k else IGNORE_INDEX for t, k in zip(ids, keep)]
+
+
+@dataclass
+class DataCollatorForLanguageModeling:
+    """Collate tokenized (optionally packed) LM examples; see the module docstring."""
+
+    pad_token_id: int
+    completion_only_loss: bool = True
+    padding_free: bool = False
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if self.padding_free or any("seq_lengths" in ex for ex in examples):
+            return self._padding_free(examples)
+        ids = [list(ex["input_ids"]) for ex in examples]
+        labels = []
+        for ex in examples:
+            lab = _label_ids(ex, self.completion_only_loss)
+            if lab:
+                lab[0] = IGNORE_INDEX
+            labels.append(lab)
+        input_ids = pad_sequences(ids, self.pad_token_id, multiple_of=self.pad_to_multiple_of)
+        attention_mask = pad_sequences([[1] * len(s) for s in ids], 0, multiple_of=self.pad_to_multiple_of)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": pad_sequences(labels, IGNORE_INDEX, multiple_of=self.pad_to_multiple_of),
+        }
+
+    def _padding_free(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for ex in examples:
+            ex_ids = list(ex["input_ids"])
+            ex_labels = _label_ids(ex, self.completion_only_loss)
+            lengths = list(ex.get("seq_lengths") or [len(ex_ids)])
+            start = 0
+            for n in lengths:
+                if n <= 0:
+                    continue
+                ids.extend(ex_ids[start : start + n])
+                seg = ex_labels[start : start + n]
+                seg[0] = IGNORE_INDEX
+                labels.extend(seg)
+                positions.extend(range(n))
+                start += n
+        if self.pad_to_multiple_of:
+            extra = (-len(ids)) % self.pad_to_multiple_of
+            ids.extend([self.pad_token_id] * extra)
+            labels.extend([IGNORE_INDEX] * extra)
+            positions.extend(range(extra))
+        return {
+            "input_ids": torch.tensor([ids], dtype=torch.long),
+            "position_ids": torch.tensor([positions], dtype=torch.long),
+            "labels": torch.tensor([labels], dtype=torch.long),
+        }

@@ -1,0 +1,104 @@
+"""Packing tokenized sequences into rows of at most ``max_length`` tokens.
+
+Strategies (TRL's names):
+
+* ``bfd`` — best-fit decreasing: sequences sorted longest first, each placed in the open row whose
+  free space fits it most tightly; sequences longer than ``max_length`` are truncated.
+* ``bfd_split`` — the same, but overlong sequences are split into ``max_length`` pieces instead.
+* ``wrapped`` — concatenate everything and cut every ``max_length`` tokens (sequences can be cut).
+
+Each packed row keeps ``seq_lengths``, the lengths of the sequences it holds, so the collator can restart
+``position_ids`` at each boundary and the model never attends across sequences.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+
+PACKING_STRATEGIES = ("bfd", "bfd_split", "wrapped")
+
+
+def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Assign item indices to bins of ``capacity`` with best-fit decreasing. Every length must be <= capacity."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # sorted (free space, bin id)
+    for i in order:
+        size = lengths[i]
+        if size > capacity:
+            raise ValueError(f"item {i} has length {size} > capacity {capacity}")
+        pos = bisect.bisect_left(free, (size, -1))
+        if pos < len(free):
+            space, b = free.pop(pos)
+            bins[b].append(i)
+            bisect.insort(free, (space - size, b))
+        else:
+            bins.append([i])
+            bisect.insort(free, (capacity - size, len(bins) - 1))
+    return bins
+
+
+def _pieces(columns: dict[str, list[list[int]]], max_length: int, split: bool) -> dict[str, list[list[int]]]:
+    out: dict[str, list[list[int]]] = {k: [] for k in columns}
+    n = len(columns["input_ids"])
+    for i in range(n):
+        length = len(columns["input_ids"][i])
+        starts = range(0, length, max_length) if split else [0]
+        for s in starts:
+            for k, col in columns.items():
+                out[k].append(col[i][s : s + max_length])
+    return out
+
+
+def pack_columns(columns: dict[str, list[list[int]]], max_length: int, strategy: str = "bfd") -> dict[str, list]:
+    """Pack token columns (``input_ids`` plus aligned masks) into rows with ``seq_lengths``."""
+    if strategy not in PACKING_STRATEGIES:
+        raise ValueError(f"Unknown packing_strategy {strategy!r}; use one of {PACKING_STRATEGIES}.")
+    if not max_length or max_length <= 0:
+        raise ValueError("Packing needs a positive max_length (the length of each packed row).")
+    keys = list(columns)
+    if strategy == "wrapped":
+        flat = {k: [t for seq in columns[k] for t in seq] for k in keys}
+        boundaries, pos = [], 0
+        for seq in columns["input_ids"]:
+            pos += len(seq)
+            boundaries.append(pos)
+        out: dict[str, list] = {k: [] for k in keys}
+        out["seq_lengths"] = []
+        total = len(flat["input_ids"])
+        b = 0
+        for start in range(0, total, max_length):
+            end = min(start + max_length, total)
+            for k in keys:
+                out[k].append(flat[k][start:end])
+            cuts, prev = [], start
+            while b < len(boundaries) and boundaries[b] <= end:
+                if boundaries[b] > prev:
+                    cuts.append(boundaries[b] - prev)
+                    prev = boundaries[b]
+                b += 1
+            if prev < end:
+                cuts.append(end - prev)
+            out["seq_lengths"].append(cuts)
+        return out
+    pieces = _pieces(columns, max_length, split=strategy == "bfd_split")
+    lengths = [len(s) for s in pieces["input_ids"]]
+    bins = best_fit_decreasing(lengths, max_length)
+    out = {k: [] for k in keys}
+    out["seq_lengths"] = []
+    for members in bins:
+        members = sorted(members)  # keep dataset order inside a row
+        for k in keys:
+            out[k].append([t for i in members for t in pieces[k][i]])
+        out["seq_lengths"].append([lengths[i] for i in members])
+    return out
+
+
+def pack_dataset(dataset, max_length: int, strategy: str = "bfd", columns: Sequence[str] | None = None):
+    """Pack a tokenized :class:`datasets.Dataset`; other columns are dropped."""
+    from datasets import Dataset
+
+    keep = [c for c in (columns or ("input_ids", "completion_mask", "assistant_masks")) if c in dataset.column_names]
+    data = {k: dataset[k] for k in keep}
+    return Dataset.from_dict(pack_columns(data, max_length, strategy))

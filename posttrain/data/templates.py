@@ -1,0 +1,122 @@
+"""Chat templates and format conversions shared by every trainer.
+
+* :func:`extract_prompt` — implicit-prompt preference rows (``chosen``/``rejected`` containing the
+  prompt) become explicit ones (``prompt``/``chosen``/``rejected``).
+* :func:`unpair_preference` — paired preference rows become unpaired ``prompt``/``completion``/``label``
+  rows (what KTO and BCO train on).
+* :func:`apply_chat_template` — render a conversational row into standard strings with the tokenizer's
+  chat template, keeping the prompt/completion split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .formats import DatasetFormatError, is_conversational_value
+
+
+def require_chat_template(tokenizer, what: str = "this dataset") -> None:
+    if getattr(tokenizer, "chat_template", None) in (None, ""):
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise DatasetFormatError(
+            f"{what} is conversational (lists of messages) but the tokenizer '{name}' has no chat template. "
+            "Set one with `tokenizer.chat_template = ...`, pass `chat_template_path` (a tokenizer folder or a "
+            ".jinja file), or convert the data to plain text first."
+        )
+
+
+def _common_prefix_len(a, b) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def extract_prompt(example: Mapping[str, Any], row: int | None = None) -> dict[str, Any]:
+    """Split the shared prompt off an implicit-prompt preference row.
+
+    Conversational rows: the prompt is the longest common list of messages, which must leave at least one
+    message in each of ``chosen`` and ``rejected``. Standard rows: the prompt is the longest common string
+    prefix, cut back to the last whitespace so that a word shared by both answers stays in the answers.
+    """
+    chosen, rejected = example["chosen"], example["rejected"]
+    where = f"Row {row}: " if row is not None else ""
+    if is_conversational_value(chosen):
+        n = _common_prefix_len(chosen, rejected)
+        n = min(n, len(chosen) - 1, len(rejected) - 1)
+        if n <= 0:
+            raise DatasetFormatError(
+                f"{where}'chosen' and 'rejected' share no leading messages, so no prompt can be extracted. "
+                "Put the shared conversation at the start of both lists, or add an explicit 'prompt' column."
+            )
+        return {"prompt": chosen[:n], "chosen": chosen[n:], "rejected": rejected[n:]}
+    n = _common_prefix_len(chosen, rejected)
+    if n == len(chosen) or n == len(rejected):
+        raise DatasetFormatError(
+            f"{where}one of 'chosen'/'rejected' is a prefix of the other, so no completion is left after "
+            "extracting the shared prompt. Add an explicit 'prompt' column."
+        )
+    cut = max(chosen.rfind(" ", 0, n + 1), chosen.rfind("\n", 0, n + 1))
+    n = cut if cut > 0 else n
+    return {"prompt": chosen[:n], "chosen": chosen[n:], "rejected": rejected[n:]}
+
+
+def unpair_preference(dataset, num_proc: int | None = None):
+    """Turn paired preference rows into unpaired rows: each pair gives a desirable and an undesirable row."""
+    if "prompt" not in dataset.column_names:
+        dataset = dataset.map(extract_prompt, num_proc=num_proc, desc="Extracting prompts")
+
+    def _unpair(batch: dict[str, list]) -> dict[str, list]:
+        n = len(batch["chosen"])
+        out: dict[str, list] = {
+            "prompt": batch["prompt"] + batch["prompt"],
+            "completion": batch["chosen"] + batch["rejected"],
+            "label": [True] * n + [False] * n,
+        }
+        for key, values in batch.items():
+            if key not in ("prompt", "chosen", "rejected"):
+                out[key] = values + values
+        return out
+
+    return dataset.map(_unpair, batched=True, remove_columns=dataset.column_names, num_proc=num_proc, desc="Unpairing")
+
+
+def render_messages(tokenizer, messages: list, add_generation_prompt: bool = False, **kwargs) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs)
+
+
+def apply_chat_template(example: Mapping[str, Any], tokenizer, **template_kwargs) -> dict[str, Any]:
+    """Render a conversational row (any kind) into standard text with the tokenizer's chat template.
+
+    The prompt is rendered with the generation prompt appended, and each completion is the remainder of
+    ``render(prompt + completion)`` after the rendered prompt, so ``prompt + completion`` is exactly the
+    rendered conversation. Rows that are already standard are returned unchanged.
+    """
+    out: dict[str, Any] = {}
+    if "messages" in example:
+        out["text"] = render_messages(tokenizer, example["messages"], **template_kwargs)
+        return out
+    prompt = example.get("prompt")
+    if prompt is None or not is_conversational_value(prompt):
+        return dict(example)
+    last_role = prompt[-1]["role"]
+    add_gen = last_role in ("user", "tool", "system")
+    prompt_text = render_messages(tokenizer, prompt, add_generation_prompt=add_gen, **template_kwargs)
+    out["prompt"] = prompt_text
+    for key in ("completion", "chosen", "rejected"):
+        if key in example and example[key] is not None:
+            full = render_messages(tokenizer, prompt + example[key], **template_kwargs)
+            if not full.startswith(prompt_text):
+                raise DatasetFormatError(
+                    f"The chat template renders the prompt differently when a '{key}' follows it, so the prompt and "
+                    f"the completion cannot be separated. Rendered prompt: {prompt_text[-80:]!r}; rendered "
+                    f"conversation: {full[:160]!r}. Use a chat template whose prompt rendering is a prefix of the "
+                    "full conversation."
+                )
+            out[key] = full[len(prompt_text):]
+    if "completions" in example:  # stepwise: steps stay plain strings
+        out["completions"] = example["completions"]
+    return out

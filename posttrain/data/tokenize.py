@@ -1,0 +1,143 @@
+"""Tokenization with truncation and loss masks.
+
+Every row is turned into ``input_ids`` plus, where the loss must skip tokens, a 0/1 mask:
+``completion_mask`` (prompt-completion data: 1 on completion tokens) or ``assistant_masks``
+(conversations: 1 on assistant tokens, found through the chat template's ``{% generation %}`` markers).
+
+Prompt and completion are tokenized separately and concatenated, so the token boundary is exactly
+the one the model sees at generation time (prompt tokens, then generated tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .formats import (
+    LANGUAGE_MODELING,
+    PROMPT_COMPLETION,
+    DatasetFormat,
+    DatasetFormatError,
+    validate_example,
+)
+from .templates import require_chat_template
+
+TRUNCATION_MODES = ("keep_start", "keep_end")
+
+
+def truncate(seq: Sequence, max_length: int | None, mode: str = "keep_start") -> list:
+    """Keep the first (``keep_start``) or last (``keep_end``) ``max_length`` items."""
+    if mode not in TRUNCATION_MODES:
+        raise ValueError(f"Unknown truncation_mode {mode!r}; use one of {TRUNCATION_MODES}.")
+    seq = list(seq)
+    if max_length is None or len(seq) <= max_length:
+        return seq
+    return seq[:max_length] if mode == "keep_start" else seq[-max_length:]
+
+
+def chat_template_ids(tokenizer, messages: list, add_generation_prompt: bool = False, assistant_mask: bool = False, **kwargs):
+    """Token ids (and optionally the assistant mask) of a rendered conversation."""
+    enc = tokenizer.apply_chat_template(
+        messages,
+        tokenize=True,
+        return_dict=True,
+        add_generation_prompt=add_generation_prompt,
+        return_assistant_tokens_mask=assistant_mask,
+        **kwargs,
+    )
+    ids = list(enc["input_ids"])
+    if assistant_mask:
+        return ids, list(enc["assistant_masks"])
+    return ids
+
+
+def tokenize_prompt_completion(tokenizer, prompt: Any, completion: Any, conversational: bool, eos_token_id: int | None, row: int | None = None, **template_kwargs) -> tuple[list[int], list[int]]:
+    """Return ``(prompt_ids, completion_ids)``.
+
+    Standard rows: ``tokenizer(prompt)`` and ``tokenizer(completion, add_special_tokens=False)``, with the
+    EOS token appended to the completion. Conversational rows: the chat template renders the prompt with
+    the generation prompt, and the completion is what rendering ``prompt + completion`` adds to it.
+    """
+    if conversational:
+        prompt_ids = chat_template_ids(tokenizer, prompt, add_generation_prompt=True, **template_kwargs)
+        full_ids = chat_template_ids(tokenizer, list(prompt) + list(completion), **template_kwargs)
+        if full_ids[: len(prompt_ids)] != prompt_ids:
+            where = f"Row {row}: " if row is not None else ""
+            raise DatasetFormatError(
+                f"{where}the chat template tokenizes the prompt differently when the completion follows it, so "
+                "the completion tokens cannot be located. Use a chat template whose generation-prompt rendering "
+                "is a prefix of the full conversation."
+            )
+        return prompt_ids, full_ids[len(prompt_ids):]
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    if eos_token_id is not None and (not completion_ids or completion_ids[-1] != eos_token_id):
+        completion_ids = completion_ids + [eos_token_id]
+    return prompt_ids, completion_ids
+
+
+def tokenize_sft_example(
+    example: Mapping[str, Any],
+    row: int,
+    *,
+    tokenizer,
+    fmt: DatasetFormat,
+    text_field: str = "text",
+    eos_token_id: int | None = None,
+    max_length: int | None = None,
+    truncation_mode: str = "keep_start",
+    assistant_only_loss: bool = False,
+    completion_only_loss: bool = True,
+    template_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, list[int]]:
+    """Validate and tokenize one SFT row (language modeling or prompt-completion, standard or conversational)."""
+    validate_example(example, fmt, row, text_field=text_field)
+    template_kwargs = dict(template_kwargs or {})
+    out: dict[str, list[int]] = {}
+    if fmt.kind == LANGUAGE_MODELING:
+        if fmt.conversational:
+            require_chat_template(tokenizer)
+            if assistant_only_loss:
+                ids, amask = chat_template_ids(tokenizer, example["messages"], assistant_mask=True, **template_kwargs)
+                out["assistant_masks"] = amask
+            else:
+                ids = chat_template_ids(tokenizer, example["messages"], **template_kwargs)
+        else:
+            ids = tokenizer(example[text_field])["input_ids"]
+            if eos_token_id is not None and (not ids or ids[-1] != eos_token_id):
+                ids = ids + [eos_token_id]
+        out["input_ids"] = ids
+    elif fmt.kind == PROMPT_COMPLETION:
+        if fmt.conversational:
+            require_chat_template(tokenizer)
+        prompt_ids, completion_ids = tokenize_prompt_completion(
+            tokenizer, example["prompt"], example["completion"], fmt.conversational, eos_token_id, row, **template_kwargs
+        )
+        out["input_ids"] = prompt_ids + completion_ids
+        out["completion_mask"] = [0] * len(prompt_ids) + [1] * len(completion_ids)
+        if assistant_only_loss:
+            out["assistant_masks"] = list(out["completion_mask"])
+    else:
+        raise DatasetFormatError(
+            f"SFT trains on language-modeling or prompt-completion data, got a {fmt} dataset."
+        )
+
+    full_len = len(out["input_ids"])
+    for key in list(out):
+        out[key] = truncate(out[key], max_length, truncation_mode)
+    for key in ("completion_mask", "assistant_masks"):
+        active = key == "assistant_masks" or completion_only_loss
+        if key in out and active and sum(out[key]) == 0:
+            if full_len > (max_length or full_len):
+                raise DatasetFormatError(
+                    f"Row {row}: the example is {full_len} tokens and max_length={max_length} "
+                    f"({truncation_mode}) cuts away every token the loss trains on. Increase max_length, "
+                    "shorten or filter long prompts, or use truncation_mode='keep_end'."
+                )
+            if key == "assistant_masks":
+                raise DatasetFormatError(
+                    f"Row {row}: assistant_only_loss=True but no assistant token was found. Either the row has no "
+                    "assistant message, or the chat template lacks the {% generation %} ... {% endgeneration %} "
+                    "markers that locate assistant tokens."
+                )
+    return out

@@ -1,0 +1,48 @@
+"""Token-level losses and metrics for supervised fine-tuning (pure tensor functions).
+
+All functions take ``logits`` of shape (N, V) and integer ``targets`` of shape (N,) for the N positions
+that carry a label; selecting those positions (and shifting labels) is the trainer's job.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SFT_LOSS_TYPES = ("nll", "chunked_nll", "dft")
+
+
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood per token, -log softmax(logits)[target], computed in fp32."""
+    return F.cross_entropy(logits.float(), targets, reduction="none")
+
+
+def token_dft(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Dynamic Fine-Tuning loss per token — Wu et al. 2025, 'On the Generalization of SFT', Eq. 8: -sg(p_t) log p_t."""
+    logp = -token_nll(logits, targets)
+    return -(logp.detach().exp() * logp)
+
+
+def sft_token_loss(logits: torch.Tensor, targets: torch.Tensor, loss_type: str = "nll") -> torch.Tensor:
+    """Per-token SFT loss for ``loss_type`` in ``nll``/``chunked_nll`` (same math) or ``dft``."""
+    if loss_type in ("nll", "chunked_nll"):
+        return token_nll(logits, targets)
+    if loss_type == "dft":
+        return token_dft(logits, targets)
+    raise ValueError(f"Unknown SFT loss_type {loss_type!r}; use one of {SFT_LOSS_TYPES}.")
+
+
+@torch.no_grad()
+def token_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(number of positions whose argmax equals the target, number of positions)."""
+    return (logits.argmax(dim=-1) == targets).sum(), targets.numel()
+
+
+@torch.no_grad()
+def token_entropy(logits: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
+    """Entropy of softmax(logits) per position, -sum_v p_v log p_v, in fp32 chunks to bound memory."""
+    out = []
+    for chunk in logits.split(chunk_size, dim=0):
+        logp = F.log_softmax(chunk.float(), dim=-1)
+        out.append(-(logp.exp() * logp).sum(-1))
+    return torch.cat(out) if out else logits.new_zeros(0)

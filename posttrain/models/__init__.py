@@ -1,0 +1,21 @@
+"""Models layer: loading (dtype, quantization, LoRA), output-head helpers."""
+
+from .heads import output_head, select_head_positions, unwrap
+from .loading import (
+    ModelConfig,
+    ensure_pad_token,
+    kbit_device_map,
+    load_pretrained,
+    load_tokenizer,
+    model_init_kwargs,
+    peft_config,
+    prepare_peft_model,
+    quantization_config,
+    resolve_dtype,
+)
+
+__all__ = [
+    "output_head", "select_head_positions", "unwrap", "ModelConfig", "ensure_pad_token", "kbit_device_map",
+    "load_pretrained", "load_tokenizer", "model_init_kwargs", "peft_config", "prepare_peft_model",
+    "quantization_config", "resolve_dtype",
+]

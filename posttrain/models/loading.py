@@ -1,0 +1,174 @@
+"""Loading models and tokenizers: hub ids or local folders, dtype, 4/8-bit quantization, LoRA."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class ModelConfig:
+    """Model arguments of every script (TRL's names): what to load, in which dtype, quantized or with LoRA."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Hub id or local folder of the model."})
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a hub model."})
+    dtype: str | None = field(
+        default="auto",
+        metadata={"help": "Weights dtype: 'auto' (as saved), 'float32', 'bfloat16' or 'float16'.",
+                  "choices": ["auto", "float32", "bfloat16", "float16"]},
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "e.g. 'sdpa', 'eager', 'flash_attention_2'."})
+    use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(default=None, metadata={"help": "Modules to adapt ('all-linear' for all)."})
+    lora_modules_to_save: list[str] | None = field(default=None, metadata={"help": "Extra modules to train and save fully."})
+    lora_task_type: str = field(default="CAUSAL_LM", metadata={"help": "'SEQ_CLS' for reward models."})
+    use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised LoRA scaling alpha/sqrt(r)."})
+    use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (DoRA)."})
+    load_in_8bit: bool = field(default=False, metadata={"help": "Load the base model 8-bit quantized (bitsandbytes)."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "Load the base model 4-bit quantized (bitsandbytes)."})
+    bnb_4bit_quant_type: str = field(default="nf4", metadata={"help": "'nf4' or 'fp4'.", "choices": ["nf4", "fp4"]})
+    use_bnb_nested_quant: bool = field(default=False, metadata={"help": "Double quantization of the 4-bit constants."})
+    bnb_4bit_quant_storage: str | None = field(default=None, metadata={"help": "Storage dtype of 4-bit weights (FSDP: bfloat16)."})
+
+    def __post_init__(self):
+        if self.load_in_8bit and self.load_in_4bit:
+            raise ValueError("Choose one of load_in_8bit and load_in_4bit, not both.")
+        if isinstance(self.lora_target_modules, list) and len(self.lora_target_modules) == 1 and self.lora_target_modules[0] == "all-linear":
+            self.lora_target_modules = "all-linear"
+
+
+def resolve_dtype(dtype: Any):
+    """'auto'/None stay as they are; names map to torch dtypes; torch dtypes pass through."""
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise ValueError(f"Unknown dtype {dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'.")
+
+
+def quantization_config(model_args: ModelConfig):
+    """A ``BitsAndBytesConfig`` for ``load_in_4bit``/``load_in_8bit``, or None."""
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            "4-bit/8-bit loading needs bitsandbytes: pip install 'posttrain[quantization]'."
+        ) from err
+    from transformers import BitsAndBytesConfig
+
+    compute = resolve_dtype(model_args.dtype)
+    compute = compute if isinstance(compute, torch.dtype) else torch.float32
+    if model_args.load_in_4bit:
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_compute_dtype=compute,
+            bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
+            bnb_4bit_quant_storage=resolve_dtype(model_args.bnb_4bit_quant_storage) or compute,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def kbit_device_map() -> dict[str, Any] | None:
+    """Quantized models are placed whole on this process's device."""
+    if torch.cuda.is_available():
+        return {"": int(os.environ.get("LOCAL_RANK", 0))}
+    return None
+
+
+def model_init_kwargs(model_args: ModelConfig) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments implied by a :class:`ModelConfig`."""
+    kwargs: dict[str, Any] = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": model_args.trust_remote_code,
+        "dtype": model_args.dtype,
+    }
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    qconfig = quantization_config(model_args)
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        kwargs["device_map"] = kbit_device_map()
+    return kwargs
+
+
+def peft_config(model_args: ModelConfig):
+    """A LoRA ``peft.LoraConfig`` when ``use_peft`` is set, else None."""
+    if not model_args.use_peft:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type=model_args.lora_task_type,
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules,
+        modules_to_save=model_args.lora_modules_to_save,
+        use_rslora=model_args.use_rslora,
+        use_dora=model_args.use_dora,
+        bias="none",
+    )
+
+
+def load_pretrained(name_or_path: str, auto_class=None, **kwargs):
+    """``auto_class.from_pretrained`` with dtype names resolved and a clear error when nothing is found."""
+    from transformers import AutoModelForCausalLM
+
+    auto_class = auto_class or AutoModelForCausalLM
+    kwargs = dict(kwargs)
+    if "torch_dtype" in kwargs and "dtype" not in kwargs:
+        kwargs["dtype"] = kwargs.pop("torch_dtype")
+    if "dtype" in kwargs:
+        kwargs["dtype"] = resolve_dtype(kwargs["dtype"])
+    if kwargs.get("revision") == "main":
+        kwargs.pop("revision")
+    try:
+        return auto_class.from_pretrained(name_or_path, **kwargs)
+    except OSError as err:
+        if os.path.isdir(name_or_path):
+            raise
+        raise OSError(
+            f"Could not load model '{name_or_path}': it is not a local folder and could not be fetched from the "
+            f"Hub ({str(err)[:200]}). Pass a local model folder; `posttrain kit build-model` writes a tiny one."
+        ) from err
+
+
+def load_tokenizer(name_or_path: str, **kwargs):
+    """Load a tokenizer (or processor); give it a pad token when it has none."""
+    from transformers import AutoTokenizer
+
+    kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "trust_remote_code")}
+    if kwargs.get("revision") == "main":
+        kwargs.pop("revision")
+    tok = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    ensure_pad_token(tok)
+    return tok
+
+
+def ensure_pad_token(tokenizer) -> None:
+    if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def prepare_peft_model(model, peft_config_obj, gradient_checkpointing: bool = False):
+    """Wrap ``model`` with a LoRA adapter (k-bit models are prepared for training first)."""
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    if isinstance(model, PeftModel):
+        return model
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    return get_peft_model(model, peft_config_obj)

@@ -1,0 +1,60 @@
+"""Command-line arguments shared by every script: ``ScriptArguments`` and a YAML-aware parser.
+
+``PosttrainParser(...).parse_args_and_config(argv)`` reads ``--config file.yaml`` (keys are any of the
+dataclasses' fields), then applies the command line on top, so ``--learning_rate 1e-4`` overrides the
+file. An unknown key, in the file or on the command line, is an error that names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+
+@dataclass
+class ScriptArguments:
+    """Which data to train on (TRL's names)."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Hub id, local json/jsonl/parquet/csv file, or a folder saved with `save_to_disk`."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name (hub datasets)."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str = field(default="test", metadata={"help": "Split to evaluate on (when evaluation is enabled)."})
+    dataset_streaming: bool = field(default=False, metadata={"help": "Stream the dataset instead of downloading it."})
+    gradient_checkpointing_use_reentrant: bool = field(default=False, metadata={"help": "Reentrant gradient checkpointing."})
+
+
+class PosttrainParser(HfArgumentParser):
+    """``HfArgumentParser`` plus ``--config file.yaml`` with command-line overrides and strict keys."""
+
+    def parse_args_and_config(self, args: list[str] | None = None) -> tuple[Any, ...]:
+        argv = list(sys.argv[1:] if args is None else args)
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--config", default=None)
+        known, rest = pre.parse_known_args(argv)
+        if known.config:
+            with open(known.config, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+            if not isinstance(data, dict):
+                self.error(f"config file {known.config} must hold a mapping of argument names to values")
+            data.pop("env", None)
+            valid = {f.name for dc in self.dataclass_types for f in dataclasses.fields(dc) if f.init}
+            unknown = sorted(set(data) - valid)
+            if unknown:
+                hints = []
+                for key in unknown:
+                    close = difflib.get_close_matches(key, valid, n=1)
+                    hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+                self.error(f"unknown key(s) in {known.config}: {', '.join(hints)}")
+            self.set_defaults(**data)
+        return self.parse_args_into_dataclasses(args=rest, return_remaining_strings=False)
+

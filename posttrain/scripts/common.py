@@ -1,0 +1,45 @@
+"""Pieces every training script shares: loading the model and the dataset splits from script arguments."""
+
+from __future__ import annotations
+
+import logging
+
+from ..data import load_any
+from ..models import ModelConfig, load_pretrained, load_tokenizer, model_init_kwargs
+
+logger = logging.getLogger("posttrain")
+
+
+def setup_logging(training_args) -> None:
+    import transformers
+
+    level = training_args.get_process_log_level()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
+    transformers.utils.logging.set_verbosity(level)
+
+
+def load_model_and_tokenizer(model_args: ModelConfig, auto_class=None, **extra):
+    if not model_args.model_name_or_path:
+        raise SystemExit("error: --model_name_or_path is required (a hub id or a local model folder).")
+    kwargs = model_init_kwargs(model_args)
+    kwargs.update(extra)
+    model = load_pretrained(model_args.model_name_or_path, auto_class, **kwargs)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, revision=model_args.model_revision,
+                               trust_remote_code=model_args.trust_remote_code)
+    return model, tokenizer
+
+
+def load_splits(script_args, training_args):
+    """(train, eval or None) from ``--dataset_name``; eval only when an eval strategy is set."""
+    if not script_args.dataset_name:
+        raise SystemExit("error: --dataset_name is required (a hub id, a local data file, or a saved dataset folder).")
+    data = load_any(script_args.dataset_name, script_args.dataset_config, split=None,
+                    **({"streaming": True} if script_args.dataset_streaming else {}))
+    if not hasattr(data, "keys"):  # a single Dataset
+        return data, None
+    if script_args.dataset_train_split not in data:
+        raise SystemExit(f"error: dataset has no split '{script_args.dataset_train_split}' (splits: {list(data)}).")
+    train = data[script_args.dataset_train_split]
+    evaluate = getattr(training_args, "eval_strategy", "no") != "no"
+    eval_ds = data.get(script_args.dataset_test_split) if evaluate else None
+    return train, eval_ds

@@ -1,0 +1,6 @@
+"""Trainers: thin compositions of the data, models, losses and rollout layers."""
+
+from .base import BaseTrainer, PosttrainConfig
+from .sft import SFTConfig, SFTTrainer
+
+__all__ = ["BaseTrainer", "PosttrainConfig", "SFTConfig", "SFTTrainer"]

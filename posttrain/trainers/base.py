@@ -1,0 +1,142 @@
+"""What every posttrain trainer shares, written once.
+
+* :class:`PosttrainConfig` — ``transformers.TrainingArguments`` with defaults that run anywhere
+  (``bf16`` only where the hardware has it, ``logging_steps=10``) and ``model_init_kwargs``.
+* :class:`BaseTrainer` — a ``transformers.Trainer`` that accepts a model *name or path* as well as a
+  model, loads the tokenizer, wraps the model with LoRA when given a ``peft_config``, normalises losses
+  by the global number of loss tokens (so gradient accumulation and several processes give the same
+  update as one big batch), and logs method metrics averaged across processes under TRL's names.
+
+Trainers differ only in how they prepare data and compute the loss.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from ..models import ensure_pad_token, load_pretrained, load_tokenizer, prepare_peft_model
+
+
+def bf16_supported() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+@dataclass
+class PosttrainConfig(TrainingArguments):
+    """Shared training arguments. Differences from ``TrainingArguments``: ``logging_steps=10`` and
+    ``bf16=None`` meaning "on when a GPU supports it" (never forced on CPU)."""
+
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps (or a fraction of the run if < 1)."})
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision. Default: on if a CUDA GPU supports it and fp16 is off, else off."},
+    )
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments for `from_pretrained` when the model is given as a name or path "
+                  "(JSON string on the command line)."},
+    )
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = bf16_supported() and not self.fp16
+        if isinstance(self.model_init_kwargs, str):
+            self.model_init_kwargs = json.loads(self.model_init_kwargs)
+        super().__post_init__()
+
+
+def check_choice(name: str, value: Any, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"Unknown {name} {value!r}; valid values: {', '.join(map(str, choices))}.")
+
+
+class BaseTrainer(Trainer):
+    """Base of every posttrain trainer; see the module docstring."""
+
+    # Columns the collator needs; the Trainer must not drop them as "unused by the model".
+    _input_columns: tuple[str, ...] = ("input_ids", "attention_mask", "labels", "position_ids")
+    # Our compute_loss already divides by the number of loss tokens in the whole accumulated batch.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, model, args: PosttrainConfig, *, processing_class=None, peft_config=None, auto_class=None, **kwargs):
+        if isinstance(model, str):
+            model = load_pretrained(model, auto_class, **(args.model_init_kwargs or {}))
+        elif args.model_init_kwargs:
+            raise ValueError("model_init_kwargs only applies when the model is given as a name or path.")
+        if processing_class is None:
+            processing_class = load_tokenizer(model.config._name_or_path)
+        ensure_pad_token(getattr(processing_class, "tokenizer", processing_class))
+        if peft_config is not None:
+            model = prepare_peft_model(model, peft_config, args.gradient_checkpointing)
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._local_tokens = 0
+        self._seen_tokens = 0.0
+        super().__init__(model=model, args=args, processing_class=processing_class, **kwargs)
+        # Have the Trainer count the loss tokens of the whole (accumulated, all-process) batch for us.
+        self.model_accepts_loss_kwargs = True
+
+    # -- data ---------------------------------------------------------------------------------
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = list(self._input_columns)
+
+    @property
+    def tokenizer_(self):
+        pc = self.processing_class
+        return getattr(pc, "tokenizer", pc)
+
+    # -- loss normalisation -------------------------------------------------------------------
+    def scale_loss(self, loss_sum: torch.Tensor, local_count: int | torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+        """Turn a summed per-token loss into this process's share of the global token-mean loss."""
+        if num_items_in_batch is not None:
+            loss = loss_sum / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                loss = loss * self.accelerator.num_processes
+            return loss
+        loss = loss_sum / max(int(local_count), 1)
+        if self.model.training:
+            loss = loss / self.current_gradient_accumulation_steps
+        return loss
+
+    # -- metrics --------------------------------------------------------------------------------
+    @property
+    def _mode(self) -> str:
+        return "train" if self.model.training else "eval"
+
+    def record(self, name: str, value: float | torch.Tensor) -> None:
+        """Store a metric value for the current step; :meth:`log` averages it across steps and processes."""
+        if torch.is_tensor(value):
+            value = value.detach().float().mean().item()
+        self._metrics[self._mode][name].append(float(value))
+
+    def count_tokens(self, n: int | torch.Tensor) -> None:
+        if self.model.training:
+            self._local_tokens += int(n)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        stored = self._metrics[mode]
+        names = sorted(stored)
+        values = torch.tensor([sum(stored[k]) / max(len(stored[k]), 1) for k in names] + [float(self._local_tokens)],
+                              dtype=torch.float64, device=self.args.device)
+        if self.accelerator.num_processes > 1:
+            values = self.accelerator.reduce(values, reduction="sum")
+            values[:-1] /= self.accelerator.num_processes
+        prefix = "eval_" if mode == "eval" else ""
+        for k, v in zip(names, values[:-1].tolist()):
+            logs[prefix + k] = v
+        if mode == "train":
+            self._seen_tokens += values[-1].item()
+            self._local_tokens = 0
+            logs["num_tokens"] = self._seen_tokens
+        stored.clear()
+        super().log(logs, start_time)
+
+
+__all__ = ["PosttrainConfig", "BaseTrainer", "bf16_supported", "check_choice"]

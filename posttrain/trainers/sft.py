@@ -1,0 +1,214 @@
+"""Supervised fine-tuning: ``SFTConfig`` and ``SFTTrainer`` (TRL-compatible names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..data import (
+    IGNORE_INDEX,
+    PACKING_STRATEGIES,
+    DataCollatorForLanguageModeling,
+    DatasetFormatError,
+    detect_format,
+    pack_dataset,
+    require_kind,
+    tokenize_sft_example,
+)
+from ..data.formats import LANGUAGE_MODELING, PROMPT_COMPLETION
+from ..data.tokenize import TRUNCATION_MODES
+from ..losses.sft import SFT_LOSS_TYPES, sft_token_loss, token_accuracy, token_entropy
+from ..models import select_head_positions
+from .base import BaseTrainer, PosttrainConfig, check_choice
+
+
+@dataclass
+class SFTConfig(PosttrainConfig):
+    """Configuration of :class:`SFTTrainer`. Field names follow TRL's ``SFTConfig``.
+
+    Deliberate differences from TRL: ``bf16`` is off unless a GPU supports it, and
+    ``gradient_checkpointing`` stays off by default (turn it on for large models).
+    """
+
+    learning_rate: float = field(default=2e-5, metadata={"help": "Initial AdamW learning rate."})
+    chat_template_path: str | None = field(default=None, metadata={"help": "Tokenizer folder or .jinja file whose chat template to use."})
+    dataset_text_field: str = field(default="text", metadata={"help": "Column holding the text of language-modeling data."})
+    dataset_kwargs: dict[str, Any] | str | None = field(default=None, metadata={"help": "{'skip_prepare_dataset': True} for pre-tokenized data."})
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset preparation."})
+    eos_token: str | None = field(default=None, metadata={"help": "End-of-sequence token appended to standard text (default: the tokenizer's)."})
+    max_length: int | None = field(default=1024, metadata={"help": "Truncate tokenized sequences to this length (packing: row length)."})
+    truncation_mode: str = field(default="keep_start", metadata={"help": "'keep_start' or 'keep_end'.", "choices": list(TRUNCATION_MODES)})
+    shuffle_dataset: bool = field(default=False, metadata={"help": "Shuffle the dataset before preparation."})
+    packing: bool = field(default=False, metadata={"help": "Pack sequences into rows of max_length tokens (padding-free)."})
+    packing_strategy: str = field(default="bfd", metadata={"help": "'bfd', 'bfd_split' or 'wrapped'.", "choices": list(PACKING_STRATEGIES)})
+    padding_free: bool = field(default=False, metadata={"help": "Concatenate each batch into one row without padding."})
+    pad_to_multiple_of: int | None = field(default=None, metadata={"help": "Pad sequence length to a multiple of this."})
+    eval_packing: bool | None = field(default=None, metadata={"help": "Pack the eval set (default: same as packing)."})
+    completion_only_loss: bool | None = field(default=None, metadata={"help": "Loss on completion tokens only (default: yes for prompt-completion data)."})
+    assistant_only_loss: bool = field(default=False, metadata={"help": "Loss on assistant tokens only (conversational data)."})
+    loss_type: str | None = field(default=None, metadata={"help": "'chunked_nll' (default: head on loss tokens only), 'nll' or 'dft'."})
+
+    def __post_init__(self):
+        if isinstance(self.dataset_kwargs, str):
+            import json
+
+            self.dataset_kwargs = json.loads(self.dataset_kwargs)
+        if self.loss_type is None:
+            self.loss_type = "chunked_nll"
+        check_choice("loss_type", self.loss_type, SFT_LOSS_TYPES)
+        check_choice("packing_strategy", self.packing_strategy, PACKING_STRATEGIES)
+        check_choice("truncation_mode", self.truncation_mode, TRUNCATION_MODES)
+        if self.packing and not self.max_length:
+            raise ValueError("packing=True needs max_length (the length of each packed row).")
+        super().__post_init__()
+
+
+class SFTTrainer(BaseTrainer):
+    """Supervised fine-tuning on language-modeling or prompt-completion data, standard or conversational.
+
+    Logs ``loss``, ``mean_token_accuracy``, ``entropy`` and ``num_tokens`` (cumulative input tokens).
+    """
+
+    _input_columns = ("input_ids", "completion_mask", "assistant_masks", "seq_lengths")
+
+    def __init__(
+        self,
+        model,
+        args: SFTConfig | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        compute_loss_func=None,
+        compute_metrics=None,
+        callbacks=None,
+        optimizers=(None, None),
+        optimizer_cls_and_kwargs=None,
+        preprocess_logits_for_metrics=None,
+        peft_config=None,
+        formatting_func: Callable[[dict], str] | None = None,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = SFTConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-SFT")
+        if processing_class is None:
+            from ..models import load_tokenizer
+
+            processing_class = load_tokenizer(model if isinstance(model, str) else model.config._name_or_path)
+        if processing_class is not None and args.chat_template_path:
+            _set_chat_template(processing_class, args.chat_template_path)
+        self._formatting_func = formatting_func
+        train_dataset = self._prepare(train_dataset, processing_class, args, args.packing, "train")
+        eval_packing = args.packing if args.eval_packing is None else args.eval_packing
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {k: self._prepare(v, processing_class, args, eval_packing, k) for k, v in eval_dataset.items()}
+        else:
+            eval_dataset = self._prepare(eval_dataset, processing_class, args, eval_packing, "eval")
+        super().__init__(
+            model, args, processing_class=processing_class, peft_config=peft_config,
+            data_collator=data_collator, train_dataset=train_dataset, eval_dataset=eval_dataset,
+            compute_loss_func=compute_loss_func, compute_metrics=compute_metrics, callbacks=callbacks,
+            optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )
+        if data_collator is None:
+            self.data_collator = DataCollatorForLanguageModeling(
+                pad_token_id=self.tokenizer_.pad_token_id,
+                completion_only_loss=args.completion_only_loss is not False,
+                padding_free=args.padding_free or args.packing,
+                pad_to_multiple_of=args.pad_to_multiple_of,
+            )
+
+    # -- data -----------------------------------------------------------------------------------
+    def _prepare(self, dataset, processing_class, args: SFTConfig, packing: bool, name: str):
+        if dataset is None:
+            return None
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        skip = bool((args.dataset_kwargs or {}).get("skip_prepare_dataset"))
+        if skip or "input_ids" in dataset.column_names:
+            return pack_dataset(dataset, args.max_length, args.packing_strategy) if packing else dataset
+        if args.shuffle_dataset:
+            dataset = dataset.shuffle(seed=args.seed)
+        if self._formatting_func is not None:
+            fn = self._formatting_func
+            dataset = dataset.map(lambda ex: {"text": fn(ex)}, remove_columns=dataset.column_names,
+                                  desc=f"Formatting {name} dataset")
+            text_field = "text"
+        else:
+            text_field = args.dataset_text_field
+        if len(dataset) == 0:
+            raise DatasetFormatError(f"The {name} dataset is empty.")
+        fmt = detect_format(dataset.column_names, dataset[0], text_field=text_field)
+        require_kind(fmt, (LANGUAGE_MODELING, PROMPT_COMPLETION), "SFTTrainer",
+                     hint="Preference data can be used for SFT on the chosen answers by renaming 'chosen' to 'completion'.")
+        if args.assistant_only_loss and not fmt.conversational:
+            raise DatasetFormatError(
+                "assistant_only_loss=True needs conversational data (a 'messages' column, or 'prompt'/'completion' as "
+                f"message lists), but the {name} dataset is {fmt}. Use completion_only_loss for prompt-completion text."
+            )
+        if args.completion_only_loss and fmt.kind != PROMPT_COMPLETION:
+            raise DatasetFormatError(
+                f"completion_only_loss=True needs prompt-completion data; the {name} dataset is {fmt}. "
+                "For conversations use assistant_only_loss=True."
+            )
+        eos_id = None
+        if args.eos_token is not None:
+            eos_id = tokenizer.convert_tokens_to_ids(args.eos_token)
+            if eos_id is None or eos_id == tokenizer.unk_token_id:
+                raise ValueError(f"eos_token {args.eos_token!r} is not in the tokenizer's vocabulary.")
+        else:
+            eos_id = tokenizer.eos_token_id
+        kwargs = dict(
+            tokenizer=processing_class, fmt=fmt, text_field=text_field, eos_token_id=eos_id,
+            max_length=None if packing else args.max_length, truncation_mode=args.truncation_mode,
+            assistant_only_loss=args.assistant_only_loss, completion_only_loss=args.completion_only_loss is not False,
+        )
+        dataset = dataset.map(
+            lambda ex, i: tokenize_sft_example(ex, i, **kwargs), with_indices=True,
+            remove_columns=dataset.column_names, num_proc=args.dataset_num_proc, desc=f"Tokenizing {name} dataset",
+        )
+        if packing:
+            dataset = pack_dataset(dataset, args.max_length, args.packing_strategy)
+        return dataset
+
+    # -- loss -----------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE_INDEX)], dim=1)
+        mask = targets != IGNORE_INDEX
+        if self.args.loss_type == "nll":
+            outputs = model(**inputs, use_cache=False)
+            logits = outputs.logits[mask]
+        else:
+            with select_head_positions(model, mask):
+                outputs = model(**inputs, use_cache=False)
+            logits = outputs.logits[0]
+        tgt = targets[mask]
+        per_token = sft_token_loss(logits, tgt, "nll" if self.args.loss_type == "chunked_nll" else self.args.loss_type)
+        loss = self.scale_loss(per_token.sum(), tgt.numel(), num_items_in_batch)
+
+        correct, total = token_accuracy(logits, tgt)
+        self.record("mean_token_accuracy", correct.float() / max(total, 1))
+        self.record("entropy", token_entropy(logits.detach()).mean() if total else 0.0)
+        attn = inputs.get("attention_mask")
+        self.count_tokens(attn.sum() if attn is not None else inputs["input_ids"].numel())
+        if return_outputs:
+            return loss, {"logits": logits.detach()}
+        return loss
+
+
+def _set_chat_template(processing_class, path: str) -> None:
+    import os
+
+    tok = getattr(processing_class, "tokenizer", processing_class)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            tok.chat_template = f.read()
+    else:
+        from transformers import AutoTokenizer
+
+        tok.chat_template = AutoTokenizer.from_pretrained(path).chat_template
+    if hasattr(processing_class, "chat_template") and processing_class is not tok:
+        processing_class.chat_template = tok.chat_template
