@@ -1,0 +1,705 @@
+"""Policy-gradient losses and advantage estimators as pure tensor functions.
+
+Nothing in this module touches a model: every function maps tensors to tensors (or to a small
+dataclass of tensors), so trainers can compose them and tests can check them on hand-made numbers.
+
+Conventions
+-----------
+* Token-level tensors are ``(B, T)``: ``B`` completions, ``T`` completion positions.
+* ``mask`` is ``(B, T)``, 1.0 on completion tokens and 0.0 on padding (bool masks are accepted
+  and converted). Values at padded positions never influence a result.
+* Group layouts (GRPO, RLOO): the ``k`` samples drawn for one prompt are consecutive rows, i.e.
+  row ``prompt * k + j`` holds sample ``j`` of prompt ``prompt``.
+* Metric names returned by the loss dataclasses (``metrics``) follow TRL's logging keys
+  (``kl``, ``clip_ratio/low_mean`` ...), so a trainer can log them verbatim.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+import torch
+
+__all__ = [
+    "masked_sum",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "GroupAdvantages",
+    "group_advantages",
+    "rloo_advantages",
+    "gae",
+    "kl_penalty",
+    "sequence_kl",
+    "GRPOLossOutput",
+    "grpo_loss",
+    "PPOPolicyLossOutput",
+    "ppo_policy_loss",
+    "PPOValueLossOutput",
+    "ppo_value_loss",
+    "RLOOLossOutput",
+    "rloo_loss",
+    "entropy_from_logits",
+    "selective_log_softmax",
+    "top_entropy_mask",
+]
+
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+SCALE_REWARDS = ("group", "batch", "none")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+_STD_EPS = 1e-4  # added to the std divisor of GRPO / RLOO advantage scaling
+_WHITEN_EPS = 1e-8  # added to the variance in masked_whiten
+
+
+# ---------------------------------------------------------------------------------------------
+# Masked reductions
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_weights(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Mask as a floating tensor in ``like``'s dtype (bool / int masks are converted)."""
+    dtype = like.dtype if like.is_floating_point() else torch.float32
+    return mask.to(dtype=dtype)
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: Optional[int] = None) -> torch.Tensor:
+    """Masked sum — sum_i mask_i * x_i (a plain weighted sum; no paper).
+
+    ``dim=None`` reduces over every element; otherwise over ``dim`` only. Positions with
+    ``mask == 0`` contribute exactly zero even when ``x`` holds ``inf``/``nan`` there.
+    """
+    w = _as_weights(mask, x)
+    xw = x * w
+    xw = torch.where(w != 0, xw, torch.zeros_like(xw))
+    return xw.sum() if dim is None else xw.sum(dim=dim)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: Optional[int] = None) -> torch.Tensor:
+    """Masked mean — sum_i mask_i x_i / sum_i mask_i (a weighted average; no paper).
+
+    ``dim=None`` averages over every element. Where the mask sums to zero the result is 0
+    (the denominator is replaced by 1) instead of NaN.
+    """
+    w = _as_weights(mask, x)
+    num = masked_sum(x, w, dim)
+    den = w.sum() if dim is None else w.sum(dim=dim)
+    den = torch.where(den == 0, torch.ones_like(den), den)
+    return num / den
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Masked variance over all active elements — sum mask (x - mean)^2 / (n - 1) when unbiased.
+
+    ``n`` is the number of active elements (sum of the mask). With ``unbiased=True`` and ``n < 2``
+    a ``ValueError`` is raised, as Bessel's correction is undefined.
+    """
+    w = _as_weights(mask, x)
+    mean = masked_mean(x, w)
+    var = masked_mean((x - mean) ** 2, w)
+    if unbiased:
+        n = w.sum()
+        if n < 2:
+            raise ValueError(f"masked_var(unbiased=True) needs at least 2 active elements, got {float(n)}")
+        var = var * (n / (n - 1))
+    return var
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Masked whitening — (x - mean) / sqrt(var + 1e-8), as used for PPO advantage normalisation
+    (Schulman et al. 2017, 'Proximal Policy Optimization Algorithms', Sec. 5 / baselines practice).
+
+    Mean and *unbiased* variance (Bessel-corrected, like PPO implementations) are taken over the
+    active elements only. With ``shift_mean=False`` the mean is added back after scaling, so only
+    the scale changes. Padded positions are returned transformed too; mask them downstream.
+    """
+    w = _as_weights(mask, x)
+    mean = masked_mean(x, w)
+    var = masked_var(x, w, unbiased=True)
+    out = (x - mean) * torch.rsqrt(var + _WHITEN_EPS)
+    if not shift_mean:
+        out = out + mean
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Advantages
+# ---------------------------------------------------------------------------------------------
+
+
+class GroupAdvantages(NamedTuple):
+    """Result of :func:`group_advantages`: ``advantages`` (N,) and ``group_std`` (N // G,)."""
+
+    advantages: torch.Tensor
+    group_std: torch.Tensor
+
+    @property
+    def frac_reward_zero_std(self) -> torch.Tensor:
+        """Fraction of groups whose rewards all coincide (std close to 0): TRL's
+        ``frac_reward_zero_std`` metric."""
+        zero = torch.isclose(self.group_std, torch.zeros_like(self.group_std))
+        dtype = self.group_std.dtype if self.group_std.is_floating_point() else torch.float32
+        return zero.to(dtype).mean()
+
+
+def group_advantages(
+    rewards: torch.Tensor, num_generations: int, scale_rewards: str = "group"
+) -> GroupAdvantages:
+    """Group-relative advantages — Shao et al. 2024, 'DeepSeekMath' (GRPO), Sec. 4.1.2, outcome
+    supervision: A_i = (r_i - mean(r_group)) / std(r_group).
+
+    ``rewards`` is (N,) with N = num_prompts * num_generations, laid out so that the
+    ``num_generations`` samples of one prompt are consecutive (row ``prompt * G + j``).
+
+    ``scale_rewards`` picks the divisor (Liu et al. 2025, 'Understanding R1-Zero-Like Training'
+    argue for dropping it):
+
+    * ``"group"``: the std of the sample's own group;
+    * ``"batch"``: the std of all N rewards;
+    * ``"none"``: no division (A_i = r_i - group mean).
+
+    Standard deviations use ``torch.std``'s default, the *unbiased* (Bessel-corrected, n - 1)
+    estimator, which is TRL GRPO's convention; 1e-4 is added to the divisor. With
+    ``num_generations == 1`` the group std is defined as 0 (and the advantage is 0).
+
+    Returns ``GroupAdvantages(advantages (N,), group_std (N // G,))``; ``group_std`` is always the
+    per-group std (whatever ``scale_rewards`` is) and ``.frac_reward_zero_std`` gives the share of
+    groups with zero std.
+    """
+    if scale_rewards not in SCALE_REWARDS:
+        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D (N,), got shape {tuple(rewards.shape)}")
+    g = int(num_generations)
+    if g < 1 or rewards.numel() % g != 0:
+        raise ValueError(f"len(rewards)={rewards.numel()} is not a multiple of num_generations={g}")
+    grouped = rewards.view(-1, g)
+    group_mean = grouped.mean(dim=1)
+    if g > 1:
+        group_std = grouped.std(dim=1)
+    else:
+        group_std = torch.zeros_like(group_mean)
+    advantages = rewards - group_mean.repeat_interleave(g)
+    if scale_rewards == "group":
+        advantages = advantages / (group_std.repeat_interleave(g) + _STD_EPS)
+    elif scale_rewards == "batch":
+        batch_std = rewards.std() if rewards.numel() > 1 else torch.zeros((), dtype=rewards.dtype)
+        advantages = advantages / (batch_std + _STD_EPS)
+    return GroupAdvantages(advantages, group_std)
+
+
+def rloo_advantages(rewards: torch.Tensor, k: int, *, normalize: bool = False) -> torch.Tensor:
+    """REINFORCE leave-one-out advantages — Ahmadian et al. 2024, 'Back to Basics: Revisiting
+    REINFORCE Style Optimization for Learning from Human Feedback in LLMs', Eq. 6 (Kool et al.
+    2019 baseline): a_i = r_i - 1/(k-1) * sum_{j != i} r_j.
+
+    ``rewards`` is (N,) with the ``k`` samples of one prompt consecutive (row ``prompt * k + j``,
+    the same layout as GRPO; note that TRL's legacy RLOO trainer used the transposed layout).
+    Requires ``k >= 2``. With ``normalize=True`` the advantages are additionally standardised over
+    the whole batch: (a - mean(a)) / (std(a) + 1e-4), unbiased std (TRL's
+    ``normalize_advantages``). Returns (N,).
+    """
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D (N,), got shape {tuple(rewards.shape)}")
+    k = int(k)
+    if k < 2:
+        raise ValueError("RLOO needs k >= 2 samples per prompt")
+    if rewards.numel() % k != 0:
+        raise ValueError(f"len(rewards)={rewards.numel()} is not a multiple of k={k}")
+    grouped = rewards.view(-1, k)
+    baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (k - 1)
+    adv = (grouped - baseline).reshape(-1)
+    if normalize:
+        adv = (adv - adv.mean()) / (adv.std() + _STD_EPS)
+    return adv
+
+
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE — Schulman et al. 2016, 'High-Dimensional Continuous Control Using Generalized
+    Advantage Estimation', Eq. 16: A_t = sum_l (gamma*lam)^l delta_{t+l},
+    delta_t = r_t + gamma V_{t+1} - V_t.
+
+    ``rewards``, ``values`` and ``mask`` are (B, T). Rewards and values at padded positions are
+    treated as zero, so the value after the last valid token of a sequence is 0 (the episode
+    ends there) and nothing flows back through padding. Returns ``(advantages, returns)``, both
+    (B, T), with returns = advantages + values and both zero at padded positions. The advantages
+    are *not* whitened; call :func:`masked_whiten` if wanted. Computed without gradient.
+    """
+    with torch.no_grad():
+        w = _as_weights(mask, values)
+        r = torch.where(w != 0, rewards.to(values.dtype), torch.zeros_like(values))
+        v = torch.where(w != 0, values, torch.zeros_like(values))
+        T = v.shape[1]
+        adv = torch.zeros_like(v)
+        last = torch.zeros_like(v[:, 0])
+        for t in range(T - 1, -1, -1):
+            next_v = v[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+            delta = r[:, t] + gamma * next_v - v[:, t]
+            last = (delta + gamma * lam * last) * (w[:, t] != 0)
+            adv[:, t] = last
+        returns = (adv + v) * (w != 0)
+    return adv, returns
+
+
+def kl_penalty(logps: torch.Tensor, ref_logps: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
+    """Per-token KL(pi || pi_ref) estimators — Schulman 2020, 'Approximating KL Divergence'
+    (blog note): with log r = ref_logp - logp for a token sampled from pi,
+
+    * ``"k1"``: -log r = logp - ref_logp (unbiased, high variance, can be negative);
+    * ``"k2"``: (log r)^2 / 2 (biased, low variance, >= 0);
+    * ``"k3"``: (r - 1) - log r = exp(ref_logp - logp) - (ref_logp - logp) - 1 (unbiased, >= 0;
+      the estimator GRPO uses, Shao et al. 2024 Eq. 4).
+
+    Elementwise: returns a tensor shaped like ``logps``. Mask it with the completion mask.
+    """
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
+    log_r = ref_logps - logps
+    if estimator == "k1":
+        return -log_r
+    if estimator == "k2":
+        return 0.5 * log_r**2
+    return torch.exp(log_r) - log_r - 1.0
+
+
+def sequence_kl(
+    logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor, estimator: str = "k1"
+) -> torch.Tensor:
+    """Sequence KL estimate — sum over completion tokens of a Schulman (2020) per-token estimator
+    (see :func:`kl_penalty`); the KL term of the KL-shaped reward r - beta*KL in Ouyang et al.
+    2022, 'Training language models to follow instructions with human feedback', Eq. 2.
+
+    Returns (B,). RLOO/PPO-style trainers subtract ``beta * sequence_kl(...)`` from the reward.
+    """
+    return masked_sum(kl_penalty(logps, ref_logps, estimator), mask, dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# GRPO / DAPO / Dr. GRPO / GSPO
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GRPOLossOutput:
+    """Result of :func:`grpo_loss`.
+
+    ``loss`` is the scalar to back-propagate. ``kl`` is the masked token mean of the k3 KL (None
+    when ``beta == 0``). ``clip_ratio_*`` are fractions of active tokens (of sequences, for
+    ``importance_sampling_level="sequence"``) whose ratio was clipped from below with A < 0,
+    from above with A > 0, or either. ``per_token_loss`` is the (B, T) loss before
+    normalisation (padding included, so mask it before use).
+    """
+
+    loss: torch.Tensor
+    kl: Optional[torch.Tensor]
+    clip_ratio_low: torch.Tensor
+    clip_ratio_high: torch.Tensor
+    clip_ratio_region: torch.Tensor
+    per_token_loss: torch.Tensor
+
+    @property
+    def metrics(self) -> dict[str, torch.Tensor]:
+        """Detached metrics keyed by TRL's GRPO logging names."""
+        out = {
+            "clip_ratio/low_mean": self.clip_ratio_low.detach(),
+            "clip_ratio/high_mean": self.clip_ratio_high.detach(),
+            "clip_ratio/region_mean": self.clip_ratio_region.detach(),
+        }
+        if self.kl is not None:
+            out["kl"] = self.kl.detach()
+        return out
+
+
+def grpo_loss(
+    logps: torch.Tensor,
+    old_logps: Optional[torch.Tensor],
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    ref_logps: Optional[torch.Tensor] = None,
+    beta: float = 0.0,
+    epsilon_low: float = 0.2,
+    epsilon_high: Optional[float] = None,
+    loss_type: str = "grpo",
+    importance_sampling_level: str = "token",
+    max_completion_length: Optional[int] = None,
+    num_items_in_batch: Optional[float] = None,
+    num_processes: int = 1,
+    gradient_accumulation_steps: int = 1,
+    delta: Optional[float] = None,
+    entropy_mask: Optional[torch.Tensor] = None,
+    importance_weights: Optional[torch.Tensor] = None,
+) -> GRPOLossOutput:
+    """GRPO clipped surrogate — Shao et al. 2024, 'DeepSeekMath: Pushing the Limits of
+    Mathematical Reasoning in Open Language Models', Eq. 3 (with the loss normalisations of
+    DAPO, Yu et al. 2025, Eq. 8, and Dr. GRPO, Liu et al. 2025, and GSPO's sequence ratio,
+    Zheng et al. 2025, 'Group Sequence Policy Optimization', Eq. 7).
+
+    Per token: ``L_t = -min(ratio_t * A, clip(ratio_t, 1 - eps_low, 1 + eps_high) * A)
+    + beta * KL3_t`` where ``KL3_t = exp(ref - logp) - (ref - logp) - 1`` (Eq. 4).
+
+    Args:
+        logps: (B, T) log-probs of the sampled tokens under the current policy (with grad).
+        old_logps: (B, T) log-probs under the sampling policy. ``None`` means on-policy: the
+            detached ``logps`` are used, so the ratio is 1 but its gradient is not zero.
+        advantages: (B,) per-sequence advantages (or (B, T) per-token).
+        mask: (B, T) completion mask.
+        ref_logps: (B, T) reference log-probs, required when ``beta != 0``.
+        beta: KL coefficient.
+        epsilon_low / epsilon_high: clip range ``[1 - epsilon_low, 1 + epsilon_high]``;
+            ``epsilon_high=None`` means ``epsilon_low`` (symmetric).
+        loss_type: normalisation of the masked per-token loss sum S = sum_{b,t} m_bt L_bt:
+
+            * ``"grpo"``: mean over sequences of each sequence's token mean
+              (sum_t m L / max(sum_t m, 1)), Shao et al. Eq. 3;
+            * ``"bnpo"``: S / (number of active tokens in this local batch);
+            * ``"dr_grpo"``: S / (B * max_completion_length) (``max_completion_length`` defaults
+              to T), Liu et al. 2025;
+            * ``"dapo"``: S / (num_items_in_batch / num_processes), where ``num_items_in_batch``
+              is the number of active completion tokens in the *whole* generation batch summed
+              over all processes and gradient-accumulation micro-batches (TRL's meaning), so the
+              token-level average spans the global batch (Yu et al. 2025, Eq. 8). When None, the
+              local active-token count is used (identical to ``"bnpo"``).
+
+        importance_sampling_level: ``"token"`` (ratio per token) or ``"sequence"`` (GSPO: the log
+            ratio is the length-normalised sequence log ratio
+            (1/|y|) sum_t (logp_t - old_logp_t), broadcast over the tokens of the sequence).
+        gradient_accumulation_steps: the loss is divided by this for all loss types except
+            ``"dapo"``, whose global normaliser already spans the accumulation steps (TRL
+            behaviour). Leave at 1 if the caller scales the loss itself.
+        delta: optional upper bound on the unclipped ratio (two-sided clipping, Wang et al. 2025
+            'INTELLECT-2'); None disables it.
+        entropy_mask: optional (B, T) 0/1 mask multiplying the per-token loss (see
+            :func:`top_entropy_mask`).
+        importance_weights: optional (B, T) or (B, 1) weights multiplying the per-token policy
+            loss (e.g. truncated importance sampling between the sampler and the trainer).
+
+    Returns:
+        :class:`GRPOLossOutput`.
+    """
+    if loss_type not in GRPO_LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {GRPO_LOSS_TYPES}, got {loss_type!r}")
+    if importance_sampling_level not in ("token", "sequence"):
+        raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', got {importance_sampling_level!r}")
+    if beta != 0.0 and ref_logps is None:
+        raise ValueError("ref_logps is required when beta != 0")
+    eps_low = float(epsilon_low)
+    eps_high = float(epsilon_low if epsilon_high is None else epsilon_high)
+
+    w = _as_weights(mask, logps)
+    if old_logps is None:
+        old_logps = logps.detach()
+    log_ratio = logps - old_logps
+    if importance_sampling_level == "token":
+        log_iw = log_ratio
+    else:
+        seq_len = w.sum(dim=-1).clamp(min=1.0)
+        log_iw = (masked_sum(log_ratio, w, dim=-1) / seq_len).unsqueeze(-1)  # (B, 1)
+
+    adv = advantages if advantages.dim() == 2 else advantages.unsqueeze(-1)
+    ratio = torch.exp(log_iw)
+    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
+    unclipped = ratio if delta is None else torch.clamp(ratio, max=float(delta))
+    per_token_loss = -torch.min(unclipped * adv, clipped * adv)
+    if entropy_mask is not None:
+        per_token_loss = per_token_loss * entropy_mask.to(per_token_loss.dtype)
+    if importance_weights is not None:
+        per_token_loss = per_token_loss * importance_weights.to(per_token_loss.dtype)
+
+    kl_mean = None
+    if beta != 0.0:
+        per_token_kl = kl_penalty(logps, ref_logps, "k3")
+        per_token_loss = per_token_loss + beta * per_token_kl
+        kl_mean = masked_mean(per_token_kl.detach(), w)
+    per_token_loss = per_token_loss.expand_as(w) if per_token_loss.shape != w.shape else per_token_loss
+
+    total = masked_sum(per_token_loss, w)
+    if loss_type == "grpo":
+        seq_loss = masked_sum(per_token_loss, w, dim=-1) / w.sum(dim=-1).clamp(min=1.0)
+        loss = seq_loss.mean() / gradient_accumulation_steps
+    elif loss_type == "bnpo":
+        loss = total / w.sum().clamp(min=1.0) / gradient_accumulation_steps
+    elif loss_type == "dr_grpo":
+        L = int(max_completion_length) if max_completion_length is not None else w.shape[1]
+        loss = total / (w.shape[0] * L) / gradient_accumulation_steps
+    else:  # dapo
+        if num_items_in_batch is None:
+            normalizer = w.sum().clamp(min=1.0)
+        else:
+            normalizer = torch.as_tensor(num_items_in_batch, dtype=total.dtype, device=total.device) / num_processes
+            normalizer = normalizer.clamp(min=1.0)
+        loss = total / normalizer
+
+    with torch.no_grad():
+        r = ratio.detach()
+        is_low = ((r < 1.0 - eps_low) & (adv < 0)).to(w.dtype)
+        is_high = ((r > 1.0 + eps_high) & (adv > 0)).to(w.dtype)
+        is_region = torch.clamp(is_low + is_high, max=1.0)
+        if importance_sampling_level == "sequence" and adv.shape[-1] == 1:
+            # one ratio per sequence: average over sequences (as TRL does)
+            low, high, region = is_low.mean(), is_high.mean(), is_region.mean()
+        else:
+            low = masked_mean(is_low.expand_as(w), w)
+            high = masked_mean(is_high.expand_as(w), w)
+            region = masked_mean(is_region.expand_as(w), w)
+
+    return GRPOLossOutput(
+        loss=loss,
+        kl=kl_mean,
+        clip_ratio_low=low,
+        clip_ratio_high=high,
+        clip_ratio_region=region,
+        per_token_loss=per_token_loss,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# PPO
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PPOPolicyLossOutput:
+    """Result of :func:`ppo_policy_loss`: scalar ``loss``; ``clipfrac`` = fraction of active tokens
+    where the clipped term was selected (strictly larger loss); ``approxkl`` =
+    0.5 * masked mean of (logp - old_logp)^2; ``ratio_mean`` = masked mean of the ratio."""
+
+    loss: torch.Tensor
+    clipfrac: torch.Tensor
+    approxkl: torch.Tensor
+    ratio_mean: torch.Tensor
+
+
+def ppo_policy_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange: float = 0.2,
+) -> PPOPolicyLossOutput:
+    """PPO clipped surrogate — Schulman et al. 2017, 'Proximal Policy Optimization Algorithms',
+    Eq. 7: L = -E_t[min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t)], r_t = exp(logp_t - old_t).
+
+    All inputs (B, T); ``advantages`` per token (e.g. from :func:`gae`, whitened). The expectation
+    is the masked mean over active tokens. See :class:`PPOPolicyLossOutput` for the metrics.
+    """
+    w = _as_weights(mask, logps)
+    diff = logps - old_logps
+    ratio = torch.exp(diff)
+    loss_unclipped = -advantages * ratio
+    loss_clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.max(loss_unclipped, loss_clipped), w)
+    with torch.no_grad():
+        clipfrac = masked_mean((loss_clipped > loss_unclipped).to(w.dtype), w)
+        approxkl = 0.5 * masked_mean(diff.detach() ** 2, w)
+        ratio_mean = masked_mean(ratio.detach(), w)
+    return PPOPolicyLossOutput(loss=loss, clipfrac=clipfrac, approxkl=approxkl, ratio_mean=ratio_mean)
+
+
+@dataclass
+class PPOValueLossOutput:
+    """Result of :func:`ppo_value_loss`: scalar ``loss`` and ``vf_clipfrac`` (fraction of active
+    tokens where the clipped squared error was the larger one)."""
+
+    loss: torch.Tensor
+    vf_clipfrac: torch.Tensor
+
+
+def ppo_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange_value: float = 0.2,
+) -> PPOValueLossOutput:
+    """Clipped value loss — Schulman et al. 2017, 'Proximal Policy Optimization Algorithms',
+    Eq. 9 value term, in the clipped form of the PPO reference implementation (OpenAI baselines
+    ppo2): L_V = 0.5 * E_t[max((V_t - R_t)^2, (clip(V_t, V_old - c, V_old + c) - R_t)^2)].
+
+    All inputs (B, T); the expectation is the masked mean over active tokens.
+    """
+    w = _as_weights(mask, values)
+    v_clipped = torch.clamp(values, old_values - cliprange_value, old_values + cliprange_value)
+    err_unclipped = (values - returns) ** 2
+    err_clipped = (v_clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(err_unclipped, err_clipped), w)
+    with torch.no_grad():
+        vf_clipfrac = masked_mean((err_clipped > err_unclipped).to(w.dtype), w)
+    return PPOValueLossOutput(loss=loss, vf_clipfrac=vf_clipfrac)
+
+
+# ---------------------------------------------------------------------------------------------
+# RLOO
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RLOOLossOutput:
+    """Result of :func:`rloo_loss`: scalar ``loss``; clip fractions over *sequences* (low: ratio
+    below 1 - eps_low with A < 0; high: above 1 + eps_high with A > 0; region: either);
+    ``ratio_mean`` = mean sequence ratio."""
+
+    loss: torch.Tensor
+    clip_ratio_low: torch.Tensor
+    clip_ratio_high: torch.Tensor
+    clip_ratio_region: torch.Tensor
+    ratio_mean: torch.Tensor
+
+    @property
+    def metrics(self) -> dict[str, torch.Tensor]:
+        """Detached metrics keyed by TRL's logging names."""
+        return {
+            "clip_ratio/low_mean": self.clip_ratio_low.detach(),
+            "clip_ratio/high_mean": self.clip_ratio_high.detach(),
+            "clip_ratio/region_mean": self.clip_ratio_region.detach(),
+        }
+
+
+def rloo_loss(
+    logps: torch.Tensor,
+    old_logps: Optional[torch.Tensor],
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    epsilon_low: float = 0.2,
+    epsilon_high: Optional[float] = None,
+) -> RLOOLossOutput:
+    """RLOO policy loss — Ahmadian et al. 2024, 'Back to Basics: Revisiting REINFORCE Style
+    Optimization for Learning from Human Feedback in LLMs', Eq. 6 (the whole completion is one
+    action), with an optional PPO-style clipped ratio (Schulman et al. 2017, Eq. 7).
+
+    With s_i = sum_t m_it (logp_it - old_logp_it) the *summed* (not length-normalised) sequence
+    log ratio and rho_i = exp(s_i):
+    ``L = mean_i[-min(rho_i A_i, clip(rho_i, 1 - eps_low, 1 + eps_high) A_i)]``.
+    On-policy (``old_logps=None`` or equal to ``logps``) rho = 1 and the gradient is the plain
+    REINFORCE-with-baseline gradient -mean_i A_i grad sum_t logp_it.
+
+    Args:
+        logps, old_logps, mask: (B, T); ``old_logps=None`` uses the detached ``logps``.
+        advantages: (B,) leave-one-out advantages (:func:`rloo_advantages`), computed from
+            rewards already shaped by the KL penalty (r - beta * :func:`sequence_kl`) if wanted.
+        epsilon_low / epsilon_high: clip range; ``epsilon_high=None`` means symmetric.
+    """
+    eps_low = float(epsilon_low)
+    eps_high = float(epsilon_low if epsilon_high is None else epsilon_high)
+    w = _as_weights(mask, logps)
+    if old_logps is None:
+        old_logps = logps.detach()
+    seq_log_ratio = masked_sum(logps - old_logps, w, dim=-1)
+    ratio = torch.exp(seq_log_ratio)
+    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
+    loss = (-torch.min(ratio * advantages, clipped * advantages)).mean()
+    with torch.no_grad():
+        r = ratio.detach()
+        low = ((r < 1.0 - eps_low) & (advantages < 0)).to(r.dtype)
+        high = ((r > 1.0 + eps_high) & (advantages > 0)).to(r.dtype)
+        region = torch.clamp(low + high, max=1.0)
+    return RLOOLossOutput(
+        loss=loss,
+        clip_ratio_low=low.mean(),
+        clip_ratio_high=high.mean(),
+        clip_ratio_region=region.mean(),
+        ratio_mean=r.mean(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Logit utilities
+# ---------------------------------------------------------------------------------------------
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def entropy_from_logits(logits: torch.Tensor, chunk_size: int = 128) -> torch.Tensor:
+    """Categorical entropy — Shannon 1948, 'A Mathematical Theory of Communication', Sec. 6:
+    H = -sum_v p_v log p_v with p = softmax(logits).
+
+    ``logits`` is (..., V); returns (...). Rows are processed ``chunk_size`` at a time so only a
+    (chunk_size, V) log-softmax is live at once. Half/bfloat16 inputs are computed in float32
+    and the result is float32; float32/float64 keep their dtype. Vocabulary entries with
+    probability 0 (logit -inf) contribute 0.
+    """
+    V = logits.shape[-1]
+    lead = logits.shape[:-1]
+    flat = logits.reshape(-1, V)
+    cdt = _compute_dtype(logits.dtype)
+    out = torch.empty(flat.shape[0], dtype=cdt, device=logits.device)
+    for start in range(0, flat.shape[0], max(1, int(chunk_size))):
+        chunk = flat[start : start + chunk_size].to(cdt)
+        logp = torch.log_softmax(chunk, dim=-1)
+        p = torch.exp(logp)
+        plogp = p * torch.where(p > 0, logp, torch.zeros_like(logp))
+        out[start : start + chunk.shape[0]] = -plogp.sum(dim=-1)
+    return out.reshape(lead)
+
+
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk_size: int = 128) -> torch.Tensor:
+    """Log-probability of chosen tokens — log softmax(z)_i = z_i - logsumexp(z) (Bridle 1990,
+    'Probabilistic Interpretation of Feedforward Classification Network Outputs', softmax).
+
+    ``logits`` (..., V), ``index`` (...) integer token ids (no ignore value: replace -100 before
+    calling). Returns (...) = ``log_softmax(logits, -1).gather(-1, index)`` without materialising
+    the full log-softmax: rows are processed ``chunk_size`` at a time, taking a logsumexp and
+    gathering one logit per row. Half/bfloat16 inputs are computed in float32 and the result is
+    float32; float32/float64 keep their dtype. Differentiable.
+    """
+    V = logits.shape[-1]
+    if index.shape != logits.shape[:-1]:
+        raise ValueError(f"index shape {tuple(index.shape)} must equal logits.shape[:-1] {tuple(logits.shape[:-1])}")
+    flat = logits.reshape(-1, V)
+    idx = index.reshape(-1, 1).long()
+    cdt = _compute_dtype(logits.dtype)
+    pieces = []
+    step = max(1, int(chunk_size))
+    for start in range(0, flat.shape[0], step):
+        chunk = flat[start : start + step].to(cdt)
+        picked = chunk.gather(-1, idx[start : start + step]).squeeze(-1)
+        pieces.append(picked - torch.logsumexp(chunk, dim=-1))
+    if not pieces:
+        return torch.empty(index.shape, dtype=cdt, device=logits.device)
+    return torch.cat(pieces).reshape(index.shape)
+
+
+def top_entropy_mask(
+    entropies: torch.Tensor,
+    mask: torch.Tensor,
+    quantile: float,
+    *,
+    reference_entropies: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """High-entropy ("forking") token mask — Wang et al. 2025, 'Beyond the 80/20 Rule:
+    High-Entropy Minority Tokens Drive Effective Reinforcement Learning for LLM Reasoning',
+    Sec. 5 (policy gradient restricted to the top-entropy tokens).
+
+    The threshold tau is the ``quantile`` (in [0, 1]) of the entropies of the active tokens,
+    with linear interpolation between order statistics (``torch.quantile``'s default; e.g.
+    ``quantile=0.8`` keeps roughly the top 20 %). A token is kept when it is active and its
+    entropy is >= tau; ``quantile=0`` keeps every active token. ``reference_entropies`` (1-D),
+    when given, is the population the quantile is taken from instead (e.g. active entropies
+    gathered from all processes). Returns a (B, T) mask in ``mask``'s dtype (bool stays bool).
+    """
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"quantile must be in [0, 1], got {quantile}")
+    active = mask.bool()
+    pop = entropies.detach()[active] if reference_entropies is None else reference_entropies.detach().reshape(-1)
+    pop = pop.float()
+    if pop.numel() == 0:
+        keep = torch.zeros_like(active)
+    else:
+        s, _ = torch.sort(pop)
+        pos = quantile * (s.numel() - 1)
+        lo = int(math.floor(pos))
+        hi = min(lo + 1, s.numel() - 1)
+        tau = s[lo] + (pos - lo) * (s[hi] - s[lo])
+        keep = active & (entropies.detach().float() >= tau)
+    return keep if mask.dtype == torch.bool else keep.to(mask.dtype)
