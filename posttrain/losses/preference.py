@@ -1,0 +1,895 @@
+"""Preference-optimisation losses as pure tensor functions.
+
+Nothing in this module touches a model. Every loss takes *per-sequence*
+log-probabilities -- 1-D float tensors of shape ``(B,)`` that the caller has
+already reduced over the completion tokens -- and returns per-example losses
+plus detached reward diagnostics. Whether a loss wants the token log-probs
+*summed* or *length-averaged* is part of its contract and is stated in each
+docstring; the reduction itself is the caller's job.
+
+Loss-type names, config-field names and the meaning of the returned rewards
+follow Hugging Face TRL (``DPOConfig``, ``CPOConfig``, ``ORPOConfig``,
+``KTOConfig``, ``BCOConfig``) so a trainer built on top can log the same
+metrics (``rewards/chosen``, ``rewards/rejected``, ``log_odds_ratio``, ...).
+
+Summary of what each entry point expects from the caller
+--------------------------------------------------------
+=====================  =====================================================
+``dpo_loss``           summed logps (policy and reference); ``ipo`` wants
+                       length-averaged logps; ``sft`` reads only
+                       ``chosen_logps``.
+``cpo_loss``           summed logps for ``sigmoid``/``hinge``/``ipo``;
+                       length-averaged for ``simpo``/``alphapo``.
+``orpo_loss``          length-averaged logps (must be <= 0).
+``kto_loss``           summed logps, one completion per example + labels.
+``bco_loss``           summed logps, one completion per example + labels.
+=====================  =====================================================
+
+Token-level helpers (``ld_dpo_logps``, ``wpo_weights`` ...) build the
+per-sequence inputs from per-token tensors of shape ``(B, T)`` together with
+a 0/1 completion mask of the same shape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "DPO_LOSS_TYPES",
+    "CPO_LOSS_TYPES",
+    "KTO_LOSS_TYPES",
+    "F_DIVERGENCE_TYPES",
+    "PreferenceLossOutput",
+    "ORPOLossOutput",
+    "UnpairedLossOutput",
+    "dpo_loss",
+    "dpo_implicit_rewards",
+    "cpo_loss",
+    "orpo_loss",
+    "kto_loss",
+    "kto_kl_estimate",
+    "bco_loss",
+    "udm_density_ratio",
+    "RunningMean",
+    "ld_dpo_logps",
+    "ld_dpo_pair_logps",
+    "log_sum_squared_probs",
+    "wpo_log_weights",
+    "wpo_weights",
+]
+
+DPO_LOSS_TYPES: tuple[str, ...] = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_pair",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+)
+"""Valid ``loss_type`` values for :func:`dpo_loss`.
+
+``aot_unpaired`` is the name newer TRL releases use for ``aot_pair``; both are
+accepted and compute the same thing."""
+
+CPO_LOSS_TYPES: tuple[str, ...] = ("sigmoid", "hinge", "ipo", "simpo", "alphapo")
+KTO_LOSS_TYPES: tuple[str, ...] = ("kto", "apo_zero_unpaired")
+F_DIVERGENCE_TYPES: tuple[str, ...] = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+
+# Loss types whose value is a function of the f-divergence "logits" (the
+# chosen-minus-rejected margin); the remaining types look at the chosen and
+# rejected log-ratios separately and ignore ``f_divergence_type``.
+_MARGIN_LOSS_TYPES = frozenset({"sigmoid", "hinge", "ipo", "exo_pair", "robust", "discopop"})
+
+_EXO_DEFAULT_EPSILON = 1e-3
+
+
+class PreferenceLossOutput(NamedTuple):
+    """Per-pair losses and detached implicit rewards, all of shape ``(B,)``."""
+
+    losses: torch.Tensor
+    chosen_rewards: torch.Tensor
+    rejected_rewards: torch.Tensor
+
+
+class ORPOLossOutput(NamedTuple):
+    """ORPO odds-ratio term plus the two scalar metrics TRL logs."""
+
+    losses: torch.Tensor
+    chosen_rewards: torch.Tensor
+    rejected_rewards: torch.Tensor
+    log_odds_ratio: torch.Tensor  # mean of logsigmoid(log_odds), detached 0-dim
+    log_odds_chosen: torch.Tensor  # mean of log_odds, detached 0-dim
+
+
+class UnpairedLossOutput(NamedTuple):
+    """Per-example losses for unpaired (KTO / BCO) data, in input order.
+
+    ``rewards`` has shape ``(B,)``; ``chosen_rewards`` / ``rejected_rewards``
+    are ``rewards[labels]`` / ``rewards[~labels]`` (variable length, possibly
+    empty). All rewards are detached.
+    """
+
+    losses: torch.Tensor
+    rewards: torch.Tensor
+    chosen_rewards: torch.Tensor
+    rejected_rewards: torch.Tensor
+
+
+# ---------------------------------------------------------------------------
+# small numerical helpers
+# ---------------------------------------------------------------------------
+
+
+def _unknown(kind: str, name: object, valid: Sequence[str]) -> ValueError:
+    return ValueError(f"Unknown {kind} {name!r}; valid names are: {', '.join(valid)}.")
+
+
+def _check_1d(**tensors: torch.Tensor | None) -> None:
+    shape = None
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor) or t.dim() != 1:
+            got = getattr(t, "shape", type(t))
+            raise ValueError(f"{name} must be a 1-D tensor of per-sequence log-probabilities, got {got}")
+        if shape is None:
+            shape = t.shape
+        elif t.shape != shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+
+
+def _capped_exp(x: torch.Tensor) -> torch.Tensor:
+    """``exp(x)`` with the exponent capped so the result stays finite in ``x.dtype``."""
+    cap = math.log(torch.finfo(x.dtype).max) - 1.0
+    return torch.exp(torch.clamp(x, max=cap))
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 - exp(x))`` for ``x < 0``, accurate near 0 and for very negative ``x``.
+
+    Uses ``log(-expm1(x))`` for ``x > -log 2`` and ``log1p(-exp(x))`` otherwise
+    (Maechler's split). Each branch is evaluated only on inputs that are safe
+    for it, so the backward pass never sees ``0 * inf``. Inputs are clamped to
+    ``<= -tiny`` so ``x == 0`` (probability exactly one) stays finite.
+    """
+    x = torch.clamp(x, max=-torch.finfo(x.dtype).tiny)
+    ln2 = math.log(2.0)
+    near_zero = x > -ln2
+    a = torch.log(-torch.expm1(torch.where(near_zero, x, torch.full_like(x, -ln2))))
+    b = torch.log1p(-torch.exp(torch.where(near_zero, torch.full_like(x, -ln2), x)))
+    return torch.where(near_zero, a, b)
+
+
+def _cross_entropy_on_margin(z: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Binary cross-entropy of ``sigmoid(z)`` against the soft label ``1 - label_smoothing``."""
+    return -F.logsigmoid(z) * (1.0 - label_smoothing) - F.logsigmoid(-z) * label_smoothing
+
+
+# ---------------------------------------------------------------------------
+# DPO family
+# ---------------------------------------------------------------------------
+
+
+def dpo_implicit_rewards(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None,
+    ref_rejected_logps: torch.Tensor | None,
+    *,
+    beta: float = 0.1,
+    reference_free: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Implicit DPO rewards β·log(π/π_ref) — Rafailov et al. 2023, 'Direct Preference Optimization', Eq. 5.
+
+    Returns detached ``(chosen_rewards, rejected_rewards)``. With
+    ``reference_free=True`` the reference is the uniform "model" and the
+    rewards are ``beta * logps``. A trainer using ``loss_type="bco_pair"``
+    calls this first to update its :class:`RunningMean` before calling
+    :func:`dpo_loss` (see there).
+    """
+    if reference_free:
+        return (beta * chosen_logps).detach(), (beta * rejected_logps).detach()
+    if ref_chosen_logps is None or ref_rejected_logps is None:
+        raise ValueError("reference log-probabilities are required unless reference_free=True")
+    return (
+        (beta * (chosen_logps - ref_chosen_logps)).detach(),
+        (beta * (rejected_logps - ref_rejected_logps)).detach(),
+    )
+
+
+def _f_divergence_logits(
+    chosen_logratios: torch.Tensor,
+    rejected_logratios: torch.Tensor,
+    f_divergence_type: str,
+    alpha: float,
+) -> torch.Tensor:
+    """Chosen-minus-rejected margin ``f'(u_w) - f'(u_l)`` with ``u = pi/pi_ref`` (f-DPO)."""
+    if f_divergence_type == "reverse_kl":
+        # f(u) = u log u, f'(u) = log u + 1.
+        return chosen_logratios - rejected_logratios
+    if f_divergence_type == "forward_kl":
+        # f(u) = -log u, f'(u) = -1/u.
+        return _capped_exp(-rejected_logratios) - _capped_exp(-chosen_logratios)
+    if f_divergence_type == "js_divergence":
+        # f'(u) = log(2u / (1 + u)) = log 2 + log u - softplus(log u).
+        return (chosen_logratios - rejected_logratios) - (
+            F.softplus(chosen_logratios) - F.softplus(rejected_logratios)
+        )
+    if f_divergence_type == "alpha_divergence":
+        # f'(u) = (1 - u^-alpha) / alpha; alpha -> 0 recovers reverse KL.
+        if alpha == 0:
+            return chosen_logratios - rejected_logratios
+        return (_capped_exp(-alpha * rejected_logratios) - _capped_exp(-alpha * chosen_logratios)) / alpha
+    raise _unknown("f_divergence_type", f_divergence_type, F_DIVERGENCE_TYPES)
+
+
+def _single_dpo_loss(
+    loss_type: str,
+    *,
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    chosen_logratios: torch.Tensor,
+    rejected_logratios: torch.Tensor,
+    ref_margin: torch.Tensor,
+    logits: torch.Tensor | None,
+    beta: float,
+    label_smoothing: float,
+    bco_delta: float | torch.Tensor | None,
+    discopop_tau: float,
+) -> torch.Tensor:
+    ls = label_smoothing
+    if loss_type == "sigmoid":
+        # DPO (Rafailov et al. 2023, Eq. 7); ls > 0 is conservative DPO (Mitchell 2023).
+        return _cross_entropy_on_margin(beta * logits, ls)
+    if loss_type == "robust":
+        # Robust DPO (Chowdhury et al. 2024): unbiased loss under label flips with rate ls.
+        if not 0.0 <= ls < 0.5:
+            raise ValueError(f"loss_type='robust' needs 0 <= label_smoothing < 0.5, got {ls}")
+        z = beta * logits
+        return (-F.logsigmoid(z) * (1.0 - ls) + F.logsigmoid(-z) * ls) / (1.0 - 2.0 * ls)
+    if loss_type == "exo_pair":
+        # EXO pairwise (Ji et al. 2024, Eq. 16): KL(p_theta || p_label) with p_label = (1-eps, eps).
+        eps = ls if ls > 0 else _EXO_DEFAULT_EPSILON
+        if not 0.0 < eps < 1.0:
+            raise ValueError(f"loss_type='exo_pair' needs 0 < label_smoothing < 1, got {ls}")
+        z = beta * logits
+        return torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-eps)) + torch.sigmoid(-z) * (
+            F.logsigmoid(-z) - math.log(eps)
+        )
+    if loss_type == "hinge":
+        # SLiC / RSO hinge; 1/beta is the margin.
+        return torch.relu(1.0 - beta * logits)
+    if loss_type == "ipo":
+        # IPO (Azar et al. 2023, Eq. 17); beta plays the role of tau.
+        return (logits - 1.0 / (2.0 * beta)) ** 2
+    if loss_type == "discopop":
+        # DiscoPOP (Chris Lu et al. 2024, Eq. 5): log-ratio modulated blend of logistic and exponential.
+        z = beta * logits
+        mix = torch.sigmoid(z / discopop_tau)
+        return -F.logsigmoid(z) * (1.0 - mix) + torch.exp(-z) * mix
+    if loss_type == "bco_pair":
+        # BCO on pairs (Jung et al. 2024): chosen -> 1, rejected -> 0, rewards shifted by delta.
+        if bco_delta is None:
+            raise ValueError(
+                "loss_type='bco_pair' needs bco_delta (the running mean of the rewards, see RunningMean)"
+            )
+        delta = torch.as_tensor(bco_delta, dtype=chosen_logratios.dtype, device=chosen_logratios.device).detach()
+        rc = beta * chosen_logratios
+        rr = beta * rejected_logratios
+        return -F.logsigmoid(rc - delta) - F.logsigmoid(-(rr - delta))
+    if loss_type == "sppo_hard":
+        # SPPO (Wu et al. 2024, Eq. 4.7 of Alg. 1) with hard win probabilities 1 / 0.
+        half = 0.5 / beta
+        return (chosen_logratios - half) ** 2 + (rejected_logratios + half) ** 2
+    if loss_type == "nca_pair":
+        # NCA pairwise (Chen et al. 2024).
+        rc = beta * chosen_logratios
+        rr = beta * rejected_logratios
+        return -F.logsigmoid(rc) - 0.5 * F.logsigmoid(-rc) - 0.5 * F.logsigmoid(-rr)
+    if loss_type == "aot":
+        # AOT paired (Melnyk et al. 2024): sorted policy margins must dominate sorted reference margins.
+        policy_margin = chosen_logps - rejected_logps
+        delta = torch.sort(policy_margin, dim=0).values - torch.sort(ref_margin, dim=0).values
+        return _cross_entropy_on_margin(beta * delta, ls)
+    if loss_type in ("aot_pair", "aot_unpaired"):
+        # AOT unpaired: sorted chosen log-ratios must dominate sorted rejected log-ratios.
+        delta = torch.sort(chosen_logratios, dim=0).values - torch.sort(rejected_logratios, dim=0).values
+        return _cross_entropy_on_margin(beta * delta, ls)
+    if loss_type == "apo_zero":
+        # APO-zero (D'Oosterlinck et al. 2024, Eq. 7): raise chosen, lower rejected.
+        return (1.0 - torch.sigmoid(beta * chosen_logratios)) + torch.sigmoid(beta * rejected_logratios)
+    if loss_type == "apo_down":
+        # APO-down (D'Oosterlinck et al. 2024, Eq. 8): lower both, rejected more.
+        return torch.sigmoid(beta * chosen_logratios) + (
+            1.0 - torch.sigmoid(beta * (chosen_logratios - rejected_logratios))
+        )
+    if loss_type == "sft":
+        return -chosen_logps
+    raise _unknown("loss_type", loss_type, DPO_LOSS_TYPES)
+
+
+def dpo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    *,
+    beta: float = 0.1,
+    loss_type: str | Sequence[str] = "sigmoid",
+    loss_weights: Sequence[float] | None = None,
+    label_smoothing: float = 0.0,
+    f_divergence_type: str = "reverse_kl",
+    f_alpha_divergence_coef: float = 1.0,
+    reference_free: bool = False,
+    bco_delta: float | torch.Tensor | None = None,
+    discopop_tau: float = 0.05,
+    weights: torch.Tensor | None = None,
+) -> PreferenceLossOutput:
+    """DPO sigmoid loss and its variants — Rafailov et al. 2023, 'Direct Preference Optimization', Eq. 7.
+
+    Inputs are per-sequence log-probabilities of shape ``(B,)``, **summed**
+    over completion tokens, for the policy (``chosen_logps``,
+    ``rejected_logps``) and the frozen reference (``ref_*``). Exception:
+    ``loss_type="ipo"`` expects **length-averaged** log-probs (IPO's
+    convention; TRL averages for IPO). The caller does the reduction.
+
+    Write ``h_w = chosen_logps - ref_chosen_logps``, ``h_l`` likewise, and
+    ``logits = h_w - h_l`` (reverse KL; see ``f_divergence_type``). Loss types
+    (TRL names):
+
+    * ``sigmoid`` -- ``-log σ(β·logits)``; with ``label_smoothing=ε`` the
+      conservative DPO (cDPO) mixture ``-(1-ε) log σ(β·logits) - ε log σ(-β·logits)``.
+    * ``hinge`` -- SLiC/RSO ``relu(1 - β·logits)``.
+    * ``ipo`` -- IPO (Azar et al. 2023, Eq. 17) ``(logits - 1/(2β))²``.
+    * ``exo_pair`` -- pairwise EXO (Ji et al. 2024, Eq. 16),
+      ``σ(z)(log σ(z) - log(1-ε)) + σ(-z)(log σ(-z) - log ε)`` with ``z = β·logits``;
+      ``ε = label_smoothing``, or ``1e-3`` when it is 0.
+    * ``nca_pair`` -- NCA (Chen et al. 2024)
+      ``-log σ(βh_w) - ½ log σ(-βh_w) - ½ log σ(-βh_l)``.
+    * ``robust`` -- Robust DPO (Chowdhury et al. 2024)
+      ``((1-ε)(-log σ(z)) + ε log σ(-z)) / (1-2ε)``, ``ε = label_smoothing < 0.5``.
+    * ``bco_pair`` -- BCO on pairs (Jung et al. 2024)
+      ``-log σ(βh_w - δ) - log σ(-(βh_l - δ))`` with ``δ = bco_delta``.
+    * ``sppo_hard`` -- SPPO with hard probabilities (Wu et al. 2024)
+      ``(h_w - 1/(2β))² + (h_l + 1/(2β))²``.
+    * ``aot`` -- AOT for paired data (Melnyk et al. 2024): sort the policy
+      margins ``chosen_logps - rejected_logps`` and the reference margins
+      independently over the batch, take ``Δ = sorted_policy - sorted_ref``
+      and apply the (label-smoothed) sigmoid loss to ``β·Δ``.
+    * ``aot_pair`` (alias ``aot_unpaired``) -- AOT for unpaired data: sort
+      ``h_w`` and ``h_l`` independently, ``Δ = sorted(h_w) - sorted(h_l)``.
+      Both AOT variants couple the examples of the batch (the i-th loss is
+      not a function of the i-th pair alone).
+    * ``apo_zero`` -- APO-zero (D'Oosterlinck et al. 2024, Eq. 7)
+      ``1 - σ(βh_w) + σ(βh_l)``.
+    * ``apo_down`` -- APO-down (Eq. 8) ``σ(βh_w) + 1 - σ(β(h_w - h_l))``.
+    * ``discopop`` -- DiscoPOP (Lu et al. 2024, Eq. 5): with ``z = β·logits``
+      and ``m = σ(z/τ)``, ``(1-m)(-log σ(z)) + m·exp(-z)``, ``τ = discopop_tau``.
+    * ``sft`` -- ``-chosen_logps`` (NLL of the chosen completion; per-token
+      mean if the caller passes averaged logps).
+
+    f-divergences (f-DPO, Wang et al. 2023) change how ``logits`` is formed
+    from the per-side ratios ``u = π/π_ref`` as ``f'(u_w) - f'(u_l)``:
+    ``reverse_kl`` (standard DPO), ``forward_kl`` (``1/u_l - 1/u_w``),
+    ``js_divergence`` (``log(2u/(1+u))``) and ``alpha_divergence``
+    (``(u_l^-α - u_w^-α)/α`` with ``α = f_alpha_divergence_coef``; α=1 equals
+    forward KL). Only the margin-based types (``sigmoid``, ``hinge``,
+    ``ipo``, ``exo_pair``, ``robust``, ``discopop``) use it; the others work
+    on ``h_w``/``h_l`` directly.
+
+    Multiple loss types (TRL's ``loss_type=[...]`` with ``loss_weights``, e.g.
+    MPO = ``["sigmoid", "bco_pair", "sft"]`` with ``[0.8, 0.2, 1.0]``): pass a
+    list; the returned ``losses`` is ``Σ_k w_k · losses_k`` (weights default
+    to 1). Rewards do not depend on the loss type.
+
+    ``reference_free=True`` ignores the reference log-probs entirely (they
+    may be ``None``): ``h = logps`` and the rewards become ``β·logps``.
+
+    ``bco_pair`` needs ``bco_delta``: the trainer keeps a :class:`RunningMean`,
+    calls ``running.update(torch.cat(dpo_implicit_rewards(...)).mean())``
+    and passes ``bco_delta=running.mean`` (the current batch is included in
+    the mean, as in TRL).
+
+    ``weights`` (optional, ``(B,)``) multiplies the per-pair losses; pass
+    :func:`wpo_weights` for WPO (TRL's ``use_weighting``). RPO (``rpo_alpha``)
+    and LD-DPO (``ld_alpha``, see :func:`ld_dpo_pair_logps`) act on the
+    log-probs / the final scalar and are the caller's job.
+
+    Returns :class:`PreferenceLossOutput` ``(losses, chosen_rewards,
+    rejected_rewards)``, each ``(B,)``; rewards are ``β·h`` and detached.
+    Unknown ``loss_type`` / ``f_divergence_type`` raise ``ValueError``.
+    """
+    types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
+    if not types:
+        raise ValueError("loss_type must name at least one loss")
+    for name in types:
+        if name not in DPO_LOSS_TYPES:
+            raise _unknown("loss_type", name, DPO_LOSS_TYPES)
+    if f_divergence_type not in F_DIVERGENCE_TYPES:
+        raise _unknown("f_divergence_type", f_divergence_type, F_DIVERGENCE_TYPES)
+    if loss_weights is None:
+        loss_weights = [1.0] * len(types)
+    elif len(loss_weights) != len(types):
+        raise ValueError(f"loss_weights has {len(loss_weights)} entries for {len(types)} loss types")
+    if not reference_free and (ref_chosen_logps is None or ref_rejected_logps is None):
+        raise ValueError("ref_chosen_logps and ref_rejected_logps are required unless reference_free=True")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    _check_1d(
+        chosen_logps=chosen_logps,
+        rejected_logps=rejected_logps,
+        ref_chosen_logps=None if reference_free else ref_chosen_logps,
+        ref_rejected_logps=None if reference_free else ref_rejected_logps,
+        weights=weights,
+    )
+
+    if reference_free:
+        chosen_logratios, rejected_logratios = chosen_logps, rejected_logps
+        ref_margin = torch.zeros_like(chosen_logps)
+    else:
+        chosen_logratios = chosen_logps - ref_chosen_logps
+        rejected_logratios = rejected_logps - ref_rejected_logps
+        ref_margin = ref_chosen_logps - ref_rejected_logps
+
+    logits = None
+    if any(t in _MARGIN_LOSS_TYPES for t in types):
+        logits = _f_divergence_logits(chosen_logratios, rejected_logratios, f_divergence_type, f_alpha_divergence_coef)
+
+    total = None
+    for name, w in zip(types, loss_weights):
+        part = _single_dpo_loss(
+            name,
+            chosen_logps=chosen_logps,
+            rejected_logps=rejected_logps,
+            chosen_logratios=chosen_logratios,
+            rejected_logratios=rejected_logratios,
+            ref_margin=ref_margin,
+            logits=logits,
+            beta=beta,
+            label_smoothing=label_smoothing,
+            bco_delta=bco_delta,
+            discopop_tau=discopop_tau,
+        )
+        if w != 1.0:
+            part = part * w
+        total = part if total is None else total + part
+    if weights is not None:
+        total = total * weights
+
+    return PreferenceLossOutput(
+        total,
+        (beta * chosen_logratios).detach(),
+        (beta * rejected_logratios).detach(),
+    )
+
+
+# ---------------------------------------------------------------------------
+# CPO / SimPO / AlphaPO
+# ---------------------------------------------------------------------------
+
+
+def _alphapo_reward(logps: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``(1 - p^-alpha) / alpha`` with ``p = exp(logps)``, written as ``-expm1(-alpha·logps)/alpha``."""
+    cap = math.log(torch.finfo(logps.dtype).max) - 1.0
+    return -torch.expm1(torch.clamp(-alpha * logps, max=cap)) / alpha
+
+
+def cpo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+    simpo_gamma: float = 0.5,
+    alpha: float = 0.0,
+) -> PreferenceLossOutput:
+    """CPO loss — Xu et al. 2024, 'Contrastive Preference Optimization', the L_prefer term (reference-free DPO).
+
+    Reference-free: only policy log-probs, shape ``(B,)``. Write
+    ``m = r_w - r_l`` where ``r = logps`` (or the AlphaPO-shaped reward when
+    ``alpha != 0``, see below). Loss types (TRL ``CPOConfig`` names):
+
+    * ``sigmoid`` -- ``-(1-ε) log σ(β·m) - ε log σ(-β·m)`` (``ε = label_smoothing``);
+      expects **summed** logps.
+    * ``hinge`` -- ``relu(1 - β·m)``; summed logps.
+    * ``ipo`` -- ``(m - 1/(2β))²``; summed logps.
+    * ``simpo`` -- SimPO (Meng et al. 2024, Eq. 6): ``-log σ(β·m - γ)`` with
+      ``γ = simpo_gamma`` (label smoothing applies as for ``sigmoid``);
+      expects **length-averaged** logps.
+    * ``alphapo`` -- AlphaPO (Gupta et al. 2025): SimPO with the reward
+      ``r = (1 - p^-α)/α``, ``p = exp(avg logp)`` -- i.e. ``-(exp(-α·logp) - 1)/α``;
+      expects **length-averaged** logps. α → 0 recovers SimPO.
+
+    As in TRL, a non-zero ``alpha`` reshapes the reward for every loss type
+    (``alphapo`` is then just ``simpo`` on shaped rewards). The CPO NLL
+    regulariser ``cpo_alpha · NLL(chosen)`` is the caller's job.
+
+    Returns ``(losses, chosen_rewards, rejected_rewards)`` with rewards
+    ``β·r`` (detached).
+    """
+    if loss_type not in CPO_LOSS_TYPES:
+        raise _unknown("loss_type", loss_type, CPO_LOSS_TYPES)
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    _check_1d(chosen_logps=chosen_logps, rejected_logps=rejected_logps)
+
+    if alpha != 0.0:
+        r_w = _alphapo_reward(chosen_logps, alpha)
+        r_l = _alphapo_reward(rejected_logps, alpha)
+    else:
+        r_w, r_l = chosen_logps, rejected_logps
+    margin = r_w - r_l
+
+    if loss_type in ("simpo", "alphapo"):
+        losses = _cross_entropy_on_margin(beta * margin - simpo_gamma, label_smoothing)
+    elif loss_type == "sigmoid":
+        losses = _cross_entropy_on_margin(beta * margin, label_smoothing)
+    elif loss_type == "hinge":
+        losses = torch.relu(1.0 - beta * margin)
+    else:  # ipo
+        losses = (margin - 1.0 / (2.0 * beta)) ** 2
+    return PreferenceLossOutput(losses, (beta * r_w).detach(), (beta * r_l).detach())
+
+
+# ---------------------------------------------------------------------------
+# ORPO
+# ---------------------------------------------------------------------------
+
+
+def orpo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    *,
+    beta: float = 0.1,
+) -> ORPOLossOutput:
+    """ORPO odds-ratio loss — Hong et al. 2024, 'ORPO: Monolithic Preference Optimization...', Eq. 7 (L_OR).
+
+    Expects **length-averaged** policy log-probs ``(B,)`` (values ``<= 0``).
+    With ``odds(p) = p / (1 - p)``:
+    ``log_odds = (c - r) - (log(1 - e^c) - log(1 - e^r))`` and
+    ``losses = -β · log σ(log_odds)``. ``log(1 - e^x)`` is evaluated stably
+    (``log(-expm1(x))`` near 0, ``log1p(-exp(x))`` far from it), so averages
+    such as ``-1e-6`` or ``-50`` are fine; ``0`` is clamped to ``-tiny``.
+
+    The full ORPO objective is ``NLL(chosen) + losses.mean()`` -- the NLL
+    (TRL: token-mean cross-entropy on the chosen completion) is the caller's job.
+
+    Returns :class:`ORPOLossOutput`: ``losses``; rewards ``β·logps``
+    (detached); ``log_odds_ratio = mean(log σ(log_odds))`` and
+    ``log_odds_chosen = mean(log_odds)`` as detached scalars (TRL's metrics).
+    """
+    _check_1d(chosen_logps=chosen_logps, rejected_logps=rejected_logps)
+    log_odds = (chosen_logps - rejected_logps) - (_log1mexp(chosen_logps) - _log1mexp(rejected_logps))
+    ratio = F.logsigmoid(log_odds)
+    return ORPOLossOutput(
+        -beta * ratio,
+        (beta * chosen_logps).detach(),
+        (beta * rejected_logps).detach(),
+        ratio.detach().mean(),
+        log_odds.detach().mean(),
+    )
+
+
+# ---------------------------------------------------------------------------
+# KTO
+# ---------------------------------------------------------------------------
+
+
+def _as_bool_labels(labels: torch.Tensor | Sequence[bool], like: torch.Tensor) -> torch.Tensor:
+    labels = torch.as_tensor(labels, device=like.device)
+    if labels.dim() != 1 or labels.shape[0] != like.shape[0]:
+        raise ValueError(f"labels must have shape ({like.shape[0]},), got {tuple(labels.shape)}")
+    return labels.bool()
+
+
+def kto_kl_estimate(
+    kl_policy_logps: torch.Tensor,
+    kl_ref_logps: torch.Tensor,
+    *,
+    clamp: bool = True,
+) -> torch.Tensor:
+    """KTO reference point — Ethayarajh et al. 2024, 'KTO: Model Alignment as...', batch KL estimate of z_0.
+
+    The inputs are summed log-probs ``(B,)`` of *mismatched* pairs (prompt i
+    with the completion of example j != i, TRL shifts the completions by one)
+    under the policy and the reference. Returns the detached scalar
+    ``mean(policy - ref)``, clamped at 0 when ``clamp=True``.
+
+    Multi-process: call with ``clamp=False`` on each rank, gather and average
+    the per-rank values, then ``.clamp(min=0)`` -- as TRL does.
+    """
+    _check_1d(kl_policy_logps=kl_policy_logps, kl_ref_logps=kl_ref_logps)
+    kl = (kl_policy_logps - kl_ref_logps).detach().mean()
+    return kl.clamp(min=0) if clamp else kl
+
+
+def kto_loss(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    labels: torch.Tensor | Sequence[bool],
+    kl: torch.Tensor | float | None = None,
+    *,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+    loss_type: str = "kto",
+) -> UnpairedLossOutput:
+    """KTO loss — Ethayarajh et al. 2024, 'KTO: Model Alignment as Prospect Theoretic Optimization', L_KTO.
+
+    Unpaired data: one completion per example, **summed** log-probs ``(B,)``
+    for policy and reference, and boolean ``labels`` (True = desirable).
+    With ``h = policy_logps - ref_logps`` and ``z = kl`` (see
+    :func:`kto_kl_estimate`; detached and clamped at 0 here as well):
+
+    * ``kto``: desirable ``λ_D (1 - σ(β(h - z)))``, undesirable
+      ``λ_U (1 - σ(β(z - h)))`` with ``λ_D = desirable_weight``,
+      ``λ_U = undesirable_weight``.
+    * ``apo_zero_unpaired`` (APO-zero for unpaired data, D'Oosterlinck et al.
+      2024): desirable ``λ_D (1 - σ(βh))``, undesirable ``λ_U σ(βh)``; ``kl``
+      is ignored.
+
+    ``kl=None`` means 0 (TRL skips the KL pass for ``apo_zero_unpaired``).
+    Losses keep the input order (TRL concatenates desirable then undesirable;
+    the mean is the same). Returns :class:`UnpairedLossOutput` with rewards
+    ``β·h`` (detached).
+    """
+    if loss_type not in KTO_LOSS_TYPES:
+        raise _unknown("loss_type", loss_type, KTO_LOSS_TYPES)
+    _check_1d(policy_logps=policy_logps, ref_logps=ref_logps)
+    labels = _as_bool_labels(labels, policy_logps)
+    h = policy_logps - ref_logps
+    if loss_type == "kto":
+        if kl is None:
+            z = torch.zeros((), dtype=h.dtype, device=h.device)
+        else:
+            z = torch.as_tensor(kl, dtype=h.dtype, device=h.device).detach().clamp(min=0)
+        desirable = 1.0 - torch.sigmoid(beta * (h - z))
+        undesirable = 1.0 - torch.sigmoid(beta * (z - h))
+    else:
+        desirable = 1.0 - torch.sigmoid(beta * h)
+        undesirable = torch.sigmoid(beta * h)
+    losses = torch.where(labels, desirable_weight * desirable, undesirable_weight * undesirable)
+    rewards = (beta * h).detach()
+    return UnpairedLossOutput(losses, rewards, rewards[labels], rewards[~labels])
+
+
+# ---------------------------------------------------------------------------
+# BCO
+# ---------------------------------------------------------------------------
+
+
+class RunningMean:
+    """Running reward mean δ — Jung et al. 2024, 'Binary Classifier Optimization...', reward shift of the BCO loss.
+
+    BCO (Jung et al. 2024) shifts the implicit reward by δ, a moving average
+    of the rewards. TRL's ``BCOTrainer`` (and ``bco_pair`` in DPO) updates it
+    once per step, *before* computing the loss, with one scalar: the detached
+    mean of this step's chosen and rejected rewards,
+    ``torch.cat([chosen_rewards, rejected_rewards]).mean()``, and then uses
+    ``δ = running.mean``. Each update adds ``values.numel()`` samples, so
+    with one scalar per step δ is the plain average of all per-step batch
+    means seen so far (including the current one). With several processes,
+    gather the per-rank scalars and pass the gathered tensor.
+
+    The update is the exact parallel (Chan et al.) merge of mean and
+    population variance. ``state_dict`` / ``load_state_dict`` let a trainer
+    checkpoint it.
+    """
+
+    def __init__(self, mean: float = 0.0, var: float = 1.0, count: float = 0.0) -> None:
+        self.mean = float(mean)
+        self.var = float(var)
+        self.count = float(count)
+
+    @torch.no_grad()
+    def update(self, values: torch.Tensor | float | Sequence[float]) -> float:
+        """Merge ``values`` (any shape, detached) into the statistics; returns the new mean."""
+        xs = torch.as_tensor(values, dtype=torch.float64).detach().reshape(-1)
+        n = xs.numel()
+        if n == 0:
+            return self.mean
+        batch_mean = float(xs.mean())
+        batch_var = float(((xs - batch_mean) ** 2).mean())
+        total = self.count + n
+        delta = batch_mean - self.mean
+        m2 = self.var * self.count + batch_var * n + delta * delta * self.count * n / total
+        self.mean += delta * n / total
+        self.var = m2 / total
+        self.count = total
+        return self.mean
+
+    @property
+    def std(self) -> float:
+        """Unbiased standard deviation of everything seen so far."""
+        if self.count <= 1:
+            return math.sqrt(self.var)
+        return math.sqrt(self.var * self.count / (self.count - 1))
+
+    def state_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.mean = float(state["mean"])
+        self.var = float(state["var"])
+        self.count = float(state["count"])
+
+    def __repr__(self) -> str:
+        return f"RunningMean(mean={self.mean!r}, var={self.var!r}, count={self.count!r})"
+
+
+def udm_density_ratio(
+    prob_desirable: torch.Tensor,
+    *,
+    min_density_ratio: float = 0.5,
+    max_density_ratio: float = 10.0,
+) -> torch.Tensor:
+    """UDM density ratio — Jung et al. 2024, 'Binary Classifier Optimization...', underlying distribution matching.
+
+    ``prob_desirable`` is a prompt classifier's probability that a prompt
+    comes from the desirable set; the weight for an undesirable example is
+    ``p / (1 - p)`` clamped to ``[min_density_ratio, max_density_ratio]``
+    (TRL ``BCOConfig`` defaults 0.5 and 10). Training the classifier on
+    prompt embeddings is the trainer's job. Returns detached ``(B,)``.
+    """
+    p = prob_desirable.detach()
+    ratio = p / (1.0 - p)
+    return ratio.clamp(min=min_density_ratio, max=max_density_ratio)
+
+
+def bco_loss(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    labels: torch.Tensor | Sequence[bool],
+    *,
+    beta: float = 0.1,
+    delta: torch.Tensor | float = 0.0,
+    udm_weights: torch.Tensor | None = None,
+) -> UnpairedLossOutput:
+    """BCO loss — Jung et al. 2024, 'Binary Classifier Optimization for LLM Alignment', reward-shifted BCE objective.
+
+    Unpaired data, **summed** log-probs ``(B,)`` and boolean ``labels``.
+    Reward ``r = β(policy_logps - ref_logps)``; desirable examples get
+    ``-log σ(r - δ)``, undesirable ones ``-log σ(-(r - δ))``, with
+    ``δ = delta`` the running reward mean (see :class:`RunningMean`: update
+    it with ``r.detach().mean()`` for this step first, then pass
+    ``delta=running.mean``).
+
+    ``udm_weights`` (optional ``(B,)``, e.g. from :func:`udm_density_ratio`)
+    multiplies the losses of the *undesirable* examples only (underlying
+    distribution matching); entries at desirable positions are ignored.
+
+    Returns :class:`UnpairedLossOutput` (losses in input order, rewards
+    detached).
+    """
+    _check_1d(policy_logps=policy_logps, ref_logps=ref_logps, udm_weights=udm_weights)
+    labels = _as_bool_labels(labels, policy_logps)
+    rewards = beta * (policy_logps - ref_logps)
+    shifted = rewards - torch.as_tensor(delta, dtype=rewards.dtype, device=rewards.device).detach()
+    losses = torch.where(labels, -F.logsigmoid(shifted), -F.logsigmoid(-shifted))
+    if udm_weights is not None:
+        losses = losses * torch.where(labels, torch.ones_like(udm_weights), udm_weights.detach())
+    rewards = rewards.detach()
+    return UnpairedLossOutput(losses, rewards, rewards[labels], rewards[~labels])
+
+
+# ---------------------------------------------------------------------------
+# Token-level helpers: LD-DPO and WPO
+# ---------------------------------------------------------------------------
+
+
+def ld_dpo_logps(
+    per_token_logps: torch.Tensor,
+    mask: torch.Tensor,
+    public_lengths: torch.Tensor,
+    ld_alpha: float,
+) -> torch.Tensor:
+    """LD-DPO log-prob — Liu et al. 2024, 'Length Desensitization in DPO', desensitised likelihood (length l_p).
+
+    ``per_token_logps`` ``(N, T)``, ``mask`` ``(N, T)`` (1 on completion
+    tokens, anywhere in the row: left/right padding and prompt positions are
+    fine), ``public_lengths`` ``(N,)``. The first ``public_lengths[i]``
+    completion tokens of row ``i`` count fully, the rest are scaled by
+    ``ld_alpha``: ``Σ_front logp + ld_alpha · Σ_rear logp``. ``ld_alpha=1``
+    is the plain sum; ``0`` truncates to the public length.
+    """
+    if per_token_logps.shape != mask.shape:
+        raise ValueError(f"per_token_logps {tuple(per_token_logps.shape)} and mask {tuple(mask.shape)} differ")
+    m = mask.to(per_token_logps.dtype)
+    position = torch.cumsum(m, dim=-1) - 1  # index of each completion token within the completion
+    front = m * (position < public_lengths.to(position.dtype).unsqueeze(-1)).to(m.dtype)
+    rear = m - front
+    return (per_token_logps * front).sum(-1) + ld_alpha * (per_token_logps * rear).sum(-1)
+
+
+def ld_dpo_pair_logps(
+    chosen_per_token_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_per_token_logps: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    ld_alpha: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LD-DPO pair log-probs — Liu et al. 2024, 'Length Desensitization in DPO', l_p = min(|y_w|, |y_l|).
+
+    The public length of pair ``i`` is ``min(len_chosen_i, len_rejected_i)``
+    (completion tokens counted from the masks). Returns ``(chosen_logps,
+    rejected_logps)`` from :func:`ld_dpo_logps`, to feed :func:`dpo_loss`.
+    TRL (``ld_alpha``) applies this to the *policy* log-probs only and keeps
+    plain sums for the reference.
+    """
+    public = torch.minimum(chosen_mask.sum(-1), rejected_mask.sum(-1))
+    return (
+        ld_dpo_logps(chosen_per_token_logps, chosen_mask, public, ld_alpha),
+        ld_dpo_logps(rejected_per_token_logps, rejected_mask, public, ld_alpha),
+    )
+
+
+def log_sum_squared_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Per-token ``log Σ_v p_v²`` from logits ``(..., V)`` — input for WPO weights (Zhou et al. 2024, Eq. 2).
+
+    Computed as ``logsumexp(2·log_softmax(logits))`` in float32 or wider,
+    without gradient. Returns shape ``logits.shape[:-1]``.
+    """
+    with torch.no_grad():
+        x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        return torch.logsumexp(2.0 * torch.log_softmax(x, dim=-1), dim=-1)
+
+
+def wpo_log_weights(
+    per_token_logps: torch.Tensor,
+    per_token_log_sum_sq_probs: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Log WPO sequence weight — Zhou et al. 2024, 'WPO: Enhancing RLHF with Weighted Preference Optimization', Eq. 2.
+
+    ``log w(x, y) = (1/|y|) Σ_t [log p(y_t) - log Σ_v p(v)²]`` over the
+    completion tokens (``mask`` 1): the length-normalised log-prob of each
+    token relative to ``Σ_v p_v²``, the probability the policy gives to a
+    token drawn from itself (WPO's on-policy normaliser). Inputs
+    are ``(N, T)``: the per-token log-probs of the completion tokens and
+    :func:`log_sum_squared_probs` of the same positions. Detached ``(N,)``.
+    """
+    with torch.no_grad():
+        m = mask.to(per_token_logps.dtype)
+        adjusted = (per_token_logps - per_token_log_sum_sq_probs) * m
+        return adjusted.sum(-1) / m.sum(-1).clamp(min=1)
+
+
+def wpo_weights(
+    chosen_per_token_logps: torch.Tensor,
+    chosen_log_sum_sq_probs: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_per_token_logps: torch.Tensor,
+    rejected_log_sum_sq_probs: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    *,
+    max_weight: float | None = 1.0,
+) -> torch.Tensor:
+    """WPO pair weight w(x,y_w)·w(x,y_l) — Zhou et al. 2024, 'WPO: Enhancing RLHF with Weighted...', Eq. 2.
+
+    Caller passes, for each side, the policy's per-token log-probs of the
+    completion tokens ``(B, T)``, ``log Σ_v p_v²`` at the same positions
+    (:func:`log_sum_squared_probs` of the policy logits) and the completion
+    mask. Returns detached ``(B,)`` weights ``exp(log w_w + log w_l)``,
+    clamped at ``max_weight`` (TRL clamps at 1; ``None`` disables), to pass
+    as ``dpo_loss(..., weights=...)``.
+    """
+    log_w = wpo_log_weights(chosen_per_token_logps, chosen_log_sum_sq_probs, chosen_mask) + wpo_log_weights(
+        rejected_per_token_logps, rejected_log_sum_sq_probs, rejected_mask
+    )
+    w = torch.exp(log_w)
+    return w.clamp(max=max_weight) if max_weight is not None else w
