@@ -114,7 +114,10 @@ def detect_format(columns: Iterable[str], example: Mapping[str, Any] | None = No
                 key = _main_column(kind, cols)
                 if kind == LANGUAGE_MODELING and key == "text":
                     key = text_field if text_field in example else "text"
-                conversational = is_conversational_value(example.get(key))
+                value = example.get(key)
+                # A 'messages' column is conversational by definition; any list is meant as messages.
+                conversational = key == "messages" or isinstance(value, list) and not (
+                    kind == STEPWISE and key == "completions")
             return DatasetFormat(kind, conversational)
     raise DatasetFormatError(
         f"Cannot tell the dataset format from its columns {sorted(columns)}. Expected one of:\n"

@@ -1,0 +1,112 @@
+"""Best-fit-decreasing packing and the padding-free equivalence guarantee."""
+
+import random
+
+import datasets
+import pytest
+import torch
+
+from posttrain.data import DataCollatorForLanguageModeling, best_fit_decreasing, pack_columns, pack_dataset
+from posttrain.data.collators import IGNORE_INDEX
+
+
+def test_bfd_places_every_item_within_capacity():
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 50) for _ in range(300)]
+    bins = best_fit_decreasing(lengths, 64)
+    placed = sorted(i for b in bins for i in b)
+    assert placed == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= 64 for b in bins)
+    # Best-fit decreasing is within 11/9 OPT + 1; the volume bound gives OPT >= ceil(sum/64).
+    lower = -(-sum(lengths) // 64)
+    assert len(bins) <= 11 / 9 * lower + 1
+
+
+def test_bfd_chooses_tightest_bin():
+    # Sorted: 6 (bin A, free 4), 5 (bin B, free 5), 4 -> tightest fit is bin A (free 4, not B's 5).
+    bins = best_fit_decreasing([5, 6, 4], 10)
+    assert sorted(map(sorted, bins)) == [[0], [1, 2]]
+
+
+def test_pack_strategies_truncate_split_wrap():
+    cols = {"input_ids": [[1] * 7, [2] * 3, [3] * 2]}
+    bfd = pack_columns(cols, 5, "bfd")
+    assert sorted(map(sorted, bfd["seq_lengths"])) == [[2, 3], [5]]  # the 7-token sequence is truncated
+    split = pack_columns(cols, 5, "bfd_split")
+    assert sum(map(sum, split["seq_lengths"])) == 12  # nothing lost
+    assert all(sum(s) <= 5 for s in split["seq_lengths"])
+    wrapped = pack_columns(cols, 5, "wrapped")
+    assert wrapped["input_ids"] == [[1] * 5, [1, 1, 2, 2, 2], [3, 3]]
+    assert wrapped["seq_lengths"] == [[5], [2, 3], [2]]
+    with pytest.raises(ValueError, match="Unknown packing_strategy"):
+        pack_columns(cols, 5, "greedy")
+
+
+def test_padding_free_positions_and_labels():
+    collator = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)
+    batch = collator([
+        {"input_ids": [5, 6, 7], "completion_mask": [0, 1, 1]},
+        {"input_ids": [8, 9], "completion_mask": [0, 1]},
+    ])
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9]]
+    assert "attention_mask" not in batch
+
+
+def _examples(tokenizer, n=24, seed=0):
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        k = rng.randint(1, 12)
+        prompt = "Copy: " + " ".join(rng.choice("abcdefgh") for _ in range(k)) + "\n"
+        rows.append({"prompt": prompt, "completion": " ".join(rng.choice("xyz") for _ in range(rng.randint(1, 9)))})
+    return datasets.Dataset.from_list(rows)
+
+
+@pytest.mark.parametrize("arch_fixture", ["tiny_model_dir", "tiny_gpt2_dir"])
+@pytest.mark.parametrize("loss_type", ["chunked_nll", "nll"])
+def test_packed_padding_free_loss_equals_padded_loss(request, arch_fixture, loss_type, tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from posttrain import SFTConfig, SFTTrainer
+    from tests.conftest import train_args
+
+    model = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(arch_fixture), dtype=torch.float32).eval()
+    ds = _examples(tokenizer)
+    losses = {}
+    for packing in (False, True):
+        args = train_args(SFTConfig, tmp_path, packing=packing, max_length=48, loss_type=loss_type)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
+        rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
+        if packing:
+            assert len(rows) < len(ds)  # sequences were really packed together
+            assert max(len(r["seq_lengths"]) for r in rows) > 1
+        batch = trainer.data_collator(rows)
+        model.eval()
+        with torch.no_grad():
+            losses[packing] = trainer.compute_loss(model, dict(batch)).item()
+    assert abs(losses[True] - losses[False]) < 1e-5, losses
+
+
+def test_packing_changes_loss_if_boundaries_are_ignored(tiny_model_dir, tokenizer):
+    """Sanity check that the equivalence test can fail: drop the position reset and the loss differs."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
+    ids = [tokenizer("Copy: a b c\n")["input_ids"], tokenizer("Copy: d e\n")["input_ids"]]
+    batch = collator([{"input_ids": i} for i in ids])
+    with torch.no_grad():
+        good = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        bad = model(input_ids=batch["input_ids"]).logits  # one long causal sequence
+    second = slice(len(ids[0]), None)
+    assert not torch.allclose(good[0, second], bad[0, second], atol=1e-4)
+
+
+def test_pack_dataset_keeps_masks_aligned():
+    ds = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5]], "completion_mask": [[0, 1, 1], [0, 1]]})
+    packed = pack_dataset(ds, 8)
+    row = packed[0]
+    assert len(row["input_ids"]) == len(row["completion_mask"]) == 5
+    assert row["seq_lengths"] == [3, 2]
