@@ -1,0 +1,169 @@
+"""Build tiny randomly initialised transformer models for tests, examples and benchmarks.
+
+Models are created from a config (no hub access), with a seeded initialisation, and use the
+shipped tokenizer's vocabulary and special token ids.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["ARCHS", "HEADS", "SIZES", "build_tiny_config", "build_tiny_model"]
+
+ARCHS: tuple[str, ...] = ("qwen2", "llama", "gpt2")
+"""Supported architectures."""
+
+HEADS: dict[str, int | None] = {"causal-lm": None, "seq-cls": 1, "token-cls": 2}
+"""Supported heads and their number of labels: language modelling, sequence classification
+(one score: reward models) and token classification (two labels: process reward models)."""
+
+
+def _preset(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int) -> dict[str, int]:
+    return {
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "intermediate_size": intermediate,
+    }
+
+
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": _preset(64, 2, 4, 2, 128),  # fast unit tests (~0.14M parameters; gpt2 ~0.26M)
+    "small": _preset(128, 4, 4, 2, 512),  # demos that must actually learn (~1.1M parameters)
+    "bench": _preset(512, 8, 8, 4, 1536),  # benchmarks (~26M parameters; gpt2 ~23M)
+}
+"""Size presets, in Llama/Qwen2 config names (mapped to GPT-2 names for ``gpt2``, which has no
+grouped-query attention)."""
+
+MAX_POSITION_EMBEDDINGS = 2048
+
+
+def _load_tokenizer(tokenizer: PreTrainedTokenizerBase | str | os.PathLike[str] | None) -> PreTrainedTokenizerBase:
+    if tokenizer is None:
+        from posttrain.kit import load_tokenizer
+
+        return load_tokenizer()
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(os.fspath(tokenizer))
+    return tokenizer
+
+
+def build_tiny_config(
+    arch: str = "qwen2",
+    head: str = "causal-lm",
+    size: str = "tiny",
+    tokenizer: PreTrainedTokenizerBase | str | os.PathLike[str] | None = None,
+    **config_overrides: Any,
+) -> PreTrainedConfig:
+    """Return the model config :func:`build_tiny_model` would use (see there for the arguments)."""
+    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {list(ARCHS)}")
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of {list(HEADS)}")
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {list(SIZES)}")
+    tok = _load_tokenizer(tokenizer)
+
+    eos_id = tok.eos_token_id
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_id
+    bos_id = tok.bos_token_id
+    if bos_id is None:  # the kit tokenizer adds no BOS; like Qwen2, point bos at <|endoftext|> if present
+        endoftext = tok.convert_tokens_to_ids("<|endoftext|>")
+        bos_id = endoftext if isinstance(endoftext, int) and endoftext != tok.unk_token_id else eos_id
+
+    preset = dict(SIZES[size])
+    kwargs: dict[str, Any] = {
+        "vocab_size": len(tok),
+        "max_position_embeddings": MAX_POSITION_EMBEDDINGS,
+        "pad_token_id": pad_id,
+        "eos_token_id": eos_id,
+        "bos_token_id": bos_id,
+        "tie_word_embeddings": True,
+    }
+    if HEADS[head] is not None:
+        kwargs["num_labels"] = HEADS[head]
+
+    config_cls: type[PreTrainedConfig]
+    if arch == "gpt2":
+        config_cls = GPT2Config
+        preset.pop("num_key_value_heads")
+        kwargs.update(
+            n_embd=preset["hidden_size"],
+            n_layer=preset["num_hidden_layers"],
+            n_head=preset["num_attention_heads"],
+            n_inner=preset["intermediate_size"],
+            n_positions=kwargs.pop("max_position_embeddings"),
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            summary_first_dropout=0.0,
+        )
+    else:
+        config_cls = Qwen2Config if arch == "qwen2" else LlamaConfig
+        kwargs.update(preset, hidden_act="silu", rms_norm_eps=1e-6, attention_dropout=0.0)
+    kwargs.update(config_overrides)
+    return config_cls(**kwargs)
+
+
+def build_tiny_model(
+    arch: str = "qwen2",
+    head: str = "causal-lm",
+    size: str = "tiny",
+    seed: int = 0,
+    output_dir: str | os.PathLike[str] | None = None,
+    tokenizer: PreTrainedTokenizerBase | str | os.PathLike[str] | None = None,
+    **config_overrides: Any,
+) -> PreTrainedModel | str:
+    """Build a randomly initialised model (float32) for the kit tokenizer's vocabulary.
+
+    Args:
+        arch: ``"qwen2"``, ``"llama"`` or ``"gpt2"``.
+        head: ``"causal-lm"``, ``"seq-cls"`` (``num_labels=1``, reward models) or ``"token-cls"``
+            (``num_labels=2``, process reward models).
+        size: a key of :data:`SIZES`: ``"tiny"``, ``"small"`` or ``"bench"``.
+        seed: initialisation seed; the same arguments give identical weights. The global torch
+            RNG state is left untouched.
+        output_dir: if given, save the model and the tokenizer there and return the path.
+        tokenizer: tokenizer (or its path) that sets the vocabulary size and the pad/eos/bos ids;
+            the shipped kit tokenizer by default.
+        **config_overrides: any config field, e.g. ``num_hidden_layers=1`` (GPT-2 field names
+            such as ``n_layer`` for ``gpt2``).
+
+    Returns:
+        The model (in eval mode), or the output directory as a string if ``output_dir`` is set.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    tok = _load_tokenizer(tokenizer)
+    config = build_tiny_config(arch, head, size, tokenizer=tok, **config_overrides)
+    auto_cls = {
+        "causal-lm": AutoModelForCausalLM,
+        "seq-cls": AutoModelForSequenceClassification,
+        "token-cls": AutoModelForTokenClassification,
+    }[head]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = auto_cls.from_config(config)
+    model.eval()
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None:
+        generation_config.pad_token_id = config.pad_token_id
+        generation_config.eos_token_id = config.eos_token_id
+        generation_config.bos_token_id = config.bos_token_id
+    if output_dir is None:
+        return model
+    path = os.fspath(output_dir)
+    os.makedirs(path, exist_ok=True)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
