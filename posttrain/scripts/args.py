@@ -36,6 +36,10 @@ class ScriptArguments:
 class PosttrainParser(HfArgumentParser):
     """``HfArgumentParser`` plus ``--config file.yaml`` with command-line overrides and strict keys."""
 
+    def __init__(self, dataclass_types, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # '--learning_rat' must be an error, not learning_rate
+        super().__init__(dataclass_types, **kwargs)
+
     def parse_args_and_config(self, args: list[str] | None = None) -> tuple[Any, ...]:
         argv = list(sys.argv[1:] if args is None else args)
         pre = argparse.ArgumentParser(add_help=False)
@@ -47,14 +51,24 @@ class PosttrainParser(HfArgumentParser):
             if not isinstance(data, dict):
                 self.error(f"config file {known.config} must hold a mapping of argument names to values")
             data.pop("env", None)
-            valid = {f.name for dc in self.dataclass_types for f in dataclasses.fields(dc) if f.init}
-            unknown = sorted(set(data) - valid)
+            unknown = sorted(set(data) - self._field_names())
             if unknown:
-                hints = []
-                for key in unknown:
-                    close = difflib.get_close_matches(key, valid, n=1)
-                    hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-                self.error(f"unknown key(s) in {known.config}: {', '.join(hints)}")
+                self.error(f"unknown key(s) in {known.config}: {self._hints(unknown)}")
             self.set_defaults(**data)
-        return self.parse_args_into_dataclasses(args=rest, return_remaining_strings=False)
+        *outputs, remaining = self.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
+        if remaining:
+            flags = [a for a in remaining if a.startswith("-")] or remaining
+            self.error(f"unrecognized arguments: {self._hints(flags)}")
+        return tuple(outputs)
+
+    def _field_names(self) -> set[str]:
+        return {f.name for dc in self.dataclass_types for f in dataclasses.fields(dc) if f.init}
+
+    def _hints(self, keys: list[str]) -> str:
+        valid = self._field_names()
+        out = []
+        for key in keys:
+            close = difflib.get_close_matches(key.lstrip("-"), valid, n=1)
+            out.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        return ", ".join(out)
 

@@ -43,3 +43,16 @@ def load_splits(script_args, training_args):
     evaluate = getattr(training_args, "eval_strategy", "no") != "no"
     eval_ds = data.get(script_args.dataset_test_split) if evaluate else None
     return train, eval_ds
+
+
+def save_run(trainer, output_dir: str) -> None:
+    """Save the final model and tokenizer, and the log history as ``train_log.jsonl`` (one JSON object a line)."""
+    import json
+    import os
+
+    trainer.save_model(output_dir)
+    if trainer.is_world_process_zero():
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, "train_log.jsonl"), "w", encoding="utf-8") as f:
+            for row in trainer.state.log_history:
+                f.write(json.dumps(row) + "\n")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from ..models import ModelConfig, peft_config
 from ..trainers.sft import SFTConfig, SFTTrainer
 from .args import PosttrainParser, ScriptArguments
-from .common import load_model_and_tokenizer, load_splits, setup_logging
+from .common import load_model_and_tokenizer, load_splits, save_run, setup_logging
 
 
 def make_parser() -> PosttrainParser:
@@ -27,7 +27,7 @@ def run(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mode
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=peft_config(model_args))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
+    save_run(trainer, training_args.output_dir)
     return trainer
 
 

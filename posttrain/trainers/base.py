@@ -23,6 +23,14 @@ from transformers import Trainer, TrainingArguments
 from ..models import ensure_pad_token, load_pretrained, load_tokenizer, prepare_peft_model
 
 
+def _has_accelerator() -> bool:
+    if torch.cuda.is_available():
+        return True
+    xpu = getattr(torch, "xpu", None)
+    mps = getattr(torch.backends, "mps", None)
+    return bool((xpu is not None and xpu.is_available()) or (mps is not None and mps.is_available()))
+
+
 def bf16_supported() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
@@ -46,6 +54,11 @@ class PosttrainConfig(TrainingArguments):
     def __post_init__(self):
         if self.bf16 is None:
             self.bf16 = bf16_supported() and not self.fp16
+        if not _has_accelerator():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; avoid the warning on CPU
+            # Without `use_cpu`, accelerate does not set up multi-process CPU training (gloo) under
+            # torchrun/accelerate launch: every process would silently train alone on the same data.
+            self.use_cpu = True
         if isinstance(self.model_init_kwargs, str):
             self.model_init_kwargs = json.loads(self.model_init_kwargs)
         super().__post_init__()

@@ -1,0 +1,89 @@
+"""The `posttrain` command: sft with a YAML config and overrides, strict keys, env, kit."""
+
+import json
+
+import pytest
+
+from posttrain.cli import main
+
+
+@pytest.fixture()
+def data_file(tmp_path):
+    from posttrain.kit import make_dataset, write_dataset
+
+    return write_dataset(make_dataset("copy", "prompt_completion", n=48, seed=0), str(tmp_path / "train.jsonl"))
+
+
+def test_sft_with_yaml_config_and_override(tiny_model_dir, data_file, tmp_path):
+    out = tmp_path / "run"
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(
+        f"model_name_or_path: {tiny_model_dir}\n"
+        f"dataset_name: {data_file}\n"
+        f"output_dir: {out}\n"
+        "max_steps: 50\n"          # overridden below
+        "learning_rate: 0.001\n"
+        "per_device_train_batch_size: 8\n"
+        "report_to: none\n"
+        "save_strategy: 'no'\n"
+        "logging_steps: 1\n"
+        "packing: true\n"
+        "max_length: 64\n"
+    )
+    assert main(["sft", "--config", str(cfg), "--max_steps", "3"]) == 0
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    args = json.loads((out / "config.json").read_text())
+    assert args["model_type"] == "qwen2"
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert max(row.get("step", 0) for row in log) == 3  # the command line overrode max_steps: 50
+
+
+def test_sft_cli_reads_saved_dataset_folder_and_parquet(tiny_model_dir, tmp_path):
+    from posttrain.kit import make_dataset, write_dataset
+
+    ds = make_dataset("copy", "language_modeling", n=16, seed=0)
+    for target in (str(tmp_path / "saved"), str(tmp_path / "train.parquet")):
+        write_dataset(ds, target)
+        out = tmp_path / ("out-" + target.rsplit("/", 1)[-1])
+        assert main(["sft", "--model_name_or_path", tiny_model_dir, "--dataset_name", target, "--output_dir", str(out),
+                     "--max_steps", "1", "--report_to", "none", "--save_strategy", "no"]) == 0
+        assert (out / "model.safetensors").exists()
+
+
+def test_unknown_yaml_key_is_an_error(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("learning_rat: 0.1\n")
+    with pytest.raises(SystemExit) as err:
+        main(["sft", "--config", str(cfg)])
+    assert err.value.code == 2
+    err_text = capsys.readouterr().err
+    assert "unknown key(s)" in err_text and "'learning_rat' (did you mean 'learning_rate'?)" in err_text
+
+
+def test_unknown_cli_flag_is_an_error(capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["sft", "--learning_rat", "0.1"])
+    assert err.value.code == 2
+    assert "learning_rat" in capsys.readouterr().err
+
+
+def test_missing_dataset_is_a_clear_error(tiny_model_dir, tmp_path):
+    with pytest.raises(SystemExit, match="dataset_name is required"):
+        main(["sft", "--model_name_or_path", tiny_model_dir, "--output_dir", str(tmp_path)])
+
+
+def test_env_and_unknown_command(capsys):
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "transformers" in out and "posttrain" in out
+    assert main(["sfft"]) == 2
+    assert "Did you mean 'sft'" in capsys.readouterr().err
+
+
+def test_kit_commands(tmp_path):
+    model_dir = tmp_path / "m"
+    assert main(["kit", "build-model", "--arch", "llama", "--size", "tiny", "--output_dir", str(model_dir)]) == 0
+    assert (model_dir / "config.json").exists()
+    data = tmp_path / "d.jsonl"
+    assert main(["kit", "make-data", "--task", "sort", "--format", "preference", "--n", "10", "--output", str(data)]) == 0
+    assert len(data.read_text().splitlines()) == 10

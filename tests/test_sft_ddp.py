@@ -1,0 +1,31 @@
+"""SFT with 2 processes (torchrun, CPU/gloo) follows the single-process loss trajectory at the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).parent / "distributed" / "sft_run.py"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(cmd, tmp):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [h for h in json.loads((tmp / "log.json").read_text()) if "loss" in h]
+
+
+def test_two_processes_match_one(tiny_model_dir, tmp_path):
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    single.mkdir(), multi.mkdir()
+    one = run([sys.executable, str(SCRIPT), tiny_model_dir, str(single), "8"], single)
+    two = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+               str(SCRIPT), tiny_model_dir, str(multi), "4"], multi)
+    assert len(one) == len(two) == 6
+    for a, b in zip(one, two):
+        assert abs(a["loss"] - b["loss"]) < 1e-4, (a, b)
+        assert abs(a["mean_token_accuracy"] - b["mean_token_accuracy"]) < 0.02
+    assert two[-1]["num_tokens"] == one[-1]["num_tokens"]  # every token counted once across processes
+    assert one[-1]["loss"] < one[0]["loss"]
