@@ -10,6 +10,8 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "DPOConfig": "posttrain.trainers.dpo",
+    "DPOTrainer": "posttrain.trainers.dpo",
     "SFTConfig": "posttrain.trainers.sft",
     "SFTTrainer": "posttrain.trainers.sft",
     "ModelConfig": "posttrain.models.loading",

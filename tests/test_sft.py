@@ -16,13 +16,13 @@ def test_sft_learns_reverse_task(tokenizer, tmp_path):
     """Held-out exact match on 'reverse 3-5 letters' rises from 0 to >= 50%; the loss falls by >= 70%."""
     train = make_dataset("reverse", "prompt_completion", n=4000, seed=0, min_len=3, max_len=5)
     test = make_dataset("reverse", "prompt_only", n=100, seed=1, exclude=train, min_len=3, max_len=5)
-    model = build_tiny_model("qwen2", size="tiny", seed=0)
+    model = build_tiny_model("qwen2", size="small", seed=0)  # 1.1M parameters: learns reliably across seeds
 
     def accuracy():
         return exact_match_accuracy(model, tokenizer, test["prompt"], test["answer"], max_new_tokens=12)[0]
 
     before = accuracy()
-    args = train_args(SFTConfig, tmp_path, max_steps=360, per_device_train_batch_size=32, learning_rate=3e-3,
+    args = train_args(SFTConfig, tmp_path, max_steps=300, per_device_train_batch_size=32, learning_rate=2e-3,
                       lr_scheduler_type="cosine", warmup_steps=20, logging_steps=20)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
     trainer.train()
@@ -52,7 +52,7 @@ def test_lora_trains_only_adapter_weights(tiny_model_dir, tokenizer, tmp_path):
     trainer.train()
     after = trainer.model.get_base_model().state_dict()
     for k, v in before.items():
-        key = k.replace("q_proj.weight", "q_proj.base_layer.weight").replace("v_proj.weight", "v_proj.base_layer.weight")
+        key = k.replace("q_proj.", "q_proj.base_layer.").replace("v_proj.", "v_proj.base_layer.")
         assert torch.equal(after[key], v), f"base weight {k} changed"
     assert any(not torch.equal(p, lora_before[n]) for n, p in trainer.model.named_parameters() if n in lora_before)
     trainer.save_model(str(tmp_path / "adapter"))

@@ -1,0 +1,39 @@
+"""Losses layer: pure tensor functions (log-probs / logits in, losses and metrics out). No model code here."""
+
+from .distill import generalized_jsd_loss, geometric_mixture_logits, nash_md_loss, xpo_loss
+from .policy import (
+    entropy_from_logits,
+    gae,
+    group_advantages,
+    grpo_loss,
+    kl_penalty,
+    masked_mean,
+    masked_sum,
+    masked_whiten,
+    ppo_policy_loss,
+    ppo_value_loss,
+    rloo_advantages,
+    rloo_loss,
+    selective_log_softmax,
+    sequence_kl,
+    top_entropy_mask,
+)
+from .preference import (
+    RunningMean,
+    bco_loss,
+    cpo_loss,
+    dpo_implicit_rewards,
+    dpo_loss,
+    kto_kl_estimate,
+    kto_loss,
+    orpo_loss,
+)
+from .sft import sft_token_loss, token_accuracy, token_dft, token_nll
+
+__all__ = [
+    "generalized_jsd_loss", "geometric_mixture_logits", "nash_md_loss", "xpo_loss", "entropy_from_logits", "gae",
+    "group_advantages", "grpo_loss", "kl_penalty", "masked_mean", "masked_sum", "masked_whiten", "ppo_policy_loss",
+    "ppo_value_loss", "rloo_advantages", "rloo_loss", "selective_log_softmax", "sequence_kl", "top_entropy_mask",
+    "RunningMean", "bco_loss", "cpo_loss", "dpo_implicit_rewards", "dpo_loss", "kto_kl_estimate", "kto_loss",
+    "orpo_loss", "sft_token_loss", "token_accuracy", "token_dft", "token_nll",
+]

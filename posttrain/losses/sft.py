@@ -36,13 +36,3 @@ def sft_token_loss(logits: torch.Tensor, targets: torch.Tensor, loss_type: str =
 def token_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(number of positions whose argmax equals the target, number of positions)."""
     return (logits.argmax(dim=-1) == targets).sum(), targets.numel()
-
-
-@torch.no_grad()
-def token_entropy(logits: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
-    """Entropy of softmax(logits) per position, -sum_v p_v log p_v, in fp32 chunks to bound memory."""
-    out = []
-    for chunk in logits.split(chunk_size, dim=0):
-        logp = F.log_softmax(chunk.float(), dim=-1)
-        out.append(-(logp.exp() * logp).sum(-1))
-    return torch.cat(out) if out else logits.new_zeros(0)

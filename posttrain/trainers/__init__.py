@@ -2,5 +2,7 @@
 
 from .base import BaseTrainer, PosttrainConfig
 from .sft import SFTConfig, SFTTrainer
+from .dpo import DPOConfig, DPOTrainer
 
 __all__ = ["BaseTrainer", "PosttrainConfig", "SFTConfig", "SFTTrainer"]
+__all__ += ["DPOConfig", "DPOTrainer"]

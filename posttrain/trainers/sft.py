@@ -19,7 +19,8 @@ from ..data import (
 )
 from ..data.formats import LANGUAGE_MODELING, PROMPT_COMPLETION
 from ..data.tokenize import TRUNCATION_MODES
-from ..losses.sft import SFT_LOSS_TYPES, sft_token_loss, token_accuracy, token_entropy
+from ..losses.policy import entropy_from_logits
+from ..losses.sft import SFT_LOSS_TYPES, sft_token_loss, token_accuracy
 from ..models import select_head_positions
 from .base import BaseTrainer, PosttrainConfig, check_choice
 
@@ -191,7 +192,7 @@ class SFTTrainer(BaseTrainer):
 
         correct, total = token_accuracy(logits, tgt)
         self.record("mean_token_accuracy", correct.float() / max(total, 1))
-        self.record("entropy", token_entropy(logits.detach()).mean() if total else 0.0)
+        self.record("entropy", entropy_from_logits(logits.detach()).mean() if total else 0.0)
         attn = inputs.get("attention_mask")
         self.count_tokens(attn.sum() if attn is not None else inputs["input_ids"].numel())
         if return_outputs:
