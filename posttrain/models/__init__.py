@@ -12,12 +12,13 @@ from .loading import (
     prepare_peft_model,
     quantization_config,
     resolve_dtype,
+    set_chat_template,
 )
 from .value_head import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead, ValueHead, ValueHeadOutput
 
 __all__ = [
     "output_head", "select_head_positions", "unwrap", "ModelConfig", "ensure_pad_token", "kbit_device_map",
     "load_pretrained", "load_tokenizer", "model_init_kwargs", "peft_config", "prepare_peft_model",
-    "quantization_config", "resolve_dtype",
+    "quantization_config", "resolve_dtype", "set_chat_template",
 ]
 __all__ += ["AutoModelForCausalLMWithValueHead", "AutoModelForSeq2SeqLMWithValueHead", "ValueHead", "ValueHeadOutput"]

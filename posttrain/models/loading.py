@@ -172,3 +172,17 @@ def prepare_peft_model(model, peft_config_obj, gradient_checkpointing: bool = Fa
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     return get_peft_model(model, peft_config_obj)
+
+
+def set_chat_template(processing_class, path: str) -> None:
+    """Use the chat template of a tokenizer folder / hub id, or of a ``.jinja`` file."""
+    tok = getattr(processing_class, "tokenizer", processing_class)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            tok.chat_template = f.read()
+    else:
+        from transformers import AutoTokenizer
+
+        tok.chat_template = AutoTokenizer.from_pretrained(path).chat_template
+    if processing_class is not tok and hasattr(processing_class, "chat_template"):
+        processing_class.chat_template = tok.chat_template

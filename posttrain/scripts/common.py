@@ -56,3 +56,25 @@ def save_run(trainer, output_dir: str) -> None:
         with open(os.path.join(output_dir, "train_log.jsonl"), "w", encoding="utf-8") as f:
             for row in trainer.state.log_history:
                 f.write(json.dumps(row) + "\n")
+
+
+def parse(config_class, argv: list[str] | None, prog: str):
+    """(script_args, training_args, model_args) from the command line and an optional ``--config`` YAML file."""
+    from .args import PosttrainParser, ScriptArguments
+
+    return PosttrainParser((ScriptArguments, config_class, ModelConfig), prog=prog).parse_args_and_config(argv)
+
+
+def train(trainer_class, script_args, training_args, model_args: ModelConfig, *, auto_class=None,
+          model_kwargs: dict | None = None, **trainer_kwargs):
+    """The body of every training script: load model, tokenizer and data, train, save model and log."""
+    from ..models import peft_config
+
+    setup_logging(training_args)
+    model, tokenizer = load_model_and_tokenizer(model_args, auto_class, **(model_kwargs or {}))
+    train_ds, eval_ds = load_splits(script_args, training_args)
+    trainer = trainer_class(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
+                            processing_class=tokenizer, peft_config=peft_config(model_args), **trainer_kwargs)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    save_run(trainer, training_args.output_dir)
+    return trainer

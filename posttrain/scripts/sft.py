@@ -10,29 +10,12 @@ dataset folder. Add ``--use_peft`` for LoRA and ``--load_in_4bit`` for QLoRA.
 
 from __future__ import annotations
 
-from ..models import ModelConfig, peft_config
 from ..trainers.sft import SFTConfig, SFTTrainer
-from .args import PosttrainParser, ScriptArguments
-from .common import load_model_and_tokenizer, load_splits, save_run, setup_logging
-
-
-def make_parser() -> PosttrainParser:
-    return PosttrainParser((ScriptArguments, SFTConfig, ModelConfig), prog="posttrain sft")
-
-
-def run(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> SFTTrainer:
-    setup_logging(training_args)
-    model, tokenizer = load_model_and_tokenizer(model_args)
-    train, eval_ds = load_splits(script_args, training_args)
-    trainer = SFTTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=eval_ds,
-                         processing_class=tokenizer, peft_config=peft_config(model_args))
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    save_run(trainer, training_args.output_dir)
-    return trainer
+from .common import parse, train
 
 
 def main(argv: list[str] | None = None) -> int:
-    run(*make_parser().parse_args_and_config(argv))
+    train(SFTTrainer, *parse(SFTConfig, argv, "posttrain sft"))
     return 0
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainingArguments
 
-from ..models import ensure_pad_token, load_pretrained, load_tokenizer, prepare_peft_model
+from ..models import ensure_pad_token, load_pretrained, load_tokenizer, prepare_peft_model, set_chat_template
 
 
 def _has_accelerator() -> bool:
@@ -70,29 +70,60 @@ def check_choice(name: str, value: Any, choices) -> None:
 
 
 class BaseTrainer(Trainer):
-    """Base of every posttrain trainer; see the module docstring."""
+    """Base of every posttrain trainer; see the module docstring.
 
+    Subclasses set ``config_class`` (and ``_run_suffix``), and override the hooks
+    :meth:`prepare_dataset` (turn a raw split into what the collator consumes) and :meth:`make_collator`.
+    """
+
+    config_class: type[PosttrainConfig] = PosttrainConfig
+    _run_suffix = "posttrain"
     # Columns the collator needs; the Trainer must not drop them as "unused by the model".
     _input_columns: tuple[str, ...] = ("input_ids", "attention_mask", "labels", "position_ids")
-    # Our compute_loss already divides by the number of loss tokens in the whole accumulated batch.
+    # Our compute_loss already divides by the number of loss items in the whole accumulated batch.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, model, args: PosttrainConfig, *, processing_class=None, peft_config=None, auto_class=None, **kwargs):
+    def __init__(self, model, args: PosttrainConfig | None = None, *, processing_class=None, peft_config=None,
+                 auto_class=None, train_dataset=None, eval_dataset=None, data_collator=None, **kwargs):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = self.config_class(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-{self._run_suffix}")
         if isinstance(model, str):
             model = load_pretrained(model, auto_class, **(args.model_init_kwargs or {}))
         elif args.model_init_kwargs:
             raise ValueError("model_init_kwargs only applies when the model is given as a name or path.")
         if processing_class is None:
             processing_class = load_tokenizer(model.config._name_or_path)
+        if getattr(args, "chat_template_path", None):
+            set_chat_template(processing_class, args.chat_template_path)
         ensure_pad_token(getattr(processing_class, "tokenizer", processing_class))
+
+        train_dataset = self.prepare_dataset(train_dataset, processing_class, args, "train")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {k: self.prepare_dataset(v, processing_class, args, k) for k, v in eval_dataset.items()}
+        else:
+            eval_dataset = self.prepare_dataset(eval_dataset, processing_class, args, "eval")
+        if data_collator is None:
+            data_collator = self.make_collator(processing_class, args)
+
         if peft_config is not None:
             model = prepare_peft_model(model, peft_config, args.gradient_checkpointing)
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._local_tokens = 0
         self._seen_tokens = 0.0
-        super().__init__(model=model, args=args, processing_class=processing_class, **kwargs)
-        # Have the Trainer count the loss tokens of the whole (accumulated, all-process) batch for us.
+        super().__init__(model=model, args=args, processing_class=processing_class, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, data_collator=data_collator, **kwargs)
+        # Have the Trainer count the loss items of the whole (accumulated, all-process) batch for us.
         self.model_accepts_loss_kwargs = True
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def prepare_dataset(self, dataset, processing_class, args, split: str):
+        """Turn a raw dataset split (``split`` is "train", "eval" or an eval-dict key) into model-ready rows."""
+        return dataset
+
+    def make_collator(self, processing_class, args):
+        """The default collator when the user gives none (None: transformers' default)."""
+        return None
 
     # -- data ---------------------------------------------------------------------------------
     def _set_signature_columns_if_needed(self):

@@ -72,6 +72,8 @@ class SFTTrainer(BaseTrainer):
     Logs ``loss``, ``mean_token_accuracy``, ``entropy`` and ``num_tokens`` (cumulative input tokens).
     """
 
+    config_class = SFTConfig
+    _run_suffix = "SFT"
     _input_columns = ("input_ids", "completion_mask", "assistant_masks", "seq_lengths")
 
     def __init__(
@@ -91,22 +93,7 @@ class SFTTrainer(BaseTrainer):
         peft_config=None,
         formatting_func: Callable[[dict], str] | None = None,
     ):
-        if args is None:
-            name = model if isinstance(model, str) else model.config._name_or_path
-            args = SFTConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-SFT")
-        if processing_class is None:
-            from ..models import load_tokenizer
-
-            processing_class = load_tokenizer(model if isinstance(model, str) else model.config._name_or_path)
-        if processing_class is not None and args.chat_template_path:
-            _set_chat_template(processing_class, args.chat_template_path)
         self._formatting_func = formatting_func
-        train_dataset = self._prepare(train_dataset, processing_class, args, args.packing, "train")
-        eval_packing = args.packing if args.eval_packing is None else args.eval_packing
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {k: self._prepare(v, processing_class, args, eval_packing, k) for k, v in eval_dataset.items()}
-        else:
-            eval_dataset = self._prepare(eval_dataset, processing_class, args, eval_packing, "eval")
         super().__init__(
             model, args, processing_class=processing_class, peft_config=peft_config,
             data_collator=data_collator, train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -114,18 +101,21 @@ class SFTTrainer(BaseTrainer):
             optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
-        if data_collator is None:
-            self.data_collator = DataCollatorForLanguageModeling(
-                pad_token_id=self.tokenizer_.pad_token_id,
-                completion_only_loss=args.completion_only_loss is not False,
-                padding_free=args.padding_free or args.packing,
-                pad_to_multiple_of=args.pad_to_multiple_of,
-            )
+
+    def make_collator(self, processing_class, args: SFTConfig):
+        return DataCollatorForLanguageModeling(
+            pad_token_id=getattr(processing_class, "tokenizer", processing_class).pad_token_id,
+            completion_only_loss=args.completion_only_loss is not False,
+            padding_free=args.padding_free or args.packing,
+            pad_to_multiple_of=args.pad_to_multiple_of,
+        )
 
     # -- data -----------------------------------------------------------------------------------
-    def _prepare(self, dataset, processing_class, args: SFTConfig, packing: bool, name: str):
+    def prepare_dataset(self, dataset, processing_class, args: SFTConfig, split: str):
         if dataset is None:
             return None
+        packing = args.packing if split == "train" or args.eval_packing is None else args.eval_packing
+        name = split
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         skip = bool((args.dataset_kwargs or {}).get("skip_prepare_dataset"))
         if skip or "input_ids" in dataset.column_names:
@@ -199,17 +189,3 @@ class SFTTrainer(BaseTrainer):
             return loss, {"logits": logits.detach()}
         return loss
 
-
-def _set_chat_template(processing_class, path: str) -> None:
-    import os
-
-    tok = getattr(processing_class, "tokenizer", processing_class)
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            tok.chat_template = f.read()
-    else:
-        from transformers import AutoTokenizer
-
-        tok.chat_template = AutoTokenizer.from_pretrained(path).chat_template
-    if hasattr(processing_class, "chat_template") and processing_class is not tok:
-        processing_class.chat_template = tok.chat_template
