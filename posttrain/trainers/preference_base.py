@@ -1,0 +1,880 @@
+"""The shared core of the offline preference trainers (DPO, CPO, ORPO, KTO, BCO).
+
+Everything these trainers have in common lives here, once:
+
+* **Configuration** — :class:`PreferenceConfig` (lengths, truncation, padding-free, ``beta``) and
+  :class:`ReferenceConfig` (how the reference policy is obtained: separate model, PEFT adapter
+  disabled, precomputed log-probs, TR-DPO syncing).
+* **Data** — :meth:`PreferenceTrainer._prepare_dataset` detects the format, extracts implicit
+  prompts, tokenizes prompt and completions separately (standard or conversational) and truncates
+  them (see :func:`fit_lengths`), raising :class:`~posttrain.data.DatasetFormatError` naming the row
+  and column for bad rows. Paired trainers keep ``prompt_input_ids``/``chosen_input_ids``/
+  ``rejected_input_ids``; unpaired trainers (KTO, BCO) keep ``prompt_input_ids``/
+  ``completion_input_ids``/``label`` and unpair paired data with
+  :func:`~posttrain.data.unpair_preference`.
+* **Collators** — :class:`DataCollatorForPreference` puts the chosen rows and then the rejected rows of a
+  batch into *one* batch of 2B sequences (padded, or padding-free as one row with restarting
+  ``position_ids``), so the policy runs **one** forward pass per step;
+  :class:`DataCollatorForUnpairedPreference` does the same for KTO/BCO plus the mismatched rows of the
+  KL estimate.
+* **Log-probs** — :func:`completion_logps` runs a model with its output head restricted to the
+  positions that predict a completion token (``select_head_positions``), so no (B, L, V) logits or
+  full-vocabulary ``log_softmax`` are ever built, and returns per-sequence summed and mean log-probs.
+* **Reference policy** — :meth:`PreferenceTrainer.reference_logps`: a frozen model, the policy with
+  its adapter disabled, or (before training) the policy itself; always under ``torch.no_grad()`` in
+  eval mode. Precomputed reference log-probs are stored as dataset columns and cached in a file keyed
+  by the dataset content, in ``output_dir`` and in every checkpoint, so a resumed run reuses them.
+* **Metrics** — TRL's names (``rewards/chosen``, ``logps/rejected``, ...), averaged across steps and
+  processes by :meth:`BaseTrainer.log`.
+
+A trainer subclass only implements ``_compute_loss`` with a loss from :mod:`posttrain.losses.preference`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from ..data import DatasetFormatError, detect_format, pad_sequences, require_kind, validate_example
+from ..data.formats import PREFERENCE, PREFERENCE_IMPLICIT, UNPAIRED_PREFERENCE, DatasetFormat
+from ..data.templates import extract_prompt, require_chat_template, unpair_preference
+from ..data.tokenize import TRUNCATION_MODES, tokenize_prompt_completion
+from ..losses.preference import RunningMean
+from ..models import load_pretrained, select_head_positions, unwrap
+from .base import BaseTrainer, PosttrainConfig, check_choice
+
+logger = logging.getLogger("posttrain")
+
+REFERENCE_CACHE_PREFIX = "reference_logps-"
+EXTRA_STATE_NAME = "preference_state.json"
+REF_MODEL_STATE_NAME = "ref_model.safetensors"
+
+
+# =============================================================================================
+# configuration
+# =============================================================================================
+
+
+@dataclass
+class PreferenceConfig(PosttrainConfig):
+    """Options every preference trainer shares (TRL's names).
+
+    Lengths are in tokens. Truncation, in this order: the prompt keeps its last ``max_prompt_length``
+    tokens; each completion keeps its first ``max_completion_length`` tokens; then, if prompt plus the
+    longer completion exceeds ``max_length``, ``truncation_mode="keep_end"`` drops tokens from the
+    *start of the prompt* (at least one prompt token stays; completions that still do not fit lose
+    their end) and ``truncation_mode="keep_start"`` drops tokens from the *end of the completions*
+    (a prompt of ``max_length`` tokens or more is then an error naming the row).
+    """
+
+    learning_rate: float = field(default=1e-6, metadata={"help": "Initial AdamW learning rate."})
+    beta: float = field(default=0.1, metadata={"help": "Temperature of the loss (strength of the implicit KL penalty)."})
+    max_length: int | None = field(default=1024, metadata={"help": "Maximum tokens of prompt + completion."})
+    max_prompt_length: int | None = field(default=512, metadata={"help": "Maximum prompt tokens (the prompt keeps its end)."})
+    max_completion_length: int | None = field(default=None, metadata={"help": "Maximum completion tokens (completions keep their start)."})
+    truncation_mode: str = field(
+        default="keep_end",
+        metadata={"help": "When prompt + completion > max_length: 'keep_end' cuts the prompt's start, "
+                  "'keep_start' cuts the completions' end.", "choices": list(TRUNCATION_MODES)},
+    )
+    padding_free: bool = field(default=False, metadata={"help": "Concatenate each batch into one row without padding."})
+    pad_to_multiple_of: int | None = field(default=None, metadata={"help": "Pad sequence length to a multiple of this."})
+    padding_value: int | None = field(default=None, metadata={"help": "Padding token id (default: the tokenizer's pad token)."})
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset preparation."})
+    disable_dropout: bool = field(default=True, metadata={"help": "Set every dropout probability of the model(s) to 0."})
+    use_logits_to_keep: bool = field(
+        default=False,
+        metadata={"help": "Accepted for TRL compatibility. posttrain always projects only completion positions "
+                  "through the output head, which saves more than logits_to_keep."},
+    )
+
+    def __post_init__(self):
+        check_choice("truncation_mode", self.truncation_mode, TRUNCATION_MODES)
+        for name in ("max_length", "max_prompt_length", "max_completion_length"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive number of tokens or None, got {value}.")
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError("max_length must leave room for at least one prompt and one completion token (>= 2).")
+        super().__post_init__()
+
+
+@dataclass
+class ReferenceConfig(PreferenceConfig):
+    """Options of the trainers that compare the policy to a reference policy (DPO, KTO, BCO)."""
+
+    ref_model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments for `from_pretrained` when ref_model is a name or path (JSON string)."},
+    )
+    precompute_ref_log_probs: bool = field(
+        default=False,
+        metadata={"help": "Compute the reference log-probs once before training, store them as dataset columns and "
+                  "cache them in output_dir (and checkpoints); no reference model stays in memory."},
+    )
+    precompute_ref_batch_size: int | None = field(
+        default=None, metadata={"help": "Batch size of the precomputation (default: per_device_eval_batch_size)."}
+    )
+    sync_ref_model: bool = field(
+        default=False,
+        metadata={"help": "TR-DPO: every ref_model_sync_steps steps set ref = alpha * policy + (1 - alpha) * ref."},
+    )
+    ref_model_mixup_alpha: float = field(default=0.6, metadata={"help": "alpha of sync_ref_model."})
+    ref_model_sync_steps: int = field(default=512, metadata={"help": "Steps between reference syncs."})
+
+    def __post_init__(self):
+        if isinstance(self.ref_model_init_kwargs, str):
+            self.ref_model_init_kwargs = json.loads(self.ref_model_init_kwargs)
+        if self.sync_ref_model and self.precompute_ref_log_probs:
+            raise ValueError("sync_ref_model=True needs a reference model in memory; it cannot be combined with "
+                             "precompute_ref_log_probs=True.")
+        if not 0.0 <= self.ref_model_mixup_alpha <= 1.0:
+            raise ValueError(f"ref_model_mixup_alpha must be in [0, 1], got {self.ref_model_mixup_alpha}.")
+        if self.ref_model_sync_steps < 1:
+            raise ValueError(f"ref_model_sync_steps must be >= 1, got {self.ref_model_sync_steps}.")
+        super().__post_init__()
+
+
+# =============================================================================================
+# data: tokenization with truncation
+# =============================================================================================
+
+
+def fit_lengths(
+    prompt: list[int],
+    completions: Sequence[list[int]],
+    *,
+    max_prompt_length: int | None,
+    max_completion_length: int | None,
+    max_length: int | None,
+    truncation_mode: str,
+    row: int | None = None,
+) -> tuple[list[int], list[list[int]]]:
+    """Truncate one prompt and its completion(s) as documented in :class:`PreferenceConfig`.
+
+    The prompt stays shared by all completions (DPO compares chosen and rejected given the *same*
+    prompt), so it is fitted to the longest completion.
+    """
+    where = f"Row {row}: " if row is not None else ""
+    if not prompt:
+        raise DatasetFormatError(
+            f"{where}the prompt is empty after tokenization, so no token predicts the first completion token. "
+            "Give every row a non-empty 'prompt' (or use a tokenizer that adds a BOS token)."
+        )
+    if max_prompt_length is not None and len(prompt) > max_prompt_length:
+        prompt = prompt[-max_prompt_length:]
+    comps = [list(c) if max_completion_length is None else list(c)[:max_completion_length] for c in completions]
+    if max_length is None:
+        return prompt, comps
+    longest = max(len(c) for c in comps)
+    if len(prompt) + longest <= max_length:
+        return prompt, comps
+    if truncation_mode == "keep_end":
+        keep = max(max_length - longest, 1)
+        prompt = prompt[-keep:]
+    elif len(prompt) >= max_length:
+        raise DatasetFormatError(
+            f"{where}the prompt is {len(prompt)} tokens but max_length={max_length}, so truncation_mode='keep_start' "
+            "leaves no completion token to train on. Increase max_length, set max_prompt_length below max_length, "
+            "use truncation_mode='keep_end' (cuts the start of long prompts), or filter out long prompts."
+        )
+    room = max_length - len(prompt)
+    return prompt, [c[:room] for c in comps]
+
+
+def _check_completion_tokens(ids: list[int], column: str, row: int) -> None:
+    if not ids:
+        raise DatasetFormatError(f"Row {row}, column '{column}': the completion has no tokens; every row needs a "
+                                 f"non-empty '{column}'.")
+
+
+def tokenize_preference_row(
+    example: Mapping[str, Any],
+    row: int,
+    *,
+    tokenizer,
+    fmt: DatasetFormat,
+    eos_token_id: int | None,
+    columns: Sequence[str],
+    lengths: Mapping[str, Any],
+) -> dict[str, list[int]]:
+    """Validate and tokenize one row with an explicit prompt; ``columns`` are its completion columns
+    (``("chosen", "rejected")`` or ``("completion",)``). Returns ``prompt_input_ids`` and
+    ``<column>_input_ids`` for each column."""
+    if fmt.kind == PREFERENCE_IMPLICIT:
+        validate_example(example, fmt, row)
+        example = {**example, **extract_prompt(example, row)}
+        fmt = DatasetFormat(PREFERENCE, fmt.conversational)
+    validate_example(example, fmt, row)
+    if fmt.conversational:
+        require_chat_template(tokenizer, f"Row {row}")
+    prompt_ids = None
+    comps = []
+    for col in columns:
+        p_ids, c_ids = tokenize_prompt_completion(tokenizer, example["prompt"], example[col], fmt.conversational,
+                                                  eos_token_id, row)
+        _check_completion_tokens(c_ids, col, row)
+        if prompt_ids is None:
+            prompt_ids = p_ids
+        elif p_ids != prompt_ids:  # cannot happen with a deterministic tokenizer; guard anyway
+            raise DatasetFormatError(f"Row {row}: the prompt tokenizes differently before '{columns[0]}' and '{col}'.")
+        comps.append(c_ids)
+    prompt_ids, comps = fit_lengths(prompt_ids, comps, row=row, **lengths)
+    out = {"prompt_input_ids": prompt_ids}
+    for col, ids in zip(columns, comps):
+        out[f"{col}_input_ids"] = ids
+    return out
+
+
+# =============================================================================================
+# collators
+# =============================================================================================
+
+
+def build_rows(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *, pad_token_id: int,
+               padding_free: bool = False, pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
+    """Model inputs for ``prompt[i] + completion[i]`` rows with a 0/1 ``completion_mask``.
+
+    Padded: ``input_ids``/``attention_mask``/``completion_mask`` of shape (R, L), right-padded.
+    Padding-free: one row (1, N) with ``position_ids`` restarting at 0 at each sequence start and no
+    ``attention_mask``.
+    """
+    seqs = [list(p) + list(c) for p, c in zip(prompts, completions)]
+    masks = [[0] * len(p) + [1] * len(c) for p, c in zip(prompts, completions)]
+    if padding_free:
+        ids = [t for s in seqs for t in s]
+        cmask = [m for s in masks for m in s]
+        pos = [i for s in seqs for i in range(len(s))]
+        if pad_to_multiple_of:
+            extra = (-len(ids)) % pad_to_multiple_of
+            ids += [pad_token_id] * extra
+            cmask += [0] * extra
+            pos += list(range(extra))
+        return {
+            "input_ids": torch.tensor([ids], dtype=torch.long),
+            "position_ids": torch.tensor([pos], dtype=torch.long),
+            "completion_mask": torch.tensor([cmask], dtype=torch.long),
+        }
+    return {
+        "input_ids": pad_sequences(seqs, pad_token_id, multiple_of=pad_to_multiple_of),
+        "attention_mask": pad_sequences([[1] * len(s) for s in seqs], 0, multiple_of=pad_to_multiple_of),
+        "completion_mask": pad_sequences(masks, 0, multiple_of=pad_to_multiple_of),
+    }
+
+
+def _float_column(examples, name):
+    if name in examples[0] and examples[0][name] is not None:
+        return torch.tensor([float(ex[name]) for ex in examples], dtype=torch.float32)
+    return None
+
+
+@dataclass
+class DataCollatorForPreference:
+    """Collate paired rows into one batch of 2B sequences: the B chosen rows, then the B rejected rows.
+
+    Output: ``input_ids``, ``attention_mask`` (padded) or ``position_ids`` (padding-free),
+    ``completion_mask``, and ``ref_chosen_logps``/``ref_rejected_logps`` when the rows carry them.
+    """
+
+    pad_token_id: int
+    padding_free: bool = False
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        prompts = [ex["prompt_input_ids"] for ex in examples]
+        completions = [ex["chosen_input_ids"] for ex in examples] + [ex["rejected_input_ids"] for ex in examples]
+        batch = build_rows(prompts + prompts, completions, pad_token_id=self.pad_token_id,
+                           padding_free=self.padding_free, pad_to_multiple_of=self.pad_to_multiple_of)
+        for name in ("ref_chosen_logps", "ref_rejected_logps"):
+            col = _float_column(examples, name)
+            if col is not None:
+                batch[name] = col
+        return batch
+
+
+@dataclass
+class DataCollatorForUnpairedPreference:
+    """Collate unpaired rows (KTO, BCO): ``input_ids``/``completion_mask``/... for the B rows, ``label``,
+    and with ``kl_rows=True`` the same keys prefixed ``kl_`` for B *mismatched* rows (prompt i with the
+    completion of row i+1 of the batch, or the row's fixed ``kl_completion_input_ids`` when present).
+    """
+
+    pad_token_id: int
+    padding_free: bool = False
+    pad_to_multiple_of: int | None = None
+    kl_rows: bool = True
+
+    def __call__(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        prompts = [ex["prompt_input_ids"] for ex in examples]
+        comps = [ex["completion_input_ids"] for ex in examples]
+        kw = dict(pad_token_id=self.pad_token_id, padding_free=self.padding_free, pad_to_multiple_of=self.pad_to_multiple_of)
+        batch = build_rows(prompts, comps, **kw)
+        batch["label"] = torch.tensor([bool(ex["label"]) for ex in examples], dtype=torch.bool)
+        if self.kl_rows:
+            if "kl_completion_input_ids" in examples[0]:
+                kl_comps = [ex["kl_completion_input_ids"] for ex in examples]
+            else:
+                kl_comps = comps[1:] + comps[:1]
+            for k, v in build_rows(prompts, kl_comps, **kw).items():
+                batch[f"kl_{k}"] = v
+        for name in ("reference_logps", "reference_KL_logps"):
+            col = _float_column(examples, name)
+            if col is not None:
+                batch[name] = col
+        return batch
+
+
+def kl_rows(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``kl_``-prefixed model inputs of an unpaired batch, without the prefix."""
+    return {k[3:]: v for k, v in batch.items() if k.startswith("kl_")}
+
+
+# =============================================================================================
+# log-probs of completions
+# =============================================================================================
+
+
+@dataclass
+class SequenceLogps:
+    """Per-sequence log-probs of the completion tokens of R rows.
+
+    ``sum`` (R,) summed log-probs (with grad when the forward had it); ``count`` (R,) completion tokens;
+    ``mean_logits`` (R,) detached mean of the logits over completion tokens and vocabulary;
+    ``token_logps`` (N,) and ``token_seq`` (N,) the per-token log-probs and their row index (row-major);
+    ``log_sum_sq_probs`` (N,) ``log Σ_v p_v²`` per token when requested (WPO).
+    """
+
+    sum: torch.Tensor
+    count: torch.Tensor
+    mean_logits: torch.Tensor
+    token_logps: torch.Tensor
+    token_seq: torch.Tensor
+    log_sum_sq_probs: torch.Tensor | None = None
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / self.count.clamp(min=1)
+
+    def per_token(self, values: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``values`` (default: ``token_logps``) as an (R, T) matrix and its 0/1 mask."""
+        values = self.token_logps if values is None else values
+        rows = self.sum.shape[0]
+        counts = torch.bincount(self.token_seq, minlength=rows)
+        width = int(counts.max()) if counts.numel() else 0
+        starts = torch.cumsum(counts, 0) - counts
+        pos = torch.arange(self.token_seq.numel(), device=values.device) - starts[self.token_seq]
+        out = values.new_zeros(rows, width)
+        out = out.index_put((self.token_seq, pos), values)
+        mask = torch.zeros(rows, width, dtype=torch.bool, device=values.device)
+        mask[self.token_seq, pos] = True
+        return out, mask
+
+    def select(self, rows: slice) -> torch.Tensor:
+        """Token mask (N,) of the tokens belonging to ``rows``."""
+        start, stop = rows.start or 0, rows.stop if rows.stop is not None else self.sum.shape[0]
+        return (self.token_seq >= start) & (self.token_seq < stop)
+
+
+def completion_logps(model, rows: Mapping[str, torch.Tensor], *, with_log_sum_sq_probs: bool = False) -> SequenceLogps:
+    """Run ``model`` on ``rows`` (from :func:`build_rows`) and gather the completion log-probs.
+
+    The output head projects only the positions whose next token is a completion token, and the
+    log-probs are ``logit[target] - logsumexp(logits)`` in float32, so neither the (R, L, V) logits nor a
+    full-vocabulary ``log_softmax`` tensor is ever materialised.
+    """
+    input_ids = rows["input_ids"]
+    cmask = rows["completion_mask"].bool()
+    position_ids = rows.get("position_ids")
+    # position t predicts token t+1: select t where t+1 is a completion token of the same sequence
+    nxt = cmask[:, 1:]
+    if position_ids is not None:
+        nxt = nxt & (position_ids[:, 1:] != 0)
+    head_mask = torch.zeros_like(cmask)
+    head_mask[:, :-1] = nxt
+    targets = input_ids[:, 1:][nxt]
+    if position_ids is not None:
+        seq_all = (position_ids == 0).long().cumsum(-1).reshape(-1) - 1
+        token_seq = seq_all[head_mask.reshape(-1)]
+        num_rows = int(seq_all.max().item()) + 1 if seq_all.numel() else 0
+        model_inputs = {"input_ids": input_ids, "position_ids": position_ids}
+    else:
+        token_seq = head_mask.nonzero(as_tuple=True)[0]
+        num_rows = input_ids.shape[0]
+        model_inputs = {"input_ids": input_ids, "attention_mask": rows["attention_mask"]}
+    with select_head_positions(model, head_mask):
+        logits = model(**model_inputs, use_cache=False).logits[0]  # (N, V)
+    logits32 = logits.float()
+    token_logps = logits32.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits32, dim=-1)
+    lssp = None
+    if with_log_sum_sq_probs:
+        from ..losses.preference import log_sum_squared_probs
+
+        lssp = log_sum_squared_probs(logits.detach())
+    del logits32
+    sums = token_logps.new_zeros(num_rows).index_add(0, token_seq, token_logps)
+    counts = torch.bincount(token_seq, minlength=num_rows).to(token_logps.dtype)
+    mean_logits = torch.zeros(num_rows, device=logits.device).index_add(0, token_seq, logits.detach().float().mean(-1))
+    mean_logits = mean_logits / counts.clamp(min=1)
+    return SequenceLogps(sums, counts, mean_logits, token_logps, token_seq, lssp)
+
+
+@contextmanager
+def eval_mode(model):
+    """Temporarily put ``model`` in eval mode (dropout off)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _is_peft_model(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(unwrap(model), PeftModel)
+
+
+def disable_dropout_in_model(model) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+# =============================================================================================
+# TR-DPO reference syncing
+# =============================================================================================
+
+
+class SyncRefModelCallback(TrainerCallback):
+    """TR-DPO (Gorbatovski et al. 2024): every ``ref_model_sync_steps`` optimizer steps, soft-update the
+    reference policy, ``ref = alpha * policy + (1 - alpha) * ref`` (``alpha = ref_model_mixup_alpha``)."""
+
+    def __init__(self, trainer: PreferenceTrainer):
+        self.trainer = trainer
+
+    @staticmethod
+    @torch.no_grad()
+    def mix(policy: torch.nn.Module, ref: torch.nn.Module, alpha: float) -> None:
+        ref_params = dict(unwrap(ref).named_parameters())
+        for name, p in unwrap(policy).named_parameters():
+            r = ref_params.get(name)
+            if r is not None and r.shape == p.shape:
+                r.mul_(1.0 - alpha).add_(p.detach().to(r.dtype), alpha=alpha)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % args.ref_model_sync_steps == 0:
+            self.mix(self.trainer.model, self.trainer.ref_model, args.ref_model_mixup_alpha)
+            self.trainer.ref_syncs += 1
+
+
+# =============================================================================================
+# the trainer core
+# =============================================================================================
+
+
+class PreferenceTrainer(BaseTrainer):
+    """Shared core of DPO/CPO/ORPO (paired) and KTO/BCO (unpaired); see the module docstring.
+
+    Subclasses set ``_paired`` / ``_uses_reference`` and implement ``_compute_loss(model, batch)``
+    returning a scalar loss averaged over the examples of the micro-batch (after recording metrics).
+    """
+
+    _paired = True
+    _uses_reference = False
+    _ref_columns: tuple[str, ...] = ()
+    _input_columns = ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids", "ref_chosen_logps",
+                      "ref_rejected_logps")
+
+    def __init__(self, model, ref_model=None, args: PreferenceConfig | None = None, data_collator=None,
+                 train_dataset=None, eval_dataset=None, processing_class=None, compute_metrics=None, callbacks=None,
+                 optimizers=(None, None), optimizer_cls_and_kwargs=None, preprocess_logits_for_metrics=None,
+                 peft_config=None):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = self._default_config(f"{str(name).rstrip('/').split('/')[-1]}-{self._method_name()}")
+        if processing_class is None:
+            from ..models import load_tokenizer
+
+            processing_class = load_tokenizer(model if isinstance(model, str) else model.config._name_or_path)
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        from ..models import ensure_pad_token
+
+        ensure_pad_token(tokenizer)
+        self._ref_cache: dict[str, dict[str, torch.Tensor]] = {}
+        self._policy_is_reference = True
+        self.ref_syncs = 0
+        self.running: RunningMean | None = None
+        train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {k: self._prepare_dataset(v, processing_class, args, k) for k, v in eval_dataset.items()}
+        else:
+            eval_dataset = self._prepare_dataset(eval_dataset, processing_class, args, "eval")
+
+        if not self._uses_reference and ref_model is not None:
+            raise ValueError(f"{type(self).__name__} is reference-free and takes no ref_model.")
+        if isinstance(ref_model, str):
+            ref_model = load_pretrained(ref_model, None, **(getattr(args, "ref_model_init_kwargs", None) or {}))
+        elif ref_model is not None and getattr(args, "ref_model_init_kwargs", None):
+            raise ValueError("ref_model_init_kwargs only applies when ref_model is given as a name or path.")
+        if ref_model is not None and ref_model is model:
+            raise ValueError("ref_model must be a different object than model; pass ref_model=None to get a frozen "
+                             "copy of the initial policy.")
+
+        super().__init__(
+            model, args, processing_class=processing_class, peft_config=peft_config, data_collator=data_collator,
+            train_dataset=train_dataset, eval_dataset=eval_dataset, compute_metrics=compute_metrics,
+            callbacks=callbacks, optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )
+        if data_collator is None:
+            pad = args.padding_value if args.padding_value is not None else self.tokenizer_.pad_token_id
+            self.data_collator = self._make_collator(pad, args)
+        if args.disable_dropout:
+            disable_dropout_in_model(self.model)
+
+        self.ref_model = self._setup_reference(ref_model, args)
+        if getattr(args, "sync_ref_model", False):
+            if self.ref_model is None:
+                raise ValueError("sync_ref_model=True needs a reference model in memory, but the reference is the "
+                                 "policy with its adapter disabled (PEFT) or absent. Pass ref_model= or drop PEFT.")
+            self.add_callback(SyncRefModelCallback(self))
+
+    # -- configuration hooks ------------------------------------------------------------------------
+    @classmethod
+    def _method_name(cls) -> str:
+        return cls.__name__.replace("Trainer", "")
+
+    def _default_config(self, output_dir: str):
+        raise NotImplementedError
+
+    def _make_collator(self, pad_token_id: int, args):
+        return DataCollatorForPreference(pad_token_id, padding_free=args.padding_free,
+                                         pad_to_multiple_of=args.pad_to_multiple_of)
+
+    # -- data -------------------------------------------------------------------------------------
+    def _prepare_dataset(self, dataset, processing_class, args: PreferenceConfig, name: str):
+        if dataset is None:
+            return None
+        trainer = type(self).__name__
+        columns = dataset.column_names
+        if self._paired and "prompt_input_ids" in columns and "chosen_input_ids" in columns:
+            return dataset  # already tokenized
+        if not self._paired and "prompt_input_ids" in columns and "completion_input_ids" in columns:
+            return dataset
+        if len(dataset) == 0:
+            raise DatasetFormatError(f"The {name} dataset is empty.")
+        self._check_columns(columns, trainer, name)
+        fmt = detect_format(columns, dataset[0])
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        lengths = dict(max_prompt_length=args.max_prompt_length, max_completion_length=args.max_completion_length,
+                       max_length=args.max_length, truncation_mode=args.truncation_mode)
+        if self._paired:
+            require_kind(fmt, (PREFERENCE, PREFERENCE_IMPLICIT), trainer, hint=(
+                "Unpaired data (prompt/completion/label) trains with KTOTrainer or BCOTrainer."
+                if fmt.kind == UNPAIRED_PREFERENCE else ""))
+            out_columns = ("chosen", "rejected")
+        else:
+            require_kind(fmt, (UNPAIRED_PREFERENCE, PREFERENCE, PREFERENCE_IMPLICIT), trainer)
+            if fmt.kind != UNPAIRED_PREFERENCE:
+                # validate the pairs first, so errors name the row of the user's data
+                dataset.map(lambda ex, i: validate_example(ex, fmt, i), with_indices=True,
+                            desc=f"Validating {name} dataset")
+                dataset = unpair_preference(dataset, num_proc=args.dataset_num_proc)
+                fmt = detect_format(dataset.column_names, dataset[0])
+            out_columns = ("completion",)
+        kwargs = dict(tokenizer=processing_class, fmt=fmt, eos_token_id=tokenizer.eos_token_id,
+                      columns=out_columns, lengths=lengths)
+        keep_label = not self._paired
+
+        def fn(example, row):
+            out = tokenize_preference_row(example, row, **kwargs)
+            if keep_label:
+                out["label"] = example["label"]
+            return out
+
+        return dataset.map(fn, with_indices=True, remove_columns=dataset.column_names,
+                           num_proc=args.dataset_num_proc, desc=f"Tokenizing {name} dataset")
+
+    def _check_columns(self, columns, trainer: str, name: str) -> None:
+        cols = set(columns)
+        if self._paired:
+            for present, missing in (("chosen", "rejected"), ("rejected", "chosen")):
+                if present in cols and missing not in cols:
+                    raise DatasetFormatError(
+                        f"{trainer}: the {name} dataset has a '{present}' column but no '{missing}' column "
+                        f"(columns: {sorted(cols)}). Every row needs a prompt, a chosen and a rejected completion: "
+                        '{"prompt": "...", "chosen": "...", "rejected": "..."}.')
+            if "label" in cols and "completion" in cols:
+                raise DatasetFormatError(
+                    f"{trainer} trains on paired preferences (prompt/chosen/rejected), but the {name} dataset is "
+                    "unpaired (prompt/completion/label). Use KTOTrainer or BCOTrainer for unpaired data.")
+        elif "completion" in cols and "prompt" in cols and "label" not in cols:
+            raise DatasetFormatError(
+                f"{trainer}: the {name} dataset has 'prompt' and 'completion' but no 'label' column (a bool per row: "
+                'true = desirable). Expected rows like {"prompt": "...", "completion": "...", "label": true}.')
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = list(self._input_columns)
+
+    # -- reference policy -----------------------------------------------------------------------
+    def _setup_reference(self, ref_model, args):
+        """Return the separate reference model to keep in memory, or None (PEFT / precomputed / none)."""
+        if not self._uses_reference or getattr(args, "reference_free", False):
+            if ref_model is not None:
+                raise ValueError("reference_free=True takes no ref_model.")
+            return None
+        if ref_model is None:
+            if _is_peft_model(self.model) or args.precompute_ref_log_probs:
+                return None  # adapter disabled, or the initial policy computes the columns before training
+            ref_model = copy.deepcopy(unwrap(self.model))
+        ref_model.requires_grad_(False)
+        ref_model.eval()
+        if args.disable_dropout:
+            disable_dropout_in_model(ref_model)
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        return ref_model.to(self.args.device)
+
+    @torch.no_grad()
+    def reference_logps(self, rows: Mapping[str, torch.Tensor]) -> SequenceLogps:
+        """Completion log-probs of ``rows`` under the reference policy (no grad, eval mode)."""
+        if self.ref_model is not None:
+            with eval_mode(self.ref_model):
+                return completion_logps(self.ref_model, rows)
+        policy = unwrap(self.model)
+        if _is_peft_model(policy):
+            with policy.disable_adapter(), eval_mode(policy):
+                return completion_logps(policy, rows)
+        if self._policy_is_reference:
+            with eval_mode(policy):
+                return completion_logps(policy, rows)
+        raise RuntimeError(
+            "No reference policy is available: precompute_ref_log_probs=True but this dataset has no precomputed "
+            "reference columns and the policy has already been trained. Prepare every dataset before training.")
+
+    # -- precomputed reference log-probs ------------------------------------------------------------
+    def _reference_columns(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The reference columns (``self._ref_columns``) of one collated batch."""
+        raise NotImplementedError
+
+    def _dataset_key(self, dataset) -> str:
+        """A key of the tokenized content and of the reference model, for the cache file name."""
+        h = hashlib.sha256()
+        ds = dataset.flatten_indices() if getattr(dataset, "_indices", None) is not None else dataset
+        table = ds.data.table
+        for col in sorted(table.column_names):
+            h.update(col.encode())
+            for chunk in table.column(col).chunks:
+                for buf in chunk.buffers():
+                    if buf is not None:
+                        h.update(memoryview(buf))
+        ref = self.ref_model if self.ref_model is not None else unwrap(self.model)
+        h.update(str(getattr(getattr(ref, "config", None), "_name_or_path", type(ref).__name__)).encode())
+        h.update(str(sum(p.numel() for n, p in ref.named_parameters() if "lora_" not in n)).encode())
+        h.update(type(self).__name__.encode())
+        return h.hexdigest()[:20]
+
+    def _compute_reference_table(self, dataset) -> dict[str, torch.Tensor]:
+        from torch.utils.data import DataLoader
+
+        bs = self.args.precompute_ref_batch_size or self.args.per_device_eval_batch_size
+        loader = DataLoader(dataset, batch_size=bs, shuffle=False, collate_fn=self.data_collator,
+                            num_workers=self.args.dataloader_num_workers)
+        loader = self.accelerator.prepare(loader)
+        parts: dict[str, list[torch.Tensor]] = defaultdict(list)
+        for batch in loader:
+            for k, v in self._reference_columns(batch).items():
+                parts[k].append(self.accelerator.gather_for_metrics(v.float()).cpu())
+        return {k: torch.cat(v) for k, v in parts.items()}
+
+    def _with_reference_columns(self, dataset, name: str, checkpoint: str | None):
+        if dataset is None or all(c in dataset.column_names for c in self._ref_columns):
+            return dataset
+        key = self._dataset_key(dataset)
+        table = None
+        for folder in (checkpoint, self.args.output_dir):
+            path = os.path.join(folder, f"{REFERENCE_CACHE_PREFIX}{key}.pt") if folder else None
+            if path and os.path.isfile(path):
+                table = torch.load(path, map_location="cpu")
+                logger.info("Loaded precomputed reference log-probs of the %s dataset from %s", name, path)
+                break
+        if table is None:
+            table = self._compute_reference_table(dataset)
+            if self.args.should_save:
+                os.makedirs(self.args.output_dir, exist_ok=True)
+                torch.save(table, os.path.join(self.args.output_dir, f"{REFERENCE_CACHE_PREFIX}{key}.pt"))
+        self._ref_cache[key] = table
+        for col in self._ref_columns:
+            values = table[col]
+            if len(values) != len(dataset):
+                raise RuntimeError(f"Cached reference log-probs hold {len(values)} rows for a {len(dataset)}-row "
+                                   f"{name} dataset; delete {REFERENCE_CACHE_PREFIX}{key}.pt and retry.")
+            dataset = dataset.add_column(col, values.tolist())
+        return dataset
+
+    def precompute_reference_logps(self, checkpoint: str | None = None) -> None:
+        """Add the reference log-prob columns to the train and eval datasets (from the cache when present)."""
+        if not (self._uses_reference and getattr(self.args, "precompute_ref_log_probs", False)):
+            return
+        if getattr(self.args, "reference_free", False):
+            return
+        self.train_dataset = self._with_reference_columns(self.train_dataset, "train", checkpoint)
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {k: self._with_reference_columns(v, k, checkpoint) for k, v in self.eval_dataset.items()}
+        else:
+            self.eval_dataset = self._with_reference_columns(self.eval_dataset, "eval", checkpoint)
+
+    # -- training entry points ----------------------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        checkpoint = resume_from_checkpoint
+        if isinstance(checkpoint, bool):
+            checkpoint = None
+            if resume_from_checkpoint:
+                from transformers.trainer_utils import get_last_checkpoint
+
+                checkpoint = get_last_checkpoint(self.args.output_dir)
+                if checkpoint is None:
+                    raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir}).")
+        if checkpoint is not None:
+            self._load_extra_state(checkpoint)
+        self.precompute_reference_logps(checkpoint)
+        self._policy_is_reference = False
+        return super().train(resume_from_checkpoint=checkpoint, trial=trial,
+                             ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        if self._policy_is_reference:
+            self.precompute_reference_logps()
+        return super().evaluate(*args, **kwargs)
+
+    # -- checkpoints: cached reference log-probs, running means, synced reference ---------------------
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save and os.path.isdir(folder):
+            self._save_extra_state(folder)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"running": self.running.state_dict()} if self.running is not None else {}
+
+    def _save_extra_state(self, folder: str) -> None:
+        for key, table in self._ref_cache.items():
+            torch.save(table, os.path.join(folder, f"{REFERENCE_CACHE_PREFIX}{key}.pt"))
+        state = self._extra_state()
+        if state:
+            with open(os.path.join(folder, EXTRA_STATE_NAME), "w", encoding="utf-8") as f:
+                json.dump(state, f)
+        if getattr(self.args, "sync_ref_model", False) and self.ref_model is not None:
+            from safetensors.torch import save_file
+
+            sd = {k: v.detach().contiguous().cpu() for k, v in unwrap(self.ref_model).state_dict().items()}
+            # tied weights share storage; safetensors wants one copy of each
+            seen, unique = set(), {}
+            for k, v in sd.items():
+                ptr = (v.data_ptr(), tuple(v.shape))
+                if ptr not in seen:
+                    seen.add(ptr)
+                    unique[k] = v.clone()
+            save_file(unique, os.path.join(folder, REF_MODEL_STATE_NAME))
+
+    def _load_extra_state(self, folder: str) -> None:
+        path = os.path.join(folder, EXTRA_STATE_NAME)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                state = json.load(f)
+            if "running" in state:
+                self.running = self.running or RunningMean()
+                self.running.load_state_dict(state["running"])
+        ref_path = os.path.join(folder, REF_MODEL_STATE_NAME)
+        if getattr(self.args, "sync_ref_model", False) and self.ref_model is not None and os.path.isfile(ref_path):
+            from safetensors.torch import load_file
+
+            unwrap(self.ref_model).load_state_dict(load_file(ref_path, device=str(self.args.device)), strict=False)
+
+    # -- loss -------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = self._compute_loss(model, inputs)
+        if self.model.training:
+            loss = loss / self.current_gradient_accumulation_steps
+        attn = inputs.get("attention_mask")
+        self.count_tokens(attn.sum() if attn is not None else inputs["input_ids"].numel())
+        return (loss, {}) if return_outputs else loss
+
+    def _compute_loss(self, model, batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    @staticmethod
+    def paired_rows(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "completion_mask") if k in batch}
+
+    def record_pair_metrics(self, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps, policy: SequenceLogps):
+        """TRL's paired metrics for one micro-batch."""
+        n = chosen_rewards.shape[0]
+        self.record("rewards/chosen", chosen_rewards.mean())
+        self.record("rewards/rejected", rejected_rewards.mean())
+        self.record("rewards/accuracies", (chosen_rewards > rejected_rewards).float().mean())
+        self.record("rewards/margins", (chosen_rewards - rejected_rewards).mean())
+        self.record("logps/chosen", chosen_logps.detach().mean())
+        self.record("logps/rejected", rejected_logps.detach().mean())
+        # mean logits over all completion tokens of each side (and the vocabulary)
+        ml, cnt = policy.mean_logits * policy.count, policy.count
+        self.record("logits/chosen", ml[:n].sum() / cnt[:n].sum().clamp(min=1))
+        self.record("logits/rejected", ml[n:].sum() / cnt[n:].sum().clamp(min=1))
+
+    def chosen_nll(self, policy: SequenceLogps, n: int) -> torch.Tensor:
+        """Token-mean negative log-likelihood of the chosen completions (rows ``[0, n)``)."""
+        sel = policy.select(slice(0, n))
+        return -(policy.token_logps[sel].sum() / sel.sum().clamp(min=1))
+
+    # -- pooled metrics (means over examples that may be absent from a batch: KTO/BCO) ------------------
+    def record_pooled(self, name: str, values: torch.Tensor) -> None:
+        """Record the sum and count of ``values``; :meth:`log` reports the pooled mean over steps and processes."""
+        self.record(f"_sum/{name}", values.detach().float().sum() if values.numel() else 0.0)
+        self.record(f"_count/{name}", float(values.numel()))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        stored = self._metrics[mode]
+        names = sorted(k[len("_sum/"):] for k in stored if k.startswith("_sum/"))
+        if self.accelerator.num_processes > 1:  # every process must pool the same names
+            gathered = self.accelerator.gather_for_metrics([names], use_gather_object=True)
+            names = sorted({n for part in gathered for n in part})
+        if names:
+            totals = torch.tensor([[sum(stored.pop(f"_sum/{n}", [])), sum(stored.pop(f"_count/{n}", []))] for n in names],
+                                  dtype=torch.float64, device=self.args.device)
+            if self.accelerator.num_processes > 1:
+                totals = self.accelerator.reduce(totals, reduction="sum")
+            for n, (s, c) in zip(names, totals.tolist()):
+                if c > 0:
+                    stored[n] = [s / c]
+        super().log(logs, start_time)
+
+
+__all__ = [
+    "PreferenceConfig", "ReferenceConfig", "PreferenceTrainer", "DataCollatorForPreference",
+    "DataCollatorForUnpairedPreference", "SequenceLogps", "SyncRefModelCallback", "build_rows", "completion_logps",
+    "fit_lengths", "tokenize_preference_row", "eval_mode", "kl_rows",
+]
