@@ -42,7 +42,7 @@ def dpo(tiny_model_dir, tmp_path, train=None, ref_model=None, peft_config=None, 
 
 def pair_accuracy(trainer, dataset, average=False):
     """Fraction of held-out pairs where the policy gives the chosen completion more log-probability."""
-    ds = trainer._prepare_dataset(dataset, trainer.processing_class, trainer.args, "test")
+    ds = trainer.prepare_dataset(dataset, trainer.processing_class, trainer.args, "test")
     batch = DataCollatorForPreference(trainer.tokenizer_.pad_token_id)([ds[i] for i in range(len(ds))])
     model = trainer.model
     was = model.training

@@ -85,6 +85,8 @@ class DPOTrainer(PreferenceTrainer):
     ``rpo_alpha``).
     """
 
+    config_class = DPOConfig
+    _run_suffix = "DPO"
     _paired = True
     _uses_reference = True
     _ref_columns = ("ref_chosen_logps", "ref_rejected_logps")
@@ -98,9 +100,6 @@ class DPOTrainer(PreferenceTrainer):
                          preprocess_logits_for_metrics, peft_config)
         if "bco_pair" in self.args.loss_type:
             self.running = RunningMean()
-
-    def _default_config(self, output_dir: str) -> DPOConfig:
-        return DPOConfig(output_dir=output_dir)
 
     def _reference_columns(self, batch):
         ref = self.reference_logps(self.paired_rows(batch))

@@ -5,7 +5,7 @@ Everything these trainers have in common lives here, once:
 * **Configuration** — :class:`PreferenceConfig` (lengths, truncation, padding-free, ``beta``) and
   :class:`ReferenceConfig` (how the reference policy is obtained: separate model, PEFT adapter
   disabled, precomputed log-probs, TR-DPO syncing).
-* **Data** — :meth:`PreferenceTrainer._prepare_dataset` detects the format, extracts implicit
+* **Data** — :meth:`PreferenceTrainer.prepare_dataset` detects the format, extracts implicit
   prompts, tokenizes prompt and completions separately (standard or conversational) and truncates
   them (see :func:`fit_lengths`), raising :class:`~posttrain.data.DatasetFormatError` naming the row
   and column for bad rows. Paired trainers keep ``prompt_input_ids``/``chosen_input_ids``/
@@ -93,6 +93,7 @@ class PreferenceConfig(PosttrainConfig):
     padding_value: int | None = field(default=None, metadata={"help": "Padding token id (default: the tokenizer's pad token)."})
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset preparation."})
     disable_dropout: bool = field(default=True, metadata={"help": "Set every dropout probability of the model(s) to 0."})
+    chat_template_path: str | None = field(default=None, metadata={"help": "Tokenizer folder or .jinja file whose chat template to use."})
     use_logits_to_keep: bool = field(
         default=False,
         metadata={"help": "Accepted for TRL compatibility. posttrain always projects only completion positions "
@@ -503,70 +504,51 @@ class PreferenceTrainer(BaseTrainer):
                  train_dataset=None, eval_dataset=None, processing_class=None, compute_metrics=None, callbacks=None,
                  optimizers=(None, None), optimizer_cls_and_kwargs=None, preprocess_logits_for_metrics=None,
                  peft_config=None):
-        if args is None:
-            name = model if isinstance(model, str) else model.config._name_or_path
-            args = self._default_config(f"{str(name).rstrip('/').split('/')[-1]}-{self._method_name()}")
-        if processing_class is None:
-            from ..models import load_tokenizer
-
-            processing_class = load_tokenizer(model if isinstance(model, str) else model.config._name_or_path)
-        tokenizer = getattr(processing_class, "tokenizer", processing_class)
-        from ..models import ensure_pad_token
-
-        ensure_pad_token(tokenizer)
         self._ref_cache: dict[str, dict[str, torch.Tensor]] = {}
         self._policy_is_reference = True
         self.ref_syncs = 0
         self.running: RunningMean | None = None
-        train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {k: self._prepare_dataset(v, processing_class, args, k) for k, v in eval_dataset.items()}
-        else:
-            eval_dataset = self._prepare_dataset(eval_dataset, processing_class, args, "eval")
-
+        ref_kwargs = getattr(args, "ref_model_init_kwargs", None) if args is not None else None
         if not self._uses_reference and ref_model is not None:
             raise ValueError(f"{type(self).__name__} is reference-free and takes no ref_model.")
         if isinstance(ref_model, str):
-            ref_model = load_pretrained(ref_model, None, **(getattr(args, "ref_model_init_kwargs", None) or {}))
-        elif ref_model is not None and getattr(args, "ref_model_init_kwargs", None):
+            ref_model = load_pretrained(ref_model, None, **(ref_kwargs or {}))
+        elif ref_model is not None and ref_kwargs:
             raise ValueError("ref_model_init_kwargs only applies when ref_model is given as a name or path.")
         if ref_model is not None and ref_model is model:
             raise ValueError("ref_model must be a different object than model; pass ref_model=None to get a frozen "
                              "copy of the initial policy.")
-
         super().__init__(
             model, args, processing_class=processing_class, peft_config=peft_config, data_collator=data_collator,
             train_dataset=train_dataset, eval_dataset=eval_dataset, compute_metrics=compute_metrics,
             callbacks=callbacks, optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
-        if data_collator is None:
-            pad = args.padding_value if args.padding_value is not None else self.tokenizer_.pad_token_id
-            self.data_collator = self._make_collator(pad, args)
-        if args.disable_dropout:
+        if self.args.disable_dropout:
             disable_dropout_in_model(self.model)
-
-        self.ref_model = self._setup_reference(ref_model, args)
-        if getattr(args, "sync_ref_model", False):
+        self.ref_model = self._setup_reference(ref_model, self.args)
+        if getattr(self.args, "sync_ref_model", False):
             if self.ref_model is None:
                 raise ValueError("sync_ref_model=True needs a reference model in memory, but the reference is the "
                                  "policy with its adapter disabled (PEFT) or absent. Pass ref_model= or drop PEFT.")
             self.add_callback(SyncRefModelCallback(self))
 
-    # -- configuration hooks ------------------------------------------------------------------------
-    @classmethod
-    def _method_name(cls) -> str:
-        return cls.__name__.replace("Trainer", "")
+    # -- hooks of BaseTrainer: collator and dataset preparation ------------------------------------
+    def make_collator(self, processing_class, args):
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        pad = args.padding_value if args.padding_value is not None else tokenizer.pad_token_id
+        if self._paired:
+            return DataCollatorForPreference(pad, padding_free=args.padding_free,
+                                             pad_to_multiple_of=args.pad_to_multiple_of)
+        return DataCollatorForUnpairedPreference(pad, padding_free=args.padding_free,
+                                                 pad_to_multiple_of=args.pad_to_multiple_of,
+                                                 kl_rows=self._needs_kl_rows(args))
 
-    def _default_config(self, output_dir: str):
-        raise NotImplementedError
+    def _needs_kl_rows(self, args) -> bool:
+        return False
 
-    def _make_collator(self, pad_token_id: int, args):
-        return DataCollatorForPreference(pad_token_id, padding_free=args.padding_free,
-                                         pad_to_multiple_of=args.pad_to_multiple_of)
-
-    # -- data -------------------------------------------------------------------------------------
-    def _prepare_dataset(self, dataset, processing_class, args: PreferenceConfig, name: str):
+    def prepare_dataset(self, dataset, processing_class, args: PreferenceConfig, split: str):
+        """Validate and tokenize a raw split (see the module docstring); tokenized splits pass through."""
         if dataset is None:
             return None
         trainer = type(self).__name__
@@ -576,8 +558,8 @@ class PreferenceTrainer(BaseTrainer):
         if not self._paired and "prompt_input_ids" in columns and "completion_input_ids" in columns:
             return dataset
         if len(dataset) == 0:
-            raise DatasetFormatError(f"The {name} dataset is empty.")
-        self._check_columns(columns, trainer, name)
+            raise DatasetFormatError(f"The {split} dataset is empty.")
+        self._check_columns(columns, trainer, split)
         fmt = detect_format(columns, dataset[0])
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         lengths = dict(max_prompt_length=args.max_prompt_length, max_completion_length=args.max_completion_length,
@@ -591,8 +573,8 @@ class PreferenceTrainer(BaseTrainer):
             require_kind(fmt, (UNPAIRED_PREFERENCE, PREFERENCE, PREFERENCE_IMPLICIT), trainer)
             if fmt.kind != UNPAIRED_PREFERENCE:
                 # validate the pairs first, so errors name the row of the user's data
-                dataset.map(lambda ex, i: validate_example(ex, fmt, i), with_indices=True,
-                            desc=f"Validating {name} dataset")
+                for i, example in enumerate(dataset):
+                    validate_example(example, fmt, i)
                 dataset = unpair_preference(dataset, num_proc=args.dataset_num_proc)
                 fmt = detect_format(dataset.column_names, dataset[0])
             out_columns = ("completion",)
@@ -606,8 +588,12 @@ class PreferenceTrainer(BaseTrainer):
                 out["label"] = example["label"]
             return out
 
-        return dataset.map(fn, with_indices=True, remove_columns=dataset.column_names,
-                           num_proc=args.dataset_num_proc, desc=f"Tokenizing {name} dataset")
+        dataset = dataset.map(fn, with_indices=True, remove_columns=dataset.column_names,
+                              num_proc=args.dataset_num_proc, desc=f"Tokenizing {split} dataset")
+        return self._after_tokenize(dataset, args)
+
+    def _after_tokenize(self, dataset, args):
+        return dataset
 
     def _check_columns(self, columns, trainer: str, name: str) -> None:
         cols = set(columns)
@@ -627,9 +613,6 @@ class PreferenceTrainer(BaseTrainer):
                 f"{trainer}: the {name} dataset has 'prompt' and 'completion' but no 'label' column (a bool per row: "
                 'true = desirable). Expected rows like {"prompt": "...", "completion": "...", "label": true}.')
 
-    def _set_signature_columns_if_needed(self):
-        if self._signature_columns is None:
-            self._signature_columns = list(self._input_columns)
 
     # -- reference policy -----------------------------------------------------------------------
     def _setup_reference(self, ref_model, args):
