@@ -12,6 +12,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "DPOConfig": "posttrain.trainers.dpo",
     "DPOTrainer": "posttrain.trainers.dpo",
+    "CPOConfig": "posttrain.trainers.cpo",
+    "CPOTrainer": "posttrain.trainers.cpo",
+    "ORPOConfig": "posttrain.trainers.orpo",
+    "ORPOTrainer": "posttrain.trainers.orpo",
     "SFTConfig": "posttrain.trainers.sft",
     "SFTTrainer": "posttrain.trainers.sft",
     "ModelConfig": "posttrain.models.loading",

@@ -48,7 +48,7 @@ def pair_accuracy(trainer, dataset, average=False):
     was = model.training
     model.eval()
     with torch.no_grad():
-        lp = completion_logps(model, {k: v.to(model.device) for k, v in trainer.paired_rows(batch).items()})
+        lp = completion_logps(model, {k: v.to(model.device) for k, v in trainer.model_rows(batch).items()})
     model.train(was)
     n = len(ds)
     scores = lp.mean if average else lp.sum
@@ -141,8 +141,8 @@ def test_completion_logps_match_full_log_softmax_and_padding_free(tiny_model_dir
     assert free["input_ids"].shape[0] == 1 and "attention_mask" not in free
     model = trainer.model.eval()
     with torch.no_grad():
-        a = completion_logps(model, trainer.paired_rows(padded))
-        b = completion_logps(model, trainer.paired_rows(free))
+        a = completion_logps(model, trainer.model_rows(padded))
+        b = completion_logps(model, trainer.model_rows(free))
         logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
     logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, padded["input_ids"][:, 1:, None]).squeeze(-1)
     expected = (logp * padded["completion_mask"][:, 1:]).sum(-1)
@@ -210,7 +210,7 @@ def test_reference_peft_adapter_disabled_no_copy(tiny_model_dir, tmp_path):
     assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)  # LoRA starts as identity: policy == reference
     # the reference (adapter disabled) is the untouched base model
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-    rows = trainer.paired_rows(batch)
+    rows = trainer.model_rows(batch)
     fresh = load_pretrained(tiny_model_dir).eval()
     with torch.no_grad():
         expected = completion_logps(fresh, rows).sum
@@ -234,7 +234,7 @@ def test_precompute_ref_log_probs_cached_and_reused_on_resume(tiny_model_dir, tm
     init = load_pretrained(tiny_model_dir).eval()
     batch = DataCollatorForPreference(first.tokenizer_.pad_token_id)([ds[i] for i in range(16)])
     with torch.no_grad():
-        lp = completion_logps(init, first.paired_rows(batch)).sum
+        lp = completion_logps(init, first.model_rows(batch)).sum
     torch.testing.assert_close(torch.tensor(ds["ref_chosen_logps"]), lp[:16], rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(torch.tensor(ds["ref_rejected_logps"]), lp[16:], rtol=1e-5, atol=1e-4)
     out = tmp_path / "out"
@@ -311,7 +311,7 @@ def test_loss_type_list_with_weights(tiny_model_dir, tmp_path):
     trainer.model.eval()
     with torch.no_grad():
         loss = trainer._compute_loss(trainer.model, batch)
-        rows = trainer.paired_rows(batch)
+        rows = trainer.model_rows(batch)
         pol = completion_logps(trainer.model, rows).sum
         ref = completion_logps(trainer.ref_model, rows).sum
     sig = dpo_loss(pol[:8], pol[8:], ref[:8], ref[8:], loss_type="sigmoid").losses

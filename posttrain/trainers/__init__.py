@@ -3,6 +3,9 @@
 from .base import BaseTrainer, PosttrainConfig
 from .sft import SFTConfig, SFTTrainer
 from .dpo import DPOConfig, DPOTrainer
+from .cpo import CPOConfig, CPOTrainer
+from .orpo import ORPOConfig, ORPOTrainer
 
 __all__ = ["BaseTrainer", "PosttrainConfig", "SFTConfig", "SFTTrainer"]
 __all__ += ["DPOConfig", "DPOTrainer"]
+__all__ += ["CPOConfig", "CPOTrainer", "ORPOConfig", "ORPOTrainer"]

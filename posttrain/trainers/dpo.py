@@ -102,13 +102,13 @@ class DPOTrainer(PreferenceTrainer):
             self.running = RunningMean()
 
     def _reference_columns(self, batch):
-        ref = self.reference_logps(self.paired_rows(batch))
+        ref = self.reference_logps(self.model_rows(batch))
         n = ref.sum.shape[0] // 2
         return {"ref_chosen_logps": ref.sum[:n], "ref_rejected_logps": ref.sum[n:]}
 
     def _compute_loss(self, model, batch) -> torch.Tensor:
         args: DPOConfig = self.args
-        rows = self.paired_rows(batch)
+        rows = self.model_rows(batch)
         policy = self._policy_logps(model, rows)
         n = policy.sum.shape[0] // 2
         ref_c = ref_r = None

@@ -341,6 +341,20 @@ def kl_rows(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[3:]: v for k, v in batch.items() if k.startswith("kl_")}
 
 
+def concat_rows(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stack two sets of :func:`build_rows` inputs into one (the rows of ``a``, then those of ``b``)."""
+    if "position_ids" in a:  # padding-free: one long row
+        return {k: torch.cat([a[k], b[k]], dim=1) for k in ("input_ids", "position_ids", "completion_mask")}
+    width = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
+    out = {}
+    for k in ("input_ids", "attention_mask", "completion_mask"):
+        x, y = a[k], b[k]
+        x = torch.nn.functional.pad(x, (0, width - x.shape[1]), value=0)
+        y = torch.nn.functional.pad(y, (0, width - y.shape[1]), value=0)
+        out[k] = torch.cat([x, y], dim=0)
+    return out
+
+
 # =============================================================================================
 # log-probs of completions
 # =============================================================================================
@@ -810,7 +824,7 @@ class PreferenceTrainer(BaseTrainer):
         return loss.detach(), None, None
 
     @staticmethod
-    def paired_rows(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def model_rows(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "completion_mask") if k in batch}
 
     def record_pair_metrics(self, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps, policy: SequenceLogps):
@@ -853,11 +867,15 @@ class PreferenceTrainer(BaseTrainer):
             for n, (s, c) in zip(names, totals.tolist()):
                 if c > 0:
                     stored[n] = [s / c]
+            self._finalize_pooled(stored)
         super().log(logs, start_time)
+
+    def _finalize_pooled(self, stored: dict[str, list[float]]) -> None:
+        """Derive metrics from pooled means (each a one-item list) before they are logged."""
 
 
 __all__ = [
     "PreferenceConfig", "ReferenceConfig", "PreferenceTrainer", "DataCollatorForPreference",
     "DataCollatorForUnpairedPreference", "SequenceLogps", "SyncRefModelCallback", "build_rows", "completion_logps",
-    "fit_lengths", "tokenize_preference_row", "eval_mode", "kl_rows",
+    "fit_lengths", "tokenize_preference_row", "eval_mode", "kl_rows", "concat_rows",
 ]

@@ -1,0 +1,72 @@
+"""Contrastive Preference Optimization: ``CPOConfig`` and ``CPOTrainer`` (TRL-compatible names).
+
+Reference-free: the shared preference core (:mod:`.preference_base`) plus
+:func:`posttrain.losses.preference.cpo_loss` and a behaviour-cloning NLL term on the chosen completions,
+``loss = mean(L_prefer) + cpo_alpha · NLL(chosen)``. ``loss_type="simpo"`` is SimPO (set ``cpo_alpha=0``
+for pure SimPO) and ``"alphapo"`` is AlphaPO; both use length-averaged log-probs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..losses.preference import CPO_LOSS_TYPES, cpo_loss
+from .base import check_choice
+from .preference_base import PreferenceConfig, PreferenceTrainer, completion_logps
+
+
+@dataclass
+class CPOConfig(PreferenceConfig):
+    """Configuration of :class:`CPOTrainer`. Field names and defaults follow TRL's ``CPOConfig``."""
+
+    loss_type: str = field(default="sigmoid", metadata={"help": "Loss type.", "choices": list(CPO_LOSS_TYPES)})
+    label_smoothing: float = field(default=0.0, metadata={"help": "Label noise rate (sigmoid / simpo)."})
+    cpo_alpha: float = field(default=1.0, metadata={"help": "Weight of the NLL term on the chosen completions."})
+    simpo_gamma: float = field(default=0.5, metadata={"help": "Target reward margin of SimPO / AlphaPO."})
+    alpha: float = field(default=0.0, metadata={"help": "AlphaPO reward shape (0: plain log-probs)."})
+
+    def __post_init__(self):
+        check_choice("loss_type", self.loss_type, CPO_LOSS_TYPES)
+        if self.loss_type == "alphapo" and self.alpha == 0.0:
+            raise ValueError("loss_type='alphapo' needs a non-zero alpha (alpha=0 is SimPO: use loss_type='simpo').")
+        super().__post_init__()
+
+
+class CPOTrainer(PreferenceTrainer):
+    """CPO / SimPO / AlphaPO on paired preference data; no reference model.
+
+    Logs ``rewards/chosen``, ``rewards/rejected``, ``rewards/accuracies``, ``rewards/margins``,
+    ``logps/chosen``, ``logps/rejected``, ``logits/chosen``, ``logits/rejected`` and ``nll_loss``.
+    """
+
+    config_class = CPOConfig
+    _run_suffix = "CPO"
+    _paired = True
+    _uses_reference = False
+
+    def __init__(self, model, args: CPOConfig | None = None, data_collator=None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, compute_metrics=None, callbacks=None,
+                 optimizers=(None, None), optimizer_cls_and_kwargs=None, preprocess_logits_for_metrics=None,
+                 peft_config=None):
+        super().__init__(model, None, args, data_collator, train_dataset, eval_dataset, processing_class,
+                         compute_metrics, callbacks, optimizers, optimizer_cls_and_kwargs,
+                         preprocess_logits_for_metrics, peft_config)
+
+    def _compute_loss(self, model, batch) -> torch.Tensor:
+        args: CPOConfig = self.args
+        policy = completion_logps(model, self.model_rows(batch))
+        n = policy.sum.shape[0] // 2
+        scores = policy.mean if args.loss_type in ("simpo", "alphapo") else policy.sum
+        chosen, rejected = scores[:n], scores[n:]
+        out = cpo_loss(chosen, rejected, beta=args.beta, loss_type=args.loss_type,
+                       label_smoothing=args.label_smoothing, simpo_gamma=args.simpo_gamma, alpha=args.alpha)
+        nll = self.chosen_nll(policy, n)
+        loss = out.losses.mean() + args.cpo_alpha * nll
+        self.record("nll_loss", nll)
+        self.record_pair_metrics(out.chosen_rewards, out.rejected_rewards, chosen, rejected, policy)
+        return loss
+
+
+__all__ = ["CPOConfig", "CPOTrainer"]

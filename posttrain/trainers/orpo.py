@@ -1,0 +1,59 @@
+"""Odds Ratio Preference Optimization: ``ORPOConfig`` and ``ORPOTrainer`` (TRL-compatible names).
+
+Reference-free and monolithic (no SFT stage needed): the shared preference core
+(:mod:`.preference_base`) plus :func:`posttrain.losses.preference.orpo_loss`,
+``loss = NLL(chosen) + mean(-β · log σ(log odds(chosen) - log odds(rejected)))`` on length-averaged
+log-probs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..losses.preference import orpo_loss
+from .preference_base import PreferenceConfig, PreferenceTrainer, completion_logps
+
+
+@dataclass
+class ORPOConfig(PreferenceConfig):
+    """Configuration of :class:`ORPOTrainer`. Field names and defaults follow TRL's ``ORPOConfig``
+    (``beta`` is the weight λ of the odds-ratio term)."""
+
+
+class ORPOTrainer(PreferenceTrainer):
+    """ORPO on paired preference data; no reference model.
+
+    Logs ``rewards/*``, ``logps/*``, ``logits/*`` (TRL's names), ``nll_loss``, ``log_odds_ratio`` and
+    ``log_odds_chosen``.
+    """
+
+    config_class = ORPOConfig
+    _run_suffix = "ORPO"
+    _paired = True
+    _uses_reference = False
+
+    def __init__(self, model, args: ORPOConfig | None = None, data_collator=None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, compute_metrics=None, callbacks=None,
+                 optimizers=(None, None), optimizer_cls_and_kwargs=None, preprocess_logits_for_metrics=None,
+                 peft_config=None):
+        super().__init__(model, None, args, data_collator, train_dataset, eval_dataset, processing_class,
+                         compute_metrics, callbacks, optimizers, optimizer_cls_and_kwargs,
+                         preprocess_logits_for_metrics, peft_config)
+
+    def _compute_loss(self, model, batch) -> torch.Tensor:
+        policy = completion_logps(model, self.model_rows(batch))
+        n = policy.sum.shape[0] // 2
+        chosen, rejected = policy.mean[:n], policy.mean[n:]
+        out = orpo_loss(chosen, rejected, beta=self.args.beta)
+        nll = self.chosen_nll(policy, n)
+        loss = nll + out.losses.mean()
+        self.record("nll_loss", nll)
+        self.record("log_odds_ratio", out.log_odds_ratio)
+        self.record("log_odds_chosen", out.log_odds_chosen)
+        self.record_pair_metrics(out.chosen_rewards, out.rejected_rewards, chosen, rejected, policy)
+        return loss
+
+
+__all__ = ["ORPOConfig", "ORPOTrainer"]
