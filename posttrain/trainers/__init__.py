@@ -5,7 +5,10 @@ from .sft import SFTConfig, SFTTrainer
 from .dpo import DPOConfig, DPOTrainer
 from .cpo import CPOConfig, CPOTrainer
 from .orpo import ORPOConfig, ORPOTrainer
+from .kto import KTOConfig, KTOTrainer
+from .bco import BCOConfig, BCOTrainer
 
 __all__ = ["BaseTrainer", "PosttrainConfig", "SFTConfig", "SFTTrainer"]
 __all__ += ["DPOConfig", "DPOTrainer"]
 __all__ += ["CPOConfig", "CPOTrainer", "ORPOConfig", "ORPOTrainer"]
+__all__ += ["KTOConfig", "KTOTrainer", "BCOConfig", "BCOTrainer"]
