@@ -13,6 +13,11 @@ import sys
 # command -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("posttrain.scripts.sft", "supervised fine-tuning (SFTTrainer)"),
+    "dpo": ("posttrain.scripts.dpo", "direct preference optimization on preference pairs (DPOTrainer)"),
+    "cpo": ("posttrain.scripts.cpo", "contrastive preference optimization, SimPO, AlphaPO (CPOTrainer)"),
+    "orpo": ("posttrain.scripts.orpo", "odds ratio preference optimization (ORPOTrainer)"),
+    "kto": ("posttrain.scripts.kto", "Kahneman-Tversky optimization on unpaired or paired data (KTOTrainer)"),
+    "bco": ("posttrain.scripts.bco", "binary classifier optimization (BCOTrainer)"),
     "env": ("posttrain.cli", "print the versions a bug report needs"),
     "kit": ("posttrain.kit.cli", "build tiny offline models and synthetic datasets"),
 }
