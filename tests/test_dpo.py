@@ -250,7 +250,7 @@ def test_precompute_ref_log_probs_cached_and_reused_on_resume(tiny_model_dir, tm
     resumed.train(resume_from_checkpoint=True)
     assert calls == []  # no reference forward pass on resume
     assert resumed.state.global_step == 4
-    assert resumed.train_dataset["ref_chosen_logps"] == ds["ref_chosen_logps"]
+    assert list(resumed.train_dataset["ref_chosen_logps"]) == list(ds["ref_chosen_logps"])
 
 
 def test_sync_ref_model_tr_dpo(tiny_model_dir, tmp_path):
@@ -269,6 +269,19 @@ def test_sync_ref_model_tr_dpo(tiny_model_dir, tmp_path):
     t2.train()
     for k, v in t2.model.state_dict().items():
         torch.testing.assert_close(t2.ref_model.state_dict()[k], v)
+
+
+def test_sync_ref_model_weights_are_checkpointed(tiny_model_dir, tmp_path):
+    common = dict(sync_ref_model=True, ref_model_sync_steps=1, ref_model_mixup_alpha=0.5, save_strategy="steps",
+                  save_steps=2)
+    first = dpo(tiny_model_dir, tmp_path, pref_data(16), max_steps=2, **common)
+    first.train()
+    assert (tmp_path / "out" / "checkpoint-2" / "ref_model.safetensors").is_file()
+    synced = {k: v.clone() for k, v in first.ref_model.state_dict().items()}
+    resumed = dpo(tiny_model_dir, tmp_path, pref_data(16), max_steps=2, **common)
+    resumed._load_extra_state(str(tmp_path / "out" / "checkpoint-2"))
+    for k, v in resumed.ref_model.state_dict().items():
+        torch.testing.assert_close(v, synced[k])
 
 
 def test_sync_mix_formula():

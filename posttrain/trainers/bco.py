@@ -155,7 +155,7 @@ class BCOTrainer(KTOTrainer):
 
     def _fit_udm_classifier(self) -> PromptClassifier | None:
         ds = self.train_dataset
-        labels = torch.tensor(ds["label"], dtype=torch.bool)
+        labels = torch.tensor(list(ds["label"]), dtype=torch.bool)
         gen = torch.Generator().manual_seed(self.args.seed)
         picks = []
         for cls in (True, False):

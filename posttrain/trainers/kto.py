@@ -88,7 +88,7 @@ class KTOTrainer(PreferenceTrainer):
     def _after_tokenize(self, dataset, args):
         if args.precompute_ref_log_probs and self._needs_kl_rows(args) and len(dataset) > 1:
             # precomputed KL reference log-probs need fixed mismatched pairs: row i gets row i+1's completion
-            comps = dataset["completion_input_ids"]
+            comps = list(dataset["completion_input_ids"])
             dataset = dataset.add_column("kl_completion_input_ids", comps[1:] + comps[:1])
         return dataset
 
@@ -96,7 +96,7 @@ class KTOTrainer(PreferenceTrainer):
         ds = self.train_dataset
         if ds is None or "label" not in getattr(ds, "column_names", []) or self.args.loss_type != "kto":
             return
-        labels = ds["label"]
+        labels = list(ds["label"])
         n_d = sum(1 for x in labels if x)
         n_u = len(labels) - n_d
         lo, hi = self.args.desirable_weight * n_d, self.args.undesirable_weight * n_u
