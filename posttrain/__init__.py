@@ -26,6 +26,19 @@ _EXPORTS = {
     "ScriptArguments": "posttrain.scripts.args",
     "PosttrainParser": "posttrain.scripts.args",
     "DataCollatorForLanguageModeling": "posttrain.data.collators",
+    "RewardConfig": "posttrain.trainers.reward",
+    "RewardTrainer": "posttrain.trainers.reward",
+    "PRMConfig": "posttrain.trainers.prm",
+    "PRMTrainer": "posttrain.trainers.prm",
+    "AutoModelForCausalLMWithValueHead": "posttrain.models.value_head",
+    "AutoModelForSeq2SeqLMWithValueHead": "posttrain.models.value_head",
+    "BestOfNSampler": "posttrain.rollout.best_of_n",
+    "BasePairwiseJudge": "posttrain.rollout.judges",
+    "BaseRankJudge": "posttrain.rollout.judges",
+    "BaseBinaryJudge": "posttrain.rollout.judges",
+    "AllTrueJudge": "posttrain.rollout.judges",
+    "OpenAIPairwiseJudge": "posttrain.rollout.judges",
+    "RewardModelPairwiseJudge": "posttrain.rollout.judges",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

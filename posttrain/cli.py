@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "orpo": ("posttrain.scripts.orpo", "odds ratio preference optimization (ORPOTrainer)"),
     "kto": ("posttrain.scripts.kto", "Kahneman-Tversky optimization on unpaired or paired data (KTOTrainer)"),
     "bco": ("posttrain.scripts.bco", "binary classifier optimization (BCOTrainer)"),
+    "reward": ("posttrain.scripts.reward", "outcome reward modeling on preference pairs (RewardTrainer)"),
+    "prm": ("posttrain.scripts.prm", "process reward modeling on stepwise data (PRMTrainer)"),
     "env": ("posttrain.cli", "print the versions a bug report needs"),
     "kit": ("posttrain.kit.cli", "build tiny offline models and synthetic datasets"),
 }

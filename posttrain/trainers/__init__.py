@@ -7,8 +7,11 @@ from .cpo import CPOConfig, CPOTrainer
 from .orpo import ORPOConfig, ORPOTrainer
 from .kto import KTOConfig, KTOTrainer
 from .bco import BCOConfig, BCOTrainer
+from .reward import RewardConfig, RewardTrainer
+from .prm import PRMConfig, PRMTrainer
 
 __all__ = ["BaseTrainer", "PosttrainConfig", "SFTConfig", "SFTTrainer"]
 __all__ += ["DPOConfig", "DPOTrainer"]
 __all__ += ["CPOConfig", "CPOTrainer", "ORPOConfig", "ORPOTrainer"]
 __all__ += ["KTOConfig", "KTOTrainer", "BCOConfig", "BCOTrainer"]
+__all__ += ["RewardConfig", "RewardTrainer", "PRMConfig", "PRMTrainer"]
