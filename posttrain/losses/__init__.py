@@ -29,6 +29,13 @@ from .preference import (
     orpo_loss,
 )
 from .sft import sft_token_loss, token_accuracy, token_dft, token_nll
+from .reward import (
+    bradley_terry_loss,
+    center_rewards_penalty,
+    reward_accuracy,
+    step_accuracy,
+    step_classification_loss,
+)
 
 __all__ = [
     "generalized_jsd_loss", "geometric_mixture_logits", "nash_md_loss", "xpo_loss", "entropy_from_logits", "gae",
@@ -37,3 +44,5 @@ __all__ = [
     "RunningMean", "bco_loss", "cpo_loss", "dpo_implicit_rewards", "dpo_loss", "kto_kl_estimate", "kto_loss",
     "orpo_loss", "sft_token_loss", "token_accuracy", "token_dft", "token_nll",
 ]
+__all__ += ["bradley_terry_loss", "center_rewards_penalty", "reward_accuracy", "step_accuracy",
+            "step_classification_loss"]
