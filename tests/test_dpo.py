@@ -190,6 +190,18 @@ def test_reference_given_as_path(tiny_model_dir, tmp_path):
     assert trainer.state.global_step == 2
 
 
+def test_model_and_ref_model_init_kwargs(tiny_model_dir, tmp_path):
+    trainer = dpo(tiny_model_dir, tmp_path, ref_model=tiny_model_dir, model_init_kwargs={"dtype": "float32"},
+                  ref_model_init_kwargs={"dtype": "bfloat16"})
+    assert trainer.model.dtype == torch.float32 and trainer.ref_model.dtype == torch.bfloat16
+    trainer.train()
+    assert trainer.state.log_history[0]["rewards/margins"] == trainer.state.log_history[0]["rewards/margins"]
+    with pytest.raises(ValueError, match="ref_model_init_kwargs only applies"):
+        from posttrain.models import load_pretrained
+
+        dpo(tiny_model_dir, tmp_path, ref_model=load_pretrained(tiny_model_dir), ref_model_init_kwargs={"dtype": "bfloat16"})
+
+
 def test_reference_peft_adapter_disabled_no_copy(tiny_model_dir, tmp_path):
     from peft import LoraConfig
 

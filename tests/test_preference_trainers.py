@@ -1,6 +1,5 @@
 """CPO/SimPO, ORPO, KTO and BCO trainers: metrics, options, bad input, reference strategies and learning."""
 
-import os
 import time
 
 import pytest
