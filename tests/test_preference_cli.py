@@ -16,13 +16,6 @@ COMMON = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to
           "--save_strategy", "no", "--disable_tqdm", "true", "--learning_rate", "1e-3"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory):

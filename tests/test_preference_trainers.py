@@ -21,14 +21,6 @@ PAIR_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rew
                 "logps/rejected", "logits/chosen", "logits/rejected")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread (and do not fight other processes for the 2 cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def pref_data(n=32, seed=0, task="sort", **kw):
     return make_dataset(task, "preference", n=n, seed=seed, **kw)
