@@ -1,7 +1,6 @@
 """Process reward modeling: step tokenization and label placement, truncation that keeps labels on their steps,
 bad stepwise rows, PRMTrainer learning, LoRA, and the `posttrain prm` command."""
 
-import contextlib
 import math
 
 import pytest
@@ -134,17 +133,6 @@ def _held_out(model, tokenizer, prepared) -> tuple[float, float]:
     return step_accuracy(logits, labels).mean().item(), step_classification_loss(logits, labels).mean().item()
 
 
-@contextlib.contextmanager
-def one_thread():
-    """Tiny models train fastest on one thread (and do not thrash a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def test_prm_learns_step_labels(tokenizer, tmp_path):
     """A tiny PRM (0.14M parameters) trained on 1000 synthetic insertion-sort solutions (labels turn False from the
     first wrong step) beats both the untrained model and the majority-class baseline on held-out steps.
@@ -166,11 +154,10 @@ def test_prm_learns_step_labels(tokenizer, tmp_path):
     p = sum(labels) / len(labels)
     majority = max(p, 1 - p)
     entropy = -(p * math.log(p) + (1 - p) * math.log(1 - p))
-    with one_thread():
-        before, _ = _held_out(model, tokenizer, held_out)
-        trainer = PRMTrainer(model, args, train_dataset=train, processing_class=tokenizer)
-        trainer.train()
-        after, ce = _held_out(trainer.model, tokenizer, held_out)
+    before, _ = _held_out(model, tokenizer, held_out)
+    trainer = PRMTrainer(model, args, train_dataset=train, processing_class=tokenizer)
+    trainer.train()
+    after, ce = _held_out(trainer.model, tokenizer, held_out)
     print(f"held-out step accuracy {before:.3f} -> {after:.3f} (majority {majority:.3f}); "
           f"cross-entropy {ce:.3f} (marginal {entropy:.3f})")
     assert after >= before + 0.05 and after >= majority + 0.04, (before, after, majority)
