@@ -26,9 +26,10 @@ def main(argv=None) -> str:
     p.add_argument("--max_length", type=int, default=512)
     p.add_argument("--examples", type=int, default=400)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads per run")
     a = p.parse_args(argv)
     base = dict(size=a.size, steps=a.steps, warmup_steps=a.warmup_steps, batch_size=a.batch_size,
-                max_length=a.max_length, examples=a.examples)
+                max_length=a.max_length, examples=a.examples, threads=a.threads)
     settings = {"padded (packing off)": dict(base, packing=False), "packing (bfd, padding-free)": dict(base, packing=True)}
     results = {name: [] for name in settings}
     for _ in range(a.repeats):

@@ -5,7 +5,7 @@
 Stages (each on the embedded tiny kit, offline, on CPU):
 
 1. build a small Qwen2-style model from a config, with the project's tokenizer;
-2. measure held-out exact-match accuracy on 2-digit addition ("What is 23+58?" -> "81");
+2. measure held-out exact-match accuracy on reversing 3-6 letters ("Reverse: c a t" -> "t a c");
 3. SFT on conversational prompt-completion examples (padding-free batches);
 4. measure again.
 
@@ -25,12 +25,14 @@ from dataclasses import asdict, dataclass, field
 @dataclass
 class DemoConfig:
     output_dir: str = "outputs/demo"
-    task: str = "addition"
-    digits: int = 2
+    task: str = "reverse"
+    min_len: int = 3  # sequence tasks (reverse, copy, sort): number of symbols
+    max_len: int = 6
+    digits: int = 2  # addition: digits per operand
     model_size: str = "small"
     train_examples: int = 4000
     eval_examples: int = 200
-    sft_steps: int = 700
+    sft_steps: int = 400
     sft_batch_size: int = 32
     sft_learning_rate: float = 2e-3
     seed: int = 0
@@ -41,7 +43,7 @@ class DemoConfig:
 def _accuracy(model, tokenizer, test) -> float:
     from .evaluation import exact_match_accuracy
 
-    return exact_match_accuracy(model, tokenizer, test["prompt"], test["answer"], max_new_tokens=8)[0]
+    return exact_match_accuracy(model, tokenizer, test["prompt"], test["answer"], max_new_tokens=16)[0]
 
 
 def _plot(curves: dict[str, list[tuple[int, float]]], path: str) -> bool:
@@ -78,13 +80,13 @@ def run(cfg: DemoConfig) -> dict:
     if not torch.cuda.is_available():
         torch.set_num_threads(cfg.threads)
     tokenizer = load_tokenizer()
-    task_kwargs = {"digits": cfg.digits}
+    task_kwargs = {"digits": cfg.digits} if cfg.task == "addition" else {"min_len": cfg.min_len, "max_len": cfg.max_len}
     train = make_dataset(cfg.task, "prompt_completion", n=cfg.train_examples, seed=cfg.seed, conversational=True, **task_kwargs)
     test = make_dataset(cfg.task, "prompt_only", n=cfg.eval_examples, seed=cfg.seed + 1, conversational=True,
                         exclude=train, **task_kwargs)
     model = build_tiny_model("qwen2", size=cfg.model_size, seed=cfg.seed)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"[demo] task: {cfg.task} ({cfg.digits}-digit), {len(train)} training / {len(test)} held-out prompts; "
+    print(f"[demo] task: {cfg.task} {task_kwargs}, {len(train)} training / {len(test)} held-out prompts; "
           f"model: Qwen2-style, {n_params / 1e6:.2f}M parameters")
     rows = [("base model", _accuracy(model, tokenizer, test))]
     print(f"[demo] held-out exact match before training: {rows[0][1]:.1%}")
