@@ -17,14 +17,10 @@ Offline, on the tiny kit (pairs or `--format unpaired_preference`):
         --lr_scheduler_type constant
 """
 
-import sys
-
+from posttrain.scripts.common import run_example
 from posttrain.scripts.kto import main
 
 DEFAULT_DATASET = "trl-lib/kto-mix-14k"
 
 if __name__ == "__main__":
-    argv = sys.argv[1:]
-    if not any(a == "--dataset_name" or a.startswith("--dataset_name=") or a == "--config" for a in argv):
-        argv += ["--dataset_name", DEFAULT_DATASET]
-    raise SystemExit(main(argv))
+    raise SystemExit(run_example(main, DEFAULT_DATASET))

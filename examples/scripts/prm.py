@@ -19,14 +19,10 @@ The saved folder loads with `AutoModelForTokenClassification.from_pretrained`; t
 probabilities at each step's separator token.
 """
 
-import sys
-
+from posttrain.scripts.common import run_example
 from posttrain.scripts.prm import main
 
 DEFAULT_DATASET = "trl-lib/math_shepherd"
 
 if __name__ == "__main__":
-    argv = sys.argv[1:]
-    if not any(a == "--dataset_name" or a.startswith("--dataset_name=") or a == "--config" for a in argv):
-        argv += ["--dataset_name", DEFAULT_DATASET]
-    raise SystemExit(main(argv))
+    raise SystemExit(run_example(main, DEFAULT_DATASET))

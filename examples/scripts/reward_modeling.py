@@ -19,14 +19,10 @@ Offline, on the tiny kit:
 The saved folder loads with `AutoModelForSequenceClassification.from_pretrained` (one score per sequence).
 """
 
-import sys
-
+from posttrain.scripts.common import run_example
 from posttrain.scripts.reward import main
 
 DEFAULT_DATASET = "trl-lib/ultrafeedback_binarized"
 
 if __name__ == "__main__":
-    argv = sys.argv[1:]
-    if not any(a == "--dataset_name" or a.startswith("--dataset_name=") or a == "--config" for a in argv):
-        argv += ["--dataset_name", DEFAULT_DATASET]
-    raise SystemExit(main(argv))
+    raise SystemExit(run_example(main, DEFAULT_DATASET))

@@ -78,3 +78,14 @@ def train(trainer_class, script_args, training_args, model_args: ModelConfig, *,
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     save_run(trainer, training_args.output_dir)
     return trainer
+
+
+def run_example(main, default_dataset: str, argv: list[str] | None = None) -> int:
+    """Entry point of an ``examples/scripts`` file: the script's ``main`` with the example's default dataset
+    (the hub dataset the TRL example uses) unless ``--dataset_name`` or ``--config`` is given."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a in ("--dataset_name", "--config") or a.startswith(("--dataset_name=", "--config=")) for a in argv):
+        argv += ["--dataset_name", default_dataset]
+    return main(argv)
