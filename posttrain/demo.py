@@ -61,7 +61,8 @@ def _plot(curves: dict[str, list[tuple[int, float]]], path: str) -> bool:
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_title("posttrain demo: training loss")
-    ax.legend()
+    if any(curves.values()):
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
