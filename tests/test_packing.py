@@ -54,6 +54,18 @@ def test_padding_free_positions_and_labels():
     assert "attention_mask" not in batch
 
 
+def test_padding_free_rows_for_sdpa():
+    """flatten=False keeps one row per example/packed row; the row-end padding is its own ignored sequence."""
+    collator = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True, flatten=False)
+    batch = collator([
+        {"input_ids": [5, 6, 7, 8, 9], "seq_lengths": [3, 2]},
+        {"input_ids": [4, 3]},
+    ])
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9], [4, 3, 0, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]]
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9], [IGNORE_INDEX, 3] + [IGNORE_INDEX] * 3]
+
+
 def _examples(tokenizer, n=24, seed=0):
     rng = random.Random(seed)
     rows = []
@@ -66,7 +78,8 @@ def _examples(tokenizer, n=24, seed=0):
 
 @pytest.mark.parametrize("arch_fixture", ["tiny_model_dir", "tiny_gpt2_dir"])
 @pytest.mark.parametrize("loss_type", ["chunked_nll", "nll"])
-def test_packed_padding_free_loss_equals_padded_loss(request, arch_fixture, loss_type, tokenizer, tmp_path):
+@pytest.mark.parametrize("flatten", [False, True])
+def test_packed_padding_free_loss_equals_padded_loss(request, arch_fixture, loss_type, flatten, tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from posttrain import SFTConfig, SFTTrainer
@@ -78,6 +91,7 @@ def test_packed_padding_free_loss_equals_padded_loss(request, arch_fixture, loss
     for packing in (False, True):
         args = train_args(SFTConfig, tmp_path, packing=packing, max_length=48, loss_type=loss_type)
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
+        trainer.data_collator.flatten = flatten
         rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
         if packing:
             assert len(rows) < len(ds)  # sequences were really packed together

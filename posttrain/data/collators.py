@@ -3,10 +3,13 @@
 :class:`DataCollatorForLanguageModeling` builds either
 
 * a **padded** batch — ``input_ids``/``attention_mask``/``labels`` of shape (B, L), right-padded; or
-* a **padding-free** batch — every sequence concatenated into one row of shape (1, N) with
-  ``position_ids`` that restart at 0 at each sequence start and no ``attention_mask``. transformers
-  turns restarting ``position_ids`` into a block-diagonal causal mask (and flash-attention kernels use
-  them as sequence boundaries), so no token attends across sequences and no compute is spent on padding.
+* a **padding-free** batch — sequences laid end to end with ``position_ids`` that restart at 0 at each
+  sequence start and no ``attention_mask``. transformers turns restarting ``position_ids`` into a
+  block-diagonal causal mask (and flash-attention kernels use them as sequence boundaries), so no token
+  attends across sequences. With ``flatten=True`` (right for variable-length flash attention) the whole
+  batch becomes one row (1, N) and no compute is spent on padding; with ``flatten=False`` (right for
+  sdpa/eager, whose masked attention costs the square of the row length) each example or packed row
+  stays a row of its own, padded at its end to the longest row.
 
 ``labels`` are ``-100`` on padding, on tokens the loss skips (prompt tokens under completion-only loss,
 non-assistant tokens under assistant-only loss) and on the first token of every sequence (so the
@@ -59,6 +62,7 @@ class DataCollatorForLanguageModeling:
     completion_only_loss: bool = True
     padding_free: bool = False
     pad_to_multiple_of: int | None = None
+    flatten: bool = True
 
     def __call__(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if self.padding_free or any("seq_lengths" in ex for ex in examples):
@@ -79,30 +83,35 @@ class DataCollatorForLanguageModeling:
         }
 
     def _padding_free(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        ids: list[int] = []
-        labels: list[int] = []
-        positions: list[int] = []
-        for ex in examples:
-            ex_ids = list(ex["input_ids"])
-            ex_labels = _label_ids(ex, self.completion_only_loss)
-            lengths = list(ex.get("seq_lengths") or [len(ex_ids)])
-            start = 0
-            for n in lengths:
-                if n <= 0:
-                    continue
-                ids.extend(ex_ids[start : start + n])
-                seg = ex_labels[start : start + n]
-                seg[0] = IGNORE_INDEX
-                labels.extend(seg)
-                positions.extend(range(n))
-                start += n
+        rows = [self._row(ex) for ex in examples]
+        if self.flatten:
+            rows = [tuple(sum((list(r[k]) for r in rows), []) for k in range(3))]
+        length = max(len(r[0]) for r in rows)
         if self.pad_to_multiple_of:
-            extra = (-len(ids)) % self.pad_to_multiple_of
-            ids.extend([self.pad_token_id] * extra)
-            labels.extend([IGNORE_INDEX] * extra)
-            positions.extend(range(extra))
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        ids, labels, positions = [], [], []
+        for row_ids, row_labels, row_pos in rows:
+            extra = length - len(row_ids)  # padding at the row end forms its own "sequence" (positions 0..extra-1)
+            ids.append(row_ids + [self.pad_token_id] * extra)
+            labels.append(row_labels + [IGNORE_INDEX] * extra)
+            positions.append(row_pos + list(range(extra)))
         return {
-            "input_ids": torch.tensor([ids], dtype=torch.long),
-            "position_ids": torch.tensor([positions], dtype=torch.long),
-            "labels": torch.tensor([labels], dtype=torch.long),
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "position_ids": torch.tensor(positions, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
         }
+
+    def _row(self, ex: Mapping[str, Any]) -> tuple[list[int], list[int], list[int]]:
+        """One example (or packed row): ids, labels with the first token of each sequence ignored, positions."""
+        ex_ids = list(ex["input_ids"])
+        ex_labels = _label_ids(ex, self.completion_only_loss)
+        labels, positions, start = [], [], 0
+        for n in ex.get("seq_lengths") or [len(ex_ids)]:
+            if n <= 0:
+                continue
+            seg = ex_labels[start : start + n]
+            seg[0] = IGNORE_INDEX
+            labels.extend(seg)
+            positions.extend(range(n))
+            start += n
+        return ex_ids[:start], labels, positions

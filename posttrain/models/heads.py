@@ -44,3 +44,10 @@ def select_head_positions(model, mask: torch.Tensor):
         yield flat
     finally:
         handle.remove()
+
+
+def varlen_attention(model) -> bool:
+    """True when the model's attention kernels take packed sequences natively (flash attention), so a
+    padding-free batch is best flattened into one row; sdpa/eager pay the square of the row length instead."""
+    impl = getattr(getattr(unwrap(model), "config", None), "_attn_implementation", None) or ""
+    return "flash" in str(impl)

@@ -21,7 +21,7 @@ from ..data.formats import LANGUAGE_MODELING, PROMPT_COMPLETION
 from ..data.tokenize import TRUNCATION_MODES
 from ..losses.policy import entropy_from_logits
 from ..losses.sft import SFT_LOSS_TYPES, sft_token_loss, token_accuracy
-from ..models import select_head_positions
+from ..models import select_head_positions, varlen_attention
 from .base import BaseTrainer, PosttrainConfig, check_choice
 
 
@@ -101,6 +101,8 @@ class SFTTrainer(BaseTrainer):
             optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
+        if data_collator is None:
+            self.data_collator.flatten = varlen_attention(self.model)
 
     def make_collator(self, processing_class, args: SFTConfig):
         return DataCollatorForLanguageModeling(
