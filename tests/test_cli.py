@@ -87,3 +87,22 @@ def test_kit_commands(tmp_path):
     data = tmp_path / "d.jsonl"
     assert main(["kit", "make-data", "--task", "sort", "--format", "preference", "--n", "10", "--output", str(data)]) == 0
     assert len(data.read_text().splitlines()) == 10
+
+
+def test_sft_example_script_runs_on_local_files(tiny_model_dir, data_file, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "example"
+    proc = subprocess.run(
+        [sys.executable, str(root / "examples" / "scripts" / "sft.py"), "--model_name_or_path", tiny_model_dir,
+         "--dataset_name", data_file, "--output_dir", str(out), "--max_steps", "2", "--report_to", "none",
+         "--save_strategy", "no", "--packing", "--max_length", "64"],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(root), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "model.safetensors").exists() and (out / "train_log.jsonl").exists()
