@@ -51,3 +51,10 @@ def varlen_attention(model) -> bool:
     padding-free batch is best flattened into one row; sdpa/eager pay the square of the row length instead."""
     impl = getattr(getattr(unwrap(model), "config", None), "_attn_implementation", None) or ""
     return "flash" in str(impl)
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set ``p=0`` on every ``torch.nn.Dropout`` of ``model`` (deterministic scores and log-probs)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0

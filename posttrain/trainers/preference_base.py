@@ -51,7 +51,7 @@ from ..data.formats import PREFERENCE, PREFERENCE_IMPLICIT, UNPAIRED_PREFERENCE,
 from ..data.templates import extract_prompt, require_chat_template, unpair_preference
 from ..data.tokenize import TRUNCATION_MODES, tokenize_prompt_completion
 from ..losses.preference import RunningMean
-from ..models import load_pretrained, select_head_positions, unwrap
+from ..models import disable_dropout, load_pretrained, select_head_positions, unwrap
 from .base import BaseTrainer, PosttrainConfig, check_choice
 
 logger = logging.getLogger("posttrain")
@@ -463,12 +463,6 @@ def _is_peft_model(model) -> bool:
     return isinstance(unwrap(model), PeftModel)
 
 
-def disable_dropout_in_model(model) -> None:
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-
-
 # =============================================================================================
 # TR-DPO reference syncing
 # =============================================================================================
@@ -539,7 +533,7 @@ class PreferenceTrainer(BaseTrainer):
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
         if self.args.disable_dropout:
-            disable_dropout_in_model(self.model)
+            disable_dropout(self.model)
         self.ref_model = self._setup_reference(ref_model, self.args)
         if getattr(self.args, "sync_ref_model", False):
             if self.ref_model is None:
@@ -642,7 +636,7 @@ class PreferenceTrainer(BaseTrainer):
         ref_model.requires_grad_(False)
         ref_model.eval()
         if args.disable_dropout:
-            disable_dropout_in_model(ref_model)
+            disable_dropout(ref_model)
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             return self.accelerator.prepare_model(ref_model, evaluation_mode=True)
         return ref_model.to(self.args.device)

@@ -31,9 +31,8 @@ import torch
 from ..data import IGNORE_INDEX, DatasetFormatError, detect_format, pad_sequences, require_kind, truncate, validate_example
 from ..data.formats import STEPWISE
 from ..losses.reward import step_accuracy, step_classification_loss
-from ..models import unwrap
-from .base import BaseTrainer, PosttrainConfig
-from .reward import _with_task_type, disable_dropout, set_pad_token_id
+from .base import PosttrainConfig
+from .reward import ClassifierTrainer
 
 logger = logging.getLogger("posttrain")
 
@@ -156,7 +155,7 @@ def prepare_stepwise_dataset(dataset, processing_class, args: PRMConfig, split: 
     return dataset
 
 
-class PRMTrainer(BaseTrainer):
+class PRMTrainer(ClassifierTrainer):
     """Train a process reward model on stepwise data (``prompt``, ``completions``, ``labels``).
 
     * ``model``: a token-classification model with 2 labels, or its name/path (loaded with
@@ -170,46 +169,10 @@ class PRMTrainer(BaseTrainer):
     config_class = PRMConfig
     _run_suffix = "PRM"
     _input_columns = ("input_ids", "labels")
-
-    def __init__(
-        self,
-        model,
-        args: PRMConfig | None = None,
-        data_collator=None,
-        train_dataset=None,
-        eval_dataset=None,
-        processing_class=None,
-        compute_metrics=None,
-        callbacks=None,
-        optimizers=(None, None),
-        optimizer_cls_and_kwargs=None,
-        preprocess_logits_for_metrics=None,
-        peft_config=None,
-    ):
-        from transformers import AutoModelForTokenClassification
-
-        if isinstance(model, str):
-            if args is None:
-                args = self.config_class(output_dir=f"{model.rstrip('/').split('/')[-1]}-{self._run_suffix}")
-            args.model_init_kwargs = {"num_labels": 2, **(args.model_init_kwargs or {})}
-        if peft_config is not None:
-            peft_config = _with_task_type(peft_config, "TOKEN_CLS")
-        super().__init__(
-            model, args, processing_class=processing_class, peft_config=peft_config,
-            auto_class=AutoModelForTokenClassification, data_collator=data_collator,
-            train_dataset=train_dataset, eval_dataset=eval_dataset, compute_metrics=compute_metrics,
-            callbacks=callbacks, optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
-            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-        )
-        num_labels = getattr(unwrap(self.model).config, "num_labels", None)
-        if num_labels != 2:
-            raise ValueError(
-                f"PRMTrainer needs a token classifier with 2 labels (wrong/correct step), but this model has "
-                f"num_labels={num_labels}. Load it with AutoModelForTokenClassification.from_pretrained(..., num_labels=2)."
-            )
-        set_pad_token_id(self.model, self.tokenizer_)
-        if self.args.disable_dropout:
-            disable_dropout(self.model)
+    _auto_class = "AutoModelForTokenClassification"
+    _num_labels = 2
+    _labels_meaning = "wrong/correct step"
+    _peft_task_type = "TOKEN_CLS"
 
     # -- hooks ----------------------------------------------------------------------------------
     def prepare_dataset(self, dataset, processing_class, args: PRMConfig, split: str):

@@ -32,7 +32,7 @@ from ..data import (
 )
 from ..data.formats import PREFERENCE, PREFERENCE_IMPLICIT
 from ..losses.reward import bradley_terry_loss, reward_accuracy
-from ..models import unwrap
+from ..models import disable_dropout, unwrap
 from .base import BaseTrainer, PosttrainConfig
 
 logger = logging.getLogger("posttrain")
@@ -66,13 +66,6 @@ class RewardConfig(PosttrainConfig):
         if self.center_rewards_coefficient is not None and self.center_rewards_coefficient < 0:
             raise ValueError(f"center_rewards_coefficient must be >= 0, got {self.center_rewards_coefficient}.")
         super().__post_init__()
-
-
-def disable_dropout(model: torch.nn.Module) -> None:
-    """Set ``p=0`` on every ``torch.nn.Dropout`` of ``model`` (reward scores should not be noisy)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
 
 
 def tokenize_preference_pair(example: Mapping[str, Any], row: int, *, tokenizer, fmt, eos_token_id: int | None) -> dict[str, Any]:
@@ -169,7 +162,61 @@ def prepare_reward_dataset(dataset, processing_class, args: RewardConfig, split:
     return dataset
 
 
-class RewardTrainer(BaseTrainer):
+class ClassifierTrainer(BaseTrainer):
+    """Shared constructor of trainers on a classification head (reward models, process reward models).
+
+    Subclasses set ``_auto_class`` (a transformers Auto class name), ``_num_labels`` and ``_peft_task_type``.
+    """
+
+    _auto_class = "AutoModelForSequenceClassification"
+    _num_labels = 1
+    _labels_meaning = "a single reward score"
+    _peft_task_type = "SEQ_CLS"
+
+    def __init__(
+        self,
+        model,
+        args: PosttrainConfig | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        compute_metrics=None,
+        callbacks=None,
+        optimizers=(None, None),
+        optimizer_cls_and_kwargs=None,
+        preprocess_logits_for_metrics=None,
+        peft_config=None,
+    ):
+        import transformers
+
+        if isinstance(model, str):
+            if args is None:
+                args = self.config_class(output_dir=f"{model.rstrip('/').split('/')[-1]}-{self._run_suffix}")
+            args.model_init_kwargs = {"num_labels": self._num_labels, **(args.model_init_kwargs or {})}
+        if peft_config is not None:
+            peft_config = _with_task_type(peft_config, self._peft_task_type)
+        super().__init__(
+            model, args, processing_class=processing_class, peft_config=peft_config,
+            auto_class=getattr(transformers, self._auto_class), data_collator=data_collator,
+            train_dataset=train_dataset, eval_dataset=eval_dataset, compute_metrics=compute_metrics,
+            callbacks=callbacks, optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )
+        num_labels = getattr(unwrap(self.model).config, "num_labels", None)
+        if num_labels != self._num_labels:
+            raise ValueError(
+                f"{type(self).__name__} needs a model with {self._num_labels} label"
+                f"{'s' if self._num_labels > 1 else ''} ({self._labels_meaning}, num_labels={self._num_labels}), but this "
+                f"one has num_labels={num_labels}. Load it with {self._auto_class}.from_pretrained(..., "
+                f"num_labels={self._num_labels})."
+            )
+        set_pad_token_id(self.model, self.tokenizer_)
+        if self.args.disable_dropout:
+            disable_dropout(self.model)
+
+
+class RewardTrainer(ClassifierTrainer):
     """Train an outcome reward model on preference pairs (explicit or implicit prompt, standard or conversational).
 
     * ``model``: a sequence-classification model with ``num_labels=1``, or its name/path (loaded with
@@ -189,46 +236,6 @@ class RewardTrainer(BaseTrainer):
     config_class = RewardConfig
     _run_suffix = "Reward"
     _input_columns = ("chosen_input_ids", "rejected_input_ids", "margin")
-
-    def __init__(
-        self,
-        model,
-        args: RewardConfig | None = None,
-        data_collator=None,
-        train_dataset=None,
-        eval_dataset=None,
-        processing_class=None,
-        compute_metrics=None,
-        callbacks=None,
-        optimizers=(None, None),
-        optimizer_cls_and_kwargs=None,
-        preprocess_logits_for_metrics=None,
-        peft_config=None,
-    ):
-        from transformers import AutoModelForSequenceClassification
-
-        if isinstance(model, str):
-            if args is None:
-                args = self.config_class(output_dir=f"{model.rstrip('/').split('/')[-1]}-{self._run_suffix}")
-            args.model_init_kwargs = {"num_labels": 1, **(args.model_init_kwargs or {})}
-        if peft_config is not None:
-            peft_config = _with_task_type(peft_config, "SEQ_CLS")
-        super().__init__(
-            model, args, processing_class=processing_class, peft_config=peft_config,
-            auto_class=AutoModelForSequenceClassification, data_collator=data_collator,
-            train_dataset=train_dataset, eval_dataset=eval_dataset, compute_metrics=compute_metrics,
-            callbacks=callbacks, optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
-            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-        )
-        num_labels = getattr(unwrap(self.model).config, "num_labels", None)
-        if num_labels != 1:
-            raise ValueError(
-                f"RewardTrainer needs a model with a single output (num_labels=1), but this one has num_labels="
-                f"{num_labels}. Load it with AutoModelForSequenceClassification.from_pretrained(..., num_labels=1)."
-            )
-        set_pad_token_id(self.model, self.tokenizer_)
-        if self.args.disable_dropout:
-            disable_dropout(self.model)
 
     # -- hooks ----------------------------------------------------------------------------------
     def prepare_dataset(self, dataset, processing_class, args: RewardConfig, split: str):
