@@ -14,7 +14,7 @@ import torch
 
 from ..losses.preference import CPO_LOSS_TYPES, cpo_loss
 from .base import check_choice
-from .preference_base import PreferenceConfig, PreferenceTrainer, completion_logps
+from .preference_base import PreferenceConfig, ReferenceFreePreferenceTrainer, completion_logps
 
 
 @dataclass
@@ -34,7 +34,7 @@ class CPOConfig(PreferenceConfig):
         super().__post_init__()
 
 
-class CPOTrainer(PreferenceTrainer):
+class CPOTrainer(ReferenceFreePreferenceTrainer):
     """CPO / SimPO / AlphaPO on paired preference data; no reference model.
 
     Logs ``rewards/chosen``, ``rewards/rejected``, ``rewards/accuracies``, ``rewards/margins``,
@@ -43,17 +43,6 @@ class CPOTrainer(PreferenceTrainer):
 
     config_class = CPOConfig
     _run_suffix = "CPO"
-    _paired = True
-    _uses_reference = False
-
-    def __init__(self, model, args: CPOConfig | None = None, data_collator=None, train_dataset=None,
-                 eval_dataset=None, processing_class=None, compute_metrics=None, callbacks=None,
-                 optimizers=(None, None), optimizer_cls_and_kwargs=None, preprocess_logits_for_metrics=None,
-                 peft_config=None):
-        super().__init__(model, None, args, data_collator, train_dataset, eval_dataset, processing_class,
-                         compute_metrics, callbacks, optimizers, optimizer_cls_and_kwargs,
-                         preprocess_logits_for_metrics, peft_config)
-
     def _compute_loss(self, model, batch) -> torch.Tensor:
         args: CPOConfig = self.args
         policy = completion_logps(model, self.model_rows(batch))

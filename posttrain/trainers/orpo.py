@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..losses.preference import orpo_loss
-from .preference_base import PreferenceConfig, PreferenceTrainer, completion_logps
+from .preference_base import PreferenceConfig, ReferenceFreePreferenceTrainer, completion_logps
 
 
 @dataclass
@@ -22,7 +22,7 @@ class ORPOConfig(PreferenceConfig):
     (``beta`` is the weight λ of the odds-ratio term)."""
 
 
-class ORPOTrainer(PreferenceTrainer):
+class ORPOTrainer(ReferenceFreePreferenceTrainer):
     """ORPO on paired preference data; no reference model.
 
     Logs ``rewards/*``, ``logps/*``, ``logits/*`` (TRL's names), ``nll_loss``, ``log_odds_ratio`` and
@@ -31,17 +31,6 @@ class ORPOTrainer(PreferenceTrainer):
 
     config_class = ORPOConfig
     _run_suffix = "ORPO"
-    _paired = True
-    _uses_reference = False
-
-    def __init__(self, model, args: ORPOConfig | None = None, data_collator=None, train_dataset=None,
-                 eval_dataset=None, processing_class=None, compute_metrics=None, callbacks=None,
-                 optimizers=(None, None), optimizer_cls_and_kwargs=None, preprocess_logits_for_metrics=None,
-                 peft_config=None):
-        super().__init__(model, None, args, data_collator, train_dataset, eval_dataset, processing_class,
-                         compute_metrics, callbacks, optimizers, optimizer_cls_and_kwargs,
-                         preprocess_logits_for_metrics, peft_config)
-
     def _compute_loss(self, model, batch) -> torch.Tensor:
         policy = completion_logps(model, self.model_rows(batch))
         n = policy.sum.shape[0] // 2

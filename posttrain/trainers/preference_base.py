@@ -868,7 +868,22 @@ class PreferenceTrainer(BaseTrainer):
         """Derive metrics from pooled means (each a one-item list) before they are logged."""
 
 
+class ReferenceFreePreferenceTrainer(PreferenceTrainer):
+    """Paired preference trainer with no reference model (CPO, ORPO): TRL's constructor without ``ref_model``."""
+
+    _paired = True
+    _uses_reference = False
+
+    def __init__(self, model, args=None, data_collator=None, train_dataset=None, eval_dataset=None,
+                 processing_class=None, compute_metrics=None, callbacks=None, optimizers=(None, None),
+                 optimizer_cls_and_kwargs=None, preprocess_logits_for_metrics=None, peft_config=None):
+        super().__init__(model, None, args, data_collator, train_dataset, eval_dataset, processing_class,
+                         compute_metrics, callbacks, optimizers, optimizer_cls_and_kwargs,
+                         preprocess_logits_for_metrics, peft_config)
+
+
 __all__ = [
+    "ReferenceFreePreferenceTrainer",
     "PreferenceConfig", "ReferenceConfig", "PreferenceTrainer", "DataCollatorForPreference",
     "DataCollatorForUnpairedPreference", "SequenceLogps", "SyncRefModelCallback", "build_rows", "completion_logps",
     "fit_lengths", "tokenize_preference_row", "eval_mode", "kl_rows", "concat_rows",
