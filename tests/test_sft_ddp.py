@@ -29,3 +29,24 @@ def test_two_processes_match_one(tiny_model_dir, tmp_path):
         assert abs(a["mean_token_accuracy"] - b["mean_token_accuracy"]) < 0.02
     assert two[-1]["num_tokens"] == one[-1]["num_tokens"]  # every token counted once across processes
     assert one[-1]["loss"] < one[0]["loss"]
+
+
+def test_accelerate_launch_multi_cpu_config_starts_two_processes(tiny_model_dir, tmp_path):
+    """The seed's `accelerate launch --config_file ... --num_processes N script.py` form really runs N CPU processes."""
+    from posttrain.kit import make_dataset, write_dataset
+
+    data = write_dataset(make_dataset("reverse", "prompt_completion", n=256, seed=0), str(tmp_path / "d.jsonl"))
+    out = tmp_path / "acc"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    proc = subprocess.run(
+        [accelerate, "launch", "--config_file", str(ROOT / "examples/accelerate_configs/multi_cpu.yaml"),
+         "--num_processes", "2", "--main_process_port", "29537", str(ROOT / "examples/scripts/sft.py"),
+         "--model_name_or_path", tiny_model_dir, "--dataset_name", data, "--output_dir", str(out),
+         "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none", "--save_strategy", "no",
+         "--logging_steps", "1"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = json.loads((out / "train_log.jsonl").read_text().splitlines()[0])
+    assert first["epoch"] == 2 * 4 / 256  # one step consumed 2 processes x 4 examples
