@@ -6,8 +6,9 @@ their own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -19,9 +20,15 @@ from ..models.heads import unwrap
 
 @dataclass
 class Generations:
+    """Completions of :func:`generate`, one entry per completion (``num_return_sequences`` per prompt,
+    consecutive: entry ``prompt * k + j`` is sample ``j`` of prompt ``prompt``)."""
+
     prompt_ids: list[list[int]]
     completion_ids: list[list[int]]
     texts: list[str]
+    logprobs: list[list[float]] | None = None
+    """With ``return_logprobs=True``: for every completion token, its log-probability under the distribution it
+    was drawn from (the model's logits after temperature, top-k, top-p, min-p and repetition penalty)."""
 
 
 def encode_prompts(tokenizer, prompts: Sequence) -> list[list[int]]:
@@ -39,49 +46,91 @@ def encode_prompts(tokenizer, prompts: Sequence) -> list[list[int]]:
 def generate(
     model,
     tokenizer,
-    prompts: Sequence,
+    prompts: Sequence | None = None,
     *,
+    prompt_ids: Sequence[Sequence[int]] | None = None,
     max_new_tokens: int = 32,
     do_sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,
-    top_k: int = 0,
+    top_k: int | None = 0,
+    min_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    num_return_sequences: int = 1,
     batch_size: int = 64,
     seed: int | None = None,
+    return_logprobs: bool = False,
+    generation_kwargs: Mapping[str, Any] | None = None,
 ) -> Generations:
-    """Generate one completion per prompt; completions are cut after the first EOS (kept out of the text)."""
+    """Generate ``num_return_sequences`` completions per prompt; completions are cut after the first EOS (kept in
+    ``completion_ids``, out of the text).
+
+    Prompts are strings or message lists (rendered with the chat template and the generation prompt), or give
+    their token ids as ``prompt_ids`` instead. Sampling options (``temperature``, ``top_p``, ``top_k`` (0 or
+    None: off), ``min_p``, ``repetition_penalty``) apply when ``do_sample=True``; ``repetition_penalty`` applies
+    to greedy decoding too. ``generation_kwargs`` go to ``model.generate`` unchanged. ``seed`` makes sampling
+    reproducible without changing the global random state afterwards.
+    """
+    if (prompts is None) == (prompt_ids is None):
+        raise ValueError("generate needs exactly one of prompts and prompt_ids.")
+    if num_return_sequences < 1:
+        raise ValueError(f"num_return_sequences must be >= 1, got {num_return_sequences}.")
     base = unwrap(model)
     was_training = base.training
     base.eval()
     device = next(base.parameters()).device
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    prompt_ids = encode_prompts(tokenizer, prompts)
+    ids = encode_prompts(tokenizer, prompts) if prompt_ids is None else [list(p) for p in prompt_ids]
+    if any(not p for p in ids):
+        raise ValueError("generate got an empty prompt (no tokens); every prompt needs at least one token.")
+    if num_return_sequences > 1:
+        ids = [p for p in ids for _ in range(num_return_sequences)]
     generator_state = None
     if seed is not None:
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
     completions: list[list[int]] = []
+    logprobs: list[list[float]] | None = [] if return_logprobs else None
     try:
-        for start in range(0, len(prompt_ids), batch_size):
-            chunk = prompt_ids[start : start + batch_size]
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start : start + batch_size]
             input_ids = pad_sequences(chunk, pad, side="left").to(device)
             attention_mask = pad_sequences([[1] * len(c) for c in chunk], 0, side="left").to(device)
-            kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad, eos_token_id=eos)
+            kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad,
+                                          eos_token_id=eos)
             if do_sample:
-                kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
+                kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k or 0)
+                if min_p:
+                    kwargs["min_p"] = min_p
             else:
                 kwargs.update(temperature=None, top_p=None, top_k=None)
+            if repetition_penalty != 1.0:
+                kwargs["repetition_penalty"] = repetition_penalty
+            if return_logprobs:
+                kwargs.update(return_dict_in_generate=True, output_scores=True)
+            kwargs.update(generation_kwargs or {})
             out = base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-            for row in out[:, input_ids.shape[1]:].tolist():
+            sequences = out.sequences if return_logprobs else out
+            new = sequences[:, input_ids.shape[1]:]
+            step_logps = None
+            if return_logprobs:
+                # log-prob of each generated token under the processed (sampling) distribution, one step at a time
+                step_logps = torch.stack([
+                    torch.log_softmax(scores.float(), dim=-1).gather(-1, new[:, t : t + 1]).squeeze(-1)
+                    for t, scores in enumerate(out.scores)
+                ], dim=1) if out.scores else new.new_zeros((new.shape[0], 0), dtype=torch.float32)
+            for i, row in enumerate(new.tolist()):
                 if eos in row:
                     row = row[: row.index(eos) + 1]
                 while row and row[-1] == pad and pad != eos:
                     row.pop()
                 completions.append(row)
+                if logprobs is not None:
+                    logprobs.append(step_logps[i, : len(row)].tolist())
     finally:
         if generator_state is not None:
             torch.random.set_rng_state(generator_state)
         base.train(was_training)
     texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
-    return Generations(prompt_ids=prompt_ids, completion_ids=completions, texts=texts)
+    return Generations(prompt_ids=ids, completion_ids=completions, texts=texts, logprobs=logprobs)

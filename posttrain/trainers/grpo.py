@@ -1,0 +1,115 @@
+"""Group Relative Policy Optimization: ``GRPOConfig`` and ``GRPOTrainer`` (TRL-compatible names).
+
+For every prompt the policy samples ``num_generations`` completions; each is scored by the reward functions,
+its advantage is its reward relative to its group (:func:`~posttrain.losses.policy.group_advantages`), and the
+policy is trained with the clipped surrogate of :func:`~posttrain.losses.policy.grpo_loss` (GRPO, DAPO,
+Dr. GRPO and GSPO variants). Sampling, scoring and batching live in :mod:`posttrain.trainers.online_base`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..losses.policy import GRPO_LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_loss, masked_mean, top_entropy_mask
+from .base import check_choice
+from .online_base import OnlineConfig, OnlineTrainer
+
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+
+
+@dataclass
+class GRPOConfig(OnlineConfig):
+    """Configuration of :class:`GRPOTrainer`. Field names and defaults follow TRL's ``GRPOConfig``
+    (``loss_type="dapo"``, ``beta=0``, ``num_generations=8``, ``learning_rate=1e-6``)."""
+
+    epsilon: float = field(default=0.2, metadata={"help": "Lower clip range of the importance ratio (and upper, unless epsilon_high)."})
+    epsilon_high: float | None = field(default=None, metadata={"help": "Upper clip range (DAPO's clip-higher, e.g. 0.28; default: epsilon)."})
+    delta: float | None = field(default=None, metadata={"help": "Upper bound of the unclipped ratio (two-sided clipping; None: off)."})
+    loss_type: str = field(
+        default="dapo",
+        metadata={"help": "Loss normalisation: 'grpo' (per-sequence mean), 'bnpo' (tokens of the micro-batch), "
+                  "'dr_grpo' (batch size x max_completion_length), 'dapo' (tokens of the whole accumulated batch).",
+                  "choices": list(GRPO_LOSS_TYPES)},
+    )
+    importance_sampling_level: str = field(
+        default="token", metadata={"help": "'token' ratios, or one length-normalised ratio per 'sequence' (GSPO).",
+                                   "choices": list(IMPORTANCE_SAMPLING_LEVELS)},
+    )
+    scale_rewards: str = field(
+        default="group", metadata={"help": "Divide advantages by the std of the 'group', of the 'batch', or 'none' "
+                                   "(true/false mean group/none)."},
+    )
+    mask_truncated_completions: bool = field(
+        default=False, metadata={"help": "Completions that hit max_completion_length without EOS get no loss."})
+    top_entropy_quantile: float = field(
+        default=1.0, metadata={"help": "Train only on the top fraction of completion tokens by entropy (1: all)."})
+
+    def __post_init__(self):
+        if isinstance(self.scale_rewards, bool) or str(self.scale_rewards).lower() in ("true", "false"):
+            self.scale_rewards = "group" if str(self.scale_rewards).lower() == "true" else "none"
+        check_choice("loss_type", self.loss_type, GRPO_LOSS_TYPES)
+        check_choice("importance_sampling_level", self.importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
+        check_choice("scale_rewards", self.scale_rewards, SCALE_REWARDS)
+        if self.epsilon_high is None:
+            self.epsilon_high = self.epsilon
+        if self.epsilon < 0 or self.epsilon_high < 0:
+            raise ValueError(f"epsilon and epsilon_high must be >= 0, got {self.epsilon} and {self.epsilon_high}.")
+        if not 0.0 < self.top_entropy_quantile <= 1.0:
+            raise ValueError(f"top_entropy_quantile must be in (0, 1], got {self.top_entropy_quantile}.")
+        if self.num_generations < 2:
+            raise ValueError(f"GRPO needs num_generations >= 2 (advantages compare the completions of a prompt); "
+                             f"got {self.num_generations}.")
+        super().__post_init__()
+
+
+class GRPOTrainer(OnlineTrainer):
+    """GRPO on prompt-only data (standard or conversational). ``reward_funcs``: a callable
+    ``fn(prompts, completions, **kwargs) -> list[float]``, a reward model (object, name or path), or a list.
+
+    Logs TRL's names: ``reward``, ``reward_std``, ``rewards/<name>/mean|std``, ``frac_reward_zero_std``, ``kl``
+    (``beta > 0``), ``entropy``, ``clip_ratio/low_mean|high_mean|region_mean``, ``completions/*`` and
+    ``num_tokens``.
+    """
+
+    config_class = GRPOConfig
+    _run_suffix = "GRPO"
+
+    def process_rewards(self, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
+        adv = group_advantages(rewards, self.args.num_generations, self.args.scale_rewards)
+        self.record("reward_std", adv.group_std.mean())
+        self.record("frac_reward_zero_std", adv.frac_reward_zero_std)
+        return {"advantages": adv.advantages}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args = self.args
+        logps, mask, entropies = self.token_logps(model, inputs, with_entropy=True)
+        if args.mask_truncated_completions:
+            mask = mask & ~inputs["truncated"].unsqueeze(1)
+        entropy_mask = None
+        if args.top_entropy_quantile < 1.0:
+            active = entropies[mask]
+            if self.accelerator.num_processes > 1:
+                padded = self.accelerator.pad_across_processes(active, dim=0, pad_index=float("nan"))
+                active = self.accelerator.gather(padded)
+                active = active[~torch.isnan(active)]
+            entropy_mask = top_entropy_mask(entropies, mask, 1.0 - args.top_entropy_quantile, reference_entropies=active)
+        training = self.model.training
+        out = grpo_loss(
+            logps, inputs.get("old_logps"), inputs["advantages"], mask,
+            ref_logps=inputs.get("ref_logps"), beta=args.beta, epsilon_low=args.epsilon, epsilon_high=args.epsilon_high,
+            loss_type=args.loss_type, importance_sampling_level=args.importance_sampling_level,
+            max_completion_length=args.max_completion_length,
+            num_items_in_batch=inputs.get("num_items_in_batch") if training else None,
+            num_processes=self.accelerator.num_processes if training else 1,
+            gradient_accumulation_steps=self.current_gradient_accumulation_steps if training else 1,
+            delta=args.delta, entropy_mask=entropy_mask,
+        )
+        for name, value in out.metrics.items():
+            self.record(name, value)
+        self.record("entropy", masked_mean(entropies, mask))
+        return (out.loss, {}) if return_outputs else out.loss
+
+
+__all__ = ["GRPOConfig", "GRPOTrainer"]

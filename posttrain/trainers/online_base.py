@@ -1,0 +1,496 @@
+"""The shared core of the online trainers (GRPO now; RLOO and PPO later): they sample completions from the policy
+being trained, score them with reward functions, and train on the samples.
+
+* **Configuration** — :class:`OnlineConfig`: prompt and completion budgets, sampling options, the generation
+  batch (``num_generations``, ``generation_batch_size`` / ``steps_per_generation``, ``num_iterations``), reward
+  weights, ``beta`` (KL to a reference policy; 0 keeps no reference in memory). Inconsistent batch settings are
+  errors when the config is built.
+* **Data** — :meth:`OnlineTrainer.prepare_dataset` needs a ``prompt`` column (text or message list); the prompts
+  are tokenized once (standard: the tokenizer; conversational: the chat template with the generation prompt) into
+  ``prompt_input_ids``; a prompt longer than ``max_prompt_length`` keeps its *last* tokens (a warning says how
+  many were cut). Every other column is kept and given to the reward functions.
+* **Sampling layout** — :class:`RepeatedPromptSampler`: a *generation batch* of ``generation_batch_size``
+  completions is ``generation_batch_size / num_generations`` prompts, each repeated ``num_generations`` times
+  consecutively (completion ``prompt * G + j``, the group layout of :mod:`posttrain.losses.policy`). Each process
+  gets a contiguous slice of it, ``per_device_train_batch_size * steps_per_generation`` completions, as one
+  dataloader item; that item is handed to the trainer ``steps_per_generation * num_iterations`` times.
+* **Rollout** — :meth:`OnlineTrainer._prepare_inputs` generates with :func:`posttrain.rollout.generate` at the
+  first of those micro-steps, scores with :class:`~posttrain.rollout.RewardScorer` (callables get ``prompts``,
+  ``completions``, ``completion_ids``, ``trainer_state`` and the dataset columns), gathers the rewards of all
+  processes, lets the subclass turn them into per-completion tensors (:meth:`OnlineTrainer.process_rewards`:
+  GRPO's group advantages), and splits the slice into ``steps_per_generation`` micro-batches. Log-probs of the
+  sampling policy (``old_logps``) are computed once per generation batch only when some micro-batch is trained
+  after an optimizer step (``num_iterations > 1`` or ``gradient_accumulation_steps`` not a multiple of
+  ``steps_per_generation``); otherwise the loss uses the detached current log-probs (ratio exactly 1). Reference
+  log-probs (``beta > 0``) are computed once per generation batch too.
+* **Log-probs** — :meth:`OnlineTrainer.token_logps`: the output head projects only the positions that predict
+  a completion token; log-probs and entropies are of ``logits / temperature``, the distribution sampled from.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import Sampler
+
+from ..data import DatasetFormatError
+from ..data.formats import is_conversational_value
+from ..data.templates import require_chat_template
+from ..data.tokenize import chat_template_ids
+from ..losses.policy import entropy_from_logits, selective_log_softmax
+from ..models import disable_dropout, select_head_positions, unwrap
+from ..rollout import RewardScorer, generate
+from ..rollout.scoring import completion_for_model
+from .base import BaseTrainer, PosttrainConfig
+from .preference_base import _is_peft_model, build_rows, eval_mode
+
+logger = logging.getLogger("posttrain")
+
+
+# =============================================================================================
+# configuration
+# =============================================================================================
+
+
+@dataclass
+class OnlineConfig(PosttrainConfig):
+    """Options every online trainer shares (TRL's names). Lengths are in tokens."""
+
+    learning_rate: float = field(default=1e-6, metadata={"help": "Initial AdamW learning rate."})
+    chat_template_path: str | None = field(default=None, metadata={"help": "Tokenizer folder or .jinja file whose chat template to use."})
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset preparation."})
+    shuffle_dataset: bool = field(default=True, metadata={"help": "Draw the prompts of each epoch in random order."})
+    disable_dropout: bool = field(default=False, metadata={"help": "Set every dropout probability of the model(s) to 0."})
+    # -- prompts and generation --
+    max_prompt_length: int | None = field(default=512, metadata={"help": "Prompts longer than this keep their last tokens (None: no limit)."})
+    max_completion_length: int = field(default=256, metadata={"help": "Maximum tokens generated per completion."})
+    num_generations: int = field(default=8, metadata={"help": "Completions sampled per prompt (the group size)."})
+    generation_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Completions generated at once, all processes together (default: per_device_train_batch_size "
+                  "* num_processes * steps_per_generation). A multiple of num_generations."},
+    )
+    steps_per_generation: int | None = field(
+        default=None, metadata={"help": "Micro-steps trained on each generation batch (default: gradient_accumulation_steps)."}
+    )
+    num_iterations: int = field(default=1, metadata={"help": "Passes over each generation batch (mu of GRPO)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (also applied to the training log-probs)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling: keep the smallest token set with this probability."})
+    top_k: int | None = field(default=None, metadata={"help": "Sample among the k most likely tokens (None or 0: all)."})
+    min_p: float | None = field(default=None, metadata={"help": "Drop tokens less likely than min_p times the most likely one."})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "Penalty (> 1) on tokens already in the prompt or completion."})
+    generation_kwargs: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "Extra keyword arguments for model.generate (JSON string on the command line)."}
+    )
+    use_vllm: bool = field(default=False, metadata={"help": "Generate with vLLM (not supported yet)."})
+    # -- rewards and reference --
+    reward_weights: list[float] | None = field(default=None, metadata={"help": "One weight per reward function (default: all 1)."})
+    beta: float = field(default=0.0, metadata={"help": "KL coefficient; 0 creates no reference model."})
+    # -- logging --
+    log_completions: bool = field(default=False, metadata={"help": "Log sample prompts, completions and rewards at every logging step."})
+    num_completions_to_print: int | None = field(default=None, metadata={"help": "Completions shown by log_completions (None: 5)."})
+
+    def __post_init__(self):
+        if isinstance(self.generation_kwargs, str):
+            self.generation_kwargs = json.loads(self.generation_kwargs)
+        if self.use_vllm:
+            raise ValueError("use_vllm=True is not supported yet; posttrain generates with transformers (model.generate).")
+        for name in ("max_completion_length", "num_generations", "num_iterations"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ValueError(f"max_prompt_length must be a positive number of tokens or None, got {self.max_prompt_length}.")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}.")
+        super().__post_init__()
+        self._resolve_generation_batch()
+
+    def _resolve_generation_batch(self) -> None:
+        per_step = self.per_device_train_batch_size * self.world_size
+        if self.generation_batch_size is not None and self.steps_per_generation is not None:
+            raise ValueError("Set generation_batch_size or steps_per_generation, not both (one determines the other: "
+                             "generation_batch_size = per_device_train_batch_size * num_processes * steps_per_generation).")
+        if self.generation_batch_size is None:
+            if self.steps_per_generation is None:
+                self.steps_per_generation = self.gradient_accumulation_steps
+            if self.steps_per_generation < 1:
+                raise ValueError(f"steps_per_generation must be >= 1, got {self.steps_per_generation}.")
+            self.generation_batch_size = per_step * self.steps_per_generation
+        else:
+            if self.generation_batch_size < 1 or self.generation_batch_size % per_step != 0:
+                raise ValueError(
+                    f"generation_batch_size={self.generation_batch_size} must be a positive multiple of "
+                    f"per_device_train_batch_size * num_processes = {per_step} (each process trains on "
+                    "per_device_train_batch_size completions per micro-step).")
+            self.steps_per_generation = self.generation_batch_size // per_step
+        if self.generation_batch_size % self.num_generations != 0:
+            raise ValueError(
+                f"num_generations={self.num_generations} must divide the generation batch of "
+                f"{self.generation_batch_size} completions (per_device_train_batch_size={self.per_device_train_batch_size}"
+                f" x {self.world_size} process(es) x steps_per_generation={self.steps_per_generation}), so that every "
+                "prompt gets all its completions in the same batch. Change num_generations, per_device_train_batch_size, "
+                "steps_per_generation or generation_batch_size.")
+        if self.eval_strategy != "no":
+            per_eval = self.per_device_eval_batch_size * self.world_size
+            if per_eval % self.num_generations != 0:
+                raise ValueError(
+                    f"num_generations={self.num_generations} must divide the evaluation batch of {per_eval} completions "
+                    f"(per_device_eval_batch_size={self.per_device_eval_batch_size} x {self.world_size} process(es)).")
+
+
+# =============================================================================================
+# sampling layout
+# =============================================================================================
+
+
+class RepeatedPromptSampler(Sampler[int]):
+    """Dataset indices for online training: for every generation batch, ``prompts_per_batch`` prompts (shuffled,
+    without replacement within an epoch), each index repeated ``num_generations`` times consecutively; the whole
+    generation batch is then yielded ``repeats`` times. Prompts that do not fill a last generation batch are
+    skipped that epoch. Every process draws the same order (seeded by ``seed`` and the epoch)."""
+
+    def __init__(self, num_prompts: int, num_generations: int, prompts_per_batch: int, repeats: int = 1,
+                 shuffle: bool = True, seed: int = 0):
+        self.num_prompts, self.num_generations = num_prompts, num_generations
+        self.prompts_per_batch, self.repeats = prompts_per_batch, repeats
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def num_batches(self) -> int:
+        return self.num_prompts // self.prompts_per_batch
+
+    def __len__(self) -> int:
+        return self.num_batches * self.prompts_per_batch * self.num_generations * self.repeats
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.num_prompts, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        else:
+            order = list(range(self.num_prompts))
+        p = self.prompts_per_batch
+        for b in range(self.num_batches):
+            chunk = [i for i in order[b * p : (b + 1) * p] for _ in range(self.num_generations)]
+            for _ in range(self.repeats):
+                yield from chunk
+
+
+def _rows_as_list(rows):
+    """Collator of online trainers: the dataset rows themselves (generation happens in the trainer)."""
+    return list(rows)
+
+
+def nanstd(x: torch.Tensor) -> torch.Tensor:
+    """Unbiased standard deviation of the non-NaN entries (NaN if fewer than 2)."""
+    x = x[~torch.isnan(x)]
+    return x.std() if x.numel() > 1 else torch.tensor(float("nan"))
+
+
+# =============================================================================================
+# the trainer core
+# =============================================================================================
+
+
+class OnlineTrainer(BaseTrainer):
+    """Shared core of the online trainers; see the module docstring.
+
+    Subclasses implement :meth:`process_rewards` (rewards of the whole generation batch to per-completion
+    tensors) and ``compute_loss``.
+    """
+
+    config_class = OnlineConfig
+    _input_columns = ("prompt",)
+
+    def __init__(self, model, reward_funcs, args: OnlineConfig | None = None, train_dataset=None, eval_dataset=None,
+                 processing_class=None, reward_processing_classes=None, callbacks=None, optimizers=(None, None),
+                 peft_config=None):
+        if reward_funcs is None or (isinstance(reward_funcs, (list, tuple)) and not reward_funcs):
+            raise ValueError(f"{type(self).__name__} needs reward_funcs: a reward function, a reward model (object, "
+                             "name or path) or a list of them.")
+        self._truncated_prompts = 0
+        super().__init__(model, args, processing_class=processing_class, peft_config=peft_config,
+                         train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks,
+                         optimizers=optimizers)
+        args = self.args
+        self.scorer = RewardScorer(reward_funcs, reward_processing_classes, args.reward_weights)
+        for func in self.scorer.reward_funcs:
+            if isinstance(func, torch.nn.Module):
+                func.requires_grad_(False)
+                func.eval()
+                func.to(args.device)
+        if args.disable_dropout:
+            disable_dropout(self.model)
+        self.ref_model = self._setup_reference()
+        prompts_per_batch = args.generation_batch_size // args.num_generations
+        if self.train_dataset is not None and hasattr(self.train_dataset, "__len__") and len(self.train_dataset) < prompts_per_batch:
+            raise ValueError(
+                f"The train dataset has {len(self.train_dataset)} prompts, but one generation batch needs "
+                f"{prompts_per_batch} (generation_batch_size={args.generation_batch_size} / num_generations="
+                f"{args.num_generations}). Use more prompts or a smaller generation batch.")
+        self._buffer: list[dict[str, Any]] | None = None
+        self._micro_step = 0
+        self._last_samples: list[dict[str, Any]] = []
+
+    # -- data ------------------------------------------------------------------------------------
+    def make_collator(self, processing_class, args):
+        return _rows_as_list
+
+    def _remove_unused_columns(self, dataset, description=None):
+        return dataset  # every column reaches the reward functions
+
+    def prepare_dataset(self, dataset, processing_class, args: OnlineConfig, split: str):
+        if dataset is None:
+            return None
+        columns = getattr(dataset, "column_names", None) or []
+        if "prompt" not in columns:
+            raise DatasetFormatError(
+                f"{type(self).__name__} needs a 'prompt' column (text, or a list of messages), but the {split} dataset "
+                f"has {sorted(columns)}. Expected rows like {{\"prompt\": \"...\"}} or "
+                "{\"prompt\": [{\"role\": \"user\", \"content\": \"...\"}]}; other columns go to the reward functions.")
+        if len(dataset) == 0:
+            raise DatasetFormatError(f"The {split} dataset is empty.")
+        if "prompt_input_ids" in columns:
+            return dataset
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        if is_conversational_value(dataset[0]["prompt"]):
+            require_chat_template(tokenizer, f"The {split} dataset")
+        limit = args.max_prompt_length
+
+        def tokenize(example, row):
+            prompt = example["prompt"]
+            if is_conversational_value(prompt):
+                ids = chat_template_ids(tokenizer, prompt, add_generation_prompt=True)
+            elif isinstance(prompt, str):
+                ids = tokenizer(prompt)["input_ids"]
+            else:
+                raise DatasetFormatError(f"Row {row}, column 'prompt': expected a string or a list of "
+                                         f"{{'role', 'content'}} messages, got {type(prompt).__name__}.")
+            if not ids:
+                raise DatasetFormatError(f"Row {row}, column 'prompt': the prompt has no tokens; every row needs a "
+                                         "non-empty prompt.")
+            return {"prompt_input_ids": ids, "_prompt_truncated": bool(limit is not None and len(ids) > limit)}
+
+        dataset = dataset.map(tokenize, with_indices=True, num_proc=args.dataset_num_proc,
+                              desc=f"Tokenizing {split} prompts")
+        cut = sum(dataset["_prompt_truncated"])
+        dataset = dataset.remove_columns("_prompt_truncated")
+        if cut:
+            self._truncated_prompts += cut
+            logger.warning("%d of %d %s prompts are longer than max_prompt_length=%d tokens and keep only their last %d "
+                           "tokens.", cut, len(dataset), split, limit, limit)
+            dataset = dataset.map(lambda ex: {"prompt_input_ids": ex["prompt_input_ids"][-limit:]},
+                                  num_proc=args.dataset_num_proc, desc=f"Truncating {split} prompts")
+        return dataset
+
+    def _sampler(self, dataset, per_process_batch: int, repeats: int, shuffle: bool):
+        G = self.args.num_generations
+        prompts_per_batch = per_process_batch * self.args.world_size // G
+        return RepeatedPromptSampler(len(dataset), G, prompts_per_batch, repeats=repeats, shuffle=shuffle,
+                                     seed=self.args.seed)
+
+    def get_train_dataloader(self):
+        if self.train_dataset is None:
+            raise ValueError(f"{type(self).__name__}: training requires a train_dataset.")
+        args = self.args
+        per_process = self._train_batch_size * args.steps_per_generation
+        repeats = args.steps_per_generation * args.num_iterations
+        return self._get_dataloader(
+            dataset=self.train_dataset, description="Training", batch_size=per_process,
+            sampler_fn=lambda ds: self._sampler(ds, per_process, repeats, args.shuffle_dataset), is_training=True)
+
+    def _get_eval_sampler(self, eval_dataset):
+        return self._sampler(eval_dataset, self.args.per_device_eval_batch_size, 1, False)
+
+    # -- reference policy ----------------------------------------------------------------------------
+    def _setup_reference(self):
+        if self.args.beta == 0.0 or _is_peft_model(self.model):
+            return None  # no KL term, or the policy with its adapter disabled is the reference
+        ref = copy.deepcopy(unwrap(self.model))
+        ref.requires_grad_(False)
+        ref.eval()
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return self.accelerator.prepare_model(ref, evaluation_mode=True)
+        return ref.to(self.args.device)
+
+    @torch.no_grad()
+    def reference_logps(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if self.ref_model is not None:
+            with eval_mode(self.ref_model):
+                return self.token_logps(self.ref_model, batch)[0]
+        policy = unwrap(self.model)
+        with policy.disable_adapter(), eval_mode(policy):
+            return self.token_logps(policy, batch)[0]
+
+    # -- log-probs ---------------------------------------------------------------------------------------
+    def token_logps(self, model, batch: Mapping[str, torch.Tensor], with_entropy: bool = False):
+        """``(logps, mask, entropies)``: (B, T) log-probs of the completion tokens of ``batch`` (rows of
+        ``build_rows``) under ``logits / temperature``, their 0/1 mask, and (B, T) entropies when asked (detached)."""
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        cmask = batch["completion_mask"].bool()
+        nxt = cmask[:, 1:]
+        head_mask = torch.zeros_like(cmask)
+        head_mask[:, :-1] = nxt
+        targets = input_ids[:, 1:][nxt]
+        rows_idx = head_mask.nonzero(as_tuple=True)[0]
+        with select_head_positions(model, head_mask):
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[0]
+        if self.args.temperature != 1.0:
+            logits = logits / self.args.temperature
+        flat_logps = selective_log_softmax(logits, targets)
+        counts = nxt.sum(dim=1)
+        width = int(counts.max()) if counts.numel() else 0
+        starts = torch.cumsum(counts, 0) - counts
+        pos = torch.arange(rows_idx.numel(), device=rows_idx.device) - starts[rows_idx]
+        logps = flat_logps.new_zeros(input_ids.shape[0], width).index_put((rows_idx, pos), flat_logps)
+        mask = torch.arange(width, device=counts.device).unsqueeze(0) < counts.unsqueeze(1)
+        entropies = None
+        if with_entropy:
+            with torch.no_grad():
+                flat_ent = entropy_from_logits(logits.detach())
+            entropies = flat_ent.new_zeros(input_ids.shape[0], width).index_put((rows_idx, pos), flat_ent)
+        return logps, mask, entropies
+
+    # -- rollout -------------------------------------------------------------------------------------------
+    def _needs_old_logps(self) -> bool:
+        """True when some micro-batch of a generation batch is trained after an optimizer step."""
+        cycle = self.args.steps_per_generation * self.args.num_iterations
+        return self.args.gradient_accumulation_steps % cycle != 0
+
+    def _prepare_inputs(self, inputs):
+        if not self.model.training:  # evaluation: generate for every batch
+            return self.generate_and_score(inputs, 1)[0]
+        cycle = self.args.steps_per_generation * self.args.num_iterations
+        if self._buffer is None or self._micro_step % cycle == 0:
+            self._buffer = self.generate_and_score(inputs, self.args.steps_per_generation)
+        batch = self._buffer[self._micro_step % self.args.steps_per_generation]
+        self._micro_step += 1
+        return batch
+
+    def process_rewards(self, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-completion tensors (N,) from the rewards (N,) of the whole generation batch (all processes, group
+        layout); e.g. ``{"advantages": ...}``. Record metrics here."""
+        raise NotImplementedError
+
+    def _gather(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.args.device)
+        return self.accelerator.gather(x) if self.accelerator.num_processes > 1 else x
+
+    def generate_and_score(self, rows: Sequence[Mapping[str, Any]], num_chunks: int) -> list[dict[str, Any]]:
+        """Sample one completion per row, score and post-process them, and return ``num_chunks`` model-ready
+        micro-batches (see the module docstring)."""
+        args, tokenizer = self.args, self.tokenizer_
+        rows = list(rows)
+        n = len(rows)
+        prompts = [r["prompt"] for r in rows]
+        gens = generate(self.model, tokenizer, prompt_ids=[r["prompt_input_ids"] for r in rows],
+                        max_new_tokens=args.max_completion_length, do_sample=True, temperature=args.temperature,
+                        top_p=args.top_p, top_k=args.top_k or 0, min_p=args.min_p,
+                        repetition_penalty=args.repetition_penalty, batch_size=n, generation_kwargs=args.generation_kwargs)
+        prompt_ids, completion_ids = gens.prompt_ids, gens.completion_ids
+        eos = tokenizer.eos_token_id
+        truncated = torch.tensor([not (ids and ids[-1] == eos) for ids in completion_ids], dtype=torch.bool)
+        lengths = torch.tensor([len(ids) for ids in completion_ids], dtype=torch.float32)
+
+        # -- rewards of the whole generation batch (all processes)
+        completions = [completion_for_model(p, t) for p, t in zip(prompts, gens.texts)]
+        columns = {k: [r[k] for r in rows] for k in rows[0] if k not in ("prompt", "prompt_input_ids")}
+        columns.update(completion_ids=completion_ids, trainer_state=self.state)
+        scores = self.scorer(prompts, completions, **columns)
+        per_function = self._gather(scores.per_function)
+        rewards = self._gather(scores.rewards)
+        if torch.isnan(rewards).any():
+            logger.warning("Every reward function returned None for %d completion(s); their reward is 0.",
+                           int(torch.isnan(rewards).sum()))
+            rewards = torch.nan_to_num(rewards, nan=0.0)
+        all_lengths, all_truncated = self._gather(lengths), self._gather(truncated)
+        for i, name in enumerate(scores.names):
+            self.record(f"rewards/{name}/mean", torch.nanmean(per_function[:, i]).nan_to_num(0.0))
+            self.record(f"rewards/{name}/std", nanstd(per_function[:, i]).nan_to_num(0.0))
+        self.record("reward", rewards.mean())
+        self.record("completions/mean_length", all_lengths.mean())
+        self.record("completions/min_length", all_lengths.min())
+        self.record("completions/max_length", all_lengths.max())
+        self.record("completions/clipped_ratio", all_truncated.float().mean())
+        terminated = all_lengths[~all_truncated]
+        for stat in ("mean", "min", "max"):
+            value = getattr(terminated, stat)() if terminated.numel() else torch.tensor(0.0)
+            self.record(f"completions/{stat}_terminated_length", value)
+        self.count_tokens(sum(len(p) for p in prompt_ids) + int(lengths.sum()))
+
+        extra = self.process_rewards(rewards)
+        start = self.accelerator.process_index * n
+        local = {k: v[start : start + n] for k, v in extra.items()}
+        local_rewards = rewards[start : start + n]
+        self._last_samples = [
+            {"prompt": p, "completion": t, "reward": float(r), **{k: float(v[i]) for k, v in local.items()}}
+            for i, (p, t, r) in enumerate(zip(prompts, gens.texts, local_rewards.tolist()))
+        ]
+
+        # -- split into micro-batches; log-probs of the sampling policy and of the reference once per batch
+        loss_tokens = lengths.clone()
+        if getattr(args, "mask_truncated_completions", False):
+            loss_tokens[truncated] = 0
+        num_items = self._gather(loss_tokens.sum().reshape(1)).sum()
+        num_items = num_items * args.gradient_accumulation_steps / args.steps_per_generation
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        size = n // num_chunks
+        need_old = self.model.training and self._needs_old_logps()
+        batches = []
+        for c in range(num_chunks):
+            sl = slice(c * size, (c + 1) * size)
+            batch: dict[str, Any] = {k: v.to(args.device) for k, v in
+                                     build_rows(prompt_ids[sl], completion_ids[sl], pad_token_id=pad).items()}
+            batch["truncated"] = truncated[sl].to(args.device)
+            batch["num_items_in_batch"] = num_items
+            for k, v in local.items():
+                batch[k] = v[sl].to(args.device)
+            with torch.no_grad():
+                if need_old:
+                    batch["old_logps"] = self.token_logps(self.model, batch)[0]
+                if args.beta != 0.0:
+                    batch["ref_logps"] = self.reference_logps(batch)
+            batches.append(batch)
+        return batches
+
+    # -- evaluation ----------------------------------------------------------------------------------------
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # -- logging ---------------------------------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.args.log_completions and self._last_samples and self.is_world_process_zero():
+            k = self.args.num_completions_to_print or 5
+            lines = [f"step {self.state.global_step}: {len(self._last_samples)} completions, first {k}:"]
+            for s in self._last_samples[:k]:
+                extra = " ".join(f"{key}={val:.3f}" for key, val in s.items() if key not in ("prompt", "completion"))
+                lines.append(f"  prompt={_short(s['prompt'])!r} completion={_short(s['completion'])!r} {extra}")
+            logger.info("\n".join(lines))
+        super().log(logs, start_time)
+
+    @property
+    def completion_samples(self) -> list[dict[str, Any]]:
+        """Prompt, completion, reward (and e.g. advantage) of this process's latest generation batch."""
+        return list(self._last_samples)
+
+
+def _short(value: Any, n: int = 80) -> str:
+    if not isinstance(value, str):
+        value = value[-1]["content"] if value and isinstance(value, list) else str(value)
+    return value if len(value) <= n else value[: n - 3] + "..."
+
+
+__all__ = ["OnlineConfig", "OnlineTrainer", "RepeatedPromptSampler", "nanstd"]
