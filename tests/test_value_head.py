@@ -122,3 +122,65 @@ def test_seq2seq_value_head_round_trip(tokenizer, tmp_path):
     model.save_pretrained(tmp_path / "t5")
     loaded = AutoModelForSeq2SeqLMWithValueHead.from_pretrained(tmp_path / "t5").eval()
     assert torch.equal(loaded(ids, attention_mask=mask, decoder_input_ids=dec).value, out.value)
+
+
+def _legacy_folder(model, folder, layout):
+    """Write ``model`` as the older single-file layout by hand: the LM's config plus ONE state dict holding the LM's
+    weights and the head's as ``v_head.summary.weight``/``v_head.summary.bias`` (no value_head.safetensors)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    model.pretrained_model.config.save_pretrained(folder)
+    state = {k: v.detach().clone().contiguous() for k, v in model.pretrained_model.state_dict().items()}
+    state.update({f"v_head.{k}": v.detach().clone() for k, v in model.v_head.state_dict().items()})
+    assert {"v_head.summary.weight", "v_head.summary.bias"} <= set(state)
+    if layout == "bin":
+        torch.save(state, folder / "pytorch_model.bin")
+    elif layout == "safetensors":
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    else:  # sharded safetensors: the head lives in the second shard, which the index names
+        keys = sorted(state)
+        head = [k for k in keys if k.startswith("v_head.")]
+        first = [k for k in keys if k not in head][: len(keys) // 2]
+        second = [k for k in keys if k not in first]
+        names = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+        for name, part in zip(names, (first, second)):
+            save_file({k: state[k] for k in part}, str(folder / name), metadata={"format": "pt"})
+        weight_map = {k: names[0] for k in first} | {k: names[1] for k in second}
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    assert not (folder / VALUE_HEAD_FILE).exists()
+
+
+@pytest.mark.parametrize("layout", ["bin", "safetensors", "sharded"])
+def test_loads_a_value_head_stored_in_the_model_weights(tiny_model_dir, tokenizer, tmp_path, layout):
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(tiny_model_dir, summary_dropout_prob=0.0).eval()
+    _perturb_head(model, seed=2)
+    ids, mask = _inputs(tokenizer)
+    before = model(ids, attention_mask=mask)
+    _legacy_folder(model, tmp_path / "legacy", layout)
+    loaded = AutoModelForCausalLMWithValueHead.from_pretrained(tmp_path / "legacy", summary_dropout_prob=0.0).eval()
+    after = loaded(ids, attention_mask=mask)
+    assert torch.equal(before.value, after.value) and torch.equal(before.logits, after.logits)
+    # a fresh head would give other values: the check above can fail
+    fresh = AutoModelForCausalLMWithValueHead.from_pretrained(tiny_model_dir, summary_dropout_prob=0.0).eval()
+    assert not torch.allclose(fresh(ids, attention_mask=mask).value, after.value)
+    # saving again writes the current layout, which loads back exactly
+    loaded.save_pretrained(tmp_path / "resaved")
+    assert torch.equal(AutoModelForCausalLMWithValueHead.from_pretrained(tmp_path / "resaved").eval()(
+        ids, attention_mask=mask).value, before.value)
+
+
+def test_a_partial_legacy_value_head_is_an_error(tiny_model_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(tiny_model_dir)
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    model.pretrained_model.config.save_pretrained(folder)
+    state = {k: v.detach().clone().contiguous() for k, v in model.pretrained_model.state_dict().items()}
+    state["v_head.summary.weight"] = model.v_head.summary.weight.detach().clone()  # the bias is missing
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"v_head\.summary\.bias missing"):
+        AutoModelForCausalLMWithValueHead.from_pretrained(folder)

@@ -12,6 +12,9 @@ unpacking and attribute access work::
 Saving writes the base model as usual (``save_pretrained``: full weights, or only the adapter for a PEFT model)
 and the head beside it in ``value_head.safetensors``; ``from_pretrained`` on that folder restores both exactly
 (for an adapter folder the base model is reloaded from the adapter's ``base_model_name_or_path``).
+Folders in the older layout, where the head's weights (``v_head.summary.weight``, ``v_head.summary.bias``) sit
+inside the model's own weight file (``model.safetensors``, ``pytorch_model.bin`` or their sharded ``*.index.json``
+forms) next to the causal LM's weights, load too: the ``v_head.`` entries become the head.
 ``generate`` delegates to the wrapped model. :class:`AutoModelForSeq2SeqLMWithValueHead` is the same for
 encoder-decoder models (the head reads the decoder's last hidden state).
 """
@@ -158,10 +161,12 @@ class _PreTrainedModelWithValueHead(nn.Module):
                 ``v_head_init_strategy`` (None or ``"normal"``) configure the head; the rest go to the base
                 model's ``from_pretrained``.
 
-        The head is read from ``value_head.safetensors`` in the folder when present, else freshly initialised.
+        The head is read from ``value_head.safetensors`` in the folder when present; else from ``v_head.*`` entries
+        in the model's weight files (the older single-file layout); else it is freshly initialised.
         """
         head_kwargs = {k: kwargs.pop(k) for k in _HEAD_KWARGS if k in kwargs}
         head_file = None
+        legacy_state = None
         if isinstance(pretrained_model_name_or_path, nn.Module):
             base = pretrained_model_name_or_path
         else:
@@ -175,6 +180,8 @@ class _PreTrainedModelWithValueHead(nn.Module):
             else:
                 base = cls.transformers_parent_class.from_pretrained(path, *model_args, **kwargs)
             head_file = _find_head_file(path, kwargs)
+            if head_file is None:
+                legacy_state = _legacy_head_state(path, kwargs)
         if peft_config is not None:
             from peft import PeftModel, get_peft_model
 
@@ -193,6 +200,14 @@ class _PreTrainedModelWithValueHead(nn.Module):
 
             state = load_file(head_file)
             model.v_head.load_state_dict({k: v.to(model.device) for k, v in state.items()}, strict=True)
+        elif legacy_state is not None:
+            head_state = model.v_head.state_dict()
+            missing = sorted(set(head_state) - set(legacy_state))
+            if missing:
+                raise ValueError(f"The weights of {pretrained_model_name_or_path} hold a partial value head: "
+                                 f"v_head.{', v_head.'.join(missing)} missing (found v_head.{', v_head.'.join(sorted(legacy_state))}).")
+            model.v_head.load_state_dict(
+                {k: legacy_state[k].to(device=model.device, dtype=head_state[k].dtype) for k in head_state}, strict=True)
         return model
 
 
@@ -221,6 +236,67 @@ def _find_head_file(path: str, kwargs: dict) -> str | None:
         return hf_hub_download(path, VALUE_HEAD_FILE, revision=kwargs.get("revision"))
     except Exception:
         return None
+
+
+_LEGACY_PREFIX = "v_head."
+# The model's own weight files, in the order transformers prefers them; an index names the shard of every tensor.
+_LEGACY_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                        "pytorch_model.bin.index.json")
+
+
+def _resolve(path: str, filename: str, kwargs: dict) -> str | None:
+    """A file of a local folder, or of a hub repository (from the cache or downloaded); None if absent."""
+    if os.path.isdir(path):
+        local = os.path.join(path, filename)
+        return local if os.path.isfile(local) else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download(path, filename, revision=kwargs.get("revision"))
+    except Exception:
+        return None
+
+
+def _read_tensors(file: str, keys=None) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` or ``.bin`` file whose names start with ``v_head.`` (or are in ``keys``)."""
+    wanted = (lambda k: k in keys) if keys is not None else (lambda k: k.startswith(_LEGACY_PREFIX))
+    if file.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(file, framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys() if wanted(k)}
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    return {k: v for k, v in state.items() if wanted(k)}
+
+
+def _legacy_head_state(path: str, kwargs: dict) -> dict[str, torch.Tensor] | None:
+    """The value head stored inside the model's weight files (``v_head.summary.weight``/``.bias`` next to the LM's
+    weights, the older layout), with the ``v_head.`` prefix removed; None if the first weight file found has none."""
+    import json
+
+    for filename in _LEGACY_WEIGHT_FILES:
+        file = _resolve(path, filename, kwargs)
+        if file is None:
+            continue
+        if filename.endswith(".index.json"):
+            with open(file, encoding="utf-8") as f:
+                weight_map = json.load(f).get("weight_map", {})
+            shards: dict[str, set[str]] = {}
+            for key, shard in weight_map.items():
+                if key.startswith(_LEGACY_PREFIX):
+                    shards.setdefault(shard, set()).add(key)
+            tensors: dict[str, torch.Tensor] = {}
+            for shard, keys in shards.items():
+                shard_file = _resolve(path, shard, kwargs)
+                if shard_file is None:
+                    raise FileNotFoundError(f"{file} names shard {shard!r} for {sorted(keys)}, but it is missing.")
+                tensors.update(_read_tensors(shard_file, keys))
+        else:
+            tensors = _read_tensors(file)
+        if not tensors:
+            return None
+        return {k[len(_LEGACY_PREFIX):]: v for k, v in tensors.items()}
+    return None
 
 
 class _LazyAutoClass:
