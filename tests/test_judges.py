@@ -1,5 +1,6 @@
-"""Judges: the reward-model judges agree with the reward model, AllTrueJudge combines binary judges, and the
-OpenAI-compatible HTTP judge talks to a local server (127.0.0.1, started here) and fails clearly on bad answers."""
+"""Judges: the reward-model judges agree with the reward model, AllTrueJudge combines binary judges, the
+OpenAI-compatible HTTP judge talks to a local server (127.0.0.1, started here) and fails clearly on bad answers, and
+the local-LM judges read the right next-token probabilities (batched, padded, shuffled) and report non-answers."""
 
 import json
 import logging
@@ -153,3 +154,134 @@ def test_http_judge_fails_clearly_on_a_malformed_answer(server, caplog):
     assert capped.judge(["q1", "q2"], [["GOOD", "b"], ["GOOD", "b"]], shuffle_order=False) == [0, -1]
     with pytest.raises(JudgeError, match="failed"):
         OpenAIPairwiseJudge(base_url="http://127.0.0.1:9/v1", timeout=2).judge(["q"], [["a", "b"]])
+
+
+# -- local causal-LM judges -----------------------------------------------------------------------
+class _RiggedLM(torch.nn.Module):
+    """A causal-LM stand-in that decodes its input: at the LAST real token it puts a large logit on the digit of the
+    shown answer that contains GOOD (binary prompts: "1" if the answer contains GOOD, else "0"); no GOOD anywhere
+    gives flat logits (a tie). Every other position, padding included, favours a wrong digit, so a judge that reads
+    the wrong position (or mishandles padding) gets wrong verdicts."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.tok = tokenizer
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.digit = [tokenizer(str(k), add_special_tokens=False)["input_ids"][0] for k in range(10)]
+        self.calls = []
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        from types import SimpleNamespace
+
+        batch, length = input_ids.shape
+        self.calls.append(batch)
+        logits = torch.zeros(batch, length, len(self.tok))
+        for b in range(batch):
+            n = int(attention_mask[b].sum())
+            text = self.tok.decode(input_ids[b, :n])
+            sections = [s.split("##")[0] for s in text.split("## Answer")[1:]]
+            if "## Answer 0" in text:  # numbered answers: the number of the one with GOOD
+                target = next((k for k, s in enumerate(sections) if "GOOD" in s), None)
+            else:  # binary: one answer
+                target = 1 if "GOOD" in sections[0] else 0
+            wrong = self.digit[9 if target != 9 else 8]
+            logits[b, :, wrong] = 20.0
+            logits[b, n - 1, wrong] = 0.0
+            if target is not None:
+                logits[b, n - 1, self.digit[target]] = 10.0
+        return SimpleNamespace(logits=logits)
+
+
+def test_llm_pairwise_judge_reads_the_answer_token_and_undoes_shuffling(tokenizer):
+    from posttrain.rollout import LLMPairwiseJudge
+
+    rigged = _RiggedLM(tokenizer)
+    prompts = [f"Question {i}" for i in range(12)]
+    pairs = [["GOOD x", "bad"] if i % 3 else ["bad", "GOOD longer answer " * (1 + i % 4)] for i in range(12)]
+    expected = [0 if i % 3 else 1 for i in range(12)]
+    judge = LLMPairwiseJudge(rigged, tokenizer, batch_size=5, seed=0)
+    assert judge.judge(prompts, pairs) == expected  # shuffled (seeded), mapped back
+    assert judge.judge(prompts, pairs, shuffle_order=False) == expected
+    assert rigged.calls[-3:] == [5, 5, 2]  # batched
+    scores = judge.judge(prompts, pairs, return_scores=True)  # P(first completion is better)
+    assert all((s > 0.99) if e == 0 else (s < 0.01) for s, e in zip(scores, expected))
+    # no answer is preferred: equal probabilities are a tie
+    assert judge.judge(["q"], [["bad", "worse"]], shuffle_order=False) == [-1]
+    # the chat template wraps the text; without it the raw text is the input (same verdicts here)
+    raw = LLMPairwiseJudge(rigged, tokenizer, use_chat_template=False, seed=1)
+    assert raw.judge(prompts, pairs) == expected
+
+
+def test_llm_judges_report_an_answer_that_is_not_a_choice(tokenizer, caplog):
+    from posttrain.rollout import LLMBinaryJudge, LLMPairwiseJudge
+
+    rigged = _RiggedLM(tokenizer)  # no GOOD: flat logits, the choices get 2/len(vocab) of the mass
+    strict = LLMPairwiseJudge(rigged, tokenizer, min_choice_prob=0.5)
+    assert strict.judge(["q"], [["GOOD", "bad"]]) == [0]
+    with pytest.raises(JudgeError, match=r"pair 1: the answer tokens got probability 0.00\d+ < min_choice_prob=0.5"):
+        strict.judge(["q", "r"], [["GOOD", "bad"], ["bad", "worse"]])
+    lenient = LLMPairwiseJudge(rigged, tokenizer, min_choice_prob=0.5, on_error="tie")
+    with caplog.at_level(logging.WARNING, logger="posttrain"):
+        assert lenient.judge(["q", "r"], [["GOOD", "bad"], ["bad", "worse"]]) == [0, -1]
+    assert "did not answer with a choice" in caplog.text
+    scores = lenient.judge(["q", "r"], [["GOOD", "bad"], ["bad", "worse"]], return_scores=True)
+    assert scores[0] > 0.99 and scores[1] != scores[1]  # NaN for the invalid one
+    with pytest.raises(ValueError, match="placeholder"):
+        LLMBinaryJudge(rigged, tokenizer, system_prompt="Is {prompt} answered well?")
+    with pytest.raises(ValueError, match="on_error"):
+        LLMPairwiseJudge(rigged, tokenizer, on_error="ignore")
+    with pytest.raises(ValueError, match="exactly 2 completions"):
+        LLMPairwiseJudge(rigged, tokenizer).judge(["q"], [["a", "b", "c"]])
+
+    class _TwoTokenDigits:  # a tokenizer that splits "0" into two tokens
+        chat_template = None
+        pad_token_id = eos_token_id = 0
+
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [1, 2]}
+
+    with pytest.raises(ValueError, match="'0' is 2 tokens"):
+        LLMPairwiseJudge(rigged, _TwoTokenDigits()).judge(["q"], [["a", "b"]])
+
+
+def test_llm_rank_and_binary_judges(tokenizer):
+    from posttrain.rollout import LLMBinaryJudge, LLMRankJudge
+
+    rigged = _RiggedLM(tokenizer)
+    groups = [["a", "b", "GOOD c", "d"], ["GOOD", "x"], ["p", "q", "r", "s", "t", "u", "v", "w", "y", "GOOD z"]]
+    ranking = LLMRankJudge(rigged, tokenizer, seed=0).judge(["q1", "q2", "q3"], groups)
+    assert [r[0] for r in ranking] == [2, 0, 9]
+    assert [sorted(r) for r in ranking] == [list(range(len(g))) for g in groups]
+    with pytest.raises(ValueError, match="1 to 10 completions"):
+        LLMRankJudge(rigged, tokenizer).judge(["q"], [[str(i) for i in range(11)]])
+
+    binary = LLMBinaryJudge(rigged, tokenizer, batch_size=2)
+    assert binary.judge(["q"] * 3, ["GOOD", "bad", "GOOD too"]) == [1, 0, 1]
+    # the gold completion is shown under its own header (not read as the answer)
+    assert binary.judge(["q"] * 2, ["bad", "GOOD"], gold_completions=["GOOD", "bad"]) == [0, 1]
+    scores = binary.judge(["q"] * 2, ["GOOD", "bad"], return_scores=True)
+    assert scores[0] > 0.99 and scores[1] < 0.01
+    with pytest.raises(ValueError, match="2 prompts but 1 gold"):
+        binary.judge(["q"] * 2, ["a", "b"], gold_completions=["a"])
+
+
+def test_llm_judges_on_a_tiny_causal_lm(tokenizer):
+    """A real (random) tiny LM: valid verdicts, and the probabilities do not depend on batching or padding."""
+    from posttrain.kit import build_tiny_model
+    from posttrain.rollout import LLMBinaryJudge, LLMPairwiseJudge, LLMRankJudge
+
+    model = build_tiny_model("qwen2", size="tiny", seed=5).train()
+    prompts = [f"What is {i}+{i + 3}?\n" for i in range(6)]
+    pairs = [[str(2 * i + 3), "7" * (i + 1)] for i in range(6)]
+    one = LLMPairwiseJudge(model, tokenizer, batch_size=1, seed=0)
+    many = LLMPairwiseJudge(model, tokenizer, batch_size=4, seed=0)
+    s1 = one.judge(prompts, pairs, return_scores=True)
+    s4 = many.judge(prompts, pairs, return_scores=True)
+    assert torch.allclose(torch.tensor(s1), torch.tensor(s4), atol=1e-5)
+    assert model.training  # the judge restores the training mode
+    verdicts = LLMPairwiseJudge(model, tokenizer, seed=0).judge(prompts, pairs)
+    assert set(verdicts) <= {0, 1} and verdicts == [0 if s > 0.5 else 1 for s in s1]
+    ranks = LLMRankJudge(model, tokenizer, batch_size=2).judge(prompts[:3], [p + ["1"] for p in pairs[:3]])
+    assert all(sorted(r) == [0, 1, 2] for r in ranks)
+    binary = LLMBinaryJudge(model, tokenizer, batch_size=4).judge(prompts, [p[0] for p in pairs])
+    assert len(binary) == 6 and set(binary) <= {0, 1}

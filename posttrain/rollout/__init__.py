@@ -9,6 +9,9 @@ from .judges import (
     BasePairwiseJudge,
     BaseRankJudge,
     JudgeError,
+    LLMBinaryJudge,
+    LLMPairwiseJudge,
+    LLMRankJudge,
     OpenAIPairwiseJudge,
     RewardModelPairwiseJudge,
     RewardModelRankJudge,
@@ -26,7 +29,8 @@ from .scoring import RewardFunctionError, RewardScorer, RewardScores, score, sco
 
 __all__ = ["Generations", "encode_prompts", "generate"]
 __all__ += ["BestOfNOutput", "BestOfNSampler", "AllTrueJudge", "BaseBinaryJudge", "BaseJudge", "BasePairwiseJudge",
-            "BaseRankJudge", "JudgeError", "OpenAIPairwiseJudge", "RewardModelPairwiseJudge", "RewardModelRankJudge",
+            "BaseRankJudge", "JudgeError", "LLMBinaryJudge", "LLMPairwiseJudge", "LLMRankJudge",
+            "OpenAIPairwiseJudge", "RewardModelPairwiseJudge", "RewardModelRankJudge",
             "RewardFunctionError", "RewardScorer", "RewardScores", "score", "score_with_model"]
 __all__ += ["BUILTIN_REWARDS", "accuracy_reward", "format_reward", "get_length_penalty", "get_reward_func",
             "get_soft_overlong_punishment", "think_format_reward"]
