@@ -1,6 +1,7 @@
 """The ``posttrain`` command: one sub-command per trainer, plus ``env`` and ``kit``.
 
     posttrain sft --model_name_or_path ... --dataset_name ...
+    posttrain sft --accelerate_config deepspeed_zero3 --num_processes 8 ...   # re-launched by `accelerate launch`
     posttrain env                      # versions for a bug report
     posttrain kit build-model ...      # tiny offline models and synthetic datasets
 """
@@ -29,7 +30,10 @@ def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: posttrain <command> [options]", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {desc}" for name, (_, desc) in COMMANDS.items()]
-    lines += ["", "Run `posttrain <command> --help` for a command's options."]
+    lines += ["", "Run `posttrain <command> --help` for a command's options.",
+              "Several processes / DeepSpeed / FSDP: add `--accelerate_config NAME|FILE [--num_processes N]` to a "
+              "training command", "(NAME: multi_gpu, multi_cpu, deepspeed_zero1/2/3, deepspeed_zero3_offload, fsdp; "
+              "see docs/distributed.md)."]
     return "\n".join(lines)
 
 
@@ -66,6 +70,65 @@ def print_env() -> int:
     return 0
 
 
+# Launcher options taken by `posttrain <trainer> --accelerate_config ...` and passed on to `accelerate launch`.
+LAUNCH_OPTIONS = ("--accelerate_config", "--num_processes", "--main_process_port", "--mixed_precision")
+
+
+def accelerate_config_path(name_or_path: str) -> str:
+    """A config file path as given, or a shipped config by name (``deepspeed_zero3`` or ``deepspeed_zero3.yaml``,
+    from ``posttrain/accelerate_configs/``, the same files as ``examples/accelerate_configs/``)."""
+    import os
+    from importlib import resources
+
+    if os.path.isfile(name_or_path):
+        return os.path.abspath(name_or_path)
+    shipped = resources.files("posttrain") / "accelerate_configs"
+    name = name_or_path if name_or_path.endswith((".yaml", ".yml")) else f"{name_or_path}.yaml"
+    candidate = shipped / name
+    if os.sep not in name_or_path and candidate.is_file():
+        return str(candidate)
+    names = sorted(p.name.rsplit(".", 1)[0] for p in shipped.iterdir() if p.name.endswith(".yaml"))
+    raise SystemExit(f"posttrain: no accelerate config '{name_or_path}': not a file, and not one of the shipped "
+                     f"configs ({', '.join(names)}).")
+
+
+def split_launch_options(args: list[str]) -> tuple[dict[str, str], list[str]]:
+    """(launcher options from LAUNCH_OPTIONS, the remaining trainer arguments)."""
+    options, rest, i = {}, [], 0
+    while i < len(args):
+        arg = args[i]
+        key, eq, value = arg.partition("=")
+        if key in LAUNCH_OPTIONS:
+            if not eq:
+                if i + 1 >= len(args):
+                    raise SystemExit(f"posttrain: {key} needs a value.")
+                value, i = args[i + 1], i + 1
+            options[key] = value
+        else:
+            rest.append(arg)
+        i += 1
+    return options, rest
+
+
+def launch_command(command: str, args: list[str]) -> list[str]:
+    """The ``accelerate launch`` command line that runs ``posttrain <command> <args>`` under an accelerate config."""
+    options, rest = split_launch_options(args)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch",
+           "--config_file", accelerate_config_path(options.pop("--accelerate_config"))]
+    for key, value in options.items():
+        cmd += [key, value]
+    return cmd + ["-m", "posttrain.cli", command, *rest]
+
+
+def relaunch(command: str, args: list[str]) -> int:
+    """Run ``posttrain <command>`` again under ``accelerate launch`` (see :func:`launch_command`)."""
+    import subprocess
+
+    cmd = launch_command(command, args)
+    print("posttrain: launching " + " ".join(cmd), file=sys.stderr, flush=True)
+    return subprocess.call(cmd)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -86,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if command == "env":
         return print_env()
+    if command != "kit" and any(a == "--accelerate_config" or a.startswith("--accelerate_config=") for a in rest):
+        return relaunch(command, rest)
     module = importlib.import_module(COMMANDS[command][0])
     return int(module.main(rest) or 0)
 

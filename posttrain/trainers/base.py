@@ -13,6 +13,7 @@ Trainers differ only in how they prepare data and compute the loss.
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,12 +39,14 @@ def bf16_supported() -> bool:
 @dataclass
 class PosttrainConfig(TrainingArguments):
     """Shared training arguments. Differences from ``TrainingArguments``: ``logging_steps=10`` and
-    ``bf16=None`` meaning "on when a GPU supports it" (never forced on CPU)."""
+    ``bf16=None`` meaning "as the launcher says" (``accelerate launch``'s ``mixed_precision``), else "on when a GPU
+    supports it" (never forced on CPU)."""
 
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps (or a fraction of the run if < 1)."})
     bf16: bool | None = field(
         default=None,
-        metadata={"help": "bf16 mixed precision. Default: on if a CUDA GPU supports it and fp16 is off, else off."},
+        metadata={"help": "bf16 mixed precision. Default: the `accelerate launch` config's mixed_precision; without "
+                  "one, on if a CUDA GPU supports it and fp16 is off."},
     )
     model_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
@@ -53,7 +56,14 @@ class PosttrainConfig(TrainingArguments):
 
     def __post_init__(self):
         if self.bf16 is None:
-            self.bf16 = bf16_supported() and not self.fp16
+            # `accelerate launch` passes its config's mixed_precision on; follow it, or DeepSpeed (whose config
+            # takes it) and the Trainer disagree.
+            launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
+            if launcher in ("no", "bf16", "fp16"):
+                self.bf16 = launcher == "bf16" and not self.fp16
+                self.fp16 = self.fp16 or launcher == "fp16"
+            else:
+                self.bf16 = bf16_supported() and not self.fp16
         if not _has_accelerator():
             self.dataloader_pin_memory = False  # pinning needs an accelerator; avoid the warning on CPU
             # Without `use_cpu`, accelerate does not set up multi-process CPU training (gloo) under

@@ -1,0 +1,147 @@
+"""Models that are sharded across processes: frozen copies, evaluation-only preparation, gathered parameters.
+
+Under DeepSpeed ZeRO-3 every process holds only a slice of each parameter (``param.ds_tensor``); the full
+tensor exists only while a DeepSpeed engine's hooks gather it for a forward pass. A frozen model (a reference
+policy, a teacher, a reward model) therefore has to run inside a DeepSpeed engine of its own too, and copying
+or reading a partitioned model needs its parameters gathered first. Three helpers do this once for every
+trainer:
+
+* :func:`frozen_copy` — a separate copy of a model's weights (a default reference policy). Under ZeRO-3 the
+  copy is built partitioned and filled one gathered parameter at a time, so no process ever holds two full
+  models.
+* :func:`prepare_frozen` — make an evaluation-only model ready for the current set-up: a DeepSpeed inference
+  engine (ZeRO-3: partitioned like the trained model, parameters offloaded to CPU when the trained model's
+  are; ZeRO-1/2: stage 0, because those stages shard only gradients and optimizer state, which a frozen model
+  does not have), or the process's device otherwise.
+* :func:`gathered_parameters` — a context in which a ZeRO-3 model holds its full parameters (e.g. for a
+  generation loop that calls the model many times); a no-op in every other set-up.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager, nullcontext
+
+import torch
+
+
+def is_zero3_partitioned(model: torch.nn.Module) -> bool:
+    """True when ``model``'s parameters are DeepSpeed ZeRO-3 partitions (loaded under ``zero.Init`` or wrapped
+    by a stage-3 engine)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def gathered_parameters(model: torch.nn.Module, modifier_rank: int | None = None):
+    """A context in which the ZeRO-3 parameters of ``model`` are whole on every process (no-op otherwise).
+
+    With ``modifier_rank=r``, changes process ``r`` makes inside the block are broadcast to every process and
+    re-partitioned on exit (DeepSpeed's ``GatheredParameters`` semantics)."""
+    params = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not params:
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A separate copy of ``model`` with the same weights (``copy.deepcopy`` unless ``model`` is ZeRO-3
+    partitioned; then a partitioned twin filled one gathered parameter at a time)."""
+    if not is_zero3_partitioned(model):
+        return copy.deepcopy(model)
+    if not hasattr(model, "_from_config"):
+        raise ValueError(f"Cannot copy a ZeRO-3 partitioned {type(model).__name__}: pass the reference model "
+                         "explicitly (ref_model=<name or path>), so it is loaded partitioned.")
+    import deepspeed
+
+    # transformers builds the twin under zero.Init (already partitioned) while a ZeRO-3 config is active
+    dtype = next(model.parameters()).dtype
+    twin = type(model)._from_config(copy.deepcopy(model.config), dtype=dtype)
+    src = dict(model.named_parameters())
+    dst = dict(twin.named_parameters())
+    if src.keys() != dst.keys():
+        raise ValueError(f"Cannot copy a ZeRO-3 partitioned {type(model).__name__}: its parameters differ from a "
+                         "fresh model built from its config. Pass ref_model=<name or path> instead.")
+    for name, p_dst in dst.items():
+        p_src = src[name]
+        with deepspeed.zero.GatheredParameters([p_src, p_dst], modifier_rank=0):
+            if _rank() == 0:
+                p_dst.data.copy_(p_src.data)
+    for (_, b_dst), (_, b_src) in zip(twin.named_buffers(), model.named_buffers()):
+        b_dst.data.copy_(b_src.data)
+    twin.train(model.training)
+    return twin
+
+
+def _resolved(value, default):
+    return default if value == "auto" or value is None else value
+
+
+def deepspeed_inference_config(ds_config: dict, mixed_precision: str, hidden_size: int | None) -> dict:
+    """The DeepSpeed config of an evaluation-only engine next to a trained model using ``ds_config``."""
+    zero = ds_config.get("zero_optimization", {}) or {}
+    stage = int(_resolved(zero.get("stage"), 0))
+    micro = _resolved(ds_config.get("train_micro_batch_size_per_gpu"), 1)
+    config: dict = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": 1,
+        "bf16": {"enabled": mixed_precision == "bf16"},
+        "fp16": {"enabled": mixed_precision == "fp16"},
+        "steps_per_print": 10**12,
+        "wall_clock_breakdown": False,
+    }
+    if stage != 3:
+        config["zero_optimization"] = {"stage": 0}
+        return config
+    inference = {"stage": 3}
+    for key in ("offload_param", "stage3_max_live_parameters", "stage3_max_reuse_distance"):
+        if zero.get(key) not in (None, "auto"):
+            inference[key] = zero[key]
+    # transformers' "auto" values of the size-dependent buckets, from the model's hidden size
+    sizes = {"reduce_bucket_size": (lambda h: h * h), "stage3_prefetch_bucket_size": (lambda h: int(0.9 * h * h)),
+             "stage3_param_persistence_threshold": (lambda h: 10 * h)}
+    for key, rule in sizes.items():
+        value = zero.get(key)
+        if value not in (None, "auto"):
+            inference[key] = value
+        elif hidden_size:
+            inference[key] = rule(hidden_size)
+    config["zero_optimization"] = inference
+    return config
+
+
+def _hidden_size(model) -> int | None:
+    cfg = getattr(model, "config", None)
+    size = getattr(cfg, "hidden_size", None)
+    if size is None and getattr(cfg, "hidden_sizes", None):
+        size = max(cfg.hidden_sizes)
+    return size
+
+
+def prepare_frozen(model: torch.nn.Module, accelerator) -> torch.nn.Module:
+    """Make a frozen ``model`` (``requires_grad`` already off) ready for evaluation in ``accelerator``'s set-up.
+
+    DeepSpeed: wrapped in a DeepSpeed inference engine (see the module docstring). FSDP: left whole on every
+    process (see docs/distributed.md). Otherwise: moved to the process's device. Returns the model to keep."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        import deepspeed
+
+        plugin = accelerator.state.deepspeed_plugin
+        config = deepspeed_inference_config(plugin.deepspeed_config, str(accelerator.mixed_precision),
+                                            _hidden_size(model))
+        engine, *_ = deepspeed.initialize(model=model, config=config)
+        engine.eval()
+        return engine
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return accelerator.prepare_model(model, evaluation_mode=True)
+    return model.to(accelerator.device)
+
+
+__all__ = ["deepspeed_inference_config", "frozen_copy", "gathered_parameters", "is_zero3_partitioned",
+           "prepare_frozen"]

@@ -1,0 +1,88 @@
+"""One short training run of a trainer family, for the set-up matrix (tests/test_distributed_matrix.py).
+
+    python matrix_run.py FAMILY MODEL OUT PER_DEVICE_BATCH [extra config as JSON]          # one process
+    accelerate launch --config_file CFG --num_processes 2 matrix_run.py FAMILY MODEL OUT 4  # DDP / ZeRO / FSDP
+
+Trains ``max_steps`` steps, saves the final model to OUT/model with ``trainer.save_model`` (under ZeRO-3 the
+consolidated 16-bit state dict) and, on the main process, writes the log history and the set-up it really ran
+under to OUT/log.json.
+
+A trainer family joins the matrix with one entry in FAMILIES: (config class, trainer class, dataset maker, the
+auto class that loads its saved model, extra config).
+"""
+
+import json
+import os
+import sys
+
+import torch
+from transformers import TrainerCallback
+
+import posttrain
+from posttrain.kit import make_dataset
+
+
+def _sft_data():
+    return make_dataset("reverse", "prompt_completion", n=256, seed=0)
+
+
+def _preference_data():
+    return make_dataset("sort", "preference", n=64, seed=0)
+
+
+# family -> (config class name, trainer class name, dataset, model auto class, extra config)
+FAMILIES = {
+    "sft": ("SFTConfig", "SFTTrainer", _sft_data, "AutoModelForCausalLM", {}),
+    "dpo": ("DPOConfig", "DPOTrainer", _preference_data, "AutoModelForCausalLM", {}),
+    "reward": ("RewardConfig", "RewardTrainer", _preference_data, "AutoModelForSequenceClassification", {}),
+}
+
+
+class KillAfterCheckpoint(TrainerCallback):
+    """Ends every process abruptly (exit status 3, nothing cleaned up) once the checkpoint of step N is saved."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            sys.stdout.flush()
+            os._exit(3)
+
+
+def main(argv):
+    family, model_dir, out, per_device_batch = argv[0], argv[1], argv[2], int(argv[3])
+    extra = json.loads(argv[4]) if len(argv) > 4 else {}
+    config_name, trainer_name, data, _, family_extra = FAMILIES[family]
+    config_cls, trainer_cls = getattr(posttrain, config_name), getattr(posttrain, trainer_name)
+    torch.manual_seed(0)
+    kwargs = dict(output_dir=out, max_steps=4, per_device_train_batch_size=per_device_batch, learning_rate=3e-3,
+                  logging_steps=1, report_to=[], save_strategy="no", disable_tqdm=True, seed=0,
+                  dataloader_num_workers=0)
+    kwargs.update(family_extra)
+    kwargs.update(extra)
+    resume = kwargs.pop("resume_from_checkpoint", None)
+    kill_after = kwargs.pop("kill_after_checkpoint", None)
+    args = config_cls(**kwargs)  # before the model is loaded: ZeRO-3 then loads it already partitioned
+    trainer = trainer_cls(model_dir, args=args, train_dataset=data())
+    if kill_after is not None:
+        trainer.add_callback(KillAfterCheckpoint(kill_after))
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(os.path.join(out, "model"))
+    if trainer.is_world_process_zero():
+        setup = {"num_processes": trainer.accelerator.num_processes,
+                 "distributed_type": str(trainer.accelerator.distributed_type),
+                 "zero_stage": (trainer.accelerator.state.deepspeed_plugin.zero_stage
+                                if trainer.is_deepspeed_enabled else None),
+                 "device": str(trainer.args.device)}
+        ref = getattr(trainer, "ref_model", None)
+        if ref is not None:
+            setup["ref_model_type"] = type(ref).__name__
+            setup["ref_model_local_numel"] = sum(p.numel() for p in ref.parameters())
+            setup["ref_model_numel"] = sum(getattr(p, "ds_numel", p.numel()) for p in ref.parameters())
+        with open(os.path.join(out, "log.json"), "w") as f:
+            json.dump({"log": trainer.state.log_history, "setup": setup}, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

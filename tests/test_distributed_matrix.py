@@ -1,0 +1,160 @@
+"""Every trainer family in every multi-process set-up, on 2 CPU processes, against a single-process run.
+
+The matrix is FAMILIES x SETUPS. Each cell launches the shipped accelerate config exactly as a user would
+(`accelerate launch --config_file examples/accelerate_configs/<cfg>.yaml --num_processes 2 ...`, with
+`DS_ACCELERATOR=cpu` and `--mixed_precision no` so the comparison is in fp32) and checks that
+
+* the run really used 2 processes in that set-up (DeepSpeed stage, ...);
+* the loss of every step matches the single-process run with the same global batch (1 x 8 vs 2 x 4) within
+  LOSS_TOL;
+* the saved model (ZeRO-3: the consolidated 16-bit state dict, here fp32) loads with `from_pretrained` and
+  gives the single-process model's logits within LOGITS_TOL, while training moved them by far more.
+
+A new trainer family joins with one entry in tests/distributed/matrix_run.py:FAMILIES and one in
+MODEL_FIXTURES below.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tests" / "distributed" / "matrix_run.py"
+CONFIGS = ROOT / "examples" / "accelerate_configs"
+
+# Losses are fp32 sums over the same tokens in a different order: observed differences are ~1e-7.
+LOSS_TOL = 1e-4
+# After 4 AdamW steps (lr 3e-3) the weights differ by rounding only; observed logit differences are < 5e-5,
+# while training itself moves the logits by > 0.1.
+LOGITS_TOL = 1e-3
+
+# family -> the fixture of the model it trains
+MODEL_FIXTURES = {"sft": "tiny_model_dir", "dpo": "tiny_model_dir", "reward": "tiny_rm_dir"}
+# set-up -> (accelerate config, expected distributed type, expected ZeRO stage)
+SETUPS = {
+    "ddp": ("multi_cpu.yaml", "MULTI_CPU", None),
+    "zero1": ("deepspeed_zero1.yaml", "DEEPSPEED", 1),
+    "zero2": ("deepspeed_zero2.yaml", "DEEPSPEED", 2),
+    "zero3": ("deepspeed_zero3.yaml", "DEEPSPEED", 3),
+}
+
+pytestmark = pytest.mark.distributed
+
+
+@pytest.fixture(scope="session")
+def tiny_rm_dir(tmp_path_factory):
+    from posttrain.kit import build_tiny_model
+
+    return build_tiny_model("qwen2", head="seq-cls", size="tiny", output_dir=tmp_path_factory.mktemp("tiny-rm"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu")
+
+
+def run_single(family, model_dir, out: Path, extra=None) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(SCRIPT), family, str(model_dir), str(out), "8", json.dumps(extra or {})]
+    return _run(cmd, out)
+
+
+def run_launched(family, setup, model_dir, out: Path, extra=None, processes=2, expect_exit=0) -> dict:
+    config = SETUPS[setup][0] if setup in SETUPS else setup
+    if config.startswith("deepspeed"):
+        pytest.importorskip("deepspeed")
+    out.mkdir(parents=True, exist_ok=True)
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    cmd = [accelerate, "launch", "--config_file", str(CONFIGS / config), "--num_processes", str(processes),
+           "--mixed_precision", "no", "--main_process_port", str(free_port()),
+           str(SCRIPT), family, str(model_dir), str(out), str(8 // processes), json.dumps(extra or {})]
+    return _run(cmd, out, expect_exit)
+
+
+def _run(cmd, out: Path, expect_exit=0) -> dict:
+    proc = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=900)
+    if expect_exit != 0:
+        assert proc.returncode != 0, "the run was expected to be killed"
+        return {}
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    result = json.loads((out / "log.json").read_text())
+    result["losses"] = [h["loss"] for h in result["log"] if "loss" in h]
+    result["model_dir"] = out / "model"
+    return result
+
+
+def matrix_families() -> dict:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("matrix_run", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.FAMILIES
+
+
+def logits_of(family, model_dir) -> torch.Tensor:
+    import transformers
+
+    auto = getattr(transformers, matrix_families()[family][3])
+    model = auto.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, model.config.vocab_size, (3, 12), generator=g)
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+
+
+@pytest.fixture(scope="module")
+def single_runs(tmp_path_factory):
+    """The single-process run of each family (batch 8), computed once per module on first use."""
+    cache = {}
+
+    def get(family, model_dir):
+        if family not in cache:
+            cache[family] = run_single(family, model_dir, tmp_path_factory.mktemp(f"single-{family}"))
+        return cache[family]
+
+    return get
+
+
+def check_matches_single(family, setup, model_dir, single, tmp_path, extra=None) -> dict:
+    """Run ``family`` in ``setup`` on 2 processes and compare it with the single-process run ``single``."""
+    multi = run_launched(family, setup, model_dir, tmp_path / setup, extra)
+    _, dist_type, stage = SETUPS[setup]
+    assert multi["setup"]["num_processes"] == 2
+    assert multi["setup"]["distributed_type"].endswith(dist_type) or (
+        dist_type == "MULTI_CPU" and multi["setup"]["distributed_type"].endswith("MULTI_GPU")), multi["setup"]
+    assert multi["setup"]["zero_stage"] == stage
+    assert len(multi["losses"]) == len(single["losses"]) == 4
+    for step, (a, b) in enumerate(zip(single["losses"], multi["losses"])):
+        assert abs(a - b) < LOSS_TOL, (step, single["losses"], multi["losses"])
+    assert single["losses"][-1] < single["losses"][0]  # it learned, so the comparison is not vacuous
+
+    want, got, before = logits_of(family, single["model_dir"]), logits_of(family, multi["model_dir"]), logits_of(
+        family, model_dir)
+    assert (want - got).abs().max().item() < LOGITS_TOL
+    assert (want - before).abs().max().item() > 100 * LOGITS_TOL
+    return multi
+
+
+@pytest.mark.parametrize("setup", list(SETUPS))
+@pytest.mark.parametrize("family", list(MODEL_FIXTURES))
+def test_matches_single_process(family, setup, request, single_runs, tmp_path):
+    model_dir = request.getfixturevalue(MODEL_FIXTURES[family])
+    multi = check_matches_single(family, setup, model_dir, single_runs(family, model_dir), tmp_path)
+    if family == "dpo" and setup == "zero3":
+        # the frozen reference is a DeepSpeed engine of its own, partitioned like the policy, not replicated
+        ref = multi["setup"]
+        assert ref["ref_model_type"] == "DeepSpeedEngine"
+        assert ref["ref_model_local_numel"] < ref["ref_model_numel"] / 2, ref
+
