@@ -30,6 +30,8 @@ _EXPORTS = {
     "RewardTrainer": "posttrain.trainers.reward",
     "PRMConfig": "posttrain.trainers.prm",
     "PRMTrainer": "posttrain.trainers.prm",
+    "GKDConfig": "posttrain.trainers.gkd",
+    "GKDTrainer": "posttrain.trainers.gkd",
     "AutoModelForCausalLMWithValueHead": "posttrain.models.value_head",
     "AutoModelForSeq2SeqLMWithValueHead": "posttrain.models.value_head",
     "BestOfNSampler": "posttrain.rollout.best_of_n",

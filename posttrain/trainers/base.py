@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainingArguments
 
-from ..models import ensure_pad_token, load_pretrained, load_tokenizer, prepare_peft_model, set_chat_template
+from ..models import disable_dropout, ensure_pad_token, load_pretrained, load_tokenizer, prepare_peft_model, set_chat_template
+from ..models.sharding import prepare_frozen
 
 
 def _has_accelerator() -> bool:
@@ -134,6 +135,18 @@ class BaseTrainer(Trainer):
     def make_collator(self, processing_class, args):
         """The default collator when the user gives none (None: transformers' default)."""
         return None
+
+    # -- models that are only evaluated --------------------------------------------------------
+    def prepare_frozen_model(self, model: torch.nn.Module, *, no_dropout: bool = False) -> torch.nn.Module:
+        """Make ``model`` (a reference policy, a teacher) evaluation-only: no gradients, eval mode, dropout off
+        when ``no_dropout``; then placed by :func:`posttrain.models.sharding.prepare_frozen` (DeepSpeed: an
+        inference engine of its own; FSDP: prepared by accelerate; else this process's device). Returns the model
+        to keep."""
+        model.requires_grad_(False)
+        model.eval()
+        if no_dropout:
+            disable_dropout(model)
+        return prepare_frozen(model, self.accelerator)  # ZeRO-3: an inference engine of its own, partitioned
 
     # -- data ---------------------------------------------------------------------------------
     def _set_signature_columns_if_needed(self):

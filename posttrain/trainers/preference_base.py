@@ -52,7 +52,7 @@ from ..data.templates import extract_prompt, require_chat_template, unpair_prefe
 from ..data.tokenize import TRUNCATION_MODES, tokenize_prompt_completion
 from ..losses.preference import RunningMean
 from ..models import disable_dropout, load_pretrained, select_head_positions, unwrap
-from ..models.sharding import frozen_copy, prepare_frozen
+from ..models.sharding import frozen_copy
 from .base import BaseTrainer, PosttrainConfig, check_choice
 
 logger = logging.getLogger("posttrain")
@@ -634,11 +634,7 @@ class PreferenceTrainer(BaseTrainer):
             if _is_peft_model(self.model) or args.precompute_ref_log_probs:
                 return None  # adapter disabled, or the initial policy computes the columns before training
             ref_model = frozen_copy(unwrap(self.model))  # ZeRO-3: partitioned, never whole
-        ref_model.requires_grad_(False)
-        ref_model.eval()
-        if args.disable_dropout:
-            disable_dropout(ref_model)
-        return prepare_frozen(ref_model, self.accelerator)  # ZeRO-3: an inference engine of its own, partitioned
+        return self.prepare_frozen_model(ref_model, no_dropout=args.disable_dropout)
 
     @torch.no_grad()
     def reference_logps(self, rows: Mapping[str, torch.Tensor]) -> SequenceLogps:
