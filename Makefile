@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.posttrain-installed
 PYTEST := $(BIN)/python -m pytest
 OUT    ?= outputs/demo
 
-.PHONY: install demo test test-slow test-distributed test-all bench clean
+.PHONY: install demo test test-slow test-distributed test-all bench bench-trl trl-venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,15 @@ test-all: install
 
 bench: install
 	$(BIN)/python benchmarks/run.py
+
+# posttrain side by side with TRL (issue 8): the peer gets its own venv, benchmarks/.venv-trl-$(TRL_VERSION).
+TRL_VERSION ?= 1.16.0
+trl-venv:
+	PYTHON=$(PYTHON) benchmarks/peer/make_venv.sh $(TRL_VERSION)
+
+bench-trl: install trl-venv
+	TRL_VERSION=$(TRL_VERSION) $(BIN)/python benchmarks/compare.py check --size small
+	TRL_VERSION=$(TRL_VERSION) $(BIN)/python benchmarks/compare.py speed --size bench
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,93 @@
+"""Inputs shared by posttrain and the peer (TRL) in the side-by-side benchmarks: model folders and data files.
+
+Built once, with posttrain's venv (the kit lives in posttrain), and written to disk so that both libraries
+load *the same bytes*: a saved model folder (weights + tokenizer) and a JSON-lines dataset per scenario.
+
+* SFT data: conversations of 1-3 turns with log-normal lengths (``benchmarks.common.chat_dataset``).
+* Preference data (DPO, reward modeling): a one-turn conversational prompt and two assistant answers of
+  independent log-normal lengths. Lengths are capped so that no row is truncated or dropped under either
+  library's default limits (prompt <= ~400 tokens, prompt + answer <= ~1000 tokens), so both see the same tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "out" / "compare"
+
+
+def _text(rng: random.Random, words: int) -> str:
+    from posttrain.kit.corpus import plain_sentence
+
+    out: list[str] = []
+    n = 0
+    while n < words:
+        s = plain_sentence(rng)
+        out.append(s)
+        n += len(s.split())
+    return " ".join(out)
+
+
+def preference_rows(n: int, seed: int = 0, mean_words: float = 60.0, max_prompt_words: int = 120,
+                    max_answer_words: int = 220) -> list[dict]:
+    """Conversational explicit-prompt preference rows: ``prompt`` (user message), ``chosen``/``rejected`` (assistant)."""
+    rng = random.Random(seed)
+
+    def words(mean: float, sigma: float, cap: int) -> int:
+        return min(cap, max(3, int(rng.lognormvariate(0, sigma) * mean)))
+
+    rows = []
+    for _ in range(n):
+        prompt = [{"role": "user", "content": _text(rng, words(mean_words / 2, 0.8, max_prompt_words))}]
+        chosen = [{"role": "assistant", "content": _text(rng, words(mean_words, 0.7, max_answer_words))}]
+        rejected = [{"role": "assistant", "content": _text(rng, words(mean_words, 0.7, max_answer_words))}]
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return rows
+
+
+def sft_rows(n: int, seed: int = 0) -> list[dict]:
+    from benchmarks.common import chat_dataset
+
+    return chat_dataset(n, seed=seed).to_list()
+
+
+def write_jsonl(rows: list[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def model_dir(size: str, head: str) -> Path:
+    return OUT / "models" / f"qwen2-{size}-{head}"
+
+
+def data_file(kind: str, n: int) -> Path:
+    return OUT / "data" / f"{kind}-{n}.jsonl"
+
+
+def prepare(size: str, sft_examples: int, pref_examples: int) -> dict[str, str]:
+    """Build (if missing) the two model folders and the two data files; return their paths."""
+    from posttrain.kit import build_tiny_model
+
+    paths = {}
+    for head in ("causal-lm", "seq-cls"):
+        d = model_dir(size, head)
+        if not (d / "config.json").exists():
+            build_tiny_model("qwen2", head=head, size=size, seed=0, output_dir=d)
+        paths[head] = str(d)
+    f = data_file("sft", sft_examples)
+    if not f.exists():
+        write_jsonl(sft_rows(sft_examples, seed=0), f)
+    paths["sft_data"] = str(f)
+    f = data_file("pref", pref_examples)
+    if not f.exists():
+        write_jsonl(preference_rows(pref_examples, seed=1), f)
+    paths["pref_data"] = str(f)
+    return paths

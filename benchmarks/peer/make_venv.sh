@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Create the peer (TRL) virtual environment for the side-by-side benchmarks, outside the posttrain venv.
+#
+#   benchmarks/peer/make_venv.sh [TRL_VERSION] [TRANSFORMERS_VERSION]
+#
+# Creates benchmarks/.venv-trl-<TRL_VERSION> (git-ignored). torch==2.13.0 is installed first (the CPU
+# wheel on these machines; a looser pin drags in GBs of CUDA packages), then trl with a transformers
+# release it supports. By default transformers, accelerate and datasets are pinned to the versions in
+# posttrain's own venv, so the two libraries run on the same stack and only the trainer code differs.
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")/.." && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+TRL="${1:-1.16.0}"
+PT_PY="$ROOT/.venv/bin/python"
+ver() { "$PT_PY" -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null || true; }
+TF="${2:-$(ver transformers)}"
+ACC="$(ver accelerate)"
+DS="$(ver datasets)"
+VENV="$HERE/.venv-trl-$TRL"
+PY="${PYTHON:-python3}"
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import trl, sys; sys.exit(trl.__version__ != '$TRL')" 2>/dev/null; then
+  echo "$VENV ready (trl $TRL)"; exit 0
+fi
+"$PY" -m venv "$VENV"
+"$VENV/bin/pip" install -q --disable-pip-version-check torch==2.13.0
+pins=("trl==$TRL")
+[ -n "$TF" ] && pins+=("transformers==$TF")
+[ -n "$ACC" ] && pins+=("accelerate==$ACC")
+[ -n "$DS" ] && pins+=("datasets==$DS")
+"$VENV/bin/pip" install -q --disable-pip-version-check torch==2.13.0 "${pins[@]}"
+"$VENV/bin/python" -c "import torch, transformers, trl; print('trl', trl.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)"
