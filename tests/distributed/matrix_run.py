@@ -38,6 +38,15 @@ FAMILIES = {
 }
 
 
+class CountSteps(TrainerCallback):
+    """Counts the optimizer steps this process ran (a resumed run runs only the remaining ones)."""
+
+    steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
 class KillAfterCheckpoint(TrainerCallback):
     """Ends every process abruptly (exit status 3, nothing cleaned up) once the checkpoint of step N is saved."""
 
@@ -65,6 +74,8 @@ def main(argv):
     kill_after = kwargs.pop("kill_after_checkpoint", None)
     args = config_cls(**kwargs)  # before the model is loaded: ZeRO-3 then loads it already partitioned
     trainer = trainer_cls(model_dir, args=args, train_dataset=data())
+    counter = CountSteps()
+    trainer.add_callback(counter)
     if kill_after is not None:
         trainer.add_callback(KillAfterCheckpoint(kill_after))
     trainer.train(resume_from_checkpoint=resume)
@@ -74,7 +85,7 @@ def main(argv):
                  "distributed_type": str(trainer.accelerator.distributed_type),
                  "zero_stage": (trainer.accelerator.state.deepspeed_plugin.zero_stage
                                 if trainer.is_deepspeed_enabled else None),
-                 "device": str(trainer.args.device)}
+                 "device": str(trainer.args.device), "steps_run": counter.steps}
         ref = getattr(trainer, "ref_model", None)
         if ref is not None:
             setup["ref_model_type"] = type(ref).__name__
