@@ -30,6 +30,8 @@ _EXPORTS = {
     "RewardTrainer": "posttrain.trainers.reward",
     "PRMConfig": "posttrain.trainers.prm",
     "PRMTrainer": "posttrain.trainers.prm",
+    "GRPOConfig": "posttrain.trainers.grpo",
+    "GRPOTrainer": "posttrain.trainers.grpo",
     "GKDConfig": "posttrain.trainers.gkd",
     "GKDTrainer": "posttrain.trainers.gkd",
     "AutoModelForCausalLMWithValueHead": "posttrain.models.value_head",

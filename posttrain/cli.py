@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bco": ("posttrain.scripts.bco", "binary classifier optimization (BCOTrainer)"),
     "reward": ("posttrain.scripts.reward", "outcome reward modeling on preference pairs (RewardTrainer)"),
     "prm": ("posttrain.scripts.prm", "process reward modeling on stepwise data (PRMTrainer)"),
+    "grpo": ("posttrain.scripts.grpo", "group relative policy optimization with reward functions/models (GRPOTrainer)"),
     "gkd": ("posttrain.scripts.gkd", "generalized knowledge distillation from a teacher model (GKDTrainer)"),
     "env": ("posttrain.cli", "print the versions a bug report needs"),
     "kit": ("posttrain.kit.cli", "build tiny offline models and synthetic datasets"),

@@ -1,4 +1,4 @@
-"""Task evaluation: exact-match accuracy of greedy completions on held-out prompts."""
+"""Task evaluation: exact-match accuracy of greedy (or sampled) completions on held-out prompts."""
 
 from __future__ import annotations
 
@@ -16,9 +16,21 @@ def exact_match_accuracy(
     max_new_tokens: int = 16,
     batch_size: int = 64,
     is_correct: Callable[[str, str], bool] | None = None,
+    temperature: float | None = None,
+    num_samples: int = 1,
+    seed: int = 0,
 ) -> tuple[float, list[str]]:
-    """Fraction of prompts whose greedy completion equals the answer (after stripping whitespace)."""
-    gens = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    """Fraction of completions that equal their prompt's answer (after stripping whitespace), and the completions.
+
+    Greedy by default. With ``temperature`` set, ``num_samples`` completions per prompt are sampled (reproducibly,
+    from ``seed``) and the result is the mean over all of them: the policy's expected exact match at that
+    temperature, the quantity online RL optimises.
+    """
+    sampling = temperature is not None
+    gens = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                    do_sample=sampling, temperature=temperature or 1.0, num_return_sequences=num_samples if sampling else 1,
+                    seed=seed if sampling else None)
+    k = num_samples if sampling else 1
     check = is_correct or (lambda completion, answer: completion.strip() == answer.strip())
-    hits = [bool(check(c, a)) for c, a in zip(gens.texts, answers)]
+    hits = [bool(check(c, answers[i // k])) for i, c in enumerate(gens.texts)]
     return (sum(hits) / max(len(hits), 1)), gens.texts

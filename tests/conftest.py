@@ -44,3 +44,47 @@ def train_args(cls, tmp_path, **overrides):
                     dataloader_num_workers=0)
     defaults.update(overrides)
     return cls(**defaults)
+
+
+@pytest.fixture(scope="session")
+def sft_reverse_dir(tmp_path_factory):
+    """A small Qwen2-style model SFT'd on 'reverse 3-5 letters' where 40% of the training answers are wrong:
+    its greedy answer is almost always right (about 0.97 held out) but its samples (temperature 1) are right only
+    about 40% of the time, so online methods have a clear, well-conditioned signal to learn from (sharpening
+    the right mode). Built once per session (about 30 s); shared by the online-trainer learning tests."""
+    import random
+
+    from datasets import Dataset
+
+    from posttrain import SFTConfig, SFTTrainer
+    from posttrain.kit import build_tiny_model, get_task, load_tokenizer
+
+    out = tmp_path_factory.mktemp("sft-reverse")
+    tok = load_tokenizer()
+    task = get_task("reverse", min_len=3, max_len=5)
+    rng = random.Random(0)
+    sft = reverse_sft_data()
+    rows = [{"prompt": p, "completion": task.wrong_answer(rng, p) if rng.random() < 0.4 else c}
+            for p, c in zip(sft["prompt"], sft["completion"])]
+    model = build_tiny_model("qwen2", size="small", seed=0)
+    args = train_args(SFTConfig, out, max_steps=300, per_device_train_batch_size=32, learning_rate=2e-3,
+                      lr_scheduler_type="cosine", warmup_steps=20, logging_steps=50, padding_free=True)
+    SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok).train()
+    model.save_pretrained(out / "model")
+    tok.save_pretrained(out / "model")
+    return out / "model"
+
+
+def reverse_sft_data():
+    from posttrain.kit import make_dataset
+
+    return make_dataset("reverse", "prompt_completion", n=4000, seed=0, min_len=3, max_len=5)
+
+
+def reverse_prompts(n: int, seed: int, exclude=None, **kwargs):
+    """Prompt-only 'reverse 3-5 letters' rows (``prompt``, ``answer``) disjoint from the SFT data of
+    :func:`sft_reverse_dir` (and from ``exclude``)."""
+    from posttrain.kit import make_dataset
+
+    avoid = [reverse_sft_data()] if exclude is None else [reverse_sft_data(), exclude]
+    return make_dataset("reverse", "prompt_only", n=n, seed=seed, exclude=avoid, min_len=3, max_len=5, **kwargs)

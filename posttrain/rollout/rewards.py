@@ -169,10 +169,16 @@ BUILTIN_REWARDS: dict[str, str] = {
 """Built-in reward names (for ``--reward_funcs``) and what they score."""
 
 
+_TRL_NAMES = {"accuracy_reward": "accuracy", "format_reward": "format", "think_format_reward": "think_format",
+              "get_length_penalty": "length", "get_soft_overlong_punishment": "soft_overlong"}
+
+
 def get_reward_func(name: str, *, max_completion_length: int | None = None, soft_punish_cache: int | None = None,
                     length_coef: float = 1.0) -> Callable[..., list]:
     """A reward function from a built-in name (see :data:`BUILTIN_REWARDS`) or a ``module:function`` path
-    (``my_rewards:exact``; a ``path/to/file.py:function`` file path also works)."""
+    (``my_rewards:exact``; a ``path/to/file.py:function`` file path also works). TRL's spellings of the built-in
+    functions (``accuracy_reward``, ``think_format_reward``, ``get_soft_overlong_punishment``) are accepted."""
+    name = _TRL_NAMES.get(name, name)
     if name == "accuracy":
         return accuracy_reward
     if name == "format":

@@ -58,11 +58,14 @@ def save_run(trainer, output_dir: str) -> None:
                 f.write(json.dumps(row) + "\n")
 
 
-def parse(config_class, argv: list[str] | None, prog: str):
-    """(script_args, training_args, model_args) from the command line and an optional ``--config`` YAML file."""
+def parse(config_class, argv: list[str] | None, prog: str, script_class=None):
+    """(script_args, training_args, model_args) from the command line and an optional ``--config`` YAML file.
+    ``script_class`` replaces :class:`~posttrain.scripts.args.ScriptArguments` (a subclass of it) for scripts
+    with options of their own."""
     from .args import PosttrainParser, ScriptArguments
 
-    return PosttrainParser((ScriptArguments, config_class, ModelConfig), prog=prog).parse_args_and_config(argv)
+    classes = (script_class or ScriptArguments, config_class, ModelConfig)
+    return PosttrainParser(classes, prog=prog).parse_args_and_config(argv)
 
 
 def train(trainer_class, script_args, training_args, model_args: ModelConfig, *, auto_class=None,

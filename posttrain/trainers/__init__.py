@@ -10,10 +10,12 @@ from .bco import BCOConfig, BCOTrainer
 from .reward import RewardConfig, RewardTrainer
 from .prm import PRMConfig, PRMTrainer
 from .gkd import GKDConfig, GKDTrainer
+from .grpo import GRPOConfig, GRPOTrainer
 
 __all__ = ["BaseTrainer", "PosttrainConfig", "SFTConfig", "SFTTrainer"]
 __all__ += ["DPOConfig", "DPOTrainer"]
 __all__ += ["CPOConfig", "CPOTrainer", "ORPOConfig", "ORPOTrainer"]
 __all__ += ["KTOConfig", "KTOTrainer", "BCOConfig", "BCOTrainer"]
 __all__ += ["RewardConfig", "RewardTrainer", "PRMConfig", "PRMTrainer"]
+__all__ += ["GRPOConfig", "GRPOTrainer"]
 __all__ += ["GKDConfig", "GKDTrainer"]

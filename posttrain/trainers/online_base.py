@@ -29,7 +29,6 @@ being trained, score them with reward functions, and train on the samples.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -49,6 +48,7 @@ from ..models import disable_dropout, select_head_positions, unwrap
 from ..rollout import RewardScorer, generate
 from ..rollout.scoring import completion_for_model
 from .base import BaseTrainer, PosttrainConfig
+from ..models.sharding import frozen_copy
 from .preference_base import _is_peft_model, build_rows, eval_mode
 
 logger = logging.getLogger("posttrain")
@@ -316,12 +316,7 @@ class OnlineTrainer(BaseTrainer):
     def _setup_reference(self):
         if self.args.beta == 0.0 or _is_peft_model(self.model):
             return None  # no KL term, or the policy with its adapter disabled is the reference
-        ref = copy.deepcopy(unwrap(self.model))
-        ref.requires_grad_(False)
-        ref.eval()
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            return self.accelerator.prepare_model(ref, evaluation_mode=True)
-        return ref.to(self.args.device)
+        return self.prepare_frozen_model(frozen_copy(unwrap(self.model)), no_dropout=self.args.disable_dropout)
 
     @torch.no_grad()
     def reference_logps(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

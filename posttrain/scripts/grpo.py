@@ -1,0 +1,62 @@
+"""Group Relative Policy Optimization from the command line.
+
+    posttrain grpo --model_name_or_path MODEL --dataset_name PROMPTS --reward_funcs accuracy --output_dir OUT
+    posttrain grpo ... --reward_funcs accuracy format --reward_weights 1.0 0.2
+    posttrain grpo ... --reward_funcs my_rewards.py:exact_match         # your own function
+    posttrain grpo ... --reward_model_name_or_path RM                   # a sequence-classification reward model
+    python -m posttrain.scripts.grpo ...          # the same
+
+MODEL is a hub id or a local folder; PROMPTS a hub id, a local json/jsonl/parquet/csv file or a saved dataset
+folder with a ``prompt`` column (text or messages); every other column (e.g. ``answer``) reaches the reward
+functions. ``--reward_funcs`` takes built-in names (accuracy, format, think_format, length, soft_overlong;
+TRL's ``accuracy_reward`` / ``think_format_reward`` / ``get_soft_overlong_punishment`` spellings work too) or
+``module:function`` / ``file.py:function`` paths. Reward models and functions can be combined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..rollout.rewards import get_reward_func
+from ..trainers.grpo import GRPOConfig, GRPOTrainer
+from .args import ScriptArguments
+from .common import parse, train
+
+
+@dataclass
+class GRPOScriptArguments(ScriptArguments):
+    """Data and reward options of the GRPO / RLOO scripts (TRL's names)."""
+
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={"help": "Reward functions: built-in names (accuracy, format, think_format, length, soft_overlong) "
+                  "or module:function / file.py:function paths."},
+    )
+    reward_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A sequence-classification reward model (hub id or local folder)."})
+    soft_punish_cache: int | None = field(
+        default=None, metadata={"help": "soft_overlong reward: length of the soft punishment interval (default: max/4)."})
+
+
+def reward_functions(script_args: GRPOScriptArguments, max_completion_length: int) -> list:
+    """The reward functions and models named by the script arguments (at least one is required)."""
+    funcs: list = []
+    if script_args.reward_model_name_or_path:
+        funcs.append(script_args.reward_model_name_or_path)
+    for name in script_args.reward_funcs or []:
+        funcs.append(get_reward_func(name, max_completion_length=max_completion_length,
+                                     soft_punish_cache=script_args.soft_punish_cache))
+    if not funcs:
+        raise SystemExit("error: give --reward_funcs (e.g. accuracy) and/or --reward_model_name_or_path.")
+    return funcs
+
+
+def main(argv: list[str] | None = None) -> int:
+    script_args, training_args, model_args = parse(GRPOConfig, argv, "posttrain grpo", GRPOScriptArguments)
+    funcs = reward_functions(script_args, training_args.max_completion_length)
+    train(GRPOTrainer, script_args, training_args, model_args, reward_funcs=funcs)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
