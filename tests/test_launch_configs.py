@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from posttrain.cli import accelerate_config_path, launch_command
@@ -41,3 +42,18 @@ def test_launch_command_resolves_names_and_passes_the_rest_on(tmp_path):
     assert accelerate_config_path(str(own)) == str(own)
     with pytest.raises(SystemExit, match="deepspeed_zero2"):  # the message lists the shipped names
         accelerate_config_path("zero9")
+
+
+def test_fsdp_that_accelerate_did_not_set_up_is_reported(monkeypatch):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from posttrain.models.sharding import check_launch
+
+    cpu_ddp = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, device=torch.device("cpu"))
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert check_launch(cpu_ddp) is None
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert "DS_ACCELERATOR=cpu" in check_launch(cpu_ddp)
+    assert check_launch(SimpleNamespace(distributed_type=DistributedType.FSDP, device=torch.device("cpu"))) is None

@@ -143,5 +143,21 @@ def prepare_frozen(model: torch.nn.Module, accelerator) -> torch.nn.Module:
     return model.to(accelerator.device)
 
 
-__all__ = ["deepspeed_inference_config", "frozen_copy", "gathered_parameters", "is_zero3_partitioned",
+def check_launch(accelerator) -> str | None:
+    """A warning when the launcher asked for FSDP but accelerate did not set it up (CPU processes: accelerate
+    enables FSDP only for accelerator devices and runs CPU processes as plain DDP); None when all is as asked."""
+    import os
+
+    from accelerate.utils import DistributedType
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and \
+            accelerator.distributed_type != DistributedType.FSDP:
+        return (f"The accelerate config asks for FSDP, but accelerate set up {accelerator.distributed_type.value} "
+                f"on {accelerator.device.type}: FSDP needs GPUs (or other accelerators), so every process holds the "
+                "whole model. To shard a model across CPU processes use DeepSpeed ZeRO-3 with DS_ACCELERATOR=cpu "
+                "(docs/distributed.md).")
+    return None
+
+
+__all__ = ["check_launch", "deepspeed_inference_config", "frozen_copy", "gathered_parameters", "is_zero3_partitioned",
            "prepare_frozen"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from ..models import disable_dropout, ensure_pad_token, load_pretrained, load_tokenizer, prepare_peft_model, set_chat_template
-from ..models.sharding import prepare_frozen
+from ..models.sharding import check_launch, prepare_frozen
 
 
 def _has_accelerator() -> bool:
@@ -126,6 +127,8 @@ class BaseTrainer(Trainer):
                          eval_dataset=eval_dataset, data_collator=data_collator, **kwargs)
         # Have the Trainer count the loss items of the whole (accumulated, all-process) batch for us.
         self.model_accepts_loss_kwargs = True
+        if (problem := check_launch(self.accelerator)) is not None:
+            warnings.warn(problem, stacklevel=2)
 
     # -- hooks ----------------------------------------------------------------------------------
     def prepare_dataset(self, dataset, processing_class, args, split: str):
