@@ -358,9 +358,10 @@ class OnlineTrainer(BaseTrainer):
 
     # -- rollout -------------------------------------------------------------------------------------------
     def _needs_old_logps(self) -> bool:
-        """True when some micro-batch of a generation batch is trained after an optimizer step."""
+        """True when some micro-batch of a generation batch is trained after an optimizer step (or the rewards
+        need the sampling log-probs)."""
         cycle = self.args.steps_per_generation * self.args.num_iterations
-        return self.args.gradient_accumulation_steps % cycle != 0
+        return self.args.gradient_accumulation_steps % cycle != 0 or self._needs_old_logps_for_rewards()
 
     def _prepare_inputs(self, inputs):
         if not self.model.training:  # evaluation: generate for every batch
@@ -371,6 +372,16 @@ class OnlineTrainer(BaseTrainer):
         batch = self._buffer[self._micro_step % self.args.steps_per_generation]
         self._micro_step += 1
         return batch
+
+    def _needs_old_logps_for_rewards(self) -> bool:
+        """True when :meth:`shape_rewards` needs the sampling policy's log-probs (``old_logps``), e.g. a KL
+        penalty folded into the reward."""
+        return False
+
+    def shape_rewards(self, rewards: torch.Tensor, batches: list[dict[str, Any]]) -> torch.Tensor:
+        """This process's rewards (n,) as the method trains on them, given its micro-batches (with ``old_logps``
+        / ``ref_logps`` when computed). Default: unchanged (return the same tensor)."""
+        return rewards
 
     def process_rewards(self, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-completion tensors (N,) from the rewards (N,) of the whole generation batch (all processes, group
@@ -423,15 +434,6 @@ class OnlineTrainer(BaseTrainer):
             self.record(f"completions/{stat}_terminated_length", value)
         self.count_tokens(sum(len(p) for p in prompt_ids) + int(lengths.sum()))
 
-        extra = self.process_rewards(rewards)
-        start = self.accelerator.process_index * n
-        local = {k: v[start : start + n] for k, v in extra.items()}
-        local_rewards = rewards[start : start + n]
-        self._last_samples = [
-            {"prompt": p, "completion": t, "reward": float(r), **{k: float(v[i]) for k, v in local.items()}}
-            for i, (p, t, r) in enumerate(zip(prompts, gens.texts, local_rewards.tolist()))
-        ]
-
         # -- split into micro-batches; log-probs of the sampling policy and of the reference once per batch
         loss_tokens = lengths.clone()
         if getattr(args, "mask_truncated_completions", False):
@@ -440,7 +442,7 @@ class OnlineTrainer(BaseTrainer):
         num_items = num_items * args.gradient_accumulation_steps / args.steps_per_generation
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
         size = n // num_chunks
-        need_old = self.model.training and self._needs_old_logps()
+        need_old = self._needs_old_logps() if self.model.training else self._needs_old_logps_for_rewards()
         batches = []
         for c in range(num_chunks):
             sl = slice(c * size, (c + 1) * size)
@@ -448,14 +450,28 @@ class OnlineTrainer(BaseTrainer):
                                      build_rows(prompt_ids[sl], completion_ids[sl], pad_token_id=pad).items()}
             batch["truncated"] = truncated[sl].to(args.device)
             batch["num_items_in_batch"] = num_items
-            for k, v in local.items():
-                batch[k] = v[sl].to(args.device)
             with torch.no_grad():
                 if need_old:
                     batch["old_logps"] = self.token_logps(self.model, batch)[0]
                 if args.beta != 0.0:
                     batch["ref_logps"] = self.reference_logps(batch)
             batches.append(batch)
+
+        # -- per-completion training signals (e.g. advantages) from the rewards of the whole generation batch
+        start = self.accelerator.process_index * n
+        local_rewards = rewards[start : start + n]
+        local_rewards = local_rewards.to(args.device)
+        shaped = self.shape_rewards(local_rewards, batches)
+        all_shaped = rewards if shaped is local_rewards else self._gather(shaped)
+        extra = self.process_rewards(all_shaped)
+        local = {k: v[start : start + n] for k, v in extra.items()}
+        for c, batch in enumerate(batches):
+            for k, v in local.items():
+                batch[k] = v[c * size : (c + 1) * size].to(args.device)
+        self._last_samples = [
+            {"prompt": p, "completion": t, "reward": float(r), **{k: float(v[i]) for k, v in local.items()}}
+            for i, (p, t, r) in enumerate(zip(prompts, gens.texts, local_rewards.tolist()))
+        ]
         return batches
 
     # -- evaluation ----------------------------------------------------------------------------------------
