@@ -16,9 +16,11 @@ being trained, score them with reward functions, and train on the samples.
   dataloader item; that item is handed to the trainer ``steps_per_generation * num_iterations`` times.
 * **Rollout** — :meth:`OnlineTrainer._prepare_inputs` generates with :func:`posttrain.rollout.generate` at the
   first of those micro-steps, scores with :class:`~posttrain.rollout.RewardScorer` (callables get ``prompts``,
-  ``completions``, ``completion_ids``, ``trainer_state`` and the dataset columns), gathers the rewards of all
-  processes, lets the subclass turn them into per-completion tensors (:meth:`OnlineTrainer.process_rewards`:
-  GRPO's group advantages), and splits the slice into ``steps_per_generation`` micro-batches. Log-probs of the
+  ``completions``, ``completion_ids``, ``trainer_state`` and the dataset columns), splits the slice into
+  ``steps_per_generation`` micro-batches, lets the subclass shape this process's rewards with the batches'
+  log-probs (:meth:`OnlineTrainer.shape_rewards`: RLOO's KL penalty), gathers them from all processes and lets the
+  subclass turn them into per-completion tensors (:meth:`OnlineTrainer.process_rewards`: GRPO's group
+  advantages). Log-probs of the
   sampling policy (``old_logps``) are computed once per generation batch only when some micro-batch is trained
   after an optimizer step (``num_iterations > 1`` or ``gradient_accumulation_steps`` not a multiple of
   ``steps_per_generation``); otherwise the loss uses the detached current log-probs (ratio exactly 1). Reference
