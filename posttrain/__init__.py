@@ -32,6 +32,8 @@ _EXPORTS = {
     "PRMTrainer": "posttrain.trainers.prm",
     "GRPOConfig": "posttrain.trainers.grpo",
     "GRPOTrainer": "posttrain.trainers.grpo",
+    "RLOOConfig": "posttrain.trainers.rloo",
+    "RLOOTrainer": "posttrain.trainers.rloo",
     "GKDConfig": "posttrain.trainers.gkd",
     "GKDTrainer": "posttrain.trainers.gkd",
     "AutoModelForCausalLMWithValueHead": "posttrain.models.value_head",

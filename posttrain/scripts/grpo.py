@@ -34,6 +34,8 @@ class GRPOScriptArguments(ScriptArguments):
     )
     reward_model_name_or_path: str | None = field(
         default=None, metadata={"help": "A sequence-classification reward model (hub id or local folder)."})
+    reward_model_path: str | None = field(
+        default=None, metadata={"help": "Older TRL name of --reward_model_name_or_path (RLOO/PPO scripts)."})
     soft_punish_cache: int | None = field(
         default=None, metadata={"help": "soft_overlong reward: length of the soft punishment interval (default: max/4)."})
 
@@ -41,8 +43,8 @@ class GRPOScriptArguments(ScriptArguments):
 def reward_functions(script_args: GRPOScriptArguments, max_completion_length: int) -> list:
     """The reward functions and models named by the script arguments (at least one is required)."""
     funcs: list = []
-    if script_args.reward_model_name_or_path:
-        funcs.append(script_args.reward_model_name_or_path)
+    for model in dict.fromkeys(filter(None, (script_args.reward_model_name_or_path, script_args.reward_model_path))):
+        funcs.append(model)
     for name in script_args.reward_funcs or []:
         funcs.append(get_reward_func(name, max_completion_length=max_completion_length,
                                      soft_punish_cache=script_args.soft_punish_cache))
@@ -51,11 +53,16 @@ def reward_functions(script_args: GRPOScriptArguments, max_completion_length: in
     return funcs
 
 
-def main(argv: list[str] | None = None) -> int:
-    script_args, training_args, model_args = parse(GRPOConfig, argv, "posttrain grpo", GRPOScriptArguments)
+def run(trainer_class, config_class, argv: list[str] | None, prog: str) -> int:
+    """Parse, build the reward functions, train and save: the body of the GRPO and RLOO scripts."""
+    script_args, training_args, model_args = parse(config_class, argv, prog, GRPOScriptArguments)
     funcs = reward_functions(script_args, training_args.max_completion_length)
-    train(GRPOTrainer, script_args, training_args, model_args, reward_funcs=funcs)
+    train(trainer_class, script_args, training_args, model_args, reward_funcs=funcs)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(GRPOTrainer, GRPOConfig, argv, "posttrain grpo")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from .reward import RewardConfig, RewardTrainer
 from .prm import PRMConfig, PRMTrainer
 from .gkd import GKDConfig, GKDTrainer
 from .grpo import GRPOConfig, GRPOTrainer
+from .rloo import RLOOConfig, RLOOTrainer
 
 __all__ = ["BaseTrainer", "PosttrainConfig", "SFTConfig", "SFTTrainer"]
 __all__ += ["DPOConfig", "DPOTrainer"]
@@ -19,3 +20,4 @@ __all__ += ["KTOConfig", "KTOTrainer", "BCOConfig", "BCOTrainer"]
 __all__ += ["RewardConfig", "RewardTrainer", "PRMConfig", "PRMTrainer"]
 __all__ += ["GRPOConfig", "GRPOTrainer"]
 __all__ += ["GKDConfig", "GKDTrainer"]
+__all__ += ["RLOOConfig", "RLOOTrainer"]

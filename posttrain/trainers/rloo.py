@@ -1,0 +1,106 @@
+"""REINFORCE Leave-One-Out: ``RLOOConfig`` and ``RLOOTrainer`` (TRL-compatible names).
+
+For every prompt the policy samples ``num_generations`` (k) completions. Each completion's reward is its score
+(clipped to ``reward_clip_range``) minus ``beta`` times its sequence KL to the reference policy (the KL is
+folded into the reward, Ahmadian et al. 2024, Sec. 3); its advantage is that reward minus the mean reward of the
+other k - 1 completions of its prompt (:func:`~posttrain.losses.policy.rloo_advantages`); the whole completion
+is one action, trained with the (optionally clipped) sequence-ratio loss of
+:func:`~posttrain.losses.policy.rloo_loss`. Sampling, scoring and batching live in
+:mod:`posttrain.trainers.online_base`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..losses.policy import masked_mean, rloo_advantages, rloo_loss, sequence_kl
+from .online_base import OnlineConfig, OnlineTrainer
+
+
+@dataclass
+class RLOOConfig(OnlineConfig):
+    """Configuration of :class:`RLOOTrainer`. Field names follow TRL's ``RLOOConfig``; ``num_generations`` is
+    the k of the paper (TRL's older ``rloo_k``)."""
+
+    num_generations: int = field(default=2, metadata={"help": "Completions per prompt (k >= 2)."})
+    beta: float = field(default=0.05, metadata={"help": "KL coefficient: reward - beta * KL(policy || reference) per sequence; 0: no reference."})
+    epsilon: float = field(default=0.2, metadata={"help": "Lower clip range of the sequence importance ratio (and upper, unless epsilon_high)."})
+    epsilon_high: float | None = field(default=None, metadata={"help": "Upper clip range (default: epsilon)."})
+    normalize_advantages: bool = field(default=False, metadata={"help": "Standardise the advantages over the generation batch."})
+    reward_clip_range: list[float] | None = field(
+        default=None, metadata={"help": "Clip scores to [low, high] before the KL penalty (e.g. -10 10); None: no clipping."})
+
+    def __post_init__(self):
+        if self.num_generations < 2:
+            raise ValueError(f"RLOO needs num_generations >= 2 (the baseline of a completion is the mean reward of the "
+                             f"other completions of its prompt); got {self.num_generations}.")
+        if self.reward_clip_range is not None:
+            if len(self.reward_clip_range) != 2 or self.reward_clip_range[0] > self.reward_clip_range[1]:
+                raise ValueError(f"reward_clip_range must be [low, high] with low <= high, got {self.reward_clip_range}.")
+            self.reward_clip_range = [float(x) for x in self.reward_clip_range]
+        if self.epsilon_high is None:
+            self.epsilon_high = self.epsilon
+        super().__post_init__()
+
+
+class RLOOTrainer(OnlineTrainer):
+    """RLOO on prompt-only data (standard or conversational); ``reward_funcs`` as for
+    :class:`~posttrain.GRPOTrainer` (callables, reward models, or a list).
+
+    Logs ``reward`` (the score before the KL penalty), ``reward_std``, ``rewards/<name>/mean|std``, ``kl``
+    (sequence KL, ``beta > 0``), ``entropy``, ``clip_ratio/low_mean|high_mean|region_mean``, ``completions/*``,
+    ``num_tokens`` and the legacy RLOO names ``objective/scores``, ``objective/kl``,
+    ``objective/non_score_reward``, ``objective/rlhf_reward``.
+    """
+
+    config_class = RLOOConfig
+    _run_suffix = "RLOO"
+
+    def _needs_old_logps_for_rewards(self) -> bool:
+        return self.args.beta != 0.0  # the KL penalty uses the sampling policy's log-probs
+
+    def shape_rewards(self, rewards, batches):
+        args = self.args
+        scores = rewards
+        if args.reward_clip_range is not None:
+            scores = scores.clamp(*args.reward_clip_range)
+        self.record("objective/scores", self._gather(scores).mean())
+        if args.beta == 0.0:
+            return scores
+        kl = torch.cat([sequence_kl(b["old_logps"], b["ref_logps"], self._mask_of(b)) for b in batches])
+        all_kl = self._gather(kl)
+        self.record("objective/kl", all_kl.mean())
+        self.record("kl", all_kl.mean())
+        self.record("objective/non_score_reward", -args.beta * all_kl.mean())
+        shaped = scores - args.beta * kl
+        self.record("objective/rlhf_reward", self._gather(shaped).mean())
+        return shaped
+
+    @staticmethod
+    def _mask_of(batch) -> torch.Tensor:
+        counts = batch["completion_mask"].sum(dim=1)
+        width = batch["old_logps"].shape[1]
+        return torch.arange(width, device=counts.device).unsqueeze(0) < counts.unsqueeze(1)
+
+    def process_rewards(self, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
+        k = self.args.num_generations
+        self.record("reward_std", rewards.view(-1, k).std(dim=1).mean())
+        return {"advantages": rloo_advantages(rewards, k, normalize=self.args.normalize_advantages)}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args = self.args
+        logps, mask, entropies = self.token_logps(model, inputs, with_entropy=True)
+        out = rloo_loss(logps, inputs.get("old_logps"), inputs["advantages"], mask,
+                        epsilon_low=args.epsilon, epsilon_high=args.epsilon_high)
+        for name, value in out.metrics.items():
+            self.record(name, value)
+        self.record("entropy", masked_mean(entropies, mask))
+        loss = out.loss
+        if self.model.training:  # rloo_loss is a mean over this micro-batch's sequences
+            loss = loss / self.current_gradient_accumulation_steps
+        return (loss, {}) if return_outputs else loss
+
+
+__all__ = ["RLOOConfig", "RLOOTrainer"]
