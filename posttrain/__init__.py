@@ -34,6 +34,8 @@ _EXPORTS = {
     "GRPOTrainer": "posttrain.trainers.grpo",
     "RLOOConfig": "posttrain.trainers.rloo",
     "RLOOTrainer": "posttrain.trainers.rloo",
+    "PPOConfig": "posttrain.trainers.ppo",
+    "PPOTrainer": "posttrain.trainers.ppo",
     "GKDConfig": "posttrain.trainers.gkd",
     "GKDTrainer": "posttrain.trainers.gkd",
     "AutoModelForCausalLMWithValueHead": "posttrain.models.value_head",

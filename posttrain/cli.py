@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prm": ("posttrain.scripts.prm", "process reward modeling on stepwise data (PRMTrainer)"),
     "grpo": ("posttrain.scripts.grpo", "group relative policy optimization with reward functions/models (GRPOTrainer)"),
     "rloo": ("posttrain.scripts.rloo", "REINFORCE leave-one-out with reward functions/models (RLOOTrainer)"),
+    "ppo": ("posttrain.scripts.ppo", "proximal policy optimization with a value model (PPOTrainer)"),
     "gkd": ("posttrain.scripts.gkd", "generalized knowledge distillation from a teacher model (GKDTrainer)"),
     "env": ("posttrain.cli", "print the versions a bug report needs"),
     "kit": ("posttrain.kit.cli", "build tiny offline models and synthetic datasets"),

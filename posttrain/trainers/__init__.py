@@ -12,6 +12,7 @@ from .prm import PRMConfig, PRMTrainer
 from .gkd import GKDConfig, GKDTrainer
 from .grpo import GRPOConfig, GRPOTrainer
 from .rloo import RLOOConfig, RLOOTrainer
+from .ppo import PPOConfig, PPOTrainer
 
 __all__ = ["BaseTrainer", "PosttrainConfig", "SFTConfig", "SFTTrainer"]
 __all__ += ["DPOConfig", "DPOTrainer"]
@@ -21,3 +22,4 @@ __all__ += ["RewardConfig", "RewardTrainer", "PRMConfig", "PRMTrainer"]
 __all__ += ["GRPOConfig", "GRPOTrainer"]
 __all__ += ["GKDConfig", "GKDTrainer"]
 __all__ += ["RLOOConfig", "RLOOTrainer"]
+__all__ += ["PPOConfig", "PPOTrainer"]
