@@ -61,6 +61,8 @@ def generate(
     seed: int | None = None,
     return_logprobs: bool = False,
     generation_kwargs: Mapping[str, Any] | None = None,
+    mixture_ref: Any = None,
+    mixture_coef: float = 0.0,
 ) -> Generations:
     """Generate ``num_return_sequences`` completions per prompt; completions are cut after the first EOS (kept in
     ``completion_ids``, out of the text).
@@ -70,6 +72,10 @@ def generate(
     None: off), ``min_p``, ``repetition_penalty``) apply when ``do_sample=True``; ``repetition_penalty`` applies
     to greedy decoding too. ``generation_kwargs`` go to ``model.generate`` unchanged. ``seed`` makes sampling
     reproducible without changing the global random state afterwards.
+
+    With ``mixture_ref`` (a reference policy, see :mod:`posttrain.rollout.mixture`) tokens are drawn from the
+    token-level geometric mixture ``softmax((1 - mixture_coef) log pi + mixture_coef log pi_ref)`` of ``model``
+    and the reference (Nash-MD), the sampling options applying to the mixture.
     """
     if (prompts is None) == (prompt_ids is None):
         raise ValueError("generate needs exactly one of prompts and prompt_ids.")
@@ -110,6 +116,13 @@ def generate(
             if return_logprobs:
                 kwargs.update(return_dict_in_generate=True, output_scores=True)
             kwargs.update(generation_kwargs or {})
+            if mixture_ref is not None:
+                from transformers import LogitsProcessorList
+
+                from .mixture import GeometricMixtureLogitsProcessor
+
+                processor = GeometricMixtureLogitsProcessor(mixture_ref, mixture_coef, attention_mask)
+                kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []), processor])
             out = base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             sequences = out.sequences if return_logprobs else out
             new = sequences[:, input_ids.shape[1]:]

@@ -36,7 +36,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch.utils.data import Sampler
@@ -64,6 +64,10 @@ logger = logging.getLogger("posttrain")
 @dataclass
 class OnlineConfig(PosttrainConfig):
     """Options every online trainer shares (TRL's names). Lengths are in tokens."""
+
+    completions_per_row: ClassVar[int] = 1
+    """Completions per unit of ``per_device_train_batch_size`` (1: it counts completions, as in GRPO; 2 for the
+    pairwise trainers, where it counts prompts)."""
 
     learning_rate: float = field(default=1e-6, metadata={"help": "Initial AdamW learning rate."})
     chat_template_path: str | None = field(default=None, metadata={"help": "Tokenizer folder or .jinja file whose chat template to use."})
@@ -111,13 +115,13 @@ class OnlineConfig(PosttrainConfig):
             raise ValueError(f"max_prompt_length must be a positive number of tokens or None, got {self.max_prompt_length}.")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
-        if self.beta < 0:
+        if any(b < 0 for b in (self.beta if isinstance(self.beta, (list, tuple)) else [self.beta])):
             raise ValueError(f"beta must be >= 0, got {self.beta}.")
         super().__post_init__()
         self._resolve_generation_batch()
 
     def _resolve_generation_batch(self) -> None:
-        per_step = self.per_device_train_batch_size * self.world_size
+        per_step = self.per_device_train_batch_size * self.world_size * self.completions_per_row
         if self.generation_batch_size is not None and self.steps_per_generation is not None:
             raise ValueError("Set generation_batch_size or steps_per_generation, not both (one determines the other: "
                              "generation_batch_size = per_device_train_batch_size * num_processes * steps_per_generation).")
@@ -142,7 +146,7 @@ class OnlineConfig(PosttrainConfig):
                 "prompt gets all its completions in the same batch. Change num_generations, per_device_train_batch_size, "
                 "steps_per_generation or generation_batch_size.")
         if self.eval_strategy != "no":
-            per_eval = self.per_device_eval_batch_size * self.world_size
+            per_eval = self.per_device_eval_batch_size * self.world_size * self.completions_per_row
             if per_eval % self.num_generations != 0:
                 raise ValueError(
                     f"num_generations={self.num_generations} must divide the evaluation batch of {per_eval} completions "
@@ -208,8 +212,12 @@ class OnlineTrainer(BaseTrainer):
     """Shared core of the online trainers; see the module docstring.
 
     Subclasses implement :meth:`process_rewards` (rewards of the whole generation batch to per-completion
-    tensors) and ``compute_loss``.
+    tensors) and ``compute_loss``; they may override :meth:`sample_completions` (who generates),
+    :meth:`score_completions` (reward functions, or e.g. a judge), :meth:`loss_items` (what the loss is averaged
+    over) and :meth:`uses_reference`.
     """
+
+    requires_reward_funcs = True
 
     config_class = OnlineConfig
     _input_columns = ("prompt",)
@@ -217,7 +225,8 @@ class OnlineTrainer(BaseTrainer):
     def __init__(self, model, reward_funcs, args: OnlineConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, reward_processing_classes=None, callbacks=None, optimizers=(None, None),
                  peft_config=None):
-        if reward_funcs is None or (isinstance(reward_funcs, (list, tuple)) and not reward_funcs):
+        no_funcs = reward_funcs is None or (isinstance(reward_funcs, (list, tuple)) and not reward_funcs)
+        if no_funcs and self.requires_reward_funcs:
             raise ValueError(f"{type(self).__name__} needs reward_funcs: a reward function, a reward model (object, "
                              "name or path) or a list of them.")
         self._truncated_prompts = 0
@@ -225,8 +234,8 @@ class OnlineTrainer(BaseTrainer):
                          train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks,
                          optimizers=optimizers)
         args = self.args
-        self.scorer = RewardScorer(reward_funcs, reward_processing_classes, args.reward_weights)
-        for func in self.scorer.reward_funcs:
+        self.scorer = None if no_funcs else RewardScorer(reward_funcs, reward_processing_classes, args.reward_weights)
+        for func in self.scorer.reward_funcs if self.scorer is not None else []:
             if isinstance(func, torch.nn.Module):
                 func.requires_grad_(False)
                 func.eval()
@@ -305,18 +314,23 @@ class OnlineTrainer(BaseTrainer):
         if self.train_dataset is None:
             raise ValueError(f"{type(self).__name__}: training requires a train_dataset.")
         args = self.args
-        per_process = self._train_batch_size * args.steps_per_generation
+        per_process = self._train_batch_size * args.completions_per_row * args.steps_per_generation
         repeats = args.steps_per_generation * args.num_iterations
         return self._get_dataloader(
             dataset=self.train_dataset, description="Training", batch_size=per_process,
             sampler_fn=lambda ds: self._sampler(ds, per_process, repeats, args.shuffle_dataset), is_training=True)
 
     def _get_eval_sampler(self, eval_dataset):
-        return self._sampler(eval_dataset, self.args.per_device_eval_batch_size, 1, False)
+        return self._sampler(eval_dataset, self.args.per_device_eval_batch_size * self.args.completions_per_row, 1,
+                             False)
 
     # -- reference policy ----------------------------------------------------------------------------
+    def uses_reference(self) -> bool:
+        """Whether reference log-probs are computed (a KL term): ``beta != 0``."""
+        return self.args.beta != 0.0
+
     def _setup_reference(self):
-        if self.args.beta == 0.0 or _is_peft_model(self.model):
+        if not self.uses_reference() or _is_peft_model(self.model):
             return None  # no KL term, or the policy with its adapter disabled is the reference
         return self.prepare_frozen_model(frozen_copy(unwrap(self.model)), no_dropout=self.args.disable_dropout)
 
@@ -390,6 +404,46 @@ class OnlineTrainer(BaseTrainer):
         layout); e.g. ``{"advantages": ...}``. Record metrics here."""
         raise NotImplementedError
 
+    def sample_completions(self, prompt_ids: list[list[int]]):
+        """One completion per prompt from the policy (:func:`posttrain.rollout.generate`, the config's sampling
+        options); returns :class:`~posttrain.rollout.Generations`."""
+        return generate(self.model, self.tokenizer_, prompt_ids=prompt_ids, batch_size=len(prompt_ids),
+                        **self.sampling_kwargs())
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        """The sampling options of :func:`posttrain.rollout.generate` given by the config."""
+        args = self.args
+        return dict(max_new_tokens=args.max_completion_length, do_sample=True, temperature=args.temperature,
+                    top_p=args.top_p, top_k=args.top_k or 0, min_p=args.min_p,
+                    repetition_penalty=args.repetition_penalty, generation_kwargs=args.generation_kwargs)
+
+    def score_completions(self, rows: list[Mapping[str, Any]], prompts: list, completions: list,
+                          completion_ids: list[list[int]]) -> torch.Tensor:
+        """Rewards (N,) of the whole generation batch (all processes gathered) from the reward functions; records
+        ``reward`` and ``rewards/<name>/mean|std``."""
+        columns = {k: [r[k] for r in rows] for k in rows[0] if k not in ("prompt", "prompt_input_ids")}
+        columns.update(completion_ids=completion_ids, trainer_state=self.state)
+        scores = self.scorer(prompts, completions, **columns)
+        per_function = self._gather(scores.per_function)
+        rewards = self._gather(scores.rewards)
+        if torch.isnan(rewards).any():
+            logger.warning("Every reward function returned None for %d completion(s); their reward is 0.",
+                           int(torch.isnan(rewards).sum()))
+            rewards = torch.nan_to_num(rewards, nan=0.0)
+        for i, name in enumerate(scores.names):
+            self.record(f"rewards/{name}/mean", torch.nanmean(per_function[:, i]).nan_to_num(0.0))
+            self.record(f"rewards/{name}/std", nanstd(per_function[:, i]).nan_to_num(0.0))
+        self.record("reward", rewards.mean())
+        return rewards
+
+    def loss_items(self, lengths: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
+        """What each completion of this process adds to ``num_items_in_batch`` (the loss normaliser): its tokens
+        (none when truncated and ``mask_truncated_completions``)."""
+        items = lengths.clone()
+        if getattr(self.args, "mask_truncated_completions", False):
+            items[truncated] = 0
+        return items
+
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.args.device)
         return self.accelerator.gather(x) if self.accelerator.num_processes > 1 else x
@@ -401,10 +455,7 @@ class OnlineTrainer(BaseTrainer):
         rows = list(rows)
         n = len(rows)
         prompts = [r["prompt"] for r in rows]
-        gens = generate(self.model, tokenizer, prompt_ids=[r["prompt_input_ids"] for r in rows],
-                        max_new_tokens=args.max_completion_length, do_sample=True, temperature=args.temperature,
-                        top_p=args.top_p, top_k=args.top_k or 0, min_p=args.min_p,
-                        repetition_penalty=args.repetition_penalty, batch_size=n, generation_kwargs=args.generation_kwargs)
+        gens = self.sample_completions([r["prompt_input_ids"] for r in rows])
         prompt_ids, completion_ids = gens.prompt_ids, gens.completion_ids
         eos = tokenizer.eos_token_id
         truncated = torch.tensor([not (ids and ids[-1] == eos) for ids in completion_ids], dtype=torch.bool)
@@ -412,20 +463,8 @@ class OnlineTrainer(BaseTrainer):
 
         # -- rewards of the whole generation batch (all processes)
         completions = [completion_for_model(p, t) for p, t in zip(prompts, gens.texts)]
-        columns = {k: [r[k] for r in rows] for k in rows[0] if k not in ("prompt", "prompt_input_ids")}
-        columns.update(completion_ids=completion_ids, trainer_state=self.state)
-        scores = self.scorer(prompts, completions, **columns)
-        per_function = self._gather(scores.per_function)
-        rewards = self._gather(scores.rewards)
-        if torch.isnan(rewards).any():
-            logger.warning("Every reward function returned None for %d completion(s); their reward is 0.",
-                           int(torch.isnan(rewards).sum()))
-            rewards = torch.nan_to_num(rewards, nan=0.0)
+        rewards = self.score_completions(rows, prompts, completions, completion_ids)
         all_lengths, all_truncated = self._gather(lengths), self._gather(truncated)
-        for i, name in enumerate(scores.names):
-            self.record(f"rewards/{name}/mean", torch.nanmean(per_function[:, i]).nan_to_num(0.0))
-            self.record(f"rewards/{name}/std", nanstd(per_function[:, i]).nan_to_num(0.0))
-        self.record("reward", rewards.mean())
         self.record("completions/mean_length", all_lengths.mean())
         self.record("completions/min_length", all_lengths.min())
         self.record("completions/max_length", all_lengths.max())
@@ -437,9 +476,7 @@ class OnlineTrainer(BaseTrainer):
         self.count_tokens(sum(len(p) for p in prompt_ids) + int(lengths.sum()))
 
         # -- split into micro-batches; log-probs of the sampling policy and of the reference once per batch
-        loss_tokens = lengths.clone()
-        if getattr(args, "mask_truncated_completions", False):
-            loss_tokens[truncated] = 0
+        loss_tokens = self.loss_items(lengths, truncated)
         num_items = self._gather(loss_tokens.sum().reshape(1)).sum()
         num_items = num_items * args.gradient_accumulation_steps / args.steps_per_generation
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -455,7 +492,7 @@ class OnlineTrainer(BaseTrainer):
             with torch.no_grad():
                 if need_old:
                     batch["old_logps"] = self.token_logps(self.model, batch)[0]
-                if args.beta != 0.0:
+                if self.uses_reference():
                     batch["ref_logps"] = self.reference_logps(batch)
             batches.append(batch)
 
