@@ -30,11 +30,25 @@ def _preference_data():
     return make_dataset("sort", "preference", n=64, seed=0)
 
 
-# family -> (config class name, trainer class name, dataset, model auto class, extra config)
+def _prompt_data():
+    return make_dataset("reverse", "prompt_only", n=32, seed=3, min_len=3, max_len=5)
+
+
+def position_reward(prompts, completions, completion_ids, **kwargs):
+    """Deterministic toy reward that differs within a group even for identical completions: low token ids are
+    better, plus a small bonus by position in the group (the batch arrives in group layout)."""
+    return [-sum(ids) / (1024.0 * max(len(ids), 1)) + 0.1 * (i % 4) for i, ids in enumerate(completion_ids)]
+
+
+# family -> (config class name, trainer class name, dataset, model auto class, extra config[, trainer kwargs])
 FAMILIES = {
     "sft": ("SFTConfig", "SFTTrainer", _sft_data, "AutoModelForCausalLM", {}),
     "dpo": ("DPOConfig", "DPOTrainer", _preference_data, "AutoModelForCausalLM", {}),
     "reward": ("RewardConfig", "RewardTrainer", _preference_data, "AutoModelForSequenceClassification", {}),
+    # greedy sampling (top_k=1), so one process and two generate the same completions; beta > 0: a reference model
+    "grpo": ("GRPOConfig", "GRPOTrainer", _prompt_data, "AutoModelForCausalLM",
+             {"num_generations": 4, "max_completion_length": 8, "top_k": 1, "beta": 0.04},
+             {"reward_funcs": position_reward}),
 }
 
 
@@ -62,7 +76,7 @@ class KillAfterCheckpoint(TrainerCallback):
 def main(argv):
     family, model_dir, out, per_device_batch = argv[0], argv[1], argv[2], int(argv[3])
     extra = json.loads(argv[4]) if len(argv) > 4 else {}
-    config_name, trainer_name, data, _, family_extra = FAMILIES[family]
+    config_name, trainer_name, data, _, family_extra, *trainer_kwargs = FAMILIES[family]
     config_cls, trainer_cls = getattr(posttrain, config_name), getattr(posttrain, trainer_name)
     torch.manual_seed(0)
     kwargs = dict(output_dir=out, max_steps=4, per_device_train_batch_size=per_device_batch, learning_rate=3e-3,
@@ -73,7 +87,7 @@ def main(argv):
     resume = kwargs.pop("resume_from_checkpoint", None)
     kill_after = kwargs.pop("kill_after_checkpoint", None)
     args = config_cls(**kwargs)  # before the model is loaded: ZeRO-3 then loads it already partitioned
-    trainer = trainer_cls(model_dir, args=args, train_dataset=data())
+    trainer = trainer_cls(model_dir, args=args, train_dataset=data(), **(trainer_kwargs[0] if trainer_kwargs else {}))
     counter = CountSteps()
     trainer.add_callback(counter)
     if kill_after is not None:
