@@ -435,6 +435,10 @@ def test_cli_build_model_and_make_data(tmp_path, capsys):
     held_out = {question_text(p) for p in read_dataset(test)["prompt"]}
     assert not held_out & {question_text(p) for p in rows["prompt"]}
 
+    steps = tmp_path / "steps.jsonl"
+    assert main(["make-data", "--task", "sort", "--format", "stepwise", "--step-errors", "independent", "--n", "20",
+                 "--output", str(steps)]) == 0  # fmt: skip
+    assert read_dataset(steps)[:] == make_dataset("sort", "stepwise", n=20, step_errors="independent")[:]
     assert main(["make-data", "--format", "stepwise", "--n", "3", "--output", str(tmp_path / "x.csv")]) == 1
     assert "CSV" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -459,3 +463,27 @@ def test_cli_choices_match_library():
     assert tuple(models.HEADS) == cli._HEADS
     assert tuple(models.SIZES) == cli._SIZES
     assert cli._FORMATS == datasets.FORMATS
+
+
+@pytest.mark.parametrize("task", ["sort", "addition", "reverse"])
+def test_stepwise_independent_step_errors(task):
+    """step_errors="independent": each step is wrong on its own (given the correct steps before it), each label
+    says whether that step is the correct one, and the labels are balanced."""
+    ds = make_dataset(task, "stepwise", n=300, seed=0, step_errors="independent")
+    task_obj = get_task(task)
+    flat = []
+    for row in ds:
+        correct = task_obj.steps(row["prompt"])
+        assert len(row["completions"]) == len(row["labels"]) == len(correct)
+        for step, right, label in zip(row["completions"], correct, row["labels"]):
+            assert (step == right) == label
+        flat += row["labels"]
+    assert 0.45 < sum(flat) / len(flat) < 0.55
+    assert make_dataset(task, "stepwise", n=5, seed=0, step_errors="independent")[:] == ds.select(range(5))[:]
+    # the same seed draws the same questions as the default ("first") labels
+    first = make_dataset(task, "stepwise", n=300, seed=0)
+    assert first["prompt"] == ds["prompt"]
+    with pytest.raises(ValueError, match="unknown step_errors"):
+        make_dataset(task, "stepwise", n=2, step_errors="last")
+    with pytest.raises(ValueError, match="only applies to the stepwise format"):
+        make_dataset(task, "preference", n=2, step_errors="independent")

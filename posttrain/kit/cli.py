@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     data.add_argument("--system-prompt", "--system_prompt", dest="system_prompt", default=None)
     data.add_argument("--allow-duplicates", action="store_true", help="allow a question to appear more than once")
+    data.add_argument(
+        "--step-errors", "--step_errors", dest="step_errors", choices=["first", "independent"], default="first",
+        help="stepwise only: 'first' (labels False from the first wrong step on) or 'independent' (each step wrong "
+        "with probability 1/2, labelled on its own)",
+    )  # fmt: skip
 
     sub.add_parser("tokenizer-path", help="print the folder of the shipped tokenizer")
     return parser
@@ -115,6 +120,7 @@ def _make_data(args: argparse.Namespace) -> int:
         exclude=exclude,
         unique=not args.allow_duplicates,
         system_prompt=args.system_prompt,
+        step_errors=args.step_errors,
         **dict(args.task_args),
     )
     path = write_dataset(dataset, args.output)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FORMATS",
     "PROMPT_SUFFIX",
+    "STEP_ERRORS",
     "make_dataset",
     "make_rows",
     "question_keys",
@@ -48,6 +49,9 @@ FORMATS: tuple[str, ...] = (
     "stepwise",
 )
 """Supported dataset formats (TRL's names; ``preference`` has an explicit prompt)."""
+
+STEP_ERRORS: tuple[str, ...] = ("first", "independent")
+"""How ``stepwise`` rows are made wrong (see :func:`make_dataset`)."""
 
 PROMPT_SUFFIX = "\n"
 """Appended to the question to make a standard prompt."""
@@ -109,6 +113,7 @@ def make_rows(
     exclude: Any = None,
     unique: bool = True,
     system_prompt: str | None = None,
+    step_errors: str = "first",
     **task_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Rows of :func:`make_dataset` as a list of dicts (no ``datasets`` import)."""
@@ -116,6 +121,10 @@ def make_rows(
         raise ValueError(f"unknown format {format!r}; choose one of {list(FORMATS)}")
     if format == "stepwise" and conversational:
         raise ValueError("the stepwise format is standard (plain text) only")
+    if step_errors not in STEP_ERRORS:
+        raise ValueError(f"unknown step_errors {step_errors!r}; choose one of {list(STEP_ERRORS)}")
+    if step_errors != "first" and format != "stepwise":
+        raise ValueError(f"step_errors={step_errors!r} only applies to the stepwise format, not {format!r}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     task_obj = get_task(task, **task_kwargs)
@@ -156,6 +165,15 @@ def make_rows(
             label = rng.random() < 0.5
             text = answer if label else task_obj.wrong_answer(rng, question, answer)
             row = {"prompt": prompt_of(question), "completion": completion_of(text), "label": label}
+        elif step_errors == "independent":  # stepwise: every step wrong or right on its own
+            steps = task_obj.steps(question)
+            labels = []
+            for i in range(len(steps)):
+                wrong = rng.random() < 0.5
+                if wrong:  # step i made wrong, given the correct steps before it
+                    steps[i] = task_obj.corrupted_steps(question, rng, at=i)[0][i]
+                labels.append(not wrong)
+            row = {"prompt": prompt_of(question), "completions": steps, "labels": labels}
         else:  # stepwise
             if rng.random() < 0.5:
                 steps = task_obj.steps(question)
@@ -180,6 +198,7 @@ def make_dataset(
     exclude: Any = None,
     unique: bool = True,
     system_prompt: str | None = None,
+    step_errors: str = "first",
     **task_kwargs: Any,
 ) -> Dataset:
     """Make a synthetic dataset in one of TRL's formats.
@@ -207,6 +226,13 @@ def make_dataset(
             keep evaluation prompts out of training data.
         unique: never repeat a question within the dataset.
         system_prompt: if set, conversational prompts start with this system message.
+        step_errors: how ``stepwise`` rows go wrong. ``"first"`` (default): half of the rows are fully
+            correct, the other half have one wrong step (uniformly placed) and carry on from the wrong state,
+            and every step from the first wrong one on is labelled False (outcome-consistent labels, as in
+            Math-Shepherd). ``"independent"``: every step is wrong with probability 1/2, on its own, given the
+            correct steps before it (later steps carry on from the correct solution), and each label says
+            whether that step itself is right: balanced labels that are checkable from the step and what
+            precedes it.
         **task_kwargs: passed to the task constructor, e.g. ``digits=3`` for ``addition``.
     """
     from datasets import Dataset
@@ -220,6 +246,7 @@ def make_dataset(
         exclude=exclude,
         unique=unique,
         system_prompt=system_prompt,
+        step_errors=step_errors,
         **task_kwargs,
     )
     return Dataset.from_list(rows)
