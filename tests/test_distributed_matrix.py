@@ -246,3 +246,11 @@ def test_grpo_zero3_generates_with_partitioned_parameters(tiny_model_dir, single
     assert len(multi["losses"]) == 4
     got, before = logits_of("grpo", multi["model_dir"]), logits_of("grpo", tiny_model_dir)
     assert torch.isfinite(got).all() and (got - before).abs().max().item() > 1e-3  # saved, loadable, trained
+
+
+def test_dpo_zero3_with_precomputed_reference(tiny_model_dir, single_runs, tmp_path):
+    """`precompute_ref_log_probs` under ZeRO-3: the still partitioned, not yet wrapped policy computes the reference
+    columns through a temporary partitioned inference engine; the run follows the single-process DPO run (whose
+    reference model is the same initial policy) within LOSS_TOL."""
+    check_matches_single("dpo", "zero3", tiny_model_dir, single_runs("dpo", tiny_model_dir), tmp_path,
+                         {"precompute_ref_log_probs": True})

@@ -52,7 +52,7 @@ from ..data.templates import extract_prompt, require_chat_template, unpair_prefe
 from ..data.tokenize import TRUNCATION_MODES, tokenize_prompt_completion
 from ..losses.preference import RunningMean
 from ..models import disable_dropout, load_pretrained, select_head_positions, unwrap
-from ..models.sharding import frozen_copy
+from ..models.sharding import frozen_copy, is_zero3_partitioned
 from .base import BaseTrainer, PosttrainConfig, check_choice
 
 logger = logging.getLogger("posttrain")
@@ -683,9 +683,19 @@ class PreferenceTrainer(BaseTrainer):
                             num_workers=self.args.dataloader_num_workers)
         loader = self.accelerator.prepare(loader)
         parts: dict[str, list[torch.Tensor]] = defaultdict(list)
-        for batch in loader:
-            for k, v in self._reference_columns(batch).items():
-                parts[k].append(self.accelerator.gather_for_metrics(v.float()).cpu())
+        # Under ZeRO-3 the policy is partitioned and not yet inside its training engine: compute with a partitioned
+        # frozen copy in an inference engine of its own, dropped afterwards.
+        temporary = (self.ref_model is None and self._policy_is_reference and not _is_peft_model(self.model)
+                     and is_zero3_partitioned(unwrap(self.model)))
+        if temporary:
+            self.ref_model = self.prepare_frozen_model(frozen_copy(unwrap(self.model)))
+        try:
+            for batch in loader:
+                for k, v in self._reference_columns(batch).items():
+                    parts[k].append(self.accelerator.gather_for_metrics(v.float()).cpu())
+        finally:
+            if temporary:
+                self.ref_model = None
         return {k: torch.cat(v) for k, v in parts.items()}
 
     def _with_reference_columns(self, dataset, name: str, checkpoint: str | None):
