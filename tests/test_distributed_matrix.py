@@ -227,19 +227,22 @@ def test_cli_accelerate_config_runs_zero3_in_bf16_as_written(tiny_model_dir, sin
     assert (want - got).abs().max().item() < 0.1  # bf16 weights: observed 0.02; training moved the logits by ~1
 
 
-def test_grpo_zero3_generates_with_partitioned_parameters(tiny_model_dir, single_runs, tmp_path):
-    """GRPO (an online trainer) under ZeRO-3 on 2 processes: it generates with partitioned parameters, and the first
-    generation batch (before any update) scores exactly like the single-process run's, so the sharded model produced
-    the same greedy completions and the same log-probs; its beta > 0 reference is a partitioned inference engine.
+@pytest.mark.parametrize("setup", ["ddp", "zero2", "zero3"])
+def test_grpo_generates_like_one_process(setup, tiny_model_dir, single_runs, tmp_path):
+    """GRPO (an online trainer) on 2 processes: the first generation batch (before any update) scores exactly like
+    the single-process run's, so every process generated the same greedy completions and log-probs as one process
+    would; under ZeRO-3 it generates with partitioned parameters and its beta > 0 reference is a partitioned
+    inference engine.
 
     Later steps are not compared: greedy completions are identical within a group, so the policy-gradient of step 1
     is rounding noise (~1e-7) that AdamW scales up to full-size steps, differently in every set-up."""
     single = single_runs("grpo", tiny_model_dir)
-    multi = run_launched("grpo", "zero3", tiny_model_dir, tmp_path / "zero3")
-    setup = multi["setup"]
-    assert setup["num_processes"] == 2 and setup["zero_stage"] == 3 and setup["steps_run"] == 4
-    assert setup["ref_model_type"] == "DeepSpeedEngine"
-    assert setup["ref_model_local_numel"] < setup["ref_model_numel"] / 2, setup
+    multi = run_launched("grpo", setup, tiny_model_dir, tmp_path / setup)
+    ran = multi["setup"]
+    assert ran["num_processes"] == 2 and ran["zero_stage"] == SETUPS[setup][2] and ran["steps_run"] == 4
+    if setup == "zero3":
+        assert ran["ref_model_type"] == "DeepSpeedEngine"
+        assert ran["ref_model_local_numel"] < ran["ref_model_numel"] / 2, ran
     first_single, first_multi = (next(h for h in r["log"] if "loss" in h) for r in (single, multi))
     for name in ("reward", "reward_std", "completions/mean_length", "entropy", "kl", "loss"):
         assert abs(first_single[name] - first_multi[name]) < 1e-4, (name, first_single, first_multi)
