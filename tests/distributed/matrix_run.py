@@ -7,8 +7,8 @@ Trains ``max_steps`` steps, saves the final model to OUT/model with ``trainer.sa
 consolidated 16-bit state dict) and, on the main process, writes the log history and the set-up it really ran
 under to OUT/log.json.
 
-A trainer family joins the matrix with one entry in FAMILIES: (config class, trainer class, dataset maker, the
-auto class that loads its saved model, extra config).
+A trainer family joins the matrix with one entry in FAMILIES (and its model fixture in the test's MODEL_FIXTURES):
+(config class, trainer class, dataset maker, the auto class that loads its saved model, extra config).
 """
 
 import json
