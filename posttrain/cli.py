@@ -25,6 +25,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rloo": ("posttrain.scripts.rloo", "REINFORCE leave-one-out with reward functions/models (RLOOTrainer)"),
     "ppo": ("posttrain.scripts.ppo", "proximal policy optimization with a value model (PPOTrainer)"),
     "gkd": ("posttrain.scripts.gkd", "generalized knowledge distillation from a teacher model (GKDTrainer)"),
+    "online-dpo": ("posttrain.scripts.online_dpo", "online DPO: policy pairs ranked by a judge or reward (OnlineDPOTrainer)"),
+    "nash-md": ("posttrain.scripts.nash_md", "Nash mirror descent against a policy/reference mixture (NashMDTrainer)"),
+    "xpo": ("posttrain.scripts.xpo", "exploratory preference optimization (XPOTrainer)"),
     "env": ("posttrain.cli", "print the versions a bug report needs"),
     "kit": ("posttrain.kit.cli", "build tiny offline models and synthetic datasets"),
 }
