@@ -211,7 +211,8 @@ class OnlineDPOTrainer(OnlineTrainer):
         judge, name = self.judge, type(self.judge).__name__
         if self.wants_probabilities and "return_scores" in inspect.signature(judge.judge).parameters:
             values = judge.judge(prompts, pairs, return_scores=True)
-            out = self._check_judged(values, len(pairs), name)
+            _check_count(values, len(pairs), name)
+            out = []
             for i, v in enumerate(values):
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isnan(v) or 0.0 <= v <= 1.0):
                     raise ValueError(f"The judge {name} returned {v!r} for pair {i}; with return_scores=True a pairwise "
@@ -219,20 +220,14 @@ class OnlineDPOTrainer(OnlineTrainer):
                 out.append(0.5 if math.isnan(v) else float(v))
             return torch.tensor(out, dtype=torch.float32)
         values = judge.judge(prompts, pairs)
-        out = self._check_judged(values, len(pairs), name)
+        _check_count(values, len(pairs), name)
+        out = []
         for i, v in enumerate(values):
             if isinstance(v, bool) or v not in (0, 1, -1):
                 raise ValueError(f"The judge {name} returned {v!r} for pair {i}; a pairwise judge returns 0 (the first "
                                  "completion is better), 1 (the second is better) or -1 (a tie).")
             out.append({0: 1.0, 1: 0.0, -1: 0.5}[int(v)])
         return torch.tensor(out, dtype=torch.float32)
-
-    @staticmethod
-    def _check_judged(values, n: int, name: str) -> list:
-        if values is None or not hasattr(values, "__len__") or len(values) != n:
-            got = "None" if values is None else f"{len(values)} values" if hasattr(values, "__len__") else repr(values)
-            raise ValueError(f"The judge {name} returned {got} for {n} pairs; it must return one verdict per pair.")
-        return []
 
     def process_rewards(self, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
         pairs = rewards.view(-1, 2)
@@ -299,6 +294,12 @@ class OnlineDPOTrainer(OnlineTrainer):
         self.record_pair_metrics(chosen, rejected, ref_chosen, ref_rejected, decided, beta)
         self.record("val/contain_eos_token", (~inputs["truncated"]).float().mean())
         return (loss, {}) if return_outputs else loss
+
+
+def _check_count(values, n: int, name: str) -> None:
+    if values is None or not hasattr(values, "__len__") or len(values) != n:
+        got = "None" if values is None else f"{len(values)} values" if hasattr(values, "__len__") else repr(values)
+        raise ValueError(f"The judge {name} returned {got} for {n} pairs; it must return one verdict per pair.")
 
 
 def _interleave(a: list, b: list) -> list:
