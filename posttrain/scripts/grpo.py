@@ -24,8 +24,8 @@ from .common import parse, train
 
 
 @dataclass
-class GRPOScriptArguments(ScriptArguments):
-    """Data and reward options of the GRPO / RLOO scripts (TRL's names)."""
+class RewardScriptArguments(ScriptArguments):
+    """Data and reward-function options shared by the online scripts (TRL's names)."""
 
     reward_funcs: list[str] | None = field(
         default=None,
@@ -34,21 +34,27 @@ class GRPOScriptArguments(ScriptArguments):
     )
     reward_model_name_or_path: str | None = field(
         default=None, metadata={"help": "A sequence-classification reward model (hub id or local folder)."})
-    reward_model_path: str | None = field(
-        default=None, metadata={"help": "Older TRL name of --reward_model_name_or_path (RLOO/PPO scripts)."})
     soft_punish_cache: int | None = field(
         default=None, metadata={"help": "soft_overlong reward: length of the soft punishment interval (default: max/4)."})
 
 
-def reward_functions(script_args: GRPOScriptArguments, max_completion_length: int) -> list:
-    """The reward functions and models named by the script arguments (at least one is required)."""
-    funcs: list = []
-    for model in dict.fromkeys(filter(None, (script_args.reward_model_name_or_path, script_args.reward_model_path))):
-        funcs.append(model)
+@dataclass
+class GRPOScriptArguments(RewardScriptArguments):
+    """Options of the GRPO / RLOO / PPO scripts: the shared reward options plus the older reward-model name."""
+
+    reward_model_path: str | None = field(
+        default=None, metadata={"help": "Older TRL name of --reward_model_name_or_path (RLOO/PPO scripts)."})
+
+
+def reward_functions(script_args: RewardScriptArguments, max_completion_length: int, required: bool = True) -> list:
+    """The reward models (paths first) and functions named by the script arguments; with ``required``, at least
+    one must be given."""
+    models = (script_args.reward_model_name_or_path, getattr(script_args, "reward_model_path", None))
+    funcs: list = list(dict.fromkeys(filter(None, models)))
     for name in script_args.reward_funcs or []:
         funcs.append(get_reward_func(name, max_completion_length=max_completion_length,
                                      soft_punish_cache=script_args.soft_punish_cache))
-    if not funcs:
+    if not funcs and required:
         raise SystemExit("error: give --reward_funcs (e.g. accuracy) and/or --reward_model_name_or_path.")
     return funcs
 

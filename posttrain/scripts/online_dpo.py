@@ -14,28 +14,17 @@ or ``module:function`` / ``file.py:function``) and/or ``--reward_model_path`` / 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ..rollout.rewards import get_reward_func
 from ..trainers.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
-from .args import ScriptArguments
 from .common import parse, train
+from .grpo import RewardScriptArguments, reward_functions
 
 
 @dataclass
-class OnlineScriptArguments(ScriptArguments):
+class OnlineScriptArguments(RewardScriptArguments):
     """Data and reward options of the online preference scripts (``--reward_model_path`` and ``--judge`` are
     fields of the trainer's config, as in TRL)."""
-
-    reward_funcs: list[str] | None = field(
-        default=None,
-        metadata={"help": "Reward functions: built-in names (accuracy, format, think_format, length, soft_overlong) "
-                  "or module:function / file.py:function paths."},
-    )
-    reward_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "A sequence-classification reward model (hub id or local folder)."})
-    soft_punish_cache: int | None = field(
-        default=None, metadata={"help": "soft_overlong reward: length of the soft punishment interval (default: max/4)."})
 
 
 def pairwise_judge(name: str):
@@ -60,10 +49,7 @@ def run(config_class, trainer_class, argv: list[str] | None, prog: str) -> int:
             raise SystemExit("error: give --judge or reward functions/models, not both.")
         kwargs["judge"] = pairwise_judge(training_args.judge)
     elif script_args.reward_funcs or script_args.reward_model_name_or_path:
-        funcs = [script_args.reward_model_name_or_path] if script_args.reward_model_name_or_path else []
-        funcs += [get_reward_func(name, max_completion_length=training_args.max_completion_length,
-                                  soft_punish_cache=script_args.soft_punish_cache) for name in script_args.reward_funcs or []]
-        kwargs["reward_funcs"] = funcs
+        kwargs["reward_funcs"] = reward_functions(script_args, training_args.max_completion_length)
     elif not training_args.reward_model_path:
         raise SystemExit("error: give --judge, --reward_funcs (e.g. accuracy) and/or --reward_model_path to rank the "
                          "two completions of each prompt.")
