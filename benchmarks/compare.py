@@ -204,6 +204,9 @@ def speed_table(results, a) -> str:
         other = med([r["other_cpu_cores"] for r in pt + tr])
         load = med([r["load_start"][0] for r in pt + tr])
         label = "under load" if other > LOADED else "quiet"
+        if all("tokens_per_cpu_s" in r for r in pt + tr):
+            cpu = [med([r["tokens_per_cpu_s"] for r in x]) for x in (pt, tr)]
+            label += f"; tokens per CPU-second ratio {cpu[0] / cpu[1]:.2f}"
         flags = f"{'bf16+' if tr[0]['bf16'] else ''}{'gc' if tr[0]['gradient_checkpointing'] else ''}".strip("+")
         setting_name = setting + (f" (TRL: {flags})" if flags else "")
         lines.append(f"| {scenario} | {setting_name} | {tps[0]:.0f} | {tps[1]:.0f} | {tps[0] / tps[1]:.2f} (pairs: {med(pair):.2f}) | "
@@ -215,7 +218,8 @@ def speed_table(results, a) -> str:
             f"(real tokens of the collated examples, same count for both), {a.threads} torch threads, {a.repeats} runs per library "
             f"alternating (A B, B A, ...), fresh process per run, medians. Versions: posttrain {vp.get('posttrain')}, "
             f"TRL {vt.get('trl')}, torch {vt.get('torch')}, transformers {vt.get('transformers')}, accelerate {vt.get('accelerate')}. "
-            f"Machine: {os.cpu_count()} CPUs. 'speed ratio' is the ratio of medians; '(pairs: x)' the median of the per-repeat ratios.")
+            f"Machine: {os.cpu_count()} CPUs. 'speed ratio' is the ratio of medians; '(pairs: x)' the median of the per-repeat ratios. samples/s counts collated "
+            f"examples: sequences (SFT; packed rows with packing) or preference pairs (DPO, reward).")
     return head + "\n\n" + "\n".join(lines) + "\n"
 
 

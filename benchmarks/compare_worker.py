@@ -210,6 +210,10 @@ def main(cfg: dict) -> dict:
         "bf16": bool(args.bf16),
         "gradient_checkpointing": bool(args.gradient_checkpointing),
         "other_cpu_cores": other_cpu_cores(clock["cpu_start"], clock["cpu_stop"], timed),
+        # CPU seconds this process used in the timed steps; tokens per CPU-second is less sensitive to other
+        # processes than tokens per wall-second (but counts OpenMP spin-waiting as work)
+        "own_cpu_s": clock["cpu_stop"][1] - clock["cpu_start"][1],
+        "tokens_per_cpu_s": timed_tokens / max(clock["cpu_stop"][1] - clock["cpu_start"][1], 1e-9),
         "load_start": load_start,
         "load_end": os.getloadavg(),
     }
