@@ -34,3 +34,31 @@ def exact_match_accuracy(
     check = is_correct or (lambda completion, answer: completion.strip() == answer.strip())
     hits = [bool(check(c, answers[i // k])) for i, c in enumerate(gens.texts)]
     return (sum(hits) / max(len(hits), 1)), gens.texts
+
+
+def win_rate(
+    judge,
+    model,
+    baseline,
+    tokenizer,
+    prompts: Sequence,
+    *,
+    max_new_tokens: int = 16,
+    temperature: float = 1.0,
+    num_samples: int = 1,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> float:
+    """How often a pairwise ``judge`` prefers ``model``'s completion to ``baseline``'s for the same prompt (ties
+    count one half): 0.5 means no better than the baseline. Each model samples ``num_samples`` completions per
+    prompt at ``temperature`` (from the same ``seed``); the judge sees them as ``[model's, baseline's]`` pairs."""
+    def sample(m):
+        return generate(m, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=True,
+                        temperature=temperature, num_return_sequences=num_samples, seed=seed).texts
+
+    ours, theirs = sample(model), sample(baseline)
+    repeated = [p for p in prompts for _ in range(num_samples)]
+    verdicts = judge.judge(repeated, [[a, b] for a, b in zip(ours, theirs)], shuffle_order=True)
+    if len(verdicts) != len(repeated) or any(v not in (-1, 0, 1) for v in verdicts):
+        raise ValueError(f"{type(judge).__name__} must return one of 0, 1, -1 per pair; got {verdicts[:8]}...")
+    return sum(1.0 if v == 0 else 0.5 if v == -1 else 0.0 for v in verdicts) / max(len(verdicts), 1)

@@ -11,7 +11,8 @@ from posttrain.losses.distill import geometric_mixture_logits
 from posttrain.rollout import BasePairwiseJudge, generate
 from posttrain.rollout.rewards import accuracy_reward
 from tests.conftest import reverse_prompts, train_args
-from tests.test_online_dpo import LEARNING, AccuracyJudge, odpo_args, sampled_accuracy, token_count_reward
+from tests.test_online_dpo import (LEARNING, AccuracyJudge, judged_win_rate, odpo_args, sampled_accuracy,
+                                   token_count_reward)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,9 @@ def test_nash_md_learns_reverse_task(sft_reverse_dir, tokenizer, tmp_path):
                             processing_class=tokenizer)
     trainer.train()
     after = sampled_accuracy(model, tokenizer, test)
-    print(f"Nash-MD reverse: sampled exact match {before:.3f} -> {after:.3f}")
+    wins = judged_win_rate(model, sft_reverse_dir, tokenizer, test)
+    print(f"Nash-MD reverse: sampled exact match {before:.3f} -> {after:.3f}, win rate {wins:.3f}")
+    assert wins >= 0.53, wins  # the judge prefers the trained policy to the starting one
     assert after - before >= 0.08, (before, after)
     logged = trainer.state.log_history[0]
     for name in ("loss/kl", "loss/score", "rewards/probabilities", "objective/entropy", "objective/model_scores",

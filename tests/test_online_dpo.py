@@ -61,10 +61,21 @@ def sampled_accuracy(model, tokenizer, test):
                                 num_samples=4)[0]
 
 
+def judged_win_rate(model, start_dir, tokenizer, test):
+    """Win rate of ``model`` against the starting policy on the held-out prompts, by the exact-answer judge
+    (4 samples per prompt, temperature 1, the same seed for both; ties count one half)."""
+    from posttrain.evaluation import win_rate
+
+    baseline = AutoModelForCausalLM.from_pretrained(start_dir)
+    judge = AccuracyJudge(dict(zip(test["prompt"], test["answer"])))
+    return win_rate(judge, model, baseline, tokenizer, test["prompt"], max_new_tokens=12, num_samples=4)
+
+
 @pytest.mark.parametrize("ranker", ["reward", "judge"])
 def test_online_dpo_learns_reverse_task(sft_reverse_dir, tokenizer, tmp_path, ranker):
     """Online DPO, pairs ranked by the exact-answer reward or by a judge built from it, raises the held-out exact
-    match of the policy's own samples (temperature 1, 4 per prompt) by >= 0.12 in 60 steps."""
+    match of the policy's own samples (temperature 1, 4 per prompt) by >= 0.12 in 60 steps, and the judge's win
+    rate against the starting policy on held-out prompts to >= 0.53."""
     model = AutoModelForCausalLM.from_pretrained(sft_reverse_dir)
     test = reverse_prompts(100, seed=1)
     train = reverse_prompts(1024, seed=5, exclude=test)
@@ -78,8 +89,10 @@ def test_online_dpo_learns_reverse_task(sft_reverse_dir, tokenizer, tmp_path, ra
         trainer = OnlineDPOTrainer(model, judge=judge, args=args, train_dataset=train, processing_class=tokenizer)
     trainer.train()
     after = sampled_accuracy(model, tokenizer, test)
-    print(f"Online DPO ({ranker}) reverse: sampled exact match {before:.3f} -> {after:.3f}")
+    wins = judged_win_rate(model, sft_reverse_dir, tokenizer, test)
+    print(f"Online DPO ({ranker}) reverse: sampled exact match {before:.3f} -> {after:.3f}, win rate {wins:.3f}")
     assert after - before >= 0.12, (before, after)
+    assert wins >= 0.53, wins  # the judge prefers the trained policy to the starting one
     logged = trainer.state.log_history[0]
     names = ["objective/kl", "objective/entropy", "objective/non_score_reward", "rewards/chosen", "rewards/rejected",
              "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected", "val/contain_eos_token", "beta"]

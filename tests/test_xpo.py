@@ -14,7 +14,7 @@ from posttrain import XPOConfig, XPOTrainer
 from posttrain.kit import make_dataset
 from posttrain.rollout.rewards import accuracy_reward
 from tests.conftest import reverse_prompts
-from tests.test_online_dpo import LEARNING, odpo_args, sampled_accuracy, token_count_reward
+from tests.test_online_dpo import LEARNING, judged_win_rate, odpo_args, sampled_accuracy, token_count_reward
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,7 +35,9 @@ def test_xpo_learns_reverse_task(sft_reverse_dir, tokenizer, tmp_path):
                          train_dataset=train, processing_class=tokenizer)
     trainer.train()
     after = sampled_accuracy(model, tokenizer, test)
-    print(f"XPO reverse: sampled exact match {before:.3f} -> {after:.3f}")
+    wins = judged_win_rate(model, sft_reverse_dir, tokenizer, test)
+    print(f"XPO reverse: sampled exact match {before:.3f} -> {after:.3f}, win rate {wins:.3f}")
+    assert wins >= 0.53, wins  # the judge prefers the trained policy to the starting one
     assert after - before >= 0.10, (before, after)
     logged = trainer.state.log_history[0]
     for name in ("loss/dpo", "loss/xpo", "objective/kl", "objective/entropy", "objective/model_scores",
