@@ -16,6 +16,7 @@ from ..data.collators import pad_sequences
 from ..data.formats import is_conversational_value
 from ..data.tokenize import chat_template_ids
 from ..models.heads import unwrap
+from ..models.sharding import gathered_parameters
 
 
 @dataclass
@@ -123,7 +124,8 @@ def generate(
 
                 processor = GeometricMixtureLogitsProcessor(mixture_ref, mixture_coef, attention_mask)
                 kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []), processor])
-            out = base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            with gathered_parameters(base):  # ZeRO-3: whole weights once per chunk, not re-gathered every token
+                out = base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             sequences = out.sequences if return_logprobs else out
             new = sequences[:, input_ids.shape[1]:]
             step_logps = None
