@@ -51,7 +51,7 @@ from ..data.formats import PREFERENCE, PREFERENCE_IMPLICIT, UNPAIRED_PREFERENCE,
 from ..data.templates import extract_prompt, require_chat_template, unpair_preference
 from ..data.tokenize import TRUNCATION_MODES, tokenize_prompt_completion
 from ..losses.preference import RunningMean
-from ..models import disable_dropout, load_pretrained, select_head_positions, unwrap
+from ..models import disable_dropout, load_pretrained, select_head_positions, unwrap, varlen_attention
 from ..models.sharding import frozen_copy, is_zero3_partitioned
 from .base import BaseTrainer, PosttrainConfig, check_choice
 
@@ -533,6 +533,12 @@ class PreferenceTrainer(BaseTrainer):
             callbacks=callbacks, optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
+        if data_collator is None and self.args.padding_free and not varlen_attention(self.model):
+            # One (1, N) row costs a dense N x N mask with sdpa/eager attention: padded rows are cheaper there.
+            self.data_collator.padding_free = False
+            logger.info("padding_free=True: the model's attention (%s) has no variable-length kernel, so batches are "
+                        "padded per sequence instead of concatenated into one row (faster here; same loss).",
+                        getattr(self.model.config, "_attn_implementation", "?"))
         if self.args.disable_dropout:
             disable_dropout(self.model)
         self.ref_model = self._setup_reference(ref_model, self.args)
