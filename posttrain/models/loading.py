@@ -171,7 +171,21 @@ def prepare_peft_model(model, peft_config_obj, gradient_checkpointing: bool = Fa
         return model
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        keep_4bit_layout_trainable(model)
     return get_peft_model(model, peft_config_obj)
+
+
+def keep_4bit_layout_trainable(model) -> None:
+    """Stop bitsandbytes' CPU inference repacking of 4-bit weights in a model that is being trained.
+
+    On CPUs with AVX512-BF16, bitsandbytes (seen in 0.50.2) repacks a ``Linear4bit``'s weights into an inference-only layout
+    the first time the layer runs in eval mode without gradients (generation, evaluation, a reference pass with the
+    adapter disabled) and never converts them back, so the next training forward fails ("a view of a leaf Variable
+    that requires grad is being used in an in-place operation"). Online trainers generate between training steps,
+    so a trained 4-bit model keeps the ordinary layout (no effect on GPUs)."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def set_chat_template(processing_class, path: str) -> None:
