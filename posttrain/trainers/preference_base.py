@@ -677,7 +677,8 @@ class PreferenceTrainer(BaseTrainer):
                         h.update(memoryview(buf))
         ref = self.ref_model if self.ref_model is not None else unwrap(self.model)
         h.update(str(getattr(getattr(ref, "config", None), "_name_or_path", type(ref).__name__)).encode())
-        h.update(str(sum(p.numel() for n, p in ref.named_parameters() if "lora_" not in n)).encode())
+        # ds_numel: a ZeRO-3 partition's full size (its local numel() is 0), so the key does not depend on the set-up
+        h.update(str(sum(getattr(p, "ds_numel", p.numel()) for n, p in ref.named_parameters() if "lora_" not in n)).encode())
         h.update(type(self).__name__.encode())
         return h.hexdigest()[:20]
 
