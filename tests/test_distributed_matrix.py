@@ -37,7 +37,10 @@ LOGITS_TOL = 1e-3
 RESUME_TOL = 0.0
 
 # family -> the fixture of the model it trains
-MODEL_FIXTURES = {"sft": "tiny_model_dir", "dpo": "tiny_model_dir", "reward": "tiny_rm_dir"}
+MODEL_FIXTURES = {"sft": "tiny_model_dir", "dpo": "tiny_model_dir", "reward": "tiny_rm_dir",
+                  "orpo": "tiny_model_dir", "kto": "tiny_model_dir"}
+# families that run only under DDP, ZeRO-2 and ZeRO-3 (the later ones; ZeRO-1 and offload are covered by the first)
+FEWER_SETUPS = {"orpo": ("ddp", "zero2", "zero3"), "kto": ("ddp", "zero2", "zero3")}
 # set-up -> (accelerate config, expected distributed type, expected ZeRO stage)
 SETUPS = {
     "ddp": ("multi_cpu.yaml", "MULTI_CPU", None),
@@ -122,9 +125,9 @@ def single_runs(tmp_path_factory):
     """The single-process run of each family (batch 8), computed once per module on first use."""
     cache = {}
 
-    def get(family, model_dir):
+    def get(family, model_dir, extra=None):
         if family not in cache:
-            cache[family] = run_single(family, model_dir, tmp_path_factory.mktemp(f"single-{family}"))
+            cache[family] = run_single(family, model_dir, tmp_path_factory.mktemp(f"single-{family}"), extra)
         return cache[family]
 
     return get
@@ -150,12 +153,25 @@ def check_matches_single(family, setup, model_dir, single, tmp_path, extra=None)
     return multi
 
 
-@pytest.mark.parametrize("setup", list(SETUPS))
-@pytest.mark.parametrize("family", list(MODEL_FIXTURES))
+# families whose multi-process losses differ from one process for a known reason
+KNOWN_DIFFERENCES = {
+    "orpo": "ORPO's NLL term is normalised by each process's own chosen-token count (chosen_nll), not the global "
+            "batch's, so 2 x 4 differs from 1 x 8 by ~1e-3 (observed 1.0e-3 at step 1 under DDP, ZeRO-2, ZeRO-3)",
+}
+
+
+def matrix_cells():
+    for family in MODEL_FIXTURES:
+        marks = [pytest.mark.xfail(reason=KNOWN_DIFFERENCES[family], strict=True)] if family in KNOWN_DIFFERENCES else []
+        for setup in FEWER_SETUPS.get(family, SETUPS):
+            yield pytest.param(family, setup, id=f"{family}-{setup}", marks=marks)
+
+
+@pytest.mark.parametrize("family,setup", list(matrix_cells()))
 def test_matches_single_process(family, setup, request, single_runs, tmp_path):
     model_dir = request.getfixturevalue(MODEL_FIXTURES[family])
     multi = check_matches_single(family, setup, model_dir, single_runs(family, model_dir), tmp_path)
-    if family == "dpo" and setup.startswith("zero3"):
+    if family in ("dpo", "kto") and setup.startswith("zero3"):
         # the frozen reference is a DeepSpeed engine of its own, partitioned like the policy, not replicated
         ref = multi["setup"]
         assert ref["ref_model_type"] == "DeepSpeedEngine"
@@ -227,27 +243,43 @@ def test_cli_accelerate_config_runs_zero3_in_bf16_as_written(tiny_model_dir, sin
     assert (want - got).abs().max().item() < 0.1  # bf16 weights: observed 0.02; training moved the logits by ~1
 
 
+# online family -> the first-batch metrics that must equal the single-process run's. PPO's losses are left out: its
+# advantages are whitened over each process's own rollout (as in one process with a smaller batch), so they differ.
+ONLINE = {
+    "grpo": ("reward", "reward_std", "completions/mean_length", "entropy", "kl", "loss"),
+    "rloo": ("reward", "reward_std", "completions/mean_length", "entropy", "kl", "loss"),
+    "ppo": ("objective/scores", "objective/kl", "objective/entropy", "objective/rlhf_reward", "val/num_eos_tokens"),
+}
+
+
+def online_extra(family, request) -> dict:
+    # PPO trains a value model beside the policy: the saved tiny reward model (a seq-cls model with one output)
+    return {"value_model": str(request.getfixturevalue("tiny_rm_dir"))} if family == "ppo" else {}
+
+
 @pytest.mark.parametrize("setup", ["ddp", "zero2", "zero3"])
-def test_grpo_generates_like_one_process(setup, tiny_model_dir, single_runs, tmp_path):
-    """GRPO (an online trainer) on 2 processes: the first generation batch (before any update) scores exactly like
-    the single-process run's, so every process generated the same greedy completions and log-probs as one process
-    would; under ZeRO-3 it generates with partitioned parameters and its beta > 0 reference is a partitioned
-    inference engine.
+@pytest.mark.parametrize("family", list(ONLINE))
+def test_online_generates_like_one_process(family, setup, request, tiny_model_dir, single_runs, tmp_path):
+    """An online trainer (GRPO, RLOO, PPO) on 2 processes: the first generation batch (before any update) scores
+    exactly like the single-process run's, so every process generated the same greedy completions and log-probs as
+    one process would; under ZeRO-3 it generates with partitioned parameters and its beta > 0 reference is a
+    partitioned inference engine.
 
     Later steps are not compared: greedy completions are identical within a group, so the policy-gradient of step 1
     is rounding noise (~1e-7) that AdamW scales up to full-size steps, differently in every set-up."""
-    single = single_runs("grpo", tiny_model_dir)
-    multi = run_launched("grpo", setup, tiny_model_dir, tmp_path / setup)
+    extra = online_extra(family, request)
+    single = single_runs(family, tiny_model_dir, extra)
+    multi = run_launched(family, setup, tiny_model_dir, tmp_path / setup, extra)
     ran = multi["setup"]
     assert ran["num_processes"] == 2 and ran["zero_stage"] == SETUPS[setup][2] and ran["steps_run"] == 4
     if setup == "zero3":
         assert ran["ref_model_type"] == "DeepSpeedEngine"
         assert ran["ref_model_local_numel"] < ran["ref_model_numel"] / 2, ran
-    first_single, first_multi = (next(h for h in r["log"] if "loss" in h) for r in (single, multi))
-    for name in ("reward", "reward_std", "completions/mean_length", "entropy", "kl", "loss"):
+    first_single, first_multi = (next(h for h in r["log"] if ONLINE[family][0] in h) for r in (single, multi))
+    for name in ONLINE[family]:
         assert abs(first_single[name] - first_multi[name]) < 1e-4, (name, first_single, first_multi)
-    assert len(multi["losses"]) == 4
-    got, before = logits_of("grpo", multi["model_dir"]), logits_of("grpo", tiny_model_dir)
+    assert len([h for h in multi["log"] if ONLINE[family][0] in h]) == 4
+    got, before = logits_of(family, multi["model_dir"]), logits_of(family, tiny_model_dir)
     assert torch.isfinite(got).all() and (got - before).abs().max().item() > 1e-3  # saved, loadable, trained
 
 

@@ -65,6 +65,11 @@ class PPOConfig(OnlineConfig):
 
     def __post_init__(self):
         check_choice("kl_estimator", self.kl_estimator, ("k1", "k3"))
+        if self.ddp_find_unused_parameters is None:
+            # every training forward runs the policy and the value model, but the values leave the forward beside its
+            # output; DDP looking for unused parameters from the output alone would mark the value model unused, then
+            # ready a second time in backward ("Expected to mark a variable ready only once")
+            self.ddp_find_unused_parameters = False
         if self.stop_token not in (None, "eos"):
             raise ValueError(f"stop_token must be None or 'eos', got {self.stop_token!r} (use stop_token_id for another "
                              "token).")
@@ -242,8 +247,12 @@ class PPOTrainer(OnlineTrainer):
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         pv = unwrap(self.model)
-        pv.policy.save_pretrained(output_dir)
-        pv.value_model.save_pretrained(os.path.join(output_dir, "value_model"))
+        policy_state = value_state = None
+        if state_dict is not None:  # gathered by the Trainer (e.g. ZeRO-3's consolidated 16-bit weights)
+            policy_state = {k[len("policy."):]: v for k, v in state_dict.items() if k.startswith("policy.")}
+            value_state = {k[len("value_model."):]: v for k, v in state_dict.items() if k.startswith("value_model.")}
+        pv.policy.save_pretrained(output_dir, state_dict=policy_state)
+        pv.value_model.save_pretrained(os.path.join(output_dir, "value_model"), state_dict=value_state)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))

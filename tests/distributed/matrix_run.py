@@ -49,6 +49,17 @@ FAMILIES = {
     "grpo": ("GRPOConfig", "GRPOTrainer", _prompt_data, "AutoModelForCausalLM",
              {"num_generations": 4, "max_completion_length": 8, "top_k": 1, "beta": 0.04},
              {"reward_funcs": position_reward}),
+    # RLOO: k=4 greedy completions per prompt, beta > 0 folds the KL to a reference into the reward
+    "rloo": ("RLOOConfig", "RLOOTrainer", _prompt_data, "AutoModelForCausalLM",
+             {"num_generations": 4, "max_completion_length": 8, "top_k": 1, "beta": 0.04},
+             {"reward_funcs": position_reward}),
+    # PPO: the policy and a value model (pass "value_model": PATH in the extra config), one PPO epoch per rollout
+    "ppo": ("PPOConfig", "PPOTrainer", _prompt_data, "AutoModelForCausalLM",
+            {"max_completion_length": 8, "top_k": 1, "kl_coef": 0.04, "num_ppo_epochs": 1},
+            {"reward_funcs": position_reward}),
+    "orpo": ("ORPOConfig", "ORPOTrainer", _preference_data, "AutoModelForCausalLM", {}),
+    # KTO with its reference model (paired rows are unpaired into desirable/undesirable ones)
+    "kto": ("KTOConfig", "KTOTrainer", _preference_data, "AutoModelForCausalLM", {}),
 }
 
 
@@ -86,8 +97,14 @@ def main(argv):
     kwargs.update(extra)
     resume = kwargs.pop("resume_from_checkpoint", None)
     kill_after = kwargs.pop("kill_after_checkpoint", None)
+    value_model = kwargs.pop("value_model", None)
     args = config_cls(**kwargs)  # before the model is loaded: ZeRO-3 then loads it already partitioned
-    trainer = trainer_cls(model_dir, args=args, train_dataset=data(), **(trainer_kwargs[0] if trainer_kwargs else {}))
+    trainer_kwargs = dict(trainer_kwargs[0]) if trainer_kwargs else {}
+    if family == "ppo":  # PPOTrainer's first argument is args (TRL's order); it also trains a value model
+        trainer = trainer_cls(args=args, model=model_dir, value_model=value_model, train_dataset=data(),
+                              **trainer_kwargs)
+    else:
+        trainer = trainer_cls(model_dir, args=args, train_dataset=data(), **trainer_kwargs)
     counter = CountSteps()
     trainer.add_callback(counter)
     if kill_after is not None:
