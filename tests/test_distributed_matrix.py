@@ -154,10 +154,7 @@ def check_matches_single(family, setup, model_dir, single, tmp_path, extra=None)
 
 
 # families whose multi-process losses differ from one process for a known reason
-KNOWN_DIFFERENCES = {
-    "orpo": "ORPO's NLL term is normalised by each process's own chosen-token count (chosen_nll), not the global "
-            "batch's, so 2 x 4 differs from 1 x 8 by ~1e-3 (observed 1.0e-3 at step 1 under DDP, ZeRO-2, ZeRO-3)",
-}
+KNOWN_DIFFERENCES: dict[str, str] = {}
 
 
 def matrix_cells():

@@ -848,9 +848,14 @@ class PreferenceTrainer(BaseTrainer):
         self.record("logits/rejected", ml[n:].sum() / cnt[n:].sum().clamp(min=1))
 
     def chosen_nll(self, policy: SequenceLogps, n: int) -> torch.Tensor:
-        """Token-mean negative log-likelihood of the chosen completions (rows ``[0, n)``)."""
+        """Token-mean negative log-likelihood of the chosen completions (rows ``[0, n)``), the mean taken over the
+        chosen tokens of all processes: with N processes (whose gradients DDP averages) the update equals one
+        process's on the whole batch."""
         sel = policy.select(slice(0, n))
-        return -(policy.token_logps[sel].sum() / sel.sum().clamp(min=1))
+        count = sel.sum().float()
+        if self.accelerator.num_processes > 1:
+            count = self.accelerator.gather(count.reshape(1)).sum() / self.accelerator.num_processes
+        return -(policy.token_logps[sel].sum() / count.clamp(min=1))
 
     # -- pooled metrics (means over examples that may be absent from a batch: KTO/BCO) ------------------
     def record_pooled(self, name: str, values: torch.Tensor) -> None:
