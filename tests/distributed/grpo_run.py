@@ -42,3 +42,7 @@ checksum = float(sum(p.double().sum() for p in trainer.model.parameters()))
 with open(f"{out}/rank{trainer.accelerator.process_index}.json", "w") as f:
     json.dump({"samples": samples, "log": trainer.state.log_history, "checksum": checksum,
                "world": trainer.accelerator.num_processes}, f)
+
+# release the process group before exit (gloo can abort at interpreter exit otherwise: "terminate called without an
+# active exception")
+trainer.accelerator.end_training()

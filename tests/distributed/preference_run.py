@@ -29,3 +29,7 @@ if trainer.is_world_process_zero():
             result[col] = list(trainer.train_dataset[col])
     with open(f"{out}/log.json", "w") as f:
         json.dump(result, f)
+
+# release the process group before exit (gloo can abort at interpreter exit otherwise: "terminate called without an
+# active exception")
+trainer.accelerator.end_training()

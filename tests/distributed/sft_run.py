@@ -23,3 +23,7 @@ trainer.train()
 if trainer.is_world_process_zero():
     with open(f"{out}/log.json", "w") as f:
         json.dump(trainer.state.log_history, f)
+
+# release the process group before exit (gloo can abort at interpreter exit otherwise: "terminate called without an
+# active exception")
+trainer.accelerator.end_training()
