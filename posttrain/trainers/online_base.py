@@ -192,6 +192,17 @@ class RepeatedPromptSampler(Sampler[int]):
                 yield from chunk
 
 
+def completion_layout(flat: torch.Tensor, nxt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values at the positions that predict completion tokens (``flat``: one per True of ``nxt`` (B, L-1), in
+    row-major order) laid out as (B, T), row i's first entries, T the longest completion; and the (B, T) mask."""
+    counts = nxt.sum(dim=1)
+    width = int(counts.max()) if counts.numel() else 0
+    rows = nxt.nonzero(as_tuple=True)[0]
+    pos = torch.arange(rows.numel(), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    out = flat.new_zeros(nxt.shape[0], width).index_put((rows, pos), flat)
+    return out, torch.arange(width, device=counts.device).unsqueeze(0) < counts.unsqueeze(1)
+
+
 def _rows_as_list(rows):
     """Collator of online trainers: the dataset rows themselves (generation happens in the trainer)."""
     return list(rows)
@@ -353,24 +364,24 @@ class OnlineTrainer(BaseTrainer):
         head_mask = torch.zeros_like(cmask)
         head_mask[:, :-1] = nxt
         targets = input_ids[:, 1:][nxt]
-        rows_idx = head_mask.nonzero(as_tuple=True)[0]
         with select_head_positions(model, head_mask):
             logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[0]
         if self.args.temperature != 1.0:
             logits = logits / self.args.temperature
-        flat_logps = selective_log_softmax(logits, targets)
-        counts = nxt.sum(dim=1)
-        width = int(counts.max()) if counts.numel() else 0
-        starts = torch.cumsum(counts, 0) - counts
-        pos = torch.arange(rows_idx.numel(), device=rows_idx.device) - starts[rows_idx]
-        logps = flat_logps.new_zeros(input_ids.shape[0], width).index_put((rows_idx, pos), flat_logps)
-        mask = torch.arange(width, device=counts.device).unsqueeze(0) < counts.unsqueeze(1)
+        logps, mask = completion_layout(selective_log_softmax(logits, targets), nxt)
         entropies = None
         if with_entropy:
             with torch.no_grad():
-                flat_ent = entropy_from_logits(logits.detach())
-            entropies = flat_ent.new_zeros(input_ids.shape[0], width).index_put((rows_idx, pos), flat_ent)
+                entropies = completion_layout(entropy_from_logits(logits.detach()), nxt)[0]
         return logps, mask, entropies
+
+    @staticmethod
+    def completion_token_mask(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The (B, T) 0/1 mask of ``token_logps``'s layout for a micro-batch that carries ``old_logps`` (T is
+        their width): row i's first ``completion length`` entries."""
+        counts = batch["completion_mask"][:, 1:].sum(dim=1)
+        width = batch["old_logps"].shape[1]
+        return torch.arange(width, device=counts.device).unsqueeze(0) < counts.unsqueeze(1)
 
     # -- rollout -------------------------------------------------------------------------------------------
     def _needs_old_logps(self) -> bool:

@@ -28,7 +28,7 @@ from ..models.loading import load_pretrained
 from ..models.policy_value import PolicyAndValue, token_values
 from ..models.sharding import frozen_copy
 from .base import check_choice
-from .online_base import OnlineConfig, OnlineTrainer
+from .online_base import OnlineConfig, OnlineTrainer, completion_layout
 from .preference_base import eval_mode
 
 _WHITEN_EPS = 1e-8
@@ -156,17 +156,7 @@ class PPOTrainer(OnlineTrainer):
         """(B, L) per-position values -> (B, T) at the positions that predict completion tokens (the layout of
         ``token_logps``)."""
         nxt = batch["completion_mask"].bool()[:, 1:]
-        flat = full[:, :-1][nxt]
-        counts = nxt.sum(dim=1)
-        width = int(counts.max()) if counts.numel() else 0
-        rows = nxt.nonzero(as_tuple=True)[0]
-        pos = torch.arange(rows.numel(), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
-        return flat.new_zeros(full.shape[0], width).index_put((rows, pos), flat)
-
-    @staticmethod
-    def _mask(batch, width: int) -> torch.Tensor:
-        counts = batch["completion_mask"][:, 1:].sum(dim=1)
-        return torch.arange(width, device=counts.device).unsqueeze(0) < counts.unsqueeze(1)
+        return completion_layout(full[:, :-1][nxt], nxt)[0]
 
     @torch.no_grad()
     def shape_rewards(self, rewards, batches):
@@ -180,8 +170,7 @@ class PPOTrainer(OnlineTrainer):
         all_adv, all_masks = [], []
         for b in batches:
             n = b["input_ids"].shape[0]
-            width = b["old_logps"].shape[1]
-            mask = self._mask(b, width)
+            mask = self.completion_token_mask(b)
             with eval_mode(value_model):
                 values = self._compact(token_values(value_model, b["input_ids"], b["attention_mask"]), b)
             if "ref_logps" in b:

@@ -69,7 +69,7 @@ class RLOOTrainer(OnlineTrainer):
         self.record("objective/scores", self._gather(scores).mean())
         if args.beta == 0.0:
             return scores
-        kl = torch.cat([sequence_kl(b["old_logps"], b["ref_logps"], self._mask_of(b)) for b in batches])
+        kl = torch.cat([sequence_kl(b["old_logps"], b["ref_logps"], self.completion_token_mask(b)) for b in batches])
         all_kl = self._gather(kl)
         self.record("objective/kl", all_kl.mean())
         self.record("kl", all_kl.mean())
@@ -77,12 +77,6 @@ class RLOOTrainer(OnlineTrainer):
         shaped = scores - args.beta * kl
         self.record("objective/rlhf_reward", self._gather(shaped).mean())
         return shaped
-
-    @staticmethod
-    def _mask_of(batch) -> torch.Tensor:
-        counts = batch["completion_mask"].sum(dim=1)
-        width = batch["old_logps"].shape[1]
-        return torch.arange(width, device=counts.device).unsqueeze(0) < counts.unsqueeze(1)
 
     def process_rewards(self, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
         k = self.args.num_generations
