@@ -41,8 +41,32 @@ SCENARIOS = {
     "sft-packing": ("sft", "sft", "causal-lm", {"packing": True}),
     "dpo": ("dpo", "pref", "causal-lm", {"loss_type": ["sigmoid"]}),
     "reward": ("reward", "pref", "seq-cls", {}),
+    # KTO on the kit's unpaired data; check mode gives posttrain TRL's KL pairing (compare_worker.BatchRecorder)
+    "kto": ("kto", "unpaired", "causal-lm", {}),
+    # the same with each library's own KL pairing (TRL: prompt i with completion i-1; posttrain: i+1): information only
+    "kto-native-pairing": ("kto", "unpaired", "causal-lm", {}),
+    # online: identical cheap reward (compare_worker.length_reward), same sampling settings; min_new_tokens makes every
+    # completion max_completion_length tokens long in both, so completions/s compare equal work
+    "grpo": ("grpo", "prompts", "causal-lm", {"num_generations": 4, "max_completion_length": 64, "temperature": 1.0,
+                                                "beta": 0.0, "generation_kwargs": {"min_new_tokens": 64}}),
+    "rloo": ("rloo", "prompts", "causal-lm", {"num_generations": 4, "max_completion_length": 64, "temperature": 1.0,
+                                                "beta": 0.05, "generation_kwargs": {"min_new_tokens": 64}}),
 }
-MAX_LENGTH = {"sft": 512, "dpo": 1024, "reward": 1024}
+MAX_LENGTH = {"sft": 512, "dpo": 1024, "reward": 1024, "kto": 1024, "grpo": None, "rloo": None}
+# Mismatches that are explained (NOTES.md, "KTO" and "GRPO"); the table still says FAIL, with the reason next to it.
+KNOWN = {
+    "kto": "logits/chosen: posttrain KTO averages per-row means, TRL per token",
+    "kto-native-pairing": "KL pairs differ by design (TRL: completion i-1, posttrain: i+1)",
+    "grpo-loss beta!=0": "TRL use_bias_correction_kl=True by default: same loss value, different KL gradient",
+}
+CHECKS = ["sft", "sft-packing", "dpo", "reward", "kto", "kto-native-pairing", "grpo-loss"]
+# GRPO loss on fixed completions (compare_worker.grpo_loss_check): each loss type both libraries share, with and without KL
+GRPO_LOSS_CASES = [{"loss_type": t, "beta": b} for t in ("grpo", "bnpo", "dr_grpo", "dapo") for b in (0.0, 0.04)] + [
+    {"loss_type": "grpo", "beta": 0.04, "importance_sampling_level": "sequence"},
+    {"loss_type": "grpo", "beta": 0.0, "temperature": 0.7},
+] + [  # TRL 1.16 multiplies the KL term by the (differentiable) importance ratio by default; posttrain has no such option
+    {"loss_type": t, "beta": 0.04, "trl": {"use_bias_correction_kl": False}} for t in ("grpo", "bnpo", "dr_grpo", "dapo")
+]
 
 
 def python_for(lib: str) -> str:
@@ -109,7 +133,7 @@ def check(argv=None) -> str:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--examples", type=int, default=400)
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS))
+    p.add_argument("--scenarios", nargs="+", default=CHECKS)
     a = p.parse_args(argv)
     paths = prepare(a.size, a.examples, a.examples)
     ref = model_dir(a.size, "causal-lm-ref")
@@ -121,9 +145,17 @@ def check(argv=None) -> str:
            "|---|---|---|---|---|---|---|---|"]
     details, raw = [], {}
     for scenario in a.scenarios:
+        if scenario == "grpo-loss":
+            continue
         cfg = dict(base_config(scenario, a.size, paths, a), mode="check", dtype=a.dtype)
-        if SCENARIOS[scenario][0] == "dpo":
+        if SCENARIOS[scenario][0] in ("dpo", "kto"):
             cfg["ref_model"] = str(ref)  # a reference that differs from the policy, so the loss is not log 2
+        if SCENARIOS[scenario][0] == "kto":
+            # policy = the seed-1 model, reference = the seed-0 one: with this order KTO's KL estimate on these batches is
+            # positive (the other order gives a negative estimate, which both libraries clamp to 0, hiding the KL term)
+            cfg["model"], cfg["ref_model"] = str(ref), paths["causal-lm"]
+        if scenario == "kto-native-pairing":
+            cfg["kto_pairing"] = "native"
         runs = {lib: run_worker(dict(cfg, lib=lib)) for lib in LIBS}
         raw[scenario] = runs
         c = compare_runs(runs["posttrain"], runs["trl"])
@@ -131,12 +163,32 @@ def check(argv=None) -> str:
         n_ok = sum(r[3] for r in c["metrics"])
         out.append(f"| {scenario} | {x:.8f} | {y:.8f} | {abs(x - y) / max(abs(x), abs(y), 1e-12):.1e} | {n_ok}/{len(c['metrics'])} | "
                    f"{'yes' if c['all_steps_ok'] else 'NO'} | {'yes' if c['same_first_batch'] else 'NO'} | "
-                   f"{'PASS' if c['passed'] else 'FAIL'} |")
+                   f"{'PASS' if c['passed'] else 'FAIL' + (f' (known: {KNOWN[scenario]})' if scenario in KNOWN else '')} |")
         lines = [f"{scenario}: " + ", ".join(f"{k} {u:.6g} vs {v:.6g}{'' if ok else ' (FAIL)'}" for k, u, v, ok in c["metrics"])]
         if c["only_posttrain"] or c["only_trl"]:
             lines.append(f"  logged only by posttrain: {c['only_posttrain']}; only by TRL: {c['only_trl']}")
         lines.append(f"  losses per step: posttrain {runs['posttrain']['losses']}, TRL {runs['trl']['losses']}")
         details += lines
+    if "grpo-loss" in a.scenarios:
+        for case in GRPO_LOSS_CASES:
+            cfg = dict(lib=None, scenario="grpo", mode="loss_check", model=paths["causal-lm"], ref_model=str(ref),
+                       data=paths["prompts_data"], batch_size=8, num_generations=4, max_completion_length=24, steps=1,
+                       overrides=case)
+            shared = {k: v for k, v in case.items() if k != "trl"}
+            runs = {lib: run_worker(dict(cfg, lib=lib, overrides=dict(shared, **(case.get("trl", {}) if lib == "trl" else {}))))
+                    for lib in LIBS}
+            name = "grpo-loss " + ",".join(f"{k}={v}" for k, v in shared.items()) + "".join(
+                f", TRL {k}={v}" for k, v in case.get("trl", {}).items())
+            raw[name] = runs
+            c = compare_runs(runs["posttrain"], runs["trl"])
+            x, y = c["loss"]
+            n_ok = sum(r[3] for r in c["metrics"])
+            out.append(f"| {name} | {x:.8f} | {y:.8f} | {abs(x - y):.1e} (abs) | {n_ok}/{len(c['metrics'])} | - | "
+                       f"{'yes' if c['same_first_batch'] else 'NO'} | {'PASS' if c['passed'] else 'FAIL'}"
+                       f"{' (known: ' + KNOWN['grpo-loss beta!=0'] + ')' if not c['passed'] and case['beta'] and 'trl' not in case else ''} |")
+            details.append(f"{name}: " + ", ".join(f"{k} {u:.8g} vs {v:.8g}{'' if ok else ' (FAIL)'}" for k, u, v, ok in c["metrics"]))
+            if c["only_posttrain"] or c["only_trl"]:
+                details.append(f"  logged only by posttrain: {c['only_posttrain']}; only by TRL: {c['only_trl']}")
     if "dpo" in raw:  # each library against an exact (float64) computation of the same first step
         from benchmarks import dpo_oracle
 
@@ -145,9 +197,10 @@ def check(argv=None) -> str:
         for k, v in exact.items():
             errs = ", ".join(f"{lib} {raw['dpo'][lib]['first_log'][k] - v:+.2e}" for lib in LIBS)
             details.append(f"  {k}: exact {v:.8g}; {errs}")
+    first = next(k for k in raw)
     header = (f"Model: kit qwen2 '{a.size}', {a.dtype}, dropout off, learning rate 0, sequential data order, batch "
               f"{a.batch_size}, {a.steps} steps; tolerance |a-b| <= {TOLERANCE:g} * max(1, |a|, |b|). DPO: sigmoid loss, beta 0.1, "
-              "reference = a second kit model (seed 1). TRL " + raw[a.scenarios[0]]["trl"]["versions"].get("trl", "?") + ".")
+              "reference = a second kit model (seed 1). TRL " + raw[first]["trl"]["versions"].get("trl", "?") + ".")
     text = header + "\n\n" + "\n".join(out) + "\n\n```\n" + "\n".join(details) + "\n```\n"
     save(f"check-{a.size}-{a.dtype}", raw, text)
     print(text)
@@ -171,7 +224,7 @@ def speed(argv=None) -> str:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--examples", type=int, default=400)
     p.add_argument("--settings", nargs="+", default=["default", "best"], choices=["default", "best"])
-    p.add_argument("--scenarios", nargs="+", default=["sft", "dpo", "reward"])
+    p.add_argument("--scenarios", nargs="+", default=["sft", "dpo", "kto", "reward", "grpo", "rloo"])
     a = p.parse_args(argv)
     paths = prepare(a.size, a.examples, a.examples)
     results: dict[tuple[str, str], dict[str, list[dict]]] = {}
@@ -183,7 +236,8 @@ def speed(argv=None) -> str:
                 for lib in (LIBS if i % 2 == 0 else LIBS[::-1]):
                     r = run_worker(dict(cfg, lib=lib))
                     runs[lib].append(r)
-                    print(f"{scenario} {setting} {lib}: {r['tokens_per_s']:.0f} tok/s, {r['peak_rss_mb']:.0f} MB, "
+                    print(f"{scenario} {setting} {lib}: {r['tokens_per_s']:.0f} tok/s, {r['samples_per_s']:.2f} samples/s, "
+                          f"{r['peak_rss_mb']:.0f} MB, completion lengths {r.get('completion_lengths')}, "
                           f"other procs {r['other_cpu_cores']:.2f} cores, load {r['load_start'][0]:.2f}", flush=True)
     text = speed_table(results, a)
     save(f"speed-{a.size}", {f"{k[0]}/{k[1]}": v for k, v in results.items()}, text)
@@ -219,7 +273,8 @@ def speed_table(results, a) -> str:
             f"alternating (A B, B A, ...), fresh process per run, medians. Versions: posttrain {vp.get('posttrain')}, "
             f"TRL {vt.get('trl')}, torch {vt.get('torch')}, transformers {vt.get('transformers')}, accelerate {vt.get('accelerate')}. "
             f"Machine: {os.cpu_count()} CPUs. 'speed ratio' is the ratio of medians; '(pairs: x)' the median of the per-repeat ratios. samples/s counts collated "
-            f"examples: sequences (SFT; packed rows with packing) or preference pairs (DPO, reward).")
+            f"examples: sequences (SFT; packed rows with packing), preference pairs (DPO, reward), unpaired rows (KTO) or "
+            f"completions (GRPO, RLOO; there tokens/s = completion tokens).")
     return head + "\n\n" + "\n".join(lines) + "\n"
 
 

@@ -90,4 +90,14 @@ def prepare(size: str, sft_examples: int, pref_examples: int) -> dict[str, str]:
     if not f.exists():
         write_jsonl(preference_rows(pref_examples, seed=1), f)
     paths["pref_data"] = str(f)
+    # KTO: the kit's unpaired preference rows (conversational; about half desirable); online: the kit's prompts
+    from posttrain.kit import make_dataset
+
+    for kind, fmt, cols in (("unpaired", "unpaired_preference", ("prompt", "completion", "label")),
+                            ("prompts", "prompt_only", ("prompt",))):
+        f = data_file(kind, pref_examples)
+        if not f.exists():
+            rows = make_dataset("addition", fmt, n=pref_examples, seed=0, conversational=True)
+            write_jsonl([{k: r[k] for k in cols} for r in rows], f)
+        paths[f"{kind}_data"] = str(f)
     return paths

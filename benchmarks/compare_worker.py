@@ -34,10 +34,27 @@ T0 = time.perf_counter()
 BEST = {
     "sft": {"packing": True},
     "dpo": {},
+    "kto": {},
     "reward": {},
+    "grpo": {},
+    "rloo": {},
 }
 # Per-scenario names of the trainer and config classes (identical in both libraries).
-CLASSES = {"sft": ("SFTTrainer", "SFTConfig"), "dpo": ("DPOTrainer", "DPOConfig"), "reward": ("RewardTrainer", "RewardConfig")}
+CLASSES = {"sft": ("SFTTrainer", "SFTConfig"), "dpo": ("DPOTrainer", "DPOConfig"), "kto": ("KTOTrainer", "KTOConfig"),
+           "reward": ("RewardTrainer", "RewardConfig"), "grpo": ("GRPOTrainer", "GRPOConfig"),
+           "rloo": ("RLOOTrainer", "RLOOConfig")}
+ONLINE = ("grpo", "rloo")  # trainers that sample: no max_length, a reward function, completions/s
+
+
+def length_reward(prompts=None, completions=None, **kwargs) -> list[float]:
+    """The reward of the online speed scenarios: cheap, deterministic and identical in both libraries (the harness's own
+    code): the completion's length in characters / 100. Accepts both libraries' calling conventions (keyword
+    ``prompts``/``completions``, standard text or conversational messages)."""
+    out = []
+    for c in completions:
+        text = c[-1]["content"] if isinstance(c, list) else c
+        out.append(len(text) / 100.0)
+    return out
 
 
 def _peak_rss_mb() -> float:
@@ -68,7 +85,7 @@ def _read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def example_sequences(ex: dict) -> list[list[int]]:
+def example_sequences(ex: dict, with_kl: bool = True) -> list[list[int]]:
     """The full token sequences one collated example stands for, from either library's column names.
 
     SFT: ``input_ids`` (a packed row is one sequence of its concatenated parts). Paired preference rows:
@@ -80,6 +97,11 @@ def example_sequences(ex: dict) -> list[list[int]]:
                 return list(ex[n])
         return None
 
+    completion = get("completion_input_ids", "completion_ids")
+    if completion is not None:  # unpaired (KTO): the row and, when the example carries it, its mismatched KL row
+        prompt = get("prompt_input_ids", "prompt_ids") or []
+        kl = get("kl_completion_input_ids", "KL_completion_ids")
+        return [prompt + completion] + ([prompt + kl] if kl is not None and with_kl else [])
     chosen = get("chosen_input_ids", "chosen_ids")
     if chosen is not None:
         rejected = get("rejected_input_ids", "rejected_ids")
@@ -96,20 +118,102 @@ def fingerprint(seqs: list[list[int]]) -> str:
 class BatchRecorder:
     """Wraps a data collator: records, per batch and in order, the real tokens and the sequences it was built from."""
 
-    def __init__(self, collator):
+    def __init__(self, collator, kl_shift: bool = False):
         self.collator = collator
         self.tokens: list[int] = []
         self.first: list[list[int]] | None = None
+        self.kl_shift = kl_shift
 
     def __call__(self, examples):
+        if self.kl_shift:  # posttrain KTO: give row i the completion of row i-1 (TRL's pairing) as its fixed KL row
+            comps = [ex["completion_input_ids"] for ex in examples]
+            examples = [dict(ex, kl_completion_input_ids=c) for ex, c in zip(examples, comps[-1:] + comps[:-1])]
         seqs = [s for ex in examples for s in example_sequences(ex)]
-        self.tokens.append(sum(len(s) for s in seqs))
+        # counted: the trained rows (not KTO's KL rows, which only one library carries in its examples)
+        self.tokens.append(sum(len(s) for ex in examples for s in example_sequences(ex, with_kl=False)))
         if self.first is None:
             self.first = seqs
         return self.collator(examples)
 
     def __getattr__(self, name):  # trainers read attributes of their collator (e.g. posttrain's `flatten`)
         return getattr(self.collator, name)
+
+
+def grpo_loss_check(cfg: dict, L, torch) -> dict:
+    """GRPO's first-step loss on identical *fixed* completions, through each library's own ``compute_loss``.
+
+    Neither library takes completions from outside its sampler, but both split a step into "generate and score"
+    (which produces the training inputs) and ``compute_loss(model, inputs)``. This builds those inputs from the same
+    token ids in each library's own layout (TRL: left-padded prompt + right-padded completion tensors; posttrain:
+    right-padded prompt+completion rows with a completion mask), with the same advantages and the same reference
+    log-probs (computed here by the harness, identical code in both venvs), and calls ``compute_loss`` once in train
+    mode (on-policy: ``num_iterations=1``, no old log-probs), then backward. Returns the loss, the gradient norm and the
+    metrics the call recorded.
+    """
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(cfg["model"])
+    model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(cfg["ref_model"], dtype=torch.float32)
+    rows = _read_jsonl(cfg["data"])
+    G, B = cfg["num_generations"], cfg["batch_size"]
+    prompts = [list(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False))
+               for r in rows[: B // G] for _ in range(G)]
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(4, cfg["max_completion_length"] + 1, (B,), generator=gen).tolist()
+    comps = [torch.randint(5, tok.vocab_size, (n,), generator=gen).tolist() for n in lengths]
+    comps[0][-1] = tok.eos_token_id
+    rewards = torch.tensor([len(c) / 10.0 for c in comps]).view(-1, G)
+    advantages = ((rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-4)).view(-1)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    Tc = max(lengths)
+    cids = torch.tensor([c + [pad] * (Tc - len(c)) for c in comps])
+    cmask = torch.tensor([[1] * len(c) + [0] * (Tc - len(c)) for c in comps])
+    Tp = max(len(p) for p in prompts)
+    pids = torch.tensor([[pad] * (Tp - len(p)) + p for p in prompts])
+    pmask = torch.tensor([[0] * (Tp - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():  # reference log-probs of the completion tokens (harness code)
+        logits = ref(input_ids=torch.cat([pids, cids], 1), attention_mask=torch.cat([pmask, cmask], 1)).logits
+        logits = logits[:, Tp - 1:-1].float() / cfg["overrides"].get("temperature", 1.0)
+        ref_logps = torch.log_softmax(logits, -1).gather(-1, cids.unsqueeze(-1)).squeeze(-1) * cmask
+    n_tokens = cmask.sum().float()
+
+    args = L.GRPOConfig(output_dir=f"/tmp/posttrain-compare-{cfg['lib']}-grpo-loss-{os.getpid()}", report_to=[],
+                        per_device_train_batch_size=B, num_generations=G, max_completion_length=cfg["max_completion_length"],
+                        bf16=False, gradient_checkpointing=False, learning_rate=0.0, max_steps=1, save_strategy="no",
+                        **({"use_cpu": True} if cfg["lib"] == "trl" and not torch.cuda.is_available() else {}),
+                        **cfg["overrides"])
+    data = Dataset.from_list([{"prompt": r["prompt"]} for r in rows[:16]])
+    trainer = L.GRPOTrainer(model=model, reward_funcs=[length_reward], args=args, train_dataset=data, processing_class=tok)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    if cfg["lib"] == "trl":
+        inputs = {"prompt_ids": pids, "prompt_mask": pmask, "completion_ids": cids, "completion_mask": cmask,
+                  "advantages": advantages, "old_per_token_logps": None, "num_items_in_batch": n_tokens}
+        if args.beta != 0.0:
+            inputs["ref_per_token_logps"] = ref_logps
+    else:
+        from posttrain.trainers.preference_base import build_rows
+
+        inputs = dict(build_rows(prompts, comps, pad_token_id=pad), advantages=advantages, num_items_in_batch=n_tokens,
+                      truncated=torch.zeros(B, dtype=torch.bool))
+        if args.beta != 0.0:
+            inputs["ref_logps"] = ref_logps
+    trainer._metrics["train"].clear()
+    loss = trainer.compute_loss(trainer.model, inputs)
+    loss.backward()
+    grad_norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in trainer.model.parameters() if p.grad is not None))
+    metrics = {k: float(v[-1]) for k, v in trainer._metrics["train"].items() if v}
+    first = dict(metrics, loss=float(loss), grad_norm=float(grad_norm))
+    import importlib.metadata as md
+
+    return {"lib": cfg["lib"], "scenario": "grpo", "mode": "loss_check", "losses": [float(loss)], "first_log": first,
+            "first_batch": fingerprint([p + c for p, c in zip(prompts, comps)]),
+            "versions": {p: md.version(p) for p in ("torch", "transformers", cfg["lib"])},
+            "completion_tokens": int(n_tokens), "config": {k: getattr(args, k, None) for k in
+                                                            ("loss_type", "beta", "epsilon", "epsilon_high", "temperature",
+                                                             "importance_sampling_level", "scale_rewards")}}
 
 
 def main(cfg: dict) -> dict:
@@ -128,6 +232,8 @@ def main(cfg: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 
     trainer_cls, config_cls = (getattr(L, n) for n in CLASSES[scenario])
+    if mode == "loss_check":
+        return grpo_loss_check(cfg, L, torch)
     auto = AutoModelForSequenceClassification if scenario == "reward" else AutoModelForCausalLM
     tokenizer = AutoTokenizer.from_pretrained(cfg["model"])
     dtype = getattr(torch, cfg.get("dtype", "float32"))
@@ -138,6 +244,8 @@ def main(cfg: dict) -> dict:
                   max_steps=cfg["steps"], per_device_train_batch_size=cfg["batch_size"], logging_steps=1, report_to=[],
                   save_strategy="no", disable_tqdm=True, seed=cfg.get("seed", 0), max_length=cfg["max_length"],
                   learning_rate=cfg.get("learning_rate", 1e-5), dataloader_num_workers=0)
+    if scenario in ONLINE:
+        del kwargs["max_length"]  # the online scenarios set max_completion_length (shared overrides) instead
     if lib == "trl" and not torch.cuda.is_available():
         # TRL's bf16 default (on unless fp16) makes TrainingArguments refuse to start on a machine without a GPU unless
         # use_cpu=True is given; posttrain sets it by itself. The least a TRL user must add to run on CPU.
@@ -152,12 +260,17 @@ def main(cfg: dict) -> dict:
     args = config_cls(**kwargs)
 
     extra = {}
-    if scenario == "dpo" and cfg.get("ref_model"):
+    if scenario in ("dpo", "kto") and cfg.get("ref_model"):
         extra["ref_model"] = AutoModelForCausalLM.from_pretrained(cfg["ref_model"], dtype=dtype)
+    if scenario in ONLINE:
+        extra["reward_funcs"] = [length_reward]
     init_start = time.perf_counter()
     trainer = trainer_cls(model=model, args=args, train_dataset=data, processing_class=tokenizer, **extra)
     init_s = time.perf_counter() - init_start
-    recorder = BatchRecorder(trainer.data_collator)
+    # KTO pairing: TRL pairs prompt i with completion i-1 of its batch for the KL term, posttrain with completion i+1.
+    # "trl" (default in check mode) makes posttrain use TRL's pairing through its fixed-KL-row input; "native" keeps it.
+    kl_shift = lib == "posttrain" and scenario == "kto" and cfg.get("kto_pairing", "trl" if mode == "check" else "native") == "trl"
+    recorder = BatchRecorder(trainer.data_collator, kl_shift=kl_shift)
     trainer.data_collator = recorder
     if mode == "check":  # same order in both libraries, whatever their samplers do
         from torch.utils.data import SequentialSampler
@@ -185,7 +298,9 @@ def main(cfg: dict) -> dict:
     logs = [h for h in trainer.state.log_history if "loss" in h]
     timed = clock["stop"] - clock["start"]
     timed_tokens = sum(recorder.tokens[warmup:steps])
-    pairs = cfg["batch_size"] * (steps - warmup)
+    if scenario in ONLINE:  # completion tokens: completions x their logged mean length, per timed step
+        timed_tokens = sum(cfg["batch_size"] * h.get("completions/mean_length", 0.0) for h in logs[warmup:steps])
+    pairs = cfg["batch_size"] * (steps - warmup)  # sequences, pairs, unpaired rows or completions
     try:
         import importlib.metadata as md
 
@@ -195,6 +310,7 @@ def main(cfg: dict) -> dict:
     return {
         "lib": lib, "scenario": scenario, "mode": mode, "versions": versions,
         "losses": [h["loss"] for h in logs],
+        "completion_lengths": [h.get("completions/mean_length") for h in logs],
         "first_log": logs[0],
         "first_batch": fingerprint(recorder.first or []),
         "first_batch_tokens": recorder.tokens[0] if recorder.tokens else 0,
