@@ -151,8 +151,9 @@ class KTOTrainer(PreferenceTrainer):
         self.record_pooled("rewards/rejected", out.rejected_rewards)
         self.record_pooled("logps/chosen", policy.sum.detach()[labels])
         self.record_pooled("logps/rejected", policy.sum.detach()[~labels])
-        self.record_pooled("logits/chosen", policy.mean_logits[labels])
-        self.record_pooled("logits/rejected", policy.mean_logits[~labels])
+        # token means (like DPO's and TRL's): each row's mean logit weighted by its completion tokens
+        self.record_pooled("logits/chosen", policy.mean_logits[labels], policy.count[labels])
+        self.record_pooled("logits/rejected", policy.mean_logits[~labels], policy.count[~labels])
         return out.losses.mean()
 
     def _udm_weights(self, batch, labels) -> torch.Tensor | None:

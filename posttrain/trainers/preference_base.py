@@ -858,9 +858,16 @@ class PreferenceTrainer(BaseTrainer):
         return -(policy.token_logps[sel].sum() / count.clamp(min=1))
 
     # -- pooled metrics (means over examples that may be absent from a batch: KTO/BCO) ------------------
-    def record_pooled(self, name: str, values: torch.Tensor) -> None:
-        """Record the sum and count of ``values``; :meth:`log` reports the pooled mean over steps and processes."""
-        self.record(f"_sum/{name}", values.detach().float().sum() if values.numel() else 0.0)
+    def record_pooled(self, name: str, values: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        """Record the (``weights``-weighted) sum and count of ``values``; :meth:`log` reports the pooled mean over
+        steps and processes."""
+        values = values.detach().float()
+        if weights is not None:
+            weights = weights.detach().float()
+            self.record(f"_sum/{name}", (values * weights).sum() if values.numel() else 0.0)
+            self.record(f"_count/{name}", float(weights.sum()) if values.numel() else 0.0)
+            return
+        self.record(f"_sum/{name}", values.sum() if values.numel() else 0.0)
         self.record(f"_count/{name}", float(values.numel()))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
