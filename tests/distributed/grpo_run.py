@@ -6,6 +6,7 @@ its log history and a checksum of its final weights.
 """
 
 import json
+import os
 import sys
 
 import torch
@@ -43,6 +44,10 @@ with open(f"{out}/rank{trainer.accelerator.process_index}.json", "w") as f:
     json.dump({"samples": samples, "log": trainer.state.log_history, "checksum": checksum,
                "world": trainer.accelerator.num_processes}, f)
 
-# release the process group before exit (gloo can abort at interpreter exit otherwise: "terminate called without an
-# active exception")
+# Release the process group, then leave without interpreter teardown: roughly 1 run in 4 on these CPUs aborts during
+# teardown ("terminate called without an active exception", SIGABRT) after everything above has been written; the
+# cause is not found yet (issue 7).
 trainer.accelerator.end_training()
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
