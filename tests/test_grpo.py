@@ -100,11 +100,11 @@ def test_sampling_logps_equal_training_logps(tiny_model_dir, tokenizer, prompts,
 def test_reused_generation_batch_computes_old_logps_once(tiny_model_dir, tokenizer, prompts, tmp_path, monkeypatch):
     """num_iterations=2 x steps_per_generation=2: one generation every 4 micro-steps, old log-probs stored, and at
     the first micro-step they equal the current ones (no clipping can happen)."""
-    import posttrain.trainers.online_base as online_base
+    import posttrain.rollout.backends as backends  # the default (transformers) rollout backend's generate
 
     calls = []
-    real = online_base.generate
-    monkeypatch.setattr(online_base, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = backends.generate
+    monkeypatch.setattr(backends, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
     args = grpo_args(tmp_path, num_iterations=2, steps_per_generation=2, max_steps=8, per_device_train_batch_size=4)
     trainer = GRPOTrainer(tiny_model_dir, token_count_reward, args=args, train_dataset=prompts,
                           processing_class=tokenizer)

@@ -91,11 +91,11 @@ def test_returns_and_advantages_follow_gae(tiny_model_dir, value_dir, tokenizer,
 
 def test_rollout_reused_for_epochs_and_mini_batches(tiny_model_dir, value_dir, tokenizer, prompts, tmp_path,
                                                     monkeypatch):
-    import posttrain.trainers.online_base as online_base
+    import posttrain.rollout.backends as backends  # the default (transformers) rollout backend's generate
 
     calls = []
-    real = online_base.generate
-    monkeypatch.setattr(online_base, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = backends.generate
+    monkeypatch.setattr(backends, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
     args = ppo_args(tmp_path, num_ppo_epochs=2, num_mini_batches=2, max_steps=8, learning_rate=1e-3, kl_coef=0.1,
                     kl_estimator="k3")
     assert args.steps_per_generation == 2 and args.num_iterations == 2 and args.generation_batch_size == 8

@@ -14,8 +14,10 @@ being trained, score them with reward functions, and train on the samples.
   consecutively (completion ``prompt * G + j``, the group layout of :mod:`posttrain.losses.policy`). Each process
   gets a contiguous slice of it, ``per_device_train_batch_size * steps_per_generation`` completions, as one
   dataloader item; that item is handed to the trainer ``steps_per_generation * num_iterations`` times.
-* **Rollout** — :meth:`OnlineTrainer._prepare_inputs` generates with :func:`posttrain.rollout.generate` at the
-  first of those micro-steps, scores with :class:`~posttrain.rollout.RewardScorer` (callables get ``prompts``,
+* **Rollout** — :meth:`OnlineTrainer._prepare_inputs` generates with the rollout backend
+  (:mod:`posttrain.rollout.backends`: :func:`posttrain.rollout.generate`, or vLLM with ``use_vllm``, whose weights
+  are synced first when an optimizer step changed them) at the first of those micro-steps, scores with
+  :class:`~posttrain.rollout.RewardScorer` (callables get ``prompts``,
   ``completions``, ``completion_ids``, ``trainer_state`` and the dataset columns), splits the slice into
   ``steps_per_generation`` micro-batches, lets the subclass shape this process's rewards with the batches'
   log-probs (:meth:`OnlineTrainer.shape_rewards`: RLOO's KL penalty), gathers them from all processes and lets the
@@ -47,7 +49,8 @@ from ..data.templates import require_chat_template
 from ..data.tokenize import chat_template_ids
 from ..losses.policy import entropy_from_logits, selective_log_softmax
 from ..models import disable_dropout, select_head_positions, unwrap
-from ..rollout import RewardScorer, generate
+from ..rollout import RewardScorer
+from ..rollout.backends import make_backend
 from ..rollout.scoring import completion_for_model
 from .base import BaseTrainer, PosttrainConfig
 from ..models.sharding import frozen_copy
@@ -254,6 +257,7 @@ class OnlineTrainer(BaseTrainer):
         if args.disable_dropout:
             disable_dropout(self.model)
         self.ref_model = self._setup_reference()
+        self.rollout_backend = make_backend(args, lambda: self.model, self.tokenizer_, self.accelerator)
         prompts_per_batch = args.generation_batch_size // args.num_generations
         if self.train_dataset is not None and hasattr(self.train_dataset, "__len__") and len(self.train_dataset) < prompts_per_batch:
             raise ValueError(
@@ -416,10 +420,17 @@ class OnlineTrainer(BaseTrainer):
         raise NotImplementedError
 
     def sample_completions(self, prompt_ids: list[list[int]]):
-        """One completion per prompt from the policy (:func:`posttrain.rollout.generate`, the config's sampling
-        options); returns :class:`~posttrain.rollout.Generations`."""
-        return generate(self.model, self.tokenizer_, prompt_ids=prompt_ids, batch_size=len(prompt_ids),
-                        **self.sampling_kwargs())
+        """One completion per prompt from the policy, by the rollout backend (:func:`posttrain.rollout.generate`,
+        or vLLM with ``use_vllm``, whose weights are refreshed first when an optimizer step changed them) with the
+        config's sampling options; returns :class:`~posttrain.rollout.Generations`."""
+        self.rollout_backend.sync_weights(self.model, self.state.global_step)
+        return self.rollout_backend.generate(prompt_ids, return_logprobs=self.needs_sampling_logps(),
+                                             **self.sampling_kwargs())
+
+    def needs_sampling_logps(self) -> bool:
+        """Whether micro-batches carry the sampler's log-probs of the completion tokens (``sampling_logps``, (B, T)
+        like :meth:`token_logps`), e.g. for GRPO's vLLM importance-sampling correction. Default: False."""
+        return False
 
     def sampling_kwargs(self) -> dict[str, Any]:
         """The sampling options of :func:`posttrain.rollout.generate` given by the config."""
