@@ -28,6 +28,7 @@ from .preference import (
     kto_loss,
     orpo_loss,
 )
+from .sampler_correction import SAMPLER_IS_MODES, sampler_importance_weights
 from .sft import sft_token_loss, token_accuracy, token_dft, token_nll
 from .reward import (
     bradley_terry_loss,
@@ -44,5 +45,6 @@ __all__ = [
     "RunningMean", "bco_loss", "cpo_loss", "dpo_implicit_rewards", "dpo_loss", "kto_kl_estimate", "kto_loss",
     "orpo_loss", "sft_token_loss", "token_accuracy", "token_dft", "token_nll",
 ]
+__all__ += ["SAMPLER_IS_MODES", "sampler_importance_weights"]
 __all__ += ["bradley_terry_loss", "center_rewards_penalty", "reward_accuracy", "step_accuracy",
             "step_classification_loss"]

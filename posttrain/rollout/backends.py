@@ -56,8 +56,9 @@ class HFBackend:
 
     def generate(self, prompt_ids, *, num_return_sequences=1, return_logprobs=False, **sampling) -> Generations:
         n = len(prompt_ids) * num_return_sequences
-        return generate(self.get_model(), self.tokenizer, prompt_ids=prompt_ids, num_return_sequences=num_return_sequences,
-                        batch_size=self.batch_size or max(n, 1), return_logprobs=return_logprobs, **sampling)
+        return generate(self.get_model(), self.tokenizer, prompt_ids=prompt_ids,
+                        num_return_sequences=num_return_sequences, batch_size=self.batch_size or max(n, 1),
+                        return_logprobs=return_logprobs, **sampling)
 
     def sync_weights(self, model, version: int) -> None:
         return None  # the policy samples with its own weights

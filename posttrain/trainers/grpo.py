@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..losses.policy import GRPO_LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_loss, masked_mean, top_entropy_mask
+from ..losses.sampler_correction import SAMPLER_IS_MODES, sampler_importance_weights
 from .base import check_choice
 from .online_base import OnlineConfig, OnlineTrainer
 
@@ -45,6 +46,15 @@ class GRPOConfig(OnlineConfig):
         default=False, metadata={"help": "Completions that hit max_completion_length without EOS get no loss."})
     top_entropy_quantile: float = field(
         default=1.0, metadata={"help": "Train only on the top fraction of completion tokens by entropy (1: all)."})
+    vllm_importance_sampling_correction: bool = field(
+        default=True, metadata={"help": "With use_vllm: re-weight the loss by the trainer/vLLM probability ratio of "
+                                "the sampled tokens (vLLM's probabilities differ slightly from the trainer's)."})
+    vllm_importance_sampling_mode: str = field(
+        default="sequence_mask", metadata={"help": "Ratio per 'token' or per 'sequence'; ratios above the cap are "
+                                           "clipped ('*_truncate') or dropped ('*_mask').",
+                                           "choices": list(SAMPLER_IS_MODES)})
+    vllm_importance_sampling_cap: float = field(
+        default=3.0, metadata={"help": "Cap C of the vLLM importance-sampling ratio."})
 
     def __post_init__(self):
         if isinstance(self.scale_rewards, bool) or str(self.scale_rewards).lower() in ("true", "false"):
@@ -52,6 +62,9 @@ class GRPOConfig(OnlineConfig):
         check_choice("loss_type", self.loss_type, GRPO_LOSS_TYPES)
         check_choice("importance_sampling_level", self.importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
         check_choice("scale_rewards", self.scale_rewards, SCALE_REWARDS)
+        check_choice("vllm_importance_sampling_mode", self.vllm_importance_sampling_mode, SAMPLER_IS_MODES)
+        if self.vllm_importance_sampling_cap <= 0:
+            raise ValueError(f"vllm_importance_sampling_cap must be > 0, got {self.vllm_importance_sampling_cap}.")
         if self.epsilon_high is None:
             self.epsilon_high = self.epsilon
         if self.epsilon < 0 or self.epsilon_high < 0:
@@ -75,6 +88,26 @@ class GRPOTrainer(OnlineTrainer):
 
     config_class = GRPOConfig
     _run_suffix = "GRPO"
+
+    def needs_sampling_logps(self) -> bool:
+        return self.args.use_vllm and self.args.vllm_importance_sampling_correction
+
+    def sampler_weights(self, inputs, logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        """vLLM importance-sampling weights of a micro-batch (None without ``sampling_logps``): the trainer's
+        log-probs at sampling time are ``old_logps``, or the current ones when the batch is trained on-policy."""
+        if "sampling_logps" not in inputs:
+            return None
+        old = inputs.get("old_logps")
+        trainer_logps = (old if old is not None else logps).detach()
+        out = sampler_importance_weights(trainer_logps, inputs["sampling_logps"], mask,
+                                         mode=self.args.vllm_importance_sampling_mode,
+                                         cap=self.args.vllm_importance_sampling_cap)
+        diff = (trainer_logps - inputs["sampling_logps"]).abs()
+        self.record("sampling/sampling_logp_difference/mean", masked_mean(diff, mask))
+        ratio_mask = mask if out.ratio.shape == mask.shape else mask.any(dim=1, keepdim=True)
+        self.record("sampling/importance_sampling_ratio/mean", masked_mean(out.ratio, ratio_mask))
+        self.record("sampling/importance_sampling_weight/mean", masked_mean(out.weights, ratio_mask))
+        return out.weights
 
     def process_rewards(self, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
         adv = group_advantages(rewards, self.args.num_generations, self.args.scale_rewards)
@@ -104,7 +137,7 @@ class GRPOTrainer(OnlineTrainer):
             num_items_in_batch=inputs.get("num_items_in_batch") if training else None,
             num_processes=self.accelerator.num_processes if training else 1,
             gradient_accumulation_steps=self.current_gradient_accumulation_steps if training else 1,
-            delta=args.delta, entropy_mask=entropy_mask,
+            delta=args.delta, entropy_mask=entropy_mask, importance_weights=self.sampler_weights(inputs, logps, mask),
         )
         for name, value in out.metrics.items():
             self.record(name, value)

@@ -52,7 +52,7 @@ from ..models import disable_dropout, select_head_positions, unwrap
 from ..rollout import RewardScorer
 from ..rollout.backends import make_backend
 from ..rollout.scoring import completion_for_model
-from .base import BaseTrainer, PosttrainConfig
+from .base import BaseTrainer, PosttrainConfig, check_choice
 from ..models.sharding import frozen_copy
 from .preference_base import _is_peft_model, build_rows, eval_mode
 
@@ -98,7 +98,25 @@ class OnlineConfig(PosttrainConfig):
     generation_kwargs: dict[str, Any] | str | None = field(
         default=None, metadata={"help": "Extra keyword arguments for model.generate (JSON string on the command line)."}
     )
-    use_vllm: bool = field(default=False, metadata={"help": "Generate with vLLM (not supported yet)."})
+    # -- vLLM generation (docs/vllm.md) --
+    use_vllm: bool = field(default=False, metadata={"help": "Generate with vLLM (pip install posttrain[vllm]; needs a CUDA GPU)."})
+    vllm_mode: str = field(default="server", metadata={
+        "help": "'server': a separate `posttrain vllm-serve` process; 'colocate': vLLM inside each training process.",
+        "choices": ["server", "colocate"]})
+    vllm_model_impl: str = field(default="vllm", metadata={"help": "vLLM model implementation: 'vllm' or 'transformers'.",
+                                                           "choices": ["vllm", "transformers"]})
+    vllm_server_base_url: str | None = field(default=None, metadata={"help": "Server mode: the server's URL (overrides vllm_server_host/port)."})
+    vllm_server_host: str = field(default="0.0.0.0", metadata={"help": "Server mode: the server's host."})
+    vllm_server_port: int = field(default=8000, metadata={"help": "Server mode: the server's port."})
+    vllm_server_timeout: float = field(default=240.0, metadata={"help": "Server mode: seconds to wait for the server to come up."})
+    vllm_group_port: int = field(default=51216, metadata={"help": "Server mode: port of the NCCL weight-sync group."})
+    vllm_weight_sync_transport: str = field(default="nccl", metadata={
+        "help": "Server mode: send weights by 'nccl' (GPU to GPU) or 'http' (in the request bodies; no NCCL needed).",
+        "choices": ["nccl", "http"]})
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "Colocate mode: fraction of the GPU's memory vLLM may use."})
+    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "Colocate mode: training processes sharing one vLLM engine (tensor parallel)."})
+    vllm_enable_sleep_mode: bool = field(default=False, metadata={"help": "Colocate mode: release vLLM's weights and KV cache between generations."})
+    vllm_max_model_length: int | None = field(default=None, metadata={"help": "Colocate mode: vLLM's max_model_len (default: max_prompt_length + max_completion_length)."})
     # -- rewards and reference --
     reward_weights: list[float] | None = field(default=None, metadata={"help": "One weight per reward function (default: all 1)."})
     beta: float = field(default=0.0, metadata={"help": "KL coefficient; 0 creates no reference model."})
@@ -110,7 +128,7 @@ class OnlineConfig(PosttrainConfig):
         if isinstance(self.generation_kwargs, str):
             self.generation_kwargs = json.loads(self.generation_kwargs)
         if self.use_vllm:
-            raise ValueError("use_vllm=True is not supported yet; posttrain generates with transformers (model.generate).")
+            self._check_vllm()
         for name in ("max_completion_length", "num_generations", "num_iterations"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -122,6 +140,17 @@ class OnlineConfig(PosttrainConfig):
             raise ValueError(f"beta must be >= 0, got {self.beta}.")
         super().__post_init__()
         self._resolve_generation_batch()
+
+    def _check_vllm(self) -> None:
+        from ..rollout.vllm_backend import VLLM_MODES, WEIGHT_SYNC_TRANSPORTS, require_vllm
+
+        check_choice("vllm_mode", self.vllm_mode, VLLM_MODES)
+        check_choice("vllm_weight_sync_transport", self.vllm_weight_sync_transport, WEIGHT_SYNC_TRANSPORTS)
+        if self.vllm_tensor_parallel_size < 1:
+            raise ValueError(f"vllm_tensor_parallel_size must be >= 1, got {self.vllm_tensor_parallel_size}.")
+        if not (self.vllm_mode == "server" and self.vllm_weight_sync_transport == "http"):
+            # (the server mode's HTTP transport needs no vLLM in the trainer)
+            require_vllm(f"use_vllm=True (vllm_mode={self.vllm_mode!r}; use_vllm=False generates with transformers)")
 
     def _resolve_generation_batch(self) -> None:
         per_step = self.per_device_train_batch_size * self.world_size * self.completions_per_row
@@ -510,6 +539,9 @@ class OnlineTrainer(BaseTrainer):
             batch: dict[str, Any] = {k: v.to(args.device) for k, v in
                                      build_rows(prompt_ids[sl], completion_ids[sl], pad_token_id=pad).items()}
             batch["truncated"] = truncated[sl].to(args.device)
+            if gens.logprobs is not None:  # the sampler's log-probs, laid out like token_logps
+                batch["sampling_logps"] = torch.nn.utils.rnn.pad_sequence(
+                    [torch.tensor(lp, dtype=torch.float32) for lp in gens.logprobs[sl]], batch_first=True).to(args.device)
             batch["num_items_in_batch"] = num_items
             with torch.no_grad():
                 if need_old:

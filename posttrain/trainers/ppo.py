@@ -64,6 +64,9 @@ class PPOConfig(OnlineConfig):
         default=None, metadata={"help": "Completions to train on in total; sets max_steps when max_steps is not given."})
 
     def __post_init__(self):
+        if self.use_vllm:
+            raise ValueError("PPOTrainer generates with transformers; use_vllm=True is not supported for PPO (GRPO, "
+                             "RLOO, Online DPO, XPO and Nash-MD support it, docs/vllm.md).")
         check_choice("kl_estimator", self.kl_estimator, ("k1", "k3"))
         if self.ddp_find_unused_parameters is None:
             # every training forward runs the policy and the value model, but the values leave the forward beside its
