@@ -7,6 +7,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+# The suite's numerical checks (equal losses, ratios of exactly 1) and learning thresholds were set in fp32. On a
+# CPU with native bf16 posttrain's default is bf16 mixed precision; the suite pins fp32 the way
+# `accelerate launch --mixed_precision no` does, and the tests of the bf16 default (tests/test_precision.py) lift it.
+os.environ.setdefault("ACCELERATE_MIXED_PRECISION", "no")
 
 import pytest
 import torch
@@ -35,6 +39,16 @@ def tiny_gpt2_dir(tmp_path_factory):
     from posttrain.kit import build_tiny_model
 
     return build_tiny_model("gpt2", size="tiny", output_dir=tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+PRECISIONS = ["fp32", "default"]
+"""Learning tests that also run in posttrain's default precision (bf16 on a CPU with native bf16, else fp32)."""
+
+
+def use_precision(monkeypatch, precision: str) -> None:
+    """``"default"``: lift the suite's fp32 pin so configs take posttrain's own default; ``"fp32"``: keep it."""
+    if precision == "default":
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
 
 
 def train_args(cls, tmp_path, **overrides):

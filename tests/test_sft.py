@@ -9,11 +9,15 @@ from transformers import AutoModelForCausalLM
 from posttrain import SFTConfig, SFTTrainer
 from posttrain.evaluation import exact_match_accuracy
 from posttrain.kit import build_tiny_model, make_dataset
-from tests.conftest import train_args
+from posttrain.trainers.base import bf16_supported
+from tests.conftest import PRECISIONS, train_args, use_precision
 
 
-def test_sft_learns_reverse_task(tokenizer, tmp_path):
-    """Held-out exact match on 'reverse 3-5 letters' rises from 0 to >= 50%; the loss falls by >= 70%."""
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_sft_learns_reverse_task(precision, tokenizer, tmp_path, monkeypatch):
+    """Held-out exact match on 'reverse 3-5 letters' rises from 0 to >= 50%; the loss falls by >= 70%. In fp32 and
+    in the default precision (bf16 autocast on a CPU with native bf16)."""
+    use_precision(monkeypatch, precision)
     train = make_dataset("reverse", "prompt_completion", n=4000, seed=0, min_len=3, max_len=5)
     test = make_dataset("reverse", "prompt_only", n=100, seed=1, exclude=train, min_len=3, max_len=5)
     model = build_tiny_model("qwen2", size="small", seed=0)  # 1.1M parameters: learns reliably across seeds
@@ -24,10 +28,12 @@ def test_sft_learns_reverse_task(tokenizer, tmp_path):
     before = accuracy()
     args = train_args(SFTConfig, tmp_path, max_steps=300, per_device_train_batch_size=32, learning_rate=2e-3,
                       lr_scheduler_type="cosine", warmup_steps=20, logging_steps=20)
+    assert args.bf16 == (precision == "default" and bf16_supported())
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
     trainer.train()
     after = accuracy()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    print(f"SFT reverse ({precision}, bf16={args.bf16}): {before:.2f} -> {after:.2f}, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     assert before <= 0.05
     assert after - before >= 0.5, (before, after)
     assert losses[-1] <= 0.3 * losses[0], losses

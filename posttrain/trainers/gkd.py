@@ -226,8 +226,9 @@ class GKDTrainer(SFTTrainer):
         for i in range(labels.shape[0]):
             start = int(has_label[i].nonzero()[0]) if has_label[i].any() else int(inputs["attention_mask"][i].sum())
             prompts.append(input_ids[i, :start].tolist())
-        gens = generate(model, self.tokenizer_, prompt_ids=prompts, max_new_tokens=self.args.max_new_tokens,
-                        do_sample=True, temperature=self.args.temperature, top_k=0, batch_size=len(prompts))
+        with self.generation_precision():
+            gens = generate(model, self.tokenizer_, prompt_ids=prompts, max_new_tokens=self.args.max_new_tokens,
+                            do_sample=True, temperature=self.args.temperature, top_k=0, batch_size=len(prompts))
         rows = build_rows(prompts, gens.completion_ids, pad_token_id=self.tokenizer_.pad_token_id,
                           pad_to_multiple_of=self.args.pad_to_multiple_of)
         completion = rows.pop("completion_mask").bool()

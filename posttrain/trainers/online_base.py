@@ -33,6 +33,7 @@ being trained, score them with reward functions, and train on the samples.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -448,6 +449,11 @@ class OnlineTrainer(BaseTrainer):
         layout); e.g. ``{"advantages": ...}``. Record metrics here."""
         raise NotImplementedError
 
+    def generation_precision(self):
+        """The HF backend samples in the training precision (one autocast region per generation, see
+        :meth:`BaseTrainer.generation_precision`); vLLM runs its own kernels in its own dtype."""
+        return contextlib.nullcontext() if self.args.use_vllm else super().generation_precision()
+
     def sample_completions(self, prompt_ids: list[list[int]]):
         """One completion per prompt from the policy, by the rollout backend (:func:`posttrain.rollout.generate`,
         or vLLM with ``use_vllm``, whose weights are refreshed first when an optimizer step changed them) with the
@@ -506,7 +512,8 @@ class OnlineTrainer(BaseTrainer):
         rows = list(rows)
         n = len(rows)
         prompts = [r["prompt"] for r in rows]
-        gens = self.sample_completions([r["prompt_input_ids"] for r in rows])
+        with self.generation_precision():
+            gens = self.sample_completions([r["prompt_input_ids"] for r in rows])
         prompt_ids, completion_ids = gens.prompt_ids, gens.completion_ids
         eos = tokenizer.eos_token_id
         truncated = torch.tensor([not (ids and ids[-1] == eos) for ids in completion_ids], dtype=torch.bool)
