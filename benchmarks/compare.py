@@ -30,12 +30,19 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.compare_data import OUT, model_dir, prepare  # noqa: E402
 
 WORKER = str(Path(__file__).with_name("compare_worker.py"))
+# The peer: TRL 1.16.0 for the trainers it ships; TRL 0.21.0 (the last release with them) for PPO, XPO, Nash-MD, PRM and
+# BCO. Each runs from its own venv, benchmarks/.venv-trl-<version>, created by benchmarks/peer/make_venv.sh when missing.
 PEER_VERSION = os.environ.get("TRL_VERSION", "1.16.0")
+LEGACY_PEER_VERSION = os.environ.get("TRL_LEGACY_VERSION", "0.21.0")
+LEGACY = ("bco", "prm", "ppo", "xpo", "nash_md")  # trainers TRL 1.16 no longer ships (trl.experimental has none of them)
 LIBS = ("posttrain", "trl")
 TOLERANCE = 1e-4  # |a - b| <= TOLERANCE * max(1, |a|, |b|): relative for large values, absolute for small ones
 LOADED = 0.25  # other processes busy on more than this many cores on average: the run is "under load"
+COMPLETION_TOKENS = 64  # speed runs of the online trainers: every completion is exactly this long in both libraries
+FORCE_LENGTH = {"generation_kwargs": {"min_new_tokens": COMPLETION_TOKENS}}
 
-# scenario name -> (trainer, data kind, model head, worker overrides shared by both libraries)
+# scenario name -> (trainer, data kind, model head, worker overrides shared by both libraries; a "posttrain" or "trl"
+# key holds overrides for that library only)
 SCENARIOS = {
     "sft": ("sft", "sft", "causal-lm", {}),
     "sft-packing": ("sft", "sft", "causal-lm", {"packing": True}),
@@ -45,44 +52,117 @@ SCENARIOS = {
     "kto": ("kto", "unpaired", "causal-lm", {}),
     # the same with each library's own KL pairing (TRL: prompt i with completion i-1; posttrain: i+1): information only
     "kto-native-pairing": ("kto", "unpaired", "causal-lm", {}),
+    # BCO (TRL 0.21) on the same unpaired rows; UDM off (no embedding_func) in both. Check mode gives posttrain TRL 0.21's
+    # tokens (a second EOS after the chat template's end of turn); bco-native-tokens keeps each library's own
+    "bco": ("bco", "unpaired", "causal-lm", {}),
+    "bco-native-tokens": ("bco", "unpaired", "causal-lm", {}),
+    # process reward model (TRL 0.21): kit stepwise rows, a 2-label token-classification kit model
+    "prm": ("prm", "stepwise", "token-cls", {}),
     # online: identical cheap reward (compare_worker.length_reward), same sampling settings; min_new_tokens makes every
     # completion max_completion_length tokens long in both, so completions/s compare equal work
-    "grpo": ("grpo", "prompts", "causal-lm", {"num_generations": 4, "max_completion_length": 64, "temperature": 1.0,
-                                                "beta": 0.0, "generation_kwargs": {"min_new_tokens": 64}}),
-    "rloo": ("rloo", "prompts", "causal-lm", {"num_generations": 4, "max_completion_length": 64, "temperature": 1.0,
-                                                "beta": 0.05, "generation_kwargs": {"min_new_tokens": 64}}),
+    "grpo": ("grpo", "prompts", "causal-lm", {"num_generations": 4, "max_completion_length": COMPLETION_TOKENS,
+                                                "temperature": 1.0, "beta": 0.0, **FORCE_LENGTH}),
+    "rloo": ("rloo", "prompts", "causal-lm", {"num_generations": 4, "max_completion_length": COMPLETION_TOKENS,
+                                                "temperature": 1.0, "beta": 0.05, **FORCE_LENGTH}),
+    # pairwise online trainers: batch = prompts, 2 completions each. Online DPO (TRL 1.16: trl.experimental) ranks them by
+    # length_reward; XPO and Nash-MD (TRL 0.21, no reward functions) by compare_online.LengthJudge. TRL 0.21 keeps a
+    # generation_config without generation_kwargs: compare_worker.force_completion_length sets its min_new_tokens.
+    "online-dpo": ("online_dpo", "prompts", "causal-lm", {"max_new_tokens": COMPLETION_TOKENS, **FORCE_LENGTH}),
+    "xpo": ("xpo", "prompts", "causal-lm", {"max_new_tokens": COMPLETION_TOKENS, "posttrain": FORCE_LENGTH}),
+    "nash-md": ("nash_md", "prompts", "causal-lm", {"max_new_tokens": COMPLETION_TOKENS, "posttrain": FORCE_LENGTH}),
+    # PPO (TRL 0.21): the kit sequence-classification model as reward model and as value model (both libraries); one
+    # step = one rollout of batch_size completions (num_ppo_epochs=4 optimizer steps over it, the default)
+    "ppo": ("ppo", "prompts", "causal-lm", {"response_length": COMPLETION_TOKENS, "posttrain": FORCE_LENGTH}),
 }
-MAX_LENGTH = {"sft": 512, "dpo": 1024, "reward": 1024, "kto": 1024, "grpo": None, "rloo": None}
+MAX_LENGTH = {"sft": 512, "dpo": 1024, "reward": 1024, "kto": 1024, "bco": 1024, "prm": 1024, "grpo": None, "rloo": None,
+              "ppo": None, "online_dpo": 512, "xpo": 512, "nash_md": 512}
 # Mismatches that are explained (NOTES.md, "KTO" and "GRPO"); the table still says FAIL, with the reason next to it.
 KNOWN = {
     "kto": "logits/chosen: posttrain KTO averages per-row means, TRL per token",
     "kto-native-pairing": "KL pairs differ by design (TRL: completion i-1, posttrain: i+1)",
     "grpo-loss beta!=0": "TRL use_bias_correction_kl=True by default: same loss value, different KL gradient",
+    "bco": "logits/*: TRL 0.21 BCO logs the sum of all logits (every position and vocabulary entry) per row, posttrain the "
+           "mean logit of the completion tokens",
+    "bco-native-tokens": "TRL 0.21 BCO appends a second EOS after the chat template's end of turn; posttrain does not",
+    # online steps on fixed completions (NOTES.md, "Online trainers"): metric definitions unless said otherwise
+    "grpo-step beta=0.04, TRL use_bias_correction_kl=False": "reward_std: TRL 1.16 logs the std over the batch, posttrain "
+                                                             "the mean per-group std (TRL 0.21's definition)",
+    "rloo-step beta=0": "reward_std as for GRPO",
+    "rloo-step beta=0.05 (default)": "kl: posttrain logs the mean sequence KL, TRL 1.16 the token mean; reward_std as "
+                                     "for GRPO (posttrain's of the KL-shaped rewards)",
+    "online-dpo sigmoid, temperature 1": "objective/kl, entropy, non_score_reward, rlhf_reward: TRL sums log-probs over "
+                                         "the padding after EOS too (equal with full-length completions)",
+    "online-dpo sigmoid, temperature 0.9 (default)": "training differs: posttrain takes the training log-probs of "
+                                                     "logits / temperature, TRL of the raw logits",
+    "xpo sigmoid, alpha 0.1, temperature 1": "logps/*, objective/kl, objective/entropy: TRL 0.21 XPO averages over the "
+                                             "policy's and the reference's completions (logps/*: policy + reference "
+                                             "log-prob), posttrain over the policy's",
+    "ppo k1, completions 4-24 tokens with EOS": "value loss: TRL 0.21 puts the score on the position after EOS and trains "
+                                                "the value there too (padding_mask_p1); objective/entropy: TRL counts -1 "
+                                                "per padding position (INVALID_LOGPROB)",
 }
-CHECKS = ["sft", "sft-packing", "dpo", "reward", "kto", "kto-native-pairing", "grpo-loss"]
+KNOWN["online-dpo ipo, temperature 1"] = KNOWN["online-dpo sigmoid, temperature 1"]
+KNOWN["rloo-step beta=0.05, normalize_advantages, temperature 0.7"] = KNOWN["rloo-step beta=0.05 (default)"]
+CHECKS = ["sft", "sft-packing", "dpo", "reward", "kto", "kto-native-pairing", "bco", "bco-native-tokens", "prm", "grpo-loss", "online"]
 # GRPO loss on fixed completions (compare_worker.grpo_loss_check): each loss type both libraries share, with and without KL
 GRPO_LOSS_CASES = [{"loss_type": t, "beta": b} for t in ("grpo", "bnpo", "dr_grpo", "dapo") for b in (0.0, 0.04)] + [
     {"loss_type": "grpo", "beta": 0.04, "importance_sampling_level": "sequence"},
     {"loss_type": "grpo", "beta": 0.0, "temperature": 0.7},
 ] + [  # TRL 1.16 multiplies the KL term by the (differentiable) importance ratio by default; posttrain has no such option
     {"loss_type": t, "beta": 0.04, "trl": {"use_bias_correction_kl": False}} for t in ("grpo", "bnpo", "dr_grpo", "dapo")
+] + [  # ... and the same correction emulated in posttrain (compare_worker.grpo_loss_check) against TRL's default
+    {"loss_type": t, "beta": 0.04, "posttrain": {"emulate_bias_correction_kl": True}} for t in ("grpo", "dapo")
 ]
+# Whole first steps of the online trainers on fixed completions (compare_online): name -> (scenario, overrides, options).
+# Options: batch (completions for GRPO/RLOO, prompts otherwise), full_length (every completion max length, no EOS),
+# known (why a FAIL is expected). Completions are 4-24 tokens (about half end with EOS) unless full_length.
+ONLINE_CHECKS = {
+    "grpo-step beta=0.04, TRL use_bias_correction_kl=False": (
+        "grpo", {"num_generations": 4, "max_completion_length": 24, "beta": 0.04, "loss_type": "dapo",
+                 "trl": {"use_bias_correction_kl": False}}, {"batch": 8}),
+    "rloo-step beta=0.05 (default)": ("rloo", {"num_generations": 4, "max_completion_length": 24}, {"batch": 8}),
+    "rloo-step beta=0": ("rloo", {"num_generations": 4, "max_completion_length": 24, "beta": 0.0}, {"batch": 8}),
+    "rloo-step beta=0.05, normalize_advantages, temperature 0.7": (
+        "rloo", {"num_generations": 4, "max_completion_length": 24, "normalize_advantages": True, "temperature": 0.7},
+        {"batch": 8}),
+    "online-dpo sigmoid, temperature 1": ("online_dpo", {"max_new_tokens": 24, "temperature": 1.0}, {"batch": 4}),
+    "online-dpo ipo, temperature 1": ("online_dpo", {"max_new_tokens": 24, "temperature": 1.0, "loss_type": "ipo"},
+                                      {"batch": 4}),
+    "online-dpo sigmoid, temperature 1, full-length completions": (
+        "online_dpo", {"max_new_tokens": 24, "temperature": 1.0}, {"batch": 4, "full_length": True}),
+    "online-dpo sigmoid, temperature 0.9 (default)": ("online_dpo", {"max_new_tokens": 24}, {"batch": 4}),
+    "xpo sigmoid, alpha 0.1, temperature 1": ("xpo", {"max_new_tokens": 24, "temperature": 1.0, "alpha": [0.1]},
+                                              {"batch": 4}),
+    "nash-md mixture_coef 0.5, temperature 1": ("nash_md", {"max_new_tokens": 24, "temperature": 1.0}, {"batch": 4}),
+    "ppo k1, full-length completions": ("ppo", {"response_length": 24, "num_ppo_epochs": 1}, {"batch": 8, "full_length": True}),
+    "ppo k3, full-length completions": ("ppo", {"response_length": 24, "num_ppo_epochs": 1, "kl_estimator": "k3"},
+                                        {"batch": 8, "full_length": True}),
+    "ppo k1, completions 4-24 tokens with EOS": ("ppo", {"response_length": 24, "num_ppo_epochs": 1}, {"batch": 8}),
+}
 
 
-def python_for(lib: str) -> str:
+def peer_version(scenario: str) -> str:
+    """The TRL version a scenario (or trainer name) is compared with."""
+    trainer = SCENARIOS[scenario][0] if scenario in SCENARIOS else scenario
+    return LEGACY_PEER_VERSION if trainer in LEGACY else PEER_VERSION
+
+
+def python_for(lib: str, version: str = PEER_VERSION) -> str:
     if lib == "posttrain":
         return str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
-    py = ROOT / "benchmarks" / f".venv-trl-{PEER_VERSION}" / "bin" / "python"
-    if not py.exists():
-        raise SystemExit(f"{py} is missing: run benchmarks/peer/make_venv.sh {PEER_VERSION} (or make bench-trl).")
+    py = ROOT / "benchmarks" / f".venv-trl-{version}" / "bin" / "python"
+    if not py.exists():  # the harness creates the peer's venv (torch first, then trl and the stack it needs)
+        print(f"creating the peer venv: benchmarks/peer/make_venv.sh {version}", flush=True)
+        subprocess.run([str(ROOT / "benchmarks" / "peer" / "make_venv.sh"), version], check=True, cwd=str(ROOT))
     return str(py)
 
 
 def run_worker(cfg: dict, timeout: int = 3600) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                HF_DATASETS_DISABLE_PROGRESS_BARS="1", TQDM_DISABLE="1")
-    proc = subprocess.run([python_for(cfg["lib"]), WORKER, json.dumps(cfg)], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=str(ROOT))
+    cfg = dict(cfg, peer_version=cfg.get("peer_version") or peer_version(cfg["scenario"]))
+    proc = subprocess.run([python_for(cfg["lib"], cfg["peer_version"]), WORKER, json.dumps(cfg)], capture_output=True,
+                          text=True, env=env, timeout=timeout, cwd=str(ROOT))
     if proc.returncode != 0:
         raise RuntimeError(f"worker failed ({cfg['lib']} {cfg['scenario']} {cfg['mode']}):\n{proc.stderr[-4000:]}")
     for line in reversed(proc.stdout.splitlines()):
@@ -95,7 +175,8 @@ def base_config(scenario: str, size: str, paths: dict, args) -> dict:
     trainer, kind, head, overrides = SCENARIOS[scenario]
     return dict(scenario=trainer, model=paths[head], data=paths[f"{kind}_data"], steps=args.steps,
                 warmup_steps=getattr(args, "warmup_steps", 0), batch_size=args.batch_size, max_length=MAX_LENGTH[trainer],
-                threads=args.threads, seed=0, overrides=dict(overrides))
+                threads=args.threads, seed=0, overrides=dict(overrides), completion_tokens=COMPLETION_TOKENS,
+                value_model=paths["seq-cls"], peer_version=getattr(args, "peer", None) or peer_version(scenario))
 
 
 # -- correctness ---------------------------------------------------------------------------------------------------
@@ -125,6 +206,26 @@ def compare_runs(ours: dict, peer: dict, tol: float = TOLERANCE) -> dict:
     }
 
 
+def check_row(name: str, runs: dict, c: dict, known: str | None = None, steps: bool = True) -> str:
+    """One line of the check table."""
+    x, y = c["loss"]
+    n_ok = sum(r[3] for r in c["metrics"])
+    result = "PASS" if c["passed"] else "FAIL" + (f" (known: {known})" if known else "")
+    return (f"| {name} | {runs['trl']['versions'].get('trl', '?')} | {x:.8f} | {y:.8f} | "
+            f"{abs(x - y) / max(abs(x), abs(y), 1e-12):.1e} | {n_ok}/{len(c['metrics'])} | "
+            f"{('yes' if c['all_steps_ok'] else 'NO') if steps else '-'} | {'yes' if c['same_first_batch'] else 'NO'} | "
+            f"{result} |")
+
+
+def check_details(name: str, runs: dict, c: dict) -> list[str]:
+    lines = [f"{name}: " + ", ".join(f"{k} {u:.8g} vs {v:.8g}{'' if ok else ' (FAIL)'}" for k, u, v, ok in c["metrics"])]
+    if c["only_posttrain"] or c["only_trl"]:
+        lines.append(f"  logged only by posttrain: {c['only_posttrain']}; only by TRL: {c['only_trl']}")
+    if len(runs["posttrain"]["losses"]) > 1:
+        lines.append(f"  losses per step: posttrain {runs['posttrain']['losses']}, TRL {runs['trl']['losses']}")
+    return lines
+
+
 def check(argv=None) -> str:
     p = argparse.ArgumentParser(prog="compare.py check")
     p.add_argument("--size", default="small")
@@ -133,7 +234,9 @@ def check(argv=None) -> str:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--examples", type=int, default=400)
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--scenarios", nargs="+", default=CHECKS)
+    p.add_argument("--scenarios", nargs="+", default=CHECKS,
+                   help=f"any of {sorted(SCENARIOS)}, grpo-loss, online (every ONLINE_CHECKS case) or names of ONLINE_CHECKS")
+    p.add_argument("--peer", default=None, help="TRL version for every scenario (default: per scenario, see LEGACY)")
     a = p.parse_args(argv)
     paths = prepare(a.size, a.examples, a.examples)
     ref = model_dir(a.size, "causal-lm-ref")
@@ -141,14 +244,12 @@ def check(argv=None) -> str:
         from posttrain.kit import build_tiny_model
 
         build_tiny_model("qwen2", size=a.size, seed=1, output_dir=ref)
-    out = ["| check | posttrain first loss | TRL first loss | rel. diff | shared metrics within tol. | all steps | same first batch | result |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = ["| check | TRL | posttrain first loss | TRL first loss | rel. diff | shared metrics within tol. | all steps | "
+           "same first batch | result |", "|---|---|---|---|---|---|---|---|---|"]
     details, raw = [], {}
-    for scenario in a.scenarios:
-        if scenario == "grpo-loss":
-            continue
+    for scenario in [s for s in a.scenarios if s in SCENARIOS]:
         cfg = dict(base_config(scenario, a.size, paths, a), mode="check", dtype=a.dtype)
-        if SCENARIOS[scenario][0] in ("dpo", "kto"):
+        if SCENARIOS[scenario][0] in ("dpo", "kto", "bco"):
             cfg["ref_model"] = str(ref)  # a reference that differs from the policy, so the loss is not log 2
         if SCENARIOS[scenario][0] == "kto":
             # policy = the seed-1 model, reference = the seed-0 one: with this order KTO's KL estimate on these batches is
@@ -156,39 +257,41 @@ def check(argv=None) -> str:
             cfg["model"], cfg["ref_model"] = str(ref), paths["causal-lm"]
         if scenario == "kto-native-pairing":
             cfg["kto_pairing"] = "native"
+        if scenario == "bco":
+            cfg["bco_tokens"] = "trl"
         runs = {lib: run_worker(dict(cfg, lib=lib)) for lib in LIBS}
         raw[scenario] = runs
         c = compare_runs(runs["posttrain"], runs["trl"])
-        x, y = c["loss"]
-        n_ok = sum(r[3] for r in c["metrics"])
-        out.append(f"| {scenario} | {x:.8f} | {y:.8f} | {abs(x - y) / max(abs(x), abs(y), 1e-12):.1e} | {n_ok}/{len(c['metrics'])} | "
-                   f"{'yes' if c['all_steps_ok'] else 'NO'} | {'yes' if c['same_first_batch'] else 'NO'} | "
-                   f"{'PASS' if c['passed'] else 'FAIL' + (f' (known: {KNOWN[scenario]})' if scenario in KNOWN else '')} |")
-        lines = [f"{scenario}: " + ", ".join(f"{k} {u:.6g} vs {v:.6g}{'' if ok else ' (FAIL)'}" for k, u, v, ok in c["metrics"])]
-        if c["only_posttrain"] or c["only_trl"]:
-            lines.append(f"  logged only by posttrain: {c['only_posttrain']}; only by TRL: {c['only_trl']}")
-        lines.append(f"  losses per step: posttrain {runs['posttrain']['losses']}, TRL {runs['trl']['losses']}")
-        details += lines
+        out.append(check_row(scenario, runs, c, KNOWN.get(scenario)))
+        details += check_details(scenario, runs, c)
     if "grpo-loss" in a.scenarios:
         for case in GRPO_LOSS_CASES:
             cfg = dict(lib=None, scenario="grpo", mode="loss_check", model=paths["causal-lm"], ref_model=str(ref),
                        data=paths["prompts_data"], batch_size=8, num_generations=4, max_completion_length=24, steps=1,
-                       overrides=case)
-            shared = {k: v for k, v in case.items() if k != "trl"}
-            runs = {lib: run_worker(dict(cfg, lib=lib, overrides=dict(shared, **(case.get("trl", {}) if lib == "trl" else {}))))
-                    for lib in LIBS}
+                       overrides=case, peer_version=a.peer)
+            shared = {k: v for k, v in case.items() if k not in LIBS}
+            runs = {lib: run_worker(dict(cfg, lib=lib, overrides=dict(shared, **case.get(lib, {})))) for lib in LIBS}
             name = "grpo-loss " + ",".join(f"{k}={v}" for k, v in shared.items()) + "".join(
-                f", TRL {k}={v}" for k, v in case.get("trl", {}).items())
+                f", {'TRL' if lib == 'trl' else lib} {k}={v}" for lib in LIBS for k, v in case.get(lib, {}).items())
             raw[name] = runs
             c = compare_runs(runs["posttrain"], runs["trl"])
-            x, y = c["loss"]
-            n_ok = sum(r[3] for r in c["metrics"])
-            out.append(f"| {name} | {x:.8f} | {y:.8f} | {abs(x - y):.1e} (abs) | {n_ok}/{len(c['metrics'])} | - | "
-                       f"{'yes' if c['same_first_batch'] else 'NO'} | {'PASS' if c['passed'] else 'FAIL'}"
-                       f"{' (known: ' + KNOWN['grpo-loss beta!=0'] + ')' if not c['passed'] and case['beta'] and 'trl' not in case else ''} |")
-            details.append(f"{name}: " + ", ".join(f"{k} {u:.8g} vs {v:.8g}{'' if ok else ' (FAIL)'}" for k, u, v, ok in c["metrics"]))
-            if c["only_posttrain"] or c["only_trl"]:
-                details.append(f"  logged only by posttrain: {c['only_posttrain']}; only by TRL: {c['only_trl']}")
+            known = KNOWN["grpo-loss beta!=0"] if case["beta"] and not any(lib in case for lib in LIBS) else None
+            out.append(check_row(name, runs, c, known, steps=False))
+            details += check_details(name, runs, c)
+    online = [n for n in ONLINE_CHECKS if "online" in a.scenarios or n in a.scenarios]
+    for name in online:  # whole first steps on fixed completions (compare_online)
+        scenario, overrides, opts = ONLINE_CHECKS[name]
+        cfg = dict(lib=None, scenario=scenario, mode="check", model=paths["causal-lm"], ref_model=str(ref),
+                   value_model=paths["seq-cls"], data=paths["prompts_data"], steps=1, batch_size=opts["batch"],
+                   num_prompts=opts["batch"] // overrides.get("num_generations", 1), max_length=MAX_LENGTH[scenario],
+                   completion_tokens=overrides.get("max_completion_length") or overrides.get("max_new_tokens")
+                   or overrides["response_length"], full_length=opts.get("full_length", False), threads=a.threads,
+                   seed=0, overrides=overrides, peer_version=a.peer)
+        runs = {lib: run_worker(dict(cfg, lib=lib)) for lib in LIBS}
+        raw[name] = runs
+        c = compare_runs(runs["posttrain"], runs["trl"])
+        out.append(check_row(name, runs, c, KNOWN.get(name), steps=False))
+        details += check_details(name, runs, c)
     if "dpo" in raw:  # each library against an exact (float64) computation of the same first step
         from benchmarks import dpo_oracle
 
@@ -197,10 +300,9 @@ def check(argv=None) -> str:
         for k, v in exact.items():
             errs = ", ".join(f"{lib} {raw['dpo'][lib]['first_log'][k] - v:+.2e}" for lib in LIBS)
             details.append(f"  {k}: exact {v:.8g}; {errs}")
-    first = next(k for k in raw)
     header = (f"Model: kit qwen2 '{a.size}', {a.dtype}, dropout off, learning rate 0, sequential data order, batch "
               f"{a.batch_size}, {a.steps} steps; tolerance |a-b| <= {TOLERANCE:g} * max(1, |a|, |b|). DPO: sigmoid loss, beta 0.1, "
-              "reference = a second kit model (seed 1). TRL " + raw[first]["trl"]["versions"].get("trl", "?") + ".")
+              "reference = a second kit model (seed 1). Online trainers: one step on fixed completions (compare_online).")
     text = header + "\n\n" + "\n".join(out) + "\n\n```\n" + "\n".join(details) + "\n```\n"
     save(f"check-{a.size}-{a.dtype}", raw, text)
     print(text)
@@ -224,7 +326,9 @@ def speed(argv=None) -> str:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--examples", type=int, default=400)
     p.add_argument("--settings", nargs="+", default=["default", "best"], choices=["default", "best"])
-    p.add_argument("--scenarios", nargs="+", default=["sft", "dpo", "kto", "reward", "grpo", "rloo"])
+    p.add_argument("--scenarios", nargs="+", default=["sft", "dpo", "kto", "reward", "grpo", "rloo"],
+                   help=f"any of {sorted(SCENARIOS)}")
+    p.add_argument("--peer", default=None, help="TRL version for every scenario (default: per scenario, see LEGACY)")
     a = p.parse_args(argv)
     paths = prepare(a.size, a.examples, a.examples)
     results: dict[tuple[str, str], dict[str, list[dict]]] = {}
@@ -246,9 +350,9 @@ def speed(argv=None) -> str:
 
 
 def speed_table(results, a) -> str:
-    lines = ["| scenario | setting | posttrain tokens/s | TRL tokens/s | speed ratio (pt/TRL) | posttrain peak RSS MB | "
+    lines = ["| scenario | TRL | setting | posttrain tokens/s | TRL tokens/s | speed ratio (pt/TRL) | posttrain peak RSS MB | "
              "TRL peak RSS MB | memory ratio | posttrain samples/s | TRL samples/s | other-process CPU (cores) | load | runs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (scenario, setting), runs in results.items():
         pt, tr = runs["posttrain"], runs["trl"]
         tps = [med([r["tokens_per_s"] for r in x]) for x in (pt, tr)]
@@ -263,18 +367,22 @@ def speed_table(results, a) -> str:
             label += f"; tokens per CPU-second ratio {cpu[0] / cpu[1]:.2f}"
         flags = f"{'bf16+' if tr[0]['bf16'] else ''}{'gc' if tr[0]['gradient_checkpointing'] else ''}".strip("+")
         setting_name = setting + (f" (TRL: {flags})" if flags else "")
-        lines.append(f"| {scenario} | {setting_name} | {tps[0]:.0f} | {tps[1]:.0f} | {tps[0] / tps[1]:.2f} (pairs: {med(pair):.2f}) | "
+        lines.append(f"| {scenario} | {tr[0]['versions'].get('trl', '?')} | {setting_name} | {tps[0]:.0f} | {tps[1]:.0f} | {tps[0] / tps[1]:.2f} (pairs: {med(pair):.2f}) | "
                      f"{rss[0]:.0f} | {rss[1]:.0f} | {rss[0] / rss[1]:.2f} | {sps[0]:.2f} | {sps[1]:.2f} | {other:.2f} ({label}) | "
                      f"{load:.2f} | {len(pt)}+{len(tr)} |")
     v = next(iter(results.values()))
-    vt, vp = v["trl"][0]["versions"], v["posttrain"][0]["versions"]
+    vp = v["posttrain"][0]["versions"]
+    stacks = sorted({tuple(r["trl"][0]["versions"].get(k) for k in ("trl", "torch", "transformers", "accelerate"))
+                     for r in results.values()}, key=str)
+    peers = "; ".join(f"TRL {t} (torch {to}, transformers {tf}, accelerate {ac})" for t, to, tf, ac in stacks)
     head = (f"Model: kit qwen2 '{a.size}', batch {a.batch_size}, {a.steps} steps, tokens/s over steps {a.warmup_steps + 1}-{a.steps} "
             f"(real tokens of the collated examples, same count for both), {a.threads} torch threads, {a.repeats} runs per library "
             f"alternating (A B, B A, ...), fresh process per run, medians. Versions: posttrain {vp.get('posttrain')}, "
-            f"TRL {vt.get('trl')}, torch {vt.get('torch')}, transformers {vt.get('transformers')}, accelerate {vt.get('accelerate')}. "
+            f"torch {vp.get('torch')}, transformers {vp.get('transformers')}; {peers}. "
             f"Machine: {os.cpu_count()} CPUs. 'speed ratio' is the ratio of medians; '(pairs: x)' the median of the per-repeat ratios. samples/s counts collated "
-            f"examples: sequences (SFT; packed rows with packing), preference pairs (DPO, reward), unpaired rows (KTO) or "
-            f"completions (GRPO, RLOO; there tokens/s = completion tokens).")
+            f"examples: sequences (SFT; packed rows with packing), preference pairs (DPO, reward), unpaired rows (KTO, BCO), "
+            f"stepwise rows (PRM) or completions (online trainers; there tokens/s = completion tokens; batch = completions "
+            f"for GRPO/RLOO, prompts with 2 completions each for Online DPO/XPO/Nash-MD, prompts with 1 for PPO).")
     return head + "\n\n" + "\n".join(lines) + "\n"
 
 

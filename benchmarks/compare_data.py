@@ -73,11 +73,12 @@ def data_file(kind: str, n: int) -> Path:
 
 
 def prepare(size: str, sft_examples: int, pref_examples: int) -> dict[str, str]:
-    """Build (if missing) the two model folders and the two data files; return their paths."""
+    """Build (if missing) the model folders (causal LM, sequence and token classification) and the data files; return
+    their paths."""
     from posttrain.kit import build_tiny_model
 
     paths = {}
-    for head in ("causal-lm", "seq-cls"):
+    for head in ("causal-lm", "seq-cls", "token-cls"):
         d = model_dir(size, head)
         if not (d / "config.json").exists():
             build_tiny_model("qwen2", head=head, size=size, seed=0, output_dir=d)
@@ -90,14 +91,16 @@ def prepare(size: str, sft_examples: int, pref_examples: int) -> dict[str, str]:
     if not f.exists():
         write_jsonl(preference_rows(pref_examples, seed=1), f)
     paths["pref_data"] = str(f)
-    # KTO: the kit's unpaired preference rows (conversational; about half desirable); online: the kit's prompts
+    # KTO/BCO: the kit's unpaired preference rows (conversational; about half desirable); online: the kit's prompts
     from posttrain.kit import make_dataset
 
+    # PRM: the kit's stepwise rows (standard text: TRL's PRM takes no conversational prompts)
     for kind, fmt, cols in (("unpaired", "unpaired_preference", ("prompt", "completion", "label")),
-                            ("prompts", "prompt_only", ("prompt",))):
+                            ("prompts", "prompt_only", ("prompt",)),
+                            ("stepwise", "stepwise", ("prompt", "completions", "labels"))):
         f = data_file(kind, pref_examples)
         if not f.exists():
-            rows = make_dataset("addition", fmt, n=pref_examples, seed=0, conversational=True)
+            rows = make_dataset("addition", fmt, n=pref_examples, seed=0, conversational=kind != "stepwise")
             write_jsonl([{k: r[k] for k in cols} for r in rows], f)
         paths[f"{kind}_data"] = str(f)
     return paths

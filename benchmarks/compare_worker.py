@@ -21,6 +21,7 @@ examples each batch was collated from, summed over the timed steps (steps ``warm
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -35,15 +36,25 @@ BEST = {
     "sft": {"packing": True},
     "dpo": {},
     "kto": {},
+    "bco": {},
     "reward": {},
+    "prm": {},
     "grpo": {},
     "rloo": {},
+    "ppo": {},
+    "online_dpo": {},
+    "xpo": {},
+    "nash_md": {},
 }
-# Per-scenario names of the trainer and config classes (identical in both libraries).
+# Per-scenario names of the trainer and config classes (identical in both libraries; TRL 1.x: see trainer_classes).
 CLASSES = {"sft": ("SFTTrainer", "SFTConfig"), "dpo": ("DPOTrainer", "DPOConfig"), "kto": ("KTOTrainer", "KTOConfig"),
-           "reward": ("RewardTrainer", "RewardConfig"), "grpo": ("GRPOTrainer", "GRPOConfig"),
-           "rloo": ("RLOOTrainer", "RLOOConfig")}
-ONLINE = ("grpo", "rloo")  # trainers that sample: no max_length, a reward function, completions/s
+           "bco": ("BCOTrainer", "BCOConfig"), "reward": ("RewardTrainer", "RewardConfig"),
+           "prm": ("PRMTrainer", "PRMConfig"), "grpo": ("GRPOTrainer", "GRPOConfig"),
+           "rloo": ("RLOOTrainer", "RLOOConfig"), "ppo": ("PPOTrainer", "PPOConfig"),
+           "online_dpo": ("OnlineDPOTrainer", "OnlineDPOConfig"), "xpo": ("XPOTrainer", "XPOConfig"),
+           "nash_md": ("NashMDTrainer", "NashMDConfig")}
+PAIRWISE = ("online_dpo", "xpo", "nash_md")  # two completions per prompt; per_device_train_batch_size counts prompts
+ONLINE = ("grpo", "rloo", "ppo") + PAIRWISE  # trainers that sample: completions/s, a reward function / judge / model
 
 
 def length_reward(prompts=None, completions=None, **kwargs) -> list[float]:
@@ -55,6 +66,33 @@ def length_reward(prompts=None, completions=None, **kwargs) -> list[float]:
         text = c[-1]["content"] if isinstance(c, list) else c
         out.append(len(text) / 100.0)
     return out
+
+
+def load_tokenizer(path: str):
+    """The model folder's tokenizer. The folders are written by transformers 5 (posttrain's venv); transformers 4 (the
+    ``trl==0.21.0`` peer venv) cannot read their ``tokenizer_config.json`` (``tokenizer_class: TokenizersBackend``,
+    ``extra_special_tokens`` as a list), so there the same ``tokenizer.json``, special tokens and chat template are
+    loaded into a ``PreTrainedTokenizerFast`` (token ids identical: checked by the first-batch fingerprints)."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return AutoTokenizer.from_pretrained(path)
+    from transformers import PreTrainedTokenizerFast
+
+    with open(os.path.join(path, "tokenizer_config.json")) as f:
+        conf = json.load(f)
+    extra = conf.get("extra_special_tokens") or []
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=os.path.join(path, "tokenizer.json"),
+        additional_special_tokens=list(extra.values() if isinstance(extra, dict) else extra),
+        **{k: conf[k] for k in ("eos_token", "pad_token", "bos_token", "unk_token", "padding_side", "model_max_length",
+                                "clean_up_tokenization_spaces") if conf.get(k) is not None})
+    template = os.path.join(path, "chat_template.jinja")
+    if os.path.exists(template):
+        with open(template) as f:
+            tok.chat_template = f.read()
+    return tok
 
 
 def _peak_rss_mb() -> float:
@@ -100,6 +138,8 @@ def example_sequences(ex: dict, with_kl: bool = True) -> list[list[int]]:
     completion = get("completion_input_ids", "completion_ids")
     if completion is not None:  # unpaired (KTO): the row and, when the example carries it, its mismatched KL row
         prompt = get("prompt_input_ids", "prompt_ids") or []
+        if prompt and completion[: len(prompt)] == prompt:  # TRL 0.21 BCO: completion_input_ids include the prompt
+            prompt = []
         kl = get("kl_completion_input_ids", "KL_completion_ids")
         return [prompt + completion] + ([prompt + kl] if kl is not None and with_kl else [])
     chosen = get("chosen_input_ids", "chosen_ids")
@@ -151,9 +191,9 @@ def grpo_loss_check(cfg: dict, L, torch) -> dict:
     metrics the call recorded.
     """
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(cfg["model"])
+    tok = load_tokenizer(cfg["model"])
     model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32)
     ref = AutoModelForCausalLM.from_pretrained(cfg["ref_model"], dtype=torch.float32)
     rows = _read_jsonl(cfg["data"])
@@ -183,7 +223,7 @@ def grpo_loss_check(cfg: dict, L, torch) -> dict:
                         per_device_train_batch_size=B, num_generations=G, max_completion_length=cfg["max_completion_length"],
                         bf16=False, gradient_checkpointing=False, learning_rate=0.0, max_steps=1, save_strategy="no",
                         **({"use_cpu": True} if cfg["lib"] == "trl" and not torch.cuda.is_available() else {}),
-                        **cfg["overrides"])
+                        **{k: v for k, v in cfg["overrides"].items() if k != "emulate_bias_correction_kl"})
     data = Dataset.from_list([{"prompt": r["prompt"]} for r in rows[:16]])
     trainer = L.GRPOTrainer(model=model, reward_funcs=[length_reward], args=args, train_dataset=data, processing_class=tok)
     trainer.model.train()
@@ -201,6 +241,14 @@ def grpo_loss_check(cfg: dict, L, torch) -> dict:
         if args.beta != 0.0:
             inputs["ref_logps"] = ref_logps
     trainer._metrics["train"].clear()
+    if cfg["lib"] == "posttrain" and cfg["overrides"].get("emulate_bias_correction_kl"):
+        # TRL 1.16's use_bias_correction_kl, emulated in posttrain by the harness (no library change): the per-token k3
+        # KL times the token importance ratio pi/pi_old, which is exp(logp - logp.detach()) on-policy (value 1, with a
+        # gradient). Token-level importance sampling only (TRL broadcasts a sequence-level ratio with "sequence").
+        import posttrain.losses.policy as policy
+
+        k3 = policy.kl_penalty
+        policy.kl_penalty = lambda logps, ref, estimator="k3": k3(logps, ref, estimator) * torch.exp(logps - logps.detach())
     loss = trainer.compute_loss(trainer.model, inputs)
     loss.backward()
     grad_norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in trainer.model.parameters() if p.grad is not None))
@@ -216,6 +264,138 @@ def grpo_loss_check(cfg: dict, L, torch) -> dict:
                                                              "importance_sampling_level", "scale_rewards")}}
 
 
+def trainer_classes(L, lib: str, scenario: str):
+    """(trainer class, config class) of ``scenario`` in library module ``L``. TRL 1.x ships Online DPO only under
+    ``trl.experimental.online_dpo``."""
+    names = CLASSES[scenario]
+    if lib == "trl" and scenario == "online_dpo" and not hasattr(L, names[0]):
+        import trl.experimental.online_dpo as L
+    return tuple(getattr(L, n) for n in names)
+
+
+def completions_per_step(scenario: str, batch_size: int) -> int:
+    """Completions sampled per training step: ``batch_size`` counts completions (GRPO, RLOO), prompts with two
+    completions each (Online DPO, XPO, Nash-MD: policy + policy, reference or mixture) or prompts (PPO)."""
+    return 2 * batch_size if scenario in PAIRWISE else batch_size
+
+
+def force_completion_length(trainer, lib: str, scenario: str, n: int) -> None:
+    """Make every sampled completion exactly ``n`` tokens long (``min_new_tokens``), so that completions/s compare
+    equal work. posttrain and TRL 1.x take ``generation_kwargs`` (set by compare.py); TRL 0.21's pairwise trainers keep
+    a ``generation_config`` and its PPO builds one inside ``train``, so those are patched here."""
+    if lib != "trl" or scenario not in PAIRWISE + ("ppo",):
+        return
+    if scenario == "ppo":
+        import trl.trainer.ppo_trainer as ppo
+        from transformers import GenerationConfig
+
+        class ForcedLength(GenerationConfig):
+            def __init__(self, **kwargs):
+                super().__init__(**dict(kwargs, min_new_tokens=n))
+
+        ppo.GenerationConfig = ForcedLength
+    elif getattr(trainer, "generation_config", None) is not None and not getattr(trainer.args, "generation_kwargs", None):
+        trainer.generation_config.min_new_tokens = n
+
+
+def build_trainer(cfg: dict, L, lib: str, scenario: str, mode: str, torch, fixed=None):
+    """The library's trainer for ``scenario`` with the shared settings (``cfg['overrides']``) and the per-library
+    arguments each trainer needs (model heads, reference, reward, judge, value model, PPO's step accounting)."""
+    from datasets import Dataset
+    from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
+                              AutoModelForTokenClassification)
+
+    trainer_cls, config_cls = trainer_classes(L, lib, scenario)
+    auto = {"reward": AutoModelForSequenceClassification, "prm": AutoModelForTokenClassification}.get(
+        scenario, AutoModelForCausalLM)
+    tokenizer = load_tokenizer(cfg["model"])
+    dtype = getattr(torch, cfg.get("dtype", "float32"))
+    model = auto.from_pretrained(cfg["model"], dtype=dtype)
+    rows = _read_jsonl(cfg["data"])
+    if cfg.get("num_prompts"):  # the fixed-completion checks: exactly one step's prompts
+        rows = rows[: cfg["num_prompts"]]
+    if scenario == "bco" and lib == "posttrain" and cfg.get("bco_tokens") == "trl":
+        # TRL 0.21's BCO appends EOS to the chat template's completion, which already ends with the end-of-turn token
+        # (EOS): give posttrain those tokens (pre-tokenized rows pass through its data preparation)
+        def tokens(r):
+            prompt = tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
+            full = tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=False)
+            assert full[: len(prompt)] == prompt
+            return {"prompt_input_ids": prompt, "completion_input_ids": full[len(prompt):] + [tokenizer.eos_token_id],
+                    "label": r["label"]}
+
+        rows = [tokens(r) for r in rows]
+    overrides = dict(cfg.get("overrides", {}))
+    lib_overrides = overrides.pop(lib, {})  # e.g. {"trl": {"use_bias_correction_kl": False}}
+    overrides.pop("posttrain" if lib == "trl" else "trl", None)
+
+    kwargs = dict(output_dir=cfg.get("output_dir", f"/tmp/posttrain-compare-{lib}-{scenario}-{os.getpid()}"),
+                  max_steps=cfg["steps"], per_device_train_batch_size=cfg["batch_size"], logging_steps=1, report_to=[],
+                  save_strategy="no", disable_tqdm=True, seed=cfg.get("seed", 0), max_length=cfg["max_length"],
+                  learning_rate=cfg.get("learning_rate", 1e-5), dataloader_num_workers=0)
+    if scenario in ONLINE and scenario not in PAIRWISE:
+        del kwargs["max_length"]  # GRPO, RLOO, PPO: completion budgets only (shared overrides)
+    if lib == "trl" and not torch.cuda.is_available():
+        # TRL's bf16 default (on unless fp16) makes TrainingArguments refuse to start on a machine without a GPU unless
+        # use_cpu=True is given; posttrain sets it by itself. The least a TRL user must add to run on CPU.
+        kwargs["use_cpu"] = True
+    if mode in ("check", "best"):
+        kwargs.update(bf16=False, gradient_checkpointing=False)
+    if mode == "check":
+        kwargs.update(learning_rate=0.0)
+    if mode == "best":
+        kwargs.update(BEST[scenario])
+    if fixed is not None and "shuffle_dataset" in {f.name for f in dataclasses.fields(config_cls)}:
+        kwargs["shuffle_dataset"] = False
+    kwargs.update(overrides)
+    kwargs.update(lib_overrides)
+    extra: dict = {}
+    if scenario == "ppo":
+        # one step = one rollout: TRL 0.21 counts rollouts (total_episodes completions), posttrain optimizer steps
+        # (num_ppo_epochs x num_mini_batches per rollout)
+        per_rollout = kwargs.get("num_ppo_epochs", 4) * kwargs.get("num_mini_batches", 1)
+        if lib == "trl":
+            kwargs["total_episodes"] = cfg["steps"] * cfg["batch_size"]
+            kwargs["num_sample_generations"] = 0  # else it samples from an evaluation set during training
+            del kwargs["max_steps"]
+        else:
+            kwargs["max_steps"] = cfg["steps"] * per_rollout
+        cfg["_step_scale"] = 1 if lib == "trl" else per_rollout
+    args = config_cls(**kwargs)
+
+    if cfg.get("ref_model") and scenario in ("dpo", "kto", "bco", "online_dpo", "xpo", "nash_md", "ppo"):
+        extra["ref_model"] = AutoModelForCausalLM.from_pretrained(cfg["ref_model"], dtype=dtype)
+    # TRL 0.21's pairwise trainers take a judge or a reward model, no reward functions: both libraries get the judge
+    judged = scenario in ("xpo", "nash_md") or (scenario == "online_dpo" and cfg.get("peer_version", "").startswith("0."))
+    if scenario in ("grpo", "rloo", "online_dpo") and not judged:
+        extra["reward_funcs"] = [length_reward]
+    if judged:
+        from benchmarks.compare_online import LengthJudge
+
+        extra["judge"] = LengthJudge()
+    if scenario == "ppo":
+        value = AutoModelForSequenceClassification.from_pretrained(cfg["value_model"], dtype=dtype)
+        if fixed is not None:  # the check: the same harness score in both (see compare_online)
+            reward = fixed.trl_reward_model() if lib == "trl" else None
+            if lib == "posttrain":
+                extra["reward_funcs"] = [fixed.posttrain_reward()]
+        else:
+            reward = AutoModelForSequenceClassification.from_pretrained(cfg["value_model"], dtype=dtype)
+        if lib == "trl":
+            # TRL 0.21's PPO takes tokenized prompts ("input_ids") and pads them with the tokenizer's padding side,
+            # which must be "left" for generation (as in TRL's PPO examples)
+            tokenizer.padding_side = "left"
+            rows = [{"input_ids": tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True)}
+                    for r in rows]
+            return trainer_cls(args=args, processing_class=tokenizer, model=model, reward_model=reward,
+                               value_model=value, train_dataset=Dataset.from_list(rows), **extra)
+        if reward is not None:
+            extra["reward_model"] = reward
+        return trainer_cls(args=args, processing_class=tokenizer, model=model, value_model=value,
+                           train_dataset=Dataset.from_list(rows), **extra)
+    return trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, **extra)
+
+
 def main(cfg: dict) -> dict:
     import torch
 
@@ -228,103 +408,131 @@ def main(cfg: dict) -> dict:
         import posttrain as L
     else:
         raise ValueError(lib)
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from transformers import TrainerCallback
 
-    trainer_cls, config_cls = (getattr(L, n) for n in CLASSES[scenario])
     if mode == "loss_check":
         return grpo_loss_check(cfg, L, torch)
-    auto = AutoModelForSequenceClassification if scenario == "reward" else AutoModelForCausalLM
-    tokenizer = AutoTokenizer.from_pretrained(cfg["model"])
-    dtype = getattr(torch, cfg.get("dtype", "float32"))
-    model = auto.from_pretrained(cfg["model"], dtype=dtype)
-    data = Dataset.from_list(_read_jsonl(cfg["data"]))
+    fixed = None
+    if mode == "check" and scenario in ONLINE:  # both libraries train on the same (fixed) completions
+        from benchmarks.compare_online import FixedCompletions
 
-    kwargs = dict(output_dir=cfg.get("output_dir", f"/tmp/posttrain-compare-{lib}-{scenario}-{os.getpid()}"),
-                  max_steps=cfg["steps"], per_device_train_batch_size=cfg["batch_size"], logging_steps=1, report_to=[],
-                  save_strategy="no", disable_tqdm=True, seed=cfg.get("seed", 0), max_length=cfg["max_length"],
-                  learning_rate=cfg.get("learning_rate", 1e-5), dataloader_num_workers=0)
-    if scenario in ONLINE:
-        del kwargs["max_length"]  # the online scenarios set max_completion_length (shared overrides) instead
-    if lib == "trl" and not torch.cuda.is_available():
-        # TRL's bf16 default (on unless fp16) makes TrainingArguments refuse to start on a machine without a GPU unless
-        # use_cpu=True is given; posttrain sets it by itself. The least a TRL user must add to run on CPU.
-        kwargs["use_cpu"] = True
-    if mode in ("check", "best"):
-        kwargs.update(bf16=False, gradient_checkpointing=False)
-    if mode == "check":
-        kwargs.update(learning_rate=0.0)
-    if mode == "best":
-        kwargs.update(BEST[scenario])
-    kwargs.update(cfg.get("overrides", {}))
-    args = config_cls(**kwargs)
-
-    extra = {}
-    if scenario in ("dpo", "kto") and cfg.get("ref_model"):
-        extra["ref_model"] = AutoModelForCausalLM.from_pretrained(cfg["ref_model"], dtype=dtype)
-    if scenario in ONLINE:
-        extra["reward_funcs"] = [length_reward]
+        n = cfg["overrides"].get("num_generations", 1) if scenario in ("grpo", "rloo") else 2 if scenario in PAIRWISE else 1
+        fixed = FixedCompletions(load_tokenizer(cfg["model"]), n, cfg["completion_tokens"],
+                                 full_length=cfg.get("full_length", False))
     init_start = time.perf_counter()
-    trainer = trainer_cls(model=model, args=args, train_dataset=data, processing_class=tokenizer, **extra)
+    trainer = build_trainer(cfg, L, lib, scenario, mode, torch, fixed)
     init_s = time.perf_counter() - init_start
+    if fixed is not None:
+        from benchmarks.compare_online import install
+
+        ref = None
+        if scenario in ("grpo", "rloo") and cfg.get("ref_model"):
+            from transformers import AutoModelForCausalLM
+
+            ref = AutoModelForCausalLM.from_pretrained(cfg["ref_model"], dtype=getattr(torch, cfg.get("dtype", "float32")))
+        install(trainer, lib, scenario, fixed, cfg["overrides"].get("num_generations", 1), ref)
+    elif scenario in ONLINE:
+        force_completion_length(trainer, lib, scenario, cfg["completion_tokens"])
     # KTO pairing: TRL pairs prompt i with completion i-1 of its batch for the KL term, posttrain with completion i+1.
     # "trl" (default in check mode) makes posttrain use TRL's pairing through its fixed-KL-row input; "native" keeps it.
     kl_shift = lib == "posttrain" and scenario == "kto" and cfg.get("kto_pairing", "trl" if mode == "check" else "native") == "trl"
     recorder = BatchRecorder(trainer.data_collator, kl_shift=kl_shift)
     trainer.data_collator = recorder
-    if mode == "check":  # same order in both libraries, whatever their samplers do
+    if mode == "check" and scenario not in ONLINE:  # same order in both libraries, whatever their samplers do
         from torch.utils.data import SequentialSampler
 
         trainer._get_train_sampler = lambda *a, **k: SequentialSampler(trainer.train_dataset)
 
-    warmup, steps = cfg.get("warmup_steps", 0), cfg["steps"]
+    scale = cfg.get("_step_scale", 1)  # posttrain PPO: optimizer steps per rollout
+    warmup, steps = cfg.get("warmup_steps", 0) * scale, cfg["steps"] * scale
     clock: dict[str, float] = {}
 
     class Clock(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            if state.global_step == warmup and "start" not in clock:
+        saw_begin = False
+
+        def start(self):
+            if "start" not in clock:
                 clock["start"] = time.perf_counter()
                 clock["cpu_start"] = cpu_snapshot()
 
+        def on_train_begin(self, args, state, control, **kw):
+            if warmup == 0:
+                self.start()
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.saw_begin = True
+            if state.global_step == warmup:
+                self.start()
+
         def on_step_end(self, args, state, control, **kw):
+            if state.global_step == warmup and not self.saw_begin:  # trainers without on_step_begin (TRL 0.21 PPO)
+                self.start()
             if state.global_step == steps:
                 clock["stop"] = time.perf_counter()
                 clock["cpu_stop"] = cpu_snapshot()
 
     trainer.add_callback(Clock())
+    step_losses: list[float] = []  # each step's loss as training_step returns it (see the rounding note below)
+    training_step = trainer.training_step
+
+    def recorded_step(*a, **k):
+        loss = training_step(*a, **k)
+        step_losses.append(float(loss))
+        return loss
+
+    trainer.training_step = recorded_step
     train_start = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - train_start
-    logs = [h for h in trainer.state.log_history if "loss" in h]
+    key = "loss/policy_avg" if scenario == "ppo" else "loss"  # TRL 0.21 PPO logs no "loss"
+    logs = [dict(h) for h in trainer.state.log_history if key in h]
+    import transformers
+
+    if scenario != "ppo" and len(step_losses) == len(logs):
+        # transformers 4's Trainer and TRL's Online DPO family log the loss rounded to 4 decimals: take each step's own
+        # value where the logged one is that rounding (logging_steps=1, no gradient accumulation: one step per entry)
+        for h, loss in zip(logs, step_losses):
+            if h["loss"] != loss and abs(h["loss"] - round(loss, 4)) < 1e-9:
+                h["loss"] = loss
+    if scenario == "ppo":  # the PPO loss both libraries optimise: policy loss + vf_coef * value loss
+        vf_coef = trainer.args.vf_coef
+        for h in logs:
+            h["loss"] = h["loss/policy_avg"] + vf_coef * h["loss/value_avg"]
+        logs = logs[::scale]  # posttrain logs every optimizer step; one entry per rollout, like TRL
     timed = clock["stop"] - clock["start"]
     timed_tokens = sum(recorder.tokens[warmup:steps])
-    if scenario in ONLINE:  # completion tokens: completions x their logged mean length, per timed step
-        timed_tokens = sum(cfg["batch_size"] * h.get("completions/mean_length", 0.0) for h in logs[warmup:steps])
-    pairs = cfg["batch_size"] * (steps - warmup)  # sequences, pairs, unpaired rows or completions
+    samples = cfg["batch_size"] * (cfg["steps"] - cfg.get("warmup_steps", 0))  # sequences, pairs, unpaired rows
+    if scenario in ONLINE:
+        samples = completions_per_step(scenario, cfg["batch_size"]) * (cfg["steps"] - cfg.get("warmup_steps", 0))
+        if scenario in ("grpo", "rloo"):  # completion tokens: completions x their logged mean length, per timed step
+            timed_tokens = sum(cfg["batch_size"] * h.get("completions/mean_length", 0.0) for h in logs[warmup:steps])
+        else:  # every completion is completion_tokens long (force_completion_length / generation_kwargs)
+            timed_tokens = samples * cfg["completion_tokens"]
     try:
         import importlib.metadata as md
 
         versions = {p: md.version(p) for p in ("torch", "transformers", "accelerate", "datasets", lib)}
     except Exception:  # noqa: BLE001
         versions = {}
+    first_batch = fingerprint(sorted(fixed.used)) if fixed is not None else fingerprint(recorder.first or [])
     return {
         "lib": lib, "scenario": scenario, "mode": mode, "versions": versions,
         "losses": [h["loss"] for h in logs],
         "completion_lengths": [h.get("completions/mean_length") for h in logs],
         "first_log": logs[0],
-        "first_batch": fingerprint(recorder.first or []),
+        "first_batch": first_batch,
         "first_batch_tokens": recorder.tokens[0] if recorder.tokens else 0,
         "dataset_rows": len(trainer.train_dataset),
         "tokens_per_s": timed_tokens / timed,
-        "samples_per_s": pairs / timed,
+        "samples_per_s": samples / timed,
         "timed_tokens": timed_tokens,
         "timed_s": timed,
         "train_s": train_s,
         "init_s": init_s,
         "wall_s": time.perf_counter() - T0,
         "peak_rss_mb": _peak_rss_mb(),
-        "bf16": bool(args.bf16),
-        "gradient_checkpointing": bool(args.gradient_checkpointing),
+        "bf16": bool(trainer.args.bf16),
+        "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
         "other_cpu_cores": other_cpu_cores(clock["cpu_start"], clock["cpu_stop"], timed),
         # CPU seconds this process used in the timed steps; tokens per CPU-second is less sensitive to other
         # processes than tokens per wall-second (but counts OpenMP spin-waiting as work)

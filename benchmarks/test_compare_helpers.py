@@ -45,3 +45,52 @@ def test_compare_runs_flags_metric_step_and_batch_mismatches():
 def test_other_cpu_cores_subtracts_own_cpu():
     assert other_cpu_cores((10.0, 1.0), (14.0, 3.0), 2.0) == 1.0
     assert other_cpu_cores((10.0, 1.0), (11.0, 3.0), 2.0) == 0.0
+
+
+class _Tok:
+    """Enough of a tokenizer for FixedCompletions: ids 0-3 special (0 pad, 2 EOS)."""
+
+    eos_token_id, pad_token_id, vocab_size = 2, 0, 50
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(97 + t % 26) * (1 + t % 3) for t in ids if t >= 4)
+
+
+def test_fixed_completions_are_deterministic_distinct_and_realistic():
+    import torch
+
+    from benchmarks.compare_online import FixedCompletions, LengthJudge
+
+    a, b = FixedCompletions(_Tok(), 4, 12), FixedCompletions(_Tok(), 4, 12)
+    group = a.group([5, 6, 7])
+    assert group == b.group([5, 6, 7]) and group != a.group([5, 6, 8])
+    for c in group:  # a completion ends with EOS, or is cut at max_new_tokens
+        assert (c[-1] == 2 and len(c) <= 12) or (2 not in c and len(c) == 12)
+        assert all(t >= 4 for t in c[:-1])
+    lengths = [len(a.text(c)) for c in group]
+    assert len(set(lengths)) == 4  # no ties for length judges / rewards
+    assert all(len(c) == 12 and 2 not in c for c in FixedCompletions(_Tok(), 2, 12, full_length=True).group([5]))
+    # the generate stand-in: left-padded prompts in, [prompt, completion, pad] out; row r gets sample j_of_row(r, n)
+    gen = a.hf_generate(lambda r, n: r % 2)
+    out = gen(input_ids=torch.tensor([[0, 5, 6, 7], [5, 6, 7, 9]]), attention_mask=torch.tensor([[0, 1, 1, 1], [1] * 4]))
+    c0, c1 = a.group([5, 6, 7])[0], a.group([5, 6, 7, 9])[1]
+    assert out[0, 4:4 + len(c0)].tolist() == c0 and out[1, 4:4 + len(c1)].tolist() == c1
+    assert (out[0, 4 + len(c0):] == 0).all()
+    assert a.used == [[5, 6, 7] + c0, [5, 6, 7, 9] + c1]
+    judge = LengthJudge()
+    assert judge.judge(None, [("abcd", " ab "), ([{"content": "a"}], [{"content": "ab"}])]) == [0, 1]
+    assert judge.judge(None, [("ab", "ab")], return_scores=True) == [0.5]
+
+
+def test_bco_rows_of_trl_021_are_not_given_the_prompt_twice():
+    ex = {"prompt_input_ids": [1, 2], "completion_input_ids": [1, 2, 3, 4]}  # TRL 0.21 BCO: completion includes prompt
+    assert example_sequences(ex) == [[1, 2, 3, 4]]
+    assert example_sequences({"prompt_input_ids": [1, 2], "completion_input_ids": [3, 4]}) == [[1, 2, 3, 4]]
+
+
+def test_each_scenario_has_its_peer():
+    from benchmarks.compare import LEGACY_PEER_VERSION, PEER_VERSION, SCENARIOS, peer_version
+
+    assert {s for s in SCENARIOS if peer_version(s) == LEGACY_PEER_VERSION} == {
+        "bco", "bco-native-tokens", "prm", "ppo", "xpo", "nash-md"}
+    assert peer_version("online-dpo") == peer_version("grpo") == PEER_VERSION

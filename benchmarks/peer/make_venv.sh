@@ -5,17 +5,31 @@
 #
 # Creates benchmarks/.venv-trl-<TRL_VERSION> (git-ignored). torch==2.13.0 is installed first (the CPU
 # wheel on these machines; a looser pin drags in GBs of CUDA packages), then trl with a transformers
-# release it supports. By default transformers, accelerate and datasets are pinned to the versions in
-# posttrain's own venv, so the two libraries run on the same stack and only the trainer code differs.
+# release it supports.
+#
+# * trl 1.x: transformers, accelerate and datasets are pinned to the versions in posttrain's own venv, so
+#   the two libraries run on the same stack and only the trainer code differs.
+# * trl 0.21.0 (the last release with PPO, Nash-MD, XPO, PRM and BCO): it predates transformers 5 (its
+#   trainers pass arguments transformers 5 removed), so it gets the transformers/accelerate/datasets releases
+#   of its own time (below), plus scikit-learn and joblib (its "bco" extra: BCO's density-ratio classifier).
+#   Only torch is shared with posttrain then.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 TRL="${1:-1.16.0}"
 PT_PY="$ROOT/.venv/bin/python"
 ver() { "$PT_PY" -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null || true; }
-TF="${2:-$(ver transformers)}"
-ACC="$(ver accelerate)"
-DS="$(ver datasets)"
+EXTRA=()
+case "$TRL" in
+  0.*)
+    TF_DEFAULT=4.56.2; ACC=1.10.1; DS=4.0.0
+    EXTRA=(scikit-learn joblib)
+    ;;
+  *)
+    TF_DEFAULT="$(ver transformers)"; ACC="$(ver accelerate)"; DS="$(ver datasets)"
+    ;;
+esac
+TF="${2:-$TF_DEFAULT}"
 VENV="$HERE/.venv-trl-$TRL"
 PY="${PYTHON:-python3}"
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import trl, sys; sys.exit(trl.__version__ != '$TRL')" 2>/dev/null; then
@@ -27,5 +41,5 @@ pins=("trl==$TRL")
 [ -n "$TF" ] && pins+=("transformers==$TF")
 [ -n "$ACC" ] && pins+=("accelerate==$ACC")
 [ -n "$DS" ] && pins+=("datasets==$DS")
-"$VENV/bin/pip" install -q --disable-pip-version-check torch==2.13.0 "${pins[@]}"
+"$VENV/bin/pip" install -q --disable-pip-version-check torch==2.13.0 "${pins[@]}" "${EXTRA[@]}"
 "$VENV/bin/python" -c "import torch, transformers, trl; print('trl', trl.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)"
