@@ -48,6 +48,9 @@ class DemoConfig:
     grpo_learning_rate: float = 3e-4
     seed: int = 0
     threads: int = 1  # CPU threads: tiny models train fastest on one, and one never thrashes a busy machine
+    # fp32 unless asked (the README's numbers are fp32 runs): in one bf16 run (posttrain's default on a CPU with
+    # native bf16) this 1.1M-parameter model reached greedy 80% after SFT instead of ~94%, sampled 22% -> 43.5% by GRPO
+    bf16: bool = False
     stages: list[str] = field(default_factory=lambda: ["sft", "grpo"])
 
 
@@ -136,7 +139,7 @@ def run(cfg: DemoConfig) -> dict:
             output_dir=os.path.join(cfg.output_dir, "sft"), max_steps=cfg.sft_steps,
             per_device_train_batch_size=cfg.sft_batch_size, learning_rate=cfg.sft_learning_rate,
             lr_scheduler_type="cosine", warmup_steps=20, logging_steps=10, padding_free=True,
-            save_strategy="no", report_to=[], seed=cfg.seed,
+            save_strategy="no", report_to=[], seed=cfg.seed, bf16=cfg.bf16,
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=sft_data, processing_class=tokenizer)
         trainer.train()
@@ -159,7 +162,7 @@ def run(cfg: DemoConfig) -> dict:
             per_device_train_batch_size=cfg.grpo_batch_size, num_generations=cfg.grpo_num_generations,
             max_completion_length=16, temperature=1.0, learning_rate=cfg.grpo_learning_rate,
             lr_scheduler_type="constant_with_warmup", warmup_steps=15, logging_steps=10,
-            save_strategy="no", report_to=[], seed=cfg.seed,
+            save_strategy="no", report_to=[], seed=cfg.seed, bf16=cfg.bf16,
         )
         trainer = GRPOTrainer(model, accuracy_reward, args=args, train_dataset=prompts, processing_class=tokenizer)
         trainer.train()
