@@ -72,13 +72,13 @@ def engine_supports(option: str) -> bool:
 
 
 def sampler_logprobs_option() -> dict[str, str]:
-    """``logprobs_mode="processed_logprobs"`` when vLLM has it (>= 0.10.2): log-probs of the distribution sampled
+    """``logprobs_mode="processed_logprobs"`` when this vLLM has the option: log-probs of the distribution sampled
     from (after temperature, top-k/top-p), like :func:`posttrain.rollout.generate`'s, instead of the raw model's."""
     if engine_supports("logprobs_mode"):
         return {"logprobs_mode": "processed_logprobs"}
     logger.warning("This vLLM has no logprobs_mode option: its sampling log-probs are the raw model's (before "
                    "temperature), so the vLLM importance-sampling correction compares different distributions "
-                   "when temperature != 1. Upgrade vLLM (>= 0.10.2).")
+                   "when temperature != 1. A newer vLLM has the option.")
     return {}
 
 
