@@ -192,18 +192,19 @@ def pair_accuracy(trainer, dataset) -> float:
     return (lp[:n] > lp[n:]).float().mean().item()
 
 
-@pytest.mark.parametrize("bits", [4])
+@pytest.mark.parametrize("bits", [4, 8])
 def test_qlora_dpo_learns_preferences_and_saves_the_adapter(bits, base_dir, tmp_path):
-    """QLoRA DPO on sort-task pairs (beta 0.5, 40 steps of 16, lr 1e-2); the reference is the base with the adapter
-    disabled (no copy). Held-out pair accuracy rises by >= 0.1 and the logged reward margin grows.
-    Measured (4-bit): held-out accuracy 0.355 -> 0.590, margin 0.09 -> 0.98. (8-bit DPO also learns, 0.355 -> 0.41-0.49
-    in two runs, too noisy at this size for a stated margin, so it is not tested.)"""
+    """QLoRA DPO on sort-task pairs (beta 0.5, 120 steps of 16, constant lr 2e-3); the reference is the base with the
+    adapter disabled (no copy). Held-out pair accuracy rises by >= 0.15 and the logged reward margin grows.
+    Measured with training seeds 0 / 1 / 2 (the seed sets the LoRA initialisation): 4-bit 0.355 -> 0.680 / 0.665 /
+    0.735, 8-bit 0.355 -> 0.675 / 0.615 / 0.675, margins rising from ~0.06 to 1.3-1.9. At lr 1e-2 (40-120 steps)
+    both bit widths learned erratically: +0.02 to +0.19 depending on the seed, margins falling back."""
     from posttrain import DPOConfig, DPOTrainer
 
     train = make_dataset("sort", "preference", n=640, seed=0)
     test = make_dataset("sort", "preference", n=200, seed=1, exclude=train)
-    args = train_args(DPOConfig, tmp_path, max_steps=40, per_device_train_batch_size=16, learning_rate=1e-2,
-                      beta=0.5, logging_steps=20, lr_scheduler_type="constant")
+    args = train_args(DPOConfig, tmp_path, max_steps=120, per_device_train_batch_size=16, learning_rate=2e-3,
+                      beta=0.5, logging_steps=60, lr_scheduler_type="constant")
     trainer = DPOTrainer(load_quantized(base_dir, bits), args=args, train_dataset=train,
                          peft_config=peft_config(model_config(bits)))
     assert trainer.ref_model is None  # the adapter-free base is the reference
@@ -213,8 +214,8 @@ def test_qlora_dpo_learns_preferences_and_saves_the_adapter(bits, base_dir, tmp_
     after = pair_accuracy(trainer, test)
     margins = [h["rewards/margins"] for h in trainer.state.log_history if "rewards/margins" in h]
     print(f"QLoRA {bits}-bit DPO held-out accuracy {before:.3f} -> {after:.3f}; margins {margins}")
-    assert after - before >= 0.1, (before, after)
-    assert margins[-1] > margins[0] and margins[-1] > 0.1, margins
+    assert after - before >= 0.15, (before, after)
+    assert margins[-1] > margins[0] and margins[-1] > 0.5, margins
     check_adapter_only_training(trainer, before_lora, before_base)
     check_saved_adapter_reloads(trainer, base_dir, bits, tmp_path / "adapter")
 

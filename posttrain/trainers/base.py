@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from ..models import disable_dropout, ensure_pad_token, load_pretrained, load_tokenizer, prepare_peft_model, set_chat_template
 from ..models.sharding import check_launch, prepare_frozen
@@ -130,6 +131,9 @@ class BaseTrainer(Trainer):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
             args = self.config_class(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-{self._run_suffix}")
+        # Seed before anything random is created here (a model loaded by name with a freshly initialised head, the
+        # LoRA adapter): the Trainer seeds only after, so `seed` alone would not make those reproducible.
+        enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
         if isinstance(model, str):
             model = load_pretrained(model, auto_class, **(args.model_init_kwargs or {}))
         elif args.model_init_kwargs:
