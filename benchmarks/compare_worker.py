@@ -380,17 +380,21 @@ def build_trainer(cfg: dict, L, lib: str, scenario: str, mode: str, torch, fixed
             if lib == "posttrain":
                 extra["reward_funcs"] = [fixed.posttrain_reward()]
         else:
-            reward = AutoModelForSequenceClassification.from_pretrained(cfg["value_model"], dtype=dtype)
+            reward = AutoModelForSequenceClassification.from_pretrained(cfg["value_model"], dtype=dtype) if lib == "trl" \
+                else cfg["value_model"]
         if lib == "trl":
             # TRL 0.21's PPO takes tokenized prompts ("input_ids") and pads them with the tokenizer's padding side,
             # which must be "left" for generation (as in TRL's PPO examples)
             tokenizer.padding_side = "left"
             rows = [{"input_ids": tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True)}
                     for r in rows]
+            extra.setdefault("ref_model", None)  # required by TRL 0.21 (None: a copy of the policy)
             return trainer_cls(args=args, processing_class=tokenizer, model=model, reward_model=reward,
                                value_model=value, train_dataset=Dataset.from_list(rows), **extra)
         if reward is not None:
-            extra["reward_model"] = reward
+            # by path: posttrain's PPOTrainer takes no reward_processing_classes, and a reward model *object* then has
+            # no tokenizer at the first scoring (NOTES.md, "PPO"); a path loads the model folder's own tokenizer
+            extra["reward_model"] = cfg["value_model"]
         return trainer_cls(args=args, processing_class=tokenizer, model=model, value_model=value,
                            train_dataset=Dataset.from_list(rows), **extra)
     return trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, **extra)
