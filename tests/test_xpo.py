@@ -47,13 +47,13 @@ def test_xpo_learns_reverse_task(sft_reverse_dir, tokenizer, tmp_path):
 
 
 def test_second_completion_comes_from_the_reference(tiny_model_dir, tokenizer, prompts, tmp_path, monkeypatch):
-    import posttrain.trainers.online_base as online_base
-    import posttrain.trainers.online_dpo as online_dpo
+    import posttrain.rollout.backends as backends  # the policy's completions: the default rollout backend
+    import posttrain.trainers.online_dpo as online_dpo  # the reference's completions
 
     trainer = XPOTrainer(tiny_model_dir, reward_funcs=token_count_reward, args=odpo_args(tmp_path),
                          train_dataset=prompts, processing_class=tokenizer)
     calls = []
-    for module in (online_base, online_dpo):
+    for module in (backends, online_dpo):
         real = module.generate
         monkeypatch.setattr(module, "generate", lambda model, *a, _real=real, **k: calls.append(
             (model, len(k["prompt_ids"]))) or _real(model, *a, **k))
