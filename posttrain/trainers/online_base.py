@@ -279,11 +279,9 @@ class OnlineTrainer(BaseTrainer):
                          optimizers=optimizers)
         args = self.args
         self.scorer = None if no_funcs else RewardScorer(reward_funcs, reward_processing_classes, args.reward_weights)
-        for func in self.scorer.reward_funcs if self.scorer is not None else []:
-            if isinstance(func, torch.nn.Module):
-                func.requires_grad_(False)
-                func.eval()
-                func.to(args.device)
+        if self.scorer is not None:  # reward models are frozen models (ZeRO-3: an inference engine each, partitioned)
+            self.scorer.reward_funcs = [self.prepare_frozen_model(f) if isinstance(f, torch.nn.Module) else f
+                                        for f in self.scorer.reward_funcs]
         if args.disable_dropout:
             disable_dropout(self.model)
         self.ref_model = self._setup_reference()

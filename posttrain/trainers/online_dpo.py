@@ -107,7 +107,8 @@ class OnlineDPOTrainer(OnlineTrainer):
             (object, name or path); the completion with the higher (weighted) score is chosen. ``reward_model`` is
             TRL's older spelling (one reward model) and is added to them.
         judge: a :class:`~posttrain.rollout.BasePairwiseJudge` (instead of reward functions): it returns 0 (first
-            better), 1 (second better) or -1 (tie) per pair.
+            better), 1 (second better) or -1 (tie) per pair. The model of a local LM judge (``judge.model``) and
+            reward models are frozen models of the trainer, placed like the reference (under ZeRO-3: partitioned).
 
     Pairs judged equal (a tie, equal scores) add nothing to the DPO loss. Logs TRL's names: ``objective/kl``,
     ``objective/entropy``, ``objective/non_score_reward``, ``objective/rlhf_reward`` and ``objective/scores_margin``
@@ -145,6 +146,8 @@ class OnlineDPOTrainer(OnlineTrainer):
                          processing_class=processing_class, reward_processing_classes=reward_processing_classes,
                          callbacks=callbacks, optimizers=optimizers, peft_config=peft_config)
         self._given_ref = None
+        if isinstance(getattr(judge, "model", None), torch.nn.Module):  # a local LM judge's model is a frozen model
+            judge.model = self.prepare_frozen_model(judge.model)  # (ZeRO-3: partitioned, an inference engine)
 
     # -- reference ---------------------------------------------------------------------------------
     def uses_reference(self) -> bool:
