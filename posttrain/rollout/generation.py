@@ -16,7 +16,7 @@ from ..data.collators import pad_sequences
 from ..data.formats import is_conversational_value
 from ..data.tokenize import chat_template_ids
 from ..models.heads import unwrap
-from ..models.sharding import gathered_parameters
+from ..models.sharding import gathered_parameters, is_zero3_partitioned
 
 
 @dataclass
@@ -41,6 +41,12 @@ def encode_prompts(tokenizer, prompts: Sequence) -> list[list[int]]:
         else:
             out.append(tokenizer(p)["input_ids"])
     return out
+
+
+def _partitioned_across_processes(model) -> bool:
+    """True for a ZeRO-3 partitioned module when several processes run: its forward passes are collective."""
+    return (isinstance(model, torch.nn.Module) and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1 and is_zero3_partitioned(unwrap(model)))
 
 
 @torch.no_grad()
@@ -124,6 +130,11 @@ def generate(
 
                 processor = GeometricMixtureLogitsProcessor(mixture_ref, mixture_coef, attention_mask)
                 kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []), processor])
+                if _partitioned_across_processes(mixture_ref):
+                    # transformers keeps a ZeRO-3 process whose completions have all ended stepping the model
+                    # (synced_gpus) but skips its logits processors, so the reference in there would gather its
+                    # layers without that process and wait forever: no process stops at EOS (cut below)
+                    kwargs["eos_token_id"] = None
             with gathered_parameters(base):  # ZeRO-3: whole weights once per chunk, not re-gathered every token
                 out = base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             sequences = out.sequences if return_logprobs else out
