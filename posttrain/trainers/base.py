@@ -228,6 +228,40 @@ class BaseTrainer(Trainer):
             return contextlib.nullcontext()
         return torch.autocast(self.args.device.type, dtype=dtype)
 
+    def record_pooled(self, name: str, values: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        """Record the (``weights``-weighted) sum and count of ``values``; :meth:`log` reports their pooled mean over
+        the steps and processes since the last log (for values whose number differs between batches and processes:
+        e.g. labelled steps, desirable examples)."""
+        values = values.detach().float()
+        if weights is not None:
+            weights = weights.detach().float()
+            self.record(f"_sum/{name}", (values * weights).sum() if values.numel() else 0.0)
+            self.record(f"_count/{name}", float(weights.sum()) if values.numel() else 0.0)
+            return
+        self.record(f"_sum/{name}", values.sum() if values.numel() else 0.0)
+        self.record(f"_count/{name}", float(values.numel()))
+
+    def _pool(self, stored: dict[str, list[float]]) -> None:
+        """Replace the sums and counts of :meth:`record_pooled` in ``stored`` by their pooled means."""
+        names = sorted(k[len("_sum/"):] for k in stored if k.startswith("_sum/"))
+        if self.accelerator.num_processes > 1:  # every process must pool the same names
+            from accelerate.utils import gather_object
+
+            names = sorted({n for part in gather_object([names]) for n in part})
+        if not names:
+            return
+        totals = torch.tensor([[sum(stored.pop(f"_sum/{n}", [])), sum(stored.pop(f"_count/{n}", []))] for n in names],
+                              dtype=torch.float64, device=self.args.device)
+        if self.accelerator.num_processes > 1:
+            totals = self.accelerator.reduce(totals, reduction="sum")
+        for n, (s, c) in zip(names, totals.tolist()):
+            if c > 0:
+                stored[n] = [s / c]
+        self._finalize_pooled(stored)
+
+    def _finalize_pooled(self, stored: dict[str, list[float]]) -> None:
+        """Derive metrics from pooled means (each a one-item list) before they are logged."""
+
     def count_tokens(self, n: int | torch.Tensor) -> None:
         if self.model.training:
             self._local_tokens += int(n)
@@ -235,6 +269,7 @@ class BaseTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
         stored = self._metrics[mode]
+        self._pool(stored)
         names = sorted(stored)
         values = torch.tensor([sum(stored[k]) / max(len(stored[k]), 1) for k in names] + [float(self._local_tokens)],
                               dtype=torch.float64, device=self.args.device)

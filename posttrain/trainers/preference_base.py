@@ -857,40 +857,6 @@ class PreferenceTrainer(BaseTrainer):
             count = self.accelerator.gather(count.reshape(1)).sum() / self.accelerator.num_processes
         return -(policy.token_logps[sel].sum() / count.clamp(min=1))
 
-    # -- pooled metrics (means over examples that may be absent from a batch: KTO/BCO) ------------------
-    def record_pooled(self, name: str, values: torch.Tensor, weights: torch.Tensor | None = None) -> None:
-        """Record the (``weights``-weighted) sum and count of ``values``; :meth:`log` reports the pooled mean over
-        steps and processes."""
-        values = values.detach().float()
-        if weights is not None:
-            weights = weights.detach().float()
-            self.record(f"_sum/{name}", (values * weights).sum() if values.numel() else 0.0)
-            self.record(f"_count/{name}", float(weights.sum()) if values.numel() else 0.0)
-            return
-        self.record(f"_sum/{name}", values.sum() if values.numel() else 0.0)
-        self.record(f"_count/{name}", float(values.numel()))
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
-        stored = self._metrics[mode]
-        names = sorted(k[len("_sum/"):] for k in stored if k.startswith("_sum/"))
-        if self.accelerator.num_processes > 1:  # every process must pool the same names
-            gathered = self.accelerator.gather_for_metrics([names], use_gather_object=True)
-            names = sorted({n for part in gathered for n in part})
-        if names:
-            totals = torch.tensor([[sum(stored.pop(f"_sum/{n}", [])), sum(stored.pop(f"_count/{n}", []))] for n in names],
-                                  dtype=torch.float64, device=self.args.device)
-            if self.accelerator.num_processes > 1:
-                totals = self.accelerator.reduce(totals, reduction="sum")
-            for n, (s, c) in zip(names, totals.tolist()):
-                if c > 0:
-                    stored[n] = [s / c]
-            self._finalize_pooled(stored)
-        super().log(logs, start_time)
-
-    def _finalize_pooled(self, stored: dict[str, list[float]]) -> None:
-        """Derive metrics from pooled means (each a one-item list) before they are logged."""
-
 
 class ReferenceFreePreferenceTrainer(PreferenceTrainer):
     """Paired preference trainer with no reference model (CPO, ORPO): TRL's constructor without ``ref_model``."""

@@ -189,7 +189,8 @@ class PRMTrainer(ClassifierTrainer):
         logits, targets = outputs.logits[mask], labels[mask]
         per_step = step_classification_loss(logits, targets)
         loss = self.scale_loss(per_step.sum(), per_step.numel(), num_items_in_batch)
-        self.record("accuracy", step_accuracy(logits.detach(), targets) if targets.numel() else 0.0)
+        # pooled: the fraction of all processes' labelled steps (their number differs between batches) that are right
+        self.record_pooled("accuracy", step_accuracy(logits.detach(), targets))
         self.count_tokens(inputs["attention_mask"].sum())
         if return_outputs:
             return loss, {"logits": outputs.logits.detach()}
