@@ -11,7 +11,8 @@ The matrix is FAMILIES x SETUPS. Each cell launches the shipped accelerate confi
   gives the single-process model's logits within LOGITS_TOL, while training moved them by far more.
 
 A new trainer family joins with one entry in tests/distributed/matrix_run.py:FAMILIES and one in
-MODEL_FIXTURES below.
+MODEL_FIXTURES below (an online family: in ONLINE, with the first-batch metrics to compare); FEWER_SETUPS picks its
+set-ups, EXTRA_FIXTURES its other models (teacher, reward model, judge) and FROZEN_MODELS those ZeRO-3 must partition.
 """
 
 import json
@@ -38,9 +39,23 @@ RESUME_TOL = 0.0
 
 # family -> the fixture of the model it trains
 MODEL_FIXTURES = {"sft": "tiny_model_dir", "dpo": "tiny_model_dir", "reward": "tiny_rm_dir",
-                  "orpo": "tiny_model_dir", "kto": "tiny_model_dir"}
-# families that run only under DDP, ZeRO-2 and ZeRO-3 (the later ones; ZeRO-1 and offload are covered by the first)
-FEWER_SETUPS = {"orpo": ("ddp", "zero2", "zero3"), "kto": ("ddp", "zero2", "zero3")}
+                  "orpo": "tiny_model_dir", "kto": "tiny_model_dir", "bco": "tiny_model_dir",
+                  "cpo": "tiny_model_dir", "prm": "tiny_prm_dir", "gkd": "tiny_model_dir"}
+# families that run in fewer set-ups (ZeRO-1 and offload are covered by the first families; a later family that
+# shares its code path with an earlier one runs where its own code differs)
+FEWER_SETUPS = {"orpo": ("ddp", "zero2", "zero3"), "kto": ("ddp", "zero2", "zero3"),
+                "bco": ("ddp",), "cpo": ("zero2",), "prm": ("zero3",), "gkd": ("zero3",),
+                "online_dpo": ("zero3",), "xpo": ("zero3",), "nash_md": ("zero3",)}
+# family -> logged metrics that must match the single-process run's at every step like the loss (reduced over the
+# processes' examples: PRM's accuracy over all labelled steps, BCO's running reward mean over all processes)
+MATCHING_METRICS = {"prm": ("accuracy",), "bco": ("delta",)}
+# family -> {config key: fixture}: models besides the trained one, given to the run as paths
+EXTRA_FIXTURES = {"ppo": {"value_model": "tiny_rm_dir"}, "gkd": {"teacher_model_name_or_path": "tiny_teacher_dir"},
+                  "online_dpo": {"reward_model": "tiny_rm_dir"}, "nash_md": {"judge_model": "tiny_model_dir"}}
+# family -> its frozen models, which ZeRO-3 must partition (an inference engine each, less than half per process)
+FROZEN_MODELS = {"dpo": ("ref_model",), "kto": ("ref_model",), "bco": ("ref_model",), "gkd": ("teacher_model",),
+                 "grpo": ("ref_model",), "rloo": ("ref_model",), "ppo": ("ref_model",), "xpo": ("ref_model",),
+                 "nash_md": ("ref_model", "judge_model"), "online_dpo": ("ref_model", "reward_model0")}
 # set-up -> (accelerate config, expected distributed type, expected ZeRO stage)
 SETUPS = {
     "ddp": ("multi_cpu.yaml", "MULTI_CPU", None),
@@ -58,6 +73,35 @@ def tiny_rm_dir(tmp_path_factory):
     from posttrain.kit import build_tiny_model
 
     return build_tiny_model("qwen2", head="seq-cls", size="tiny", output_dir=tmp_path_factory.mktemp("tiny-rm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_prm_dir(tmp_path_factory):
+    from posttrain.kit import build_tiny_model
+
+    return build_tiny_model("qwen2", head="token-cls", size="tiny", output_dir=tmp_path_factory.mktemp("tiny-prm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory):
+    """A GKD teacher: the tiny model initialised with another seed (a teacher equal to the student gives a zero
+    divergence and no gradient)."""
+    from posttrain.kit import build_tiny_model
+
+    return build_tiny_model("qwen2", size="tiny", seed=1, output_dir=tmp_path_factory.mktemp("tiny-teacher"))
+
+
+def extra_of(family, request) -> dict:
+    """The extra config of ``family``'s runs: the paths of its EXTRA_FIXTURES models."""
+    return {key: str(request.getfixturevalue(name)) for key, name in EXTRA_FIXTURES.get(family, {}).items()}
+
+
+def check_frozen_partitioned(family, ran: dict) -> None:
+    """Under ZeRO-3 every frozen model of ``family`` is a DeepSpeed engine of its own, partitioned like the policy,
+    not replicated."""
+    for name in FROZEN_MODELS.get(family, ()):
+        assert ran[f"{name}_type"] == "DeepSpeedEngine", (name, ran)
+        assert ran[f"{name}_local_numel"] < ran[f"{name}_numel"] / 2, (name, ran)
 
 
 def free_port() -> int:
@@ -145,6 +189,10 @@ def check_matches_single(family, setup, model_dir, single, tmp_path, extra=None)
     for step, (a, b) in enumerate(zip(single["losses"], multi["losses"])):
         assert abs(a - b) < LOSS_TOL, (step, single["losses"], multi["losses"])
     assert single["losses"][-1] < single["losses"][0]  # it learned, so the comparison is not vacuous
+    steps = [[h for h in r["log"] if "loss" in h] for r in (single, multi)]
+    for name in MATCHING_METRICS.get(family, ()):
+        for step, (a, b) in enumerate(zip(*steps)):
+            assert abs(a[name] - b[name]) < LOSS_TOL, (name, step, a, b)
 
     want, got, before = logits_of(family, single["model_dir"]), logits_of(family, multi["model_dir"]), logits_of(
         family, model_dir)
@@ -167,12 +215,10 @@ def matrix_cells():
 @pytest.mark.parametrize("family,setup", list(matrix_cells()))
 def test_matches_single_process(family, setup, request, single_runs, tmp_path):
     model_dir = request.getfixturevalue(MODEL_FIXTURES[family])
-    multi = check_matches_single(family, setup, model_dir, single_runs(family, model_dir), tmp_path)
-    if family in ("dpo", "kto") and setup.startswith("zero3"):
-        # the frozen reference is a DeepSpeed engine of its own, partitioned like the policy, not replicated
-        ref = multi["setup"]
-        assert ref["ref_model_type"] == "DeepSpeedEngine"
-        assert ref["ref_model_local_numel"] < ref["ref_model_numel"] / 2, ref
+    extra = extra_of(family, request)
+    multi = check_matches_single(family, setup, model_dir, single_runs(family, model_dir, extra), tmp_path, extra)
+    if setup.startswith("zero3"):
+        check_frozen_partitioned(family, multi["setup"])
 
 
 def weights(model_dir: Path) -> dict:
@@ -246,32 +292,38 @@ ONLINE = {
     "grpo": ("reward", "reward_std", "completions/mean_length", "entropy", "kl", "loss"),
     "rloo": ("reward", "reward_std", "completions/mean_length", "entropy", "kl", "loss"),
     "ppo": ("objective/scores", "objective/kl", "objective/entropy", "objective/rlhf_reward", "val/num_eos_tokens"),
+    "online_dpo": ("reward", "completions/mean_length", "objective/kl", "objective/entropy",
+                   "objective/scores_margin", "rewards/margins", "loss"),
+    "xpo": ("completions/mean_length", "objective/kl", "objective/entropy", "objective/ref_scores", "loss/xpo",
+            "loss"),
+    "nash_md": ("completions/mean_length", "loss/kl", "loss/score", "rewards/probabilities", "objective/entropy",
+                "loss"),
 }
 
 
-def online_extra(family, request) -> dict:
-    # PPO trains a value model beside the policy: the saved tiny reward model (a seq-cls model with one output)
-    return {"value_model": str(request.getfixturevalue("tiny_rm_dir"))} if family == "ppo" else {}
+def online_cells():
+    for family in ONLINE:
+        for setup in FEWER_SETUPS.get(family, ("ddp", "zero2", "zero3")):
+            yield pytest.param(family, setup, id=f"{family}-{setup}")
 
 
-@pytest.mark.parametrize("setup", ["ddp", "zero2", "zero3"])
-@pytest.mark.parametrize("family", list(ONLINE))
+@pytest.mark.parametrize("family,setup", list(online_cells()))
 def test_online_generates_like_one_process(family, setup, request, tiny_model_dir, single_runs, tmp_path):
-    """An online trainer (GRPO, RLOO, PPO) on 2 processes: the first generation batch (before any update) scores
-    exactly like the single-process run's, so every process generated the same greedy completions and log-probs as
-    one process would; under ZeRO-3 it generates with partitioned parameters and its beta > 0 reference is a
+    """An online trainer (GRPO, RLOO, PPO, Online DPO, XPO, Nash-MD) on 2 processes: the first generation batch
+    (before any update) scores exactly like the single-process run's, so every process generated the same greedy
+    completions and log-probs as one process would; under ZeRO-3 it generates with partitioned parameters (XPO also
+    from its reference, Nash-MD from the policy-reference mixture) and its reference (and reward model) is a
     partitioned inference engine.
 
     Later steps are not compared: greedy completions are identical within a group, so the policy-gradient of step 1
     is rounding noise (~1e-7) that AdamW scales up to full-size steps, differently in every set-up."""
-    extra = online_extra(family, request)
+    extra = extra_of(family, request)
     single = single_runs(family, tiny_model_dir, extra)
     multi = run_launched(family, setup, tiny_model_dir, tmp_path / setup, extra)
     ran = multi["setup"]
     assert ran["num_processes"] == 2 and ran["zero_stage"] == SETUPS[setup][2] and ran["steps_run"] == 4
     if setup == "zero3":
-        assert ran["ref_model_type"] == "DeepSpeedEngine"
-        assert ran["ref_model_local_numel"] < ran["ref_model_numel"] / 2, ran
+        check_frozen_partitioned(family, ran)
     first_single, first_multi = (next(h for h in r["log"] if ONLINE[family][0] in h) for r in (single, multi))
     for name in ONLINE[family]:
         assert abs(first_single[name] - first_multi[name]) < 1e-4, (name, first_single, first_multi)
@@ -286,3 +338,28 @@ def test_dpo_zero3_with_precomputed_reference(tiny_model_dir, single_runs, tmp_p
     reference model is the same initial policy) within LOSS_TOL."""
     check_matches_single("dpo", "zero3", tiny_model_dir, single_runs("dpo", tiny_model_dir), tmp_path,
                          {"precompute_ref_log_probs": True})
+
+
+def test_nash_md_mixture_sampling_zero3_with_uneven_eos(tiny_model_dir, tmp_path):
+    """Nash-MD samples from the policy-reference mixture with a ZeRO-3 partitioned reference; when one process's
+    completions all end (EOS) while another's go on, generation still finishes on both (it used to hang: the finished
+    process skips the logits processors, where the reference gathers its layers)."""
+    pytest.importorskip("deepspeed")
+    import signal
+
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    cmd = [accelerate, "launch", "--config_file", str(CONFIGS / "deepspeed_zero3.yaml"), "--num_processes", "2",
+           "--mixed_precision", "no", "--main_process_port", str(free_port()),
+           str(ROOT / "tests" / "distributed" / "mixture_eos_run.py"), str(tiny_model_dir), str(tmp_path)]
+    proc = subprocess.Popen(cmd, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both hung workers
+        output, _ = proc.communicate()
+        pytest.fail("mixture sampling under ZeRO-3 hung\n" + output[-3000:])
+    assert proc.returncode == 0, output[-5000:]
+    first, second = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert first["lengths"] == [1] * 4  # cut at process 0's early EOS
+    assert second["lengths"] == [12] * 4, second  # process 1 (the kit's EOS) went on to max_new_tokens

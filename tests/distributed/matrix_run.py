@@ -20,6 +20,7 @@ from transformers import TrainerCallback
 
 import posttrain
 from posttrain.kit import make_dataset
+from posttrain.rollout import LLMPairwiseJudge
 
 
 def _sft_data():
@@ -32,6 +33,10 @@ def _preference_data():
 
 def _prompt_data():
     return make_dataset("reverse", "prompt_only", n=32, seed=3, min_len=3, max_len=5)
+
+
+def _stepwise_data():
+    return make_dataset("sort", "stepwise", n=8, seed=0)  # the same 8 rows every step: the loss falls
 
 
 def position_reward(prompts, completions, completion_ids, **kwargs):
@@ -60,7 +65,42 @@ FAMILIES = {
     "orpo": ("ORPOConfig", "ORPOTrainer", _preference_data, "AutoModelForCausalLM", {}),
     # KTO with its reference model (paired rows are unpaired into desirable/undesirable ones)
     "kto": ("KTOConfig", "KTOTrainer", _preference_data, "AutoModelForCausalLM", {}),
+    # BCO: KTO's data and reference, the running reward mean gathered from every process
+    "bco": ("BCOConfig", "BCOTrainer", _preference_data, "AutoModelForCausalLM", {}),
+    "cpo": ("CPOConfig", "CPOTrainer", _preference_data, "AutoModelForCausalLM", {}),
+    "prm": ("PRMConfig", "PRMTrainer", _stepwise_data, "AutoModelForTokenClassification", {}),
+    # GKD on the dataset's completions (lmbda=0: nothing sampled, so the steps are comparable); the teacher comes as
+    # "teacher_model_name_or_path" in the extra config
+    "gkd": ("GKDConfig", "GKDTrainer", _sft_data, "AutoModelForCausalLM", {"lmbda": 0.0}),
+    # the pairwise online trainers: per_device_train_batch_size counts prompts (2 greedy completions each); the
+    # position bonus always prefers the second completion of a pair. Online DPO also sums a reward model's score
+    # (pass "reward_model": PATH in the extra config)
+    "online_dpo": ("OnlineDPOConfig", "OnlineDPOTrainer", _prompt_data, "AutoModelForCausalLM",
+                   {"max_new_tokens": 8, "top_k": 1}, {"reward_funcs": position_reward}),
+    "xpo": ("XPOConfig", "XPOTrainer", _prompt_data, "AutoModelForCausalLM",
+            {"max_new_tokens": 8, "top_k": 1, "alpha": 0.1}, {"reward_funcs": position_reward}),
+    # Nash-MD with a local LM judge's probabilities (pass "judge_model": PATH in the extra config)
+    "nash_md": ("NashMDConfig", "NashMDTrainer", _prompt_data, "AutoModelForCausalLM",
+                {"max_new_tokens": 8, "top_k": 1}),
 }
+
+
+class InOrderJudge(LLMPairwiseJudge):
+    """A local LM judge that shows every pair in its given order: its random order flips are drawn per process, so
+    2 processes would flip other pairs than one process does."""
+
+    def judge(self, prompts, completions, shuffle_order=True, return_scores=False):
+        return super().judge(prompts, completions, shuffle_order=False, return_scores=return_scores)
+
+
+def local_judge(path):
+    """An LM judge loaded after the config, like the trained model (under ZeRO-3: partitioned)."""
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.models import load_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return InOrderJudge(model, load_tokenizer(path), system_prompt="{prompt} | 0: {response0} | 1: {response1} | best:")
 
 
 class CountSteps(TrainerCallback):
@@ -92,14 +132,20 @@ def main(argv):
     torch.manual_seed(0)
     kwargs = dict(output_dir=out, max_steps=4, per_device_train_batch_size=per_device_batch, learning_rate=3e-3,
                   logging_steps=1, report_to=[], save_strategy="no", disable_tqdm=True, seed=0,
-                  dataloader_num_workers=0)
+                  dataloader_num_workers=0, bf16=False)  # fp32, as the launched runs (--mixed_precision no)
     kwargs.update(family_extra)
     kwargs.update(extra)
     resume = kwargs.pop("resume_from_checkpoint", None)
     kill_after = kwargs.pop("kill_after_checkpoint", None)
     value_model = kwargs.pop("value_model", None)
+    reward_model = kwargs.pop("reward_model", None)
+    judge_model = kwargs.pop("judge_model", None)
     args = config_cls(**kwargs)  # before the model is loaded: ZeRO-3 then loads it already partitioned
     trainer_kwargs = dict(trainer_kwargs[0]) if trainer_kwargs else {}
+    if reward_model is not None:
+        trainer_kwargs["reward_model"] = reward_model
+    if judge_model is not None:
+        trainer_kwargs["judge"] = local_judge(judge_model)
     if family == "ppo":  # PPOTrainer's first argument is args (TRL's order); it also trains a value model
         trainer = trainer_cls(args=args, model=model_dir, value_model=value_model, train_dataset=data(),
                               **trainer_kwargs)
@@ -117,11 +163,16 @@ def main(argv):
                  "zero_stage": (trainer.accelerator.state.deepspeed_plugin.zero_stage
                                 if trainer.is_deepspeed_enabled else None),
                  "device": str(trainer.args.device), "steps_run": counter.steps}
-        ref = getattr(trainer, "ref_model", None)
-        if ref is not None:
-            setup["ref_model_type"] = type(ref).__name__
-            setup["ref_model_local_numel"] = sum(p.numel() for p in ref.parameters())
-            setup["ref_model_numel"] = sum(getattr(p, "ds_numel", p.numel()) for p in ref.parameters())
+        frozen = {name: getattr(trainer, name, None) for name in ("ref_model", "teacher_model")}
+        frozen["judge_model"] = getattr(getattr(trainer, "judge", None), "model", None)
+        scorer = getattr(trainer, "scorer", None)
+        models = [f for f in (scorer.reward_funcs if scorer is not None else []) if isinstance(f, torch.nn.Module)]
+        frozen.update({f"reward_model{i}": m for i, m in enumerate(models)})
+        for name, model in frozen.items():
+            if model is not None:
+                setup[f"{name}_type"] = type(model).__name__
+                setup[f"{name}_local_numel"] = sum(p.numel() for p in model.parameters())
+                setup[f"{name}_numel"] = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
         with open(os.path.join(out, "log.json"), "w") as f:
             json.dump({"log": trainer.state.log_history, "setup": setup}, f)
 
