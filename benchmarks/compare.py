@@ -76,9 +76,8 @@ SCENARIOS = {
 }
 MAX_LENGTH = {"sft": 512, "dpo": 1024, "reward": 1024, "kto": 1024, "bco": 1024, "prm": 1024, "grpo": None, "rloo": None,
               "ppo": None, "online_dpo": 512, "xpo": 512, "nash_md": 512}
-# Mismatches that are explained (NOTES.md, "KTO" and "GRPO"); the table still says FAIL, with the reason next to it.
+# Mismatches that are explained (NOTES.md: "KTO", "GRPO", "Third batch"); the table still says FAIL, with the reason.
 KNOWN = {
-    "kto": "logits/chosen: posttrain KTO averages per-row means, TRL per token",
     "kto-native-pairing": "KL pairs differ by design (TRL: completion i-1, posttrain: i+1)",
     "grpo-loss beta!=0": "TRL use_bias_correction_kl=True by default: same loss value, different KL gradient",
     "bco": "logits/*: TRL 0.21 BCO logs the sum of all logits (every position and vocabulary entry) per row, posttrain the "
@@ -326,7 +325,8 @@ def speed(argv=None) -> str:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--examples", type=int, default=400)
     p.add_argument("--settings", nargs="+", default=["default", "best"], choices=["default", "best"])
-    p.add_argument("--scenarios", nargs="+", default=["sft", "dpo", "kto", "reward", "grpo", "rloo"],
+    p.add_argument("--scenarios", nargs="+", default=["sft", "dpo", "kto", "reward", "grpo", "rloo", "online-dpo", "ppo",
+                                                      "xpo", "nash-md", "bco", "prm"],
                    help=f"any of {sorted(SCENARIOS)}")
     p.add_argument("--peer", default=None, help="TRL version for every scenario (default: per scenario, see LEGACY)")
     a = p.parse_args(argv)
