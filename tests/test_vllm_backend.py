@@ -41,7 +41,8 @@ def _forget_vllm():
 def fake_vllm(monkeypatch):
     """The stand-in ``vllm`` package, importable for the duration of a test (and the environment variables the
     colocate backend sets for vLLM's launcher, RANK, WORLD_SIZE, ..., undone afterwards)."""
-    environ = dict(os.environ)
+    environ, threads = dict(os.environ), torch.get_num_threads()
+    had_group = torch.distributed.is_initialized()
     _forget_vllm()
     monkeypatch.syspath_prepend(str(FAKE_VLLM))
     import vllm
@@ -51,6 +52,15 @@ def fake_vllm(monkeypatch):
     _forget_vllm()
     os.environ.clear()
     os.environ.update(environ)
+    # A trainer built while those variables were set starts a 1-process gloo group, and accelerate then sets the
+    # torch threads to the CPU count: undo both, or every later test runs on 2 threads in a distributed state.
+    if torch.distributed.is_initialized() and not had_group:
+        from accelerate.state import AcceleratorState, PartialState
+
+        torch.distributed.destroy_process_group()
+        AcceleratorState._reset_state(reset_partial_state=True)
+        PartialState._reset_state()
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
