@@ -31,9 +31,9 @@ if trainer.is_world_process_zero():
     with open(f"{out}/log.json", "w") as f:
         json.dump(result, f)
 
-# Release the process group, then leave without interpreter teardown: roughly 1 run in 4 on these CPUs aborts during
-# teardown ("terminate called without an active exception", SIGABRT) after everything above has been written; the
-# cause is not found yet (issue 7).
+# Release the process group, then leave without interpreter teardown: a run once aborted during teardown ("terminate
+# called without an active exception", SIGABRT) after everything above had been written; the cause is not confirmed
+# and later runs did not reproduce it (docs/distributed.md, "Known issue").
 trainer.accelerator.end_training()
 sys.stdout.flush()
 sys.stderr.flush()
