@@ -79,12 +79,11 @@ MAX_LENGTH = {"sft": 512, "dpo": 1024, "reward": 1024, "kto": 1024, "bco": 1024,
 # Mismatches that are explained (NOTES.md: "KTO", "GRPO", "Third batch"); the table still says FAIL, with the reason.
 KNOWN = {
     "kto-native-pairing": "KL pairs differ by design (TRL: completion i-1, posttrain: i+1)",
-    "grpo-loss beta!=0": "TRL use_bias_correction_kl=True by default: same loss value, different KL gradient",
     "bco": "logits/*: TRL 0.21 BCO logs the sum of all logits (every position and vocabulary entry) per row, posttrain the "
            "mean logit of the completion tokens",
     "bco-native-tokens": "TRL 0.21 BCO appends a second EOS after the chat template's end of turn; posttrain does not",
     # online steps on fixed completions (NOTES.md, "Online trainers"): metric definitions unless said otherwise
-    "grpo-step beta=0.04, TRL use_bias_correction_kl=False": "reward_std: TRL 1.16 logs the std over the batch, posttrain "
+    "grpo-step beta=0.04 (dapo)": "reward_std: TRL 1.16 logs the std over the batch, posttrain "
                                                              "the mean per-group std (TRL 0.21's definition)",
     "rloo-step beta=0": "reward_std as for GRPO",
     "rloo-step beta=0.05 (default)": "kl: posttrain logs the mean sequence KL, TRL 1.16 the token mean; reward_std as "
@@ -107,18 +106,15 @@ CHECKS = ["sft", "sft-packing", "dpo", "reward", "kto", "kto-native-pairing", "b
 GRPO_LOSS_CASES = [{"loss_type": t, "beta": b} for t in ("grpo", "bnpo", "dr_grpo", "dapo") for b in (0.0, 0.04)] + [
     {"loss_type": "grpo", "beta": 0.04, "importance_sampling_level": "sequence"},
     {"loss_type": "grpo", "beta": 0.0, "temperature": 0.7},
-] + [  # TRL 1.16 multiplies the KL term by the (differentiable) importance ratio by default; posttrain has no such option
-    {"loss_type": t, "beta": 0.04, "trl": {"use_bias_correction_kl": False}} for t in ("grpo", "bnpo", "dr_grpo", "dapo")
-] + [  # ... and the same correction emulated in posttrain (compare_worker.grpo_loss_check) against TRL's default
-    {"loss_type": t, "beta": 0.04, "posttrain": {"emulate_bias_correction_kl": True}} for t in ("grpo", "dapo")
+] + [  # the KL term without the importance-ratio factor (both libraries default to use_bias_correction_kl=True)
+    {"loss_type": t, "beta": 0.04, "use_bias_correction_kl": False} for t in ("grpo", "bnpo", "dr_grpo", "dapo")
 ]
 # Whole first steps of the online trainers on fixed completions (compare_online): name -> (scenario, overrides, options).
 # Options: batch (completions for GRPO/RLOO, prompts otherwise), full_length (every completion max length, no EOS),
 # known (why a FAIL is expected). Completions are 4-24 tokens (about half end with EOS) unless full_length.
 ONLINE_CHECKS = {
-    "grpo-step beta=0.04, TRL use_bias_correction_kl=False": (
-        "grpo", {"num_generations": 4, "max_completion_length": 24, "beta": 0.04, "loss_type": "dapo",
-                 "trl": {"use_bias_correction_kl": False}}, {"batch": 8}),
+    "grpo-step beta=0.04 (dapo)": (
+        "grpo", {"num_generations": 4, "max_completion_length": 24, "beta": 0.04, "loss_type": "dapo"}, {"batch": 8}),
     "rloo-step beta=0.05 (default)": ("rloo", {"num_generations": 4, "max_completion_length": 24}, {"batch": 8}),
     "rloo-step beta=0": ("rloo", {"num_generations": 4, "max_completion_length": 24, "beta": 0.0}, {"batch": 8}),
     "rloo-step beta=0.05, normalize_advantages, temperature 0.7": (
@@ -274,8 +270,7 @@ def check(argv=None) -> str:
                 f", {'TRL' if lib == 'trl' else lib} {k}={v}" for lib in LIBS for k, v in case.get(lib, {}).items())
             raw[name] = runs
             c = compare_runs(runs["posttrain"], runs["trl"])
-            known = KNOWN["grpo-loss beta!=0"] if case["beta"] and not any(lib in case for lib in LIBS) else None
-            out.append(check_row(name, runs, c, known, steps=False))
+            out.append(check_row(name, runs, c, None, steps=False))
             details += check_details(name, runs, c)
     online = [n for n in ONLINE_CHECKS if "online" in a.scenarios or n in a.scenarios]
     for name in online:  # whole first steps on fixed completions (compare_online)

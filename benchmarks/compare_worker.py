@@ -223,7 +223,7 @@ def grpo_loss_check(cfg: dict, L, torch) -> dict:
                         per_device_train_batch_size=B, num_generations=G, max_completion_length=cfg["max_completion_length"],
                         bf16=False, gradient_checkpointing=False, learning_rate=0.0, max_steps=1, save_strategy="no",
                         **({"use_cpu": True} if cfg["lib"] == "trl" and not torch.cuda.is_available() else {}),
-                        **{k: v for k, v in cfg["overrides"].items() if k != "emulate_bias_correction_kl"})
+                        **cfg["overrides"])
     data = Dataset.from_list([{"prompt": r["prompt"]} for r in rows[:16]])
     trainer = L.GRPOTrainer(model=model, reward_funcs=[length_reward], args=args, train_dataset=data, processing_class=tok)
     trainer.model.train()
@@ -241,14 +241,6 @@ def grpo_loss_check(cfg: dict, L, torch) -> dict:
         if args.beta != 0.0:
             inputs["ref_logps"] = ref_logps
     trainer._metrics["train"].clear()
-    if cfg["lib"] == "posttrain" and cfg["overrides"].get("emulate_bias_correction_kl"):
-        # TRL 1.16's use_bias_correction_kl, emulated in posttrain by the harness (no library change): the per-token k3
-        # KL times the token importance ratio pi/pi_old, which is exp(logp - logp.detach()) on-policy (value 1, with a
-        # gradient). Token-level importance sampling only (TRL broadcasts a sequence-level ratio with "sequence").
-        import posttrain.losses.policy as policy
-
-        k3 = policy.kl_penalty
-        policy.kl_penalty = lambda logps, ref, estimator="k3": k3(logps, ref, estimator) * torch.exp(logps - logps.detach())
     loss = trainer.compute_loss(trainer.model, inputs)
     loss.backward()
     grad_norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in trainer.model.parameters() if p.grad is not None))

@@ -525,3 +525,32 @@ def test_top_entropy_mask():
     # external population for the quantile (e.g. gathered from all ranks)
     out = top_entropy_mask(ent, mask, 0.5, reference_entropies=t([0.0, 1.0]))  # tau = 0.5
     assert out.tolist() == [[0, 1, 1, 0], [0, 1, 0, 0]]
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_grpo_bias_corrected_kl_gradient_is_the_reverse_kl_score_function(level):
+    """DeepSeek-V3.2 Eq. 7 (TRL's use_bias_correction_kl): on-policy the KL term keeps its value, but its gradient
+    per token becomes beta * (logp - ref_logp) * grad logp (the uncorrected k3 gives beta * (1 - pi_ref/pi) *
+    grad logp); with GSPO's sequence ratio every token also gets the row's mean k3. Checked with zero advantages,
+    so only the KL term has a gradient; bnpo divides by the 5 tokens."""
+    logps = torch.tensor([[-0.5, -1.0, -2.0], [-0.3, -0.7, -9.0]], requires_grad=True)
+    ref = torch.tensor([[-0.9, -0.4, -2.5], [-0.3, -1.5, -9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    beta, n = 0.1, 5.0
+    lp = logps.detach()
+    k3 = (torch.exp(ref - lp) - (ref - lp) - 1.0) * mask
+    plain = beta * (1.0 - torch.exp(ref - lp)) * mask / n
+    if level == "token":  # d(r_t k3_t) = k3_t d(logp_t) + (1 - pi_ref/pi) d(logp_t) = (logp - ref_logp) d(logp_t)
+        corrected = beta * (lp - ref) * mask / n
+    else:  # one ratio per sequence, exp(mean log ratio): each token also gets (sum of the row's k3) / row length
+        corrected = plain + beta * (k3.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True)) * mask / n
+    expected = {True: corrected, False: plain}
+    values = {}
+    for use in (True, False):
+        logps.grad = None
+        out = grpo_loss(logps, None, torch.zeros(2), mask, ref_logps=ref, beta=beta, loss_type="bnpo",
+                        importance_sampling_level=level, use_bias_correction_kl=use)
+        out.loss.backward()
+        torch.testing.assert_close(logps.grad, expected[use], rtol=1e-5, atol=1e-7)
+        values[use] = out.loss.item()
+    assert values[True] == pytest.approx(values[False]) == pytest.approx(beta * k3.sum().item() / n)

@@ -337,6 +337,7 @@ def grpo_loss(
     delta: Optional[float] = None,
     entropy_mask: Optional[torch.Tensor] = None,
     importance_weights: Optional[torch.Tensor] = None,
+    use_bias_correction_kl: bool = False,
 ) -> GRPOLossOutput:
     """GRPO clipped surrogate — Shao et al. 2024, 'DeepSeekMath: Pushing the Limits of
     Mathematical Reasoning in Open Language Models', Eq. 3 (with the loss normalisations of
@@ -381,6 +382,10 @@ def grpo_loss(
             :func:`top_entropy_mask`).
         importance_weights: optional (B, T) or (B, 1) weights multiplying the per-token policy
             loss (e.g. truncated importance sampling between the sampler and the trainer).
+        use_bias_correction_kl: multiply the k3 KL of each token by the (unclipped, not detached)
+            importance ratio, DeepSeek-V3.2 (arXiv 2512.02556) Sec. 3.1 Eq. 7: equal in value on-policy,
+            but its gradient is ``(logp - ref_logp) * grad logp``, whose expectation is the gradient of
+            the reverse KL(pi || pi_ref); plain k3's is ``(1 - pi_ref / pi) * grad logp``.
 
     Returns:
         :class:`GRPOLossOutput`.
@@ -417,6 +422,8 @@ def grpo_loss(
     kl_mean = None
     if beta != 0.0:
         per_token_kl = kl_penalty(logps, ref_logps, "k3")
+        if use_bias_correction_kl:
+            per_token_kl = per_token_kl * ratio
         per_token_loss = per_token_loss + beta * per_token_kl
         kl_mean = masked_mean(per_token_kl.detach(), w)
     per_token_loss = per_token_loss.expand_as(w) if per_token_loss.shape != w.shape else per_token_loss

@@ -28,6 +28,11 @@ class GRPOConfig(OnlineConfig):
     epsilon: float = field(default=0.2, metadata={"help": "Lower clip range of the importance ratio (and upper, unless epsilon_high)."})
     epsilon_high: float | None = field(default=None, metadata={"help": "Upper clip range (DAPO's clip-higher, e.g. 0.28; default: epsilon)."})
     delta: float | None = field(default=None, metadata={"help": "Upper bound of the unclipped ratio (two-sided clipping; None: off)."})
+    use_bias_correction_kl: bool = field(
+        default=True,
+        metadata={"help": "With beta > 0: multiply each token's k3 KL by the importance ratio (DeepSeek-V3.2's unbiased "
+                  "KL estimate; same value on-policy, a reverse-KL gradient). TRL's default."},
+    )
     loss_type: str = field(
         default="dapo",
         metadata={"help": "Loss normalisation: 'grpo' (per-sequence mean), 'bnpo' (tokens of the micro-batch), "
@@ -138,6 +143,7 @@ class GRPOTrainer(OnlineTrainer):
             num_processes=self.accelerator.num_processes if training else 1,
             gradient_accumulation_steps=self.current_gradient_accumulation_steps if training else 1,
             delta=args.delta, entropy_mask=entropy_mask, importance_weights=self.sampler_weights(inputs, logps, mask),
+            use_bias_correction_kl=args.use_bias_correction_kl,
         )
         for name, value in out.metrics.items():
             self.record(name, value)
