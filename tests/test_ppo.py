@@ -154,3 +154,22 @@ def test_seed_ppo_scripts_on_local_files(tiny_model_dir, value_dir, tmp_path, sc
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert len([r for r in rows if "objective/scores" in r]) == 2
     assert (out / "value_model" / "config.json").exists()
+
+
+@pytest.mark.parametrize("give_tokenizer", [True, False])
+def test_reward_model_object_shares_the_policys_tokenizer(give_tokenizer, tiny_model_dir, value_dir, tokenizer,
+                                                          prompts, tmp_path):
+    """TRL's style: reward_model= a sequence-classification model object, no tokenizer of its own. It scores with
+    the policy's tokenizer (the given processing_class, else the policy's own): rewards equal scoring by hand."""
+    from posttrain.rollout.scoring import score_with_model
+
+    reward = AutoModelForSequenceClassification.from_pretrained(value_dir)
+    trainer = PPOTrainer(args=ppo_args(tmp_path), processing_class=tokenizer if give_tokenizer else None,
+                         model=tiny_model_dir, reward_model=reward, value_model=value_dir, train_dataset=prompts)
+    trainer.model.train()
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    trainer.generate_and_score(rows, 1)
+    samples = trainer.completion_samples
+    want = score_with_model(reward, tokenizer, [s["prompt"] for s in samples], [s["completion"] for s in samples])
+    got = torch.tensor([s["reward"] for s in samples])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

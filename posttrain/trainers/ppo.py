@@ -24,7 +24,7 @@ import torch
 
 from ..losses.policy import gae, kl_penalty, masked_mean, masked_whiten, ppo_policy_loss, ppo_value_loss
 from ..models import unwrap
-from ..models.loading import load_pretrained
+from ..models.loading import load_pretrained, load_tokenizer
 from ..models.policy_value import PolicyAndValue, token_values
 from ..models.sharding import frozen_copy
 from .base import check_choice
@@ -135,9 +135,14 @@ class PPOTrainer(OnlineTrainer):
             value_model = load_pretrained(str(value_model), AutoModelForSequenceClassification, num_labels=1,
                                           **init_kwargs)
         self._given_ref = ref_model
+        # TRL's PPO takes a reward model object with no tokenizer of its own: it shares the policy's
+        reward_tokenizer = None
+        if isinstance(reward_model, torch.nn.Module):
+            reward_tokenizer = processing_class if processing_class is not None else load_tokenizer(
+                policy.config._name_or_path)
         super().__init__(PolicyAndValue(policy, value_model), funcs, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
-                         optimizers=optimizers)
+                         optimizers=optimizers, reward_processing_classes=[reward_tokenizer] + [None] * (len(funcs) - 1))
 
     # -- reference: the policy alone, never the value model -------------------------------------------------------
     def _setup_reference(self):
