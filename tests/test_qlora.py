@@ -42,11 +42,11 @@ def model_config(bits: int, **lora) -> ModelConfig:
                        **{"lora_r": 8, "lora_alpha": 16, **lora})
 
 
-def load_quantized(model_dir, bits: int, auto_class=None):
+def load_quantized(model_dir, bits: int, auto_class=None, **kwargs):
     """The base model as a script loads it with ``--load_in_{bits}bit``; asserts its Linear layers are quantized."""
     import bitsandbytes as bnb
 
-    model = load_pretrained(str(model_dir), auto_class, **model_init_kwargs(model_config(bits)))
+    model = load_pretrained(str(model_dir), auto_class, **model_init_kwargs(model_config(bits)), **kwargs)
     wanted = bnb.nn.Linear4bit if bits == 4 else bnb.nn.Linear8bitLt
     linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     quantized = [n for n, m in linears.items() if isinstance(m, wanted)]
@@ -218,6 +218,45 @@ def test_qlora_dpo_learns_preferences_and_saves_the_adapter(bits, base_dir, tmp_
     assert margins[-1] > margins[0] and margins[-1] > 0.5, margins
     check_adapter_only_training(trainer, before_lora, before_base)
     check_saved_adapter_reloads(trainer, base_dir, bits, tmp_path / "adapter")
+
+
+# ---------------------------------------------------------------------------------------------
+# reward modeling
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [4])
+def test_qlora_reward_model_learns_and_saves_the_adapter_and_head(bits, base_dir, tmp_path):
+    """QLoRA reward modeling: the SFT'd base loaded as a sequence classifier in 4-bit (the new ``score`` head stays
+    float and is trained in full, as peft's SEQ_CLS task saves it), LoRA on every other Linear. Held-out pairwise
+    accuracy on sort-task pairs rises by >= 0.2 (measured 0.475 -> 0.785, 90 steps); only adapter and head weights
+    train and are saved."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    from posttrain import RewardConfig, RewardTrainer
+    from tests.test_reward import _held_out_accuracy
+
+    train = make_dataset("sort", "preference", n=1000, seed=0)
+    test = make_dataset("sort", "preference", n=200, seed=1, exclude=train)
+    model = load_quantized(base_dir, bits, AutoModelForSequenceClassification, num_labels=1)
+    model.config.pad_token_id = 0
+    args = train_args(RewardConfig, tmp_path, per_device_train_batch_size=32, learning_rate=2e-3, max_steps=90,
+                      lr_scheduler_type="constant", logging_steps=30)
+    trainer = RewardTrainer(model, args, train_dataset=train,
+                            peft_config=peft_config(model_config(bits, lora_task_type="SEQ_CLS")))
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or "score" in n for n in trainable), trainable
+    tok = trainer.processing_class
+    before = _held_out_accuracy(trainer.model, tok, test)
+    trainer.train()
+    after = _held_out_accuracy(trainer.model, tok, test)
+    print(f"QLoRA {bits}-bit reward model held-out accuracy {before:.3f} -> {after:.3f}")
+    assert after - before >= 0.2, (before, after)
+    trainer.save_model(str(tmp_path / "adapter"))
+    saved = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert saved and all("lora_" in k or "score" in k for k in saved), list(saved)[:5]
+    assert any("score" in k for k in saved)
 
 
 # ---------------------------------------------------------------------------------------------
