@@ -30,6 +30,7 @@ from posttrain.models.loading import (  # noqa: E402
     peft_config,
 )
 from tests.conftest import reverse_prompts, train_args  # noqa: E402
+from tests.test_dpo import pair_accuracy  # noqa: E402
 
 # Reloading the adapter onto a freshly quantized base: the same quantized weights and the same kernels, so the
 # logits agree to rounding (observed 0.0); the tolerance is far below what training moved them by (> 0.1).
@@ -174,22 +175,6 @@ def test_qlora_sft_learns_and_saves_the_adapter(bits, base_dir, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # DPO
 # ---------------------------------------------------------------------------------------------
-
-
-def pair_accuracy(trainer, dataset) -> float:
-    """Fraction of pairs where the policy gives the chosen completion more log-probability than the rejected."""
-    from posttrain.trainers.preference_base import DataCollatorForPreference, completion_logps
-
-    ds = trainer.prepare_dataset(dataset, trainer.processing_class, trainer.args, "test")
-    batch = DataCollatorForPreference(trainer.tokenizer_.pad_token_id)([ds[i] for i in range(len(ds))])
-    model = trainer.model
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        lp = completion_logps(model, {k: v.to(model.device) for k, v in trainer.model_rows(batch).items()}).sum
-    model.train(was)
-    n = len(ds)
-    return (lp[:n] > lp[n:]).float().mean().item()
 
 
 @pytest.mark.parametrize("bits", [4, 8])
