@@ -19,6 +19,7 @@ trainer:
 
 from __future__ import annotations
 
+import atexit
 import copy
 from contextlib import contextmanager, nullcontext
 
@@ -161,3 +162,27 @@ def check_launch(accelerator) -> str | None:
 
 __all__ = ["check_launch", "deepspeed_inference_config", "frozen_copy", "gathered_parameters", "is_zero3_partitioned",
            "prepare_frozen"]
+
+
+_exit_hook_registered = False
+
+
+def _destroy_process_group_if_initialized() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def destroy_process_group_at_exit() -> None:
+    """Destroy the default process group when the interpreter exits (an ``atexit`` hook, registered once).
+
+    A process that ends with its gloo process group still alive can abort during interpreter teardown
+    ("terminate called without an active exception", SIGABRT): gloo's worker threads still hold finished work
+    objects whose tensors reference Python objects, and freeing them after the interpreter is gone aborts
+    (pytorch/pytorch#190489 and the discussion of pytorch/pytorch#179291). torchrun then reports a run that
+    finished and saved everything as failed. ``atexit`` hooks run while the interpreter is still whole, so
+    destroying the group there releases those threads in time; a script that destroyed it already is not
+    affected."""
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        atexit.register(_destroy_process_group_if_initialized)
+        _exit_hook_registered = True

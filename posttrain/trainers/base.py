@@ -25,7 +25,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from ..models import disable_dropout, ensure_pad_token, load_pretrained, load_tokenizer, prepare_peft_model, set_chat_template
-from ..models.sharding import check_launch, prepare_frozen
+from ..models.sharding import check_launch, destroy_process_group_at_exit, prepare_frozen
 
 
 def _has_accelerator() -> bool:
@@ -163,6 +163,8 @@ class BaseTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
         if (problem := check_launch(self.accelerator)) is not None:
             warnings.warn(problem, stacklevel=2)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            destroy_process_group_at_exit()  # else a gloo worker can abort at interpreter teardown (SIGABRT)
 
     # -- hooks ----------------------------------------------------------------------------------
     def prepare_dataset(self, dataset, processing_class, args, split: str):

@@ -5,7 +5,6 @@ Writes the log history (and, with precomputed reference log-probs, the reference
 """
 
 import json
-import os
 import sys
 
 import torch
@@ -30,11 +29,3 @@ if trainer.is_world_process_zero():
             result[col] = list(trainer.train_dataset[col])
     with open(f"{out}/log.json", "w") as f:
         json.dump(result, f)
-
-# Release the process group, then leave without interpreter teardown: a run once aborted during teardown ("terminate
-# called without an active exception", SIGABRT) after everything above had been written; the cause is not confirmed
-# and later runs did not reproduce it (docs/distributed.md, "Known issue").
-trainer.accelerator.end_training()
-sys.stdout.flush()
-sys.stderr.flush()
-os._exit(0)

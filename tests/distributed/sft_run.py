@@ -4,7 +4,6 @@ Writes the log history to OUT/log.json (main process).
 """
 
 import json
-import os
 import sys
 
 import torch
@@ -24,11 +23,3 @@ trainer.train()
 if trainer.is_world_process_zero():
     with open(f"{out}/log.json", "w") as f:
         json.dump(trainer.state.log_history, f)
-
-# Release the process group, then leave without interpreter teardown: a run once aborted during teardown ("terminate
-# called without an active exception", SIGABRT) after everything above had been written; the cause is not confirmed
-# and later runs did not reproduce it (docs/distributed.md, "Known issue").
-trainer.accelerator.end_training()
-sys.stdout.flush()
-sys.stderr.flush()
-os._exit(0)
