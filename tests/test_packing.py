@@ -66,6 +66,47 @@ def test_padding_free_rows_for_sdpa():
     assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9], [IGNORE_INDEX, 3] + [IGNORE_INDEX] * 3]
 
 
+def test_padding_free_rows_are_bin_packed_up_to_the_longest_example():
+    """flatten=False: examples share a row when they fit in the batch's longest example (best fit decreasing);
+    each keeps its positions from 0 and its first label ignored."""
+    collator = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True, flatten=False)
+    batch = collator([{"input_ids": [5, 6, 7, 8, 9]}, {"input_ids": [4, 3]}, {"input_ids": [1, 2, 3]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9], [4, 3, 1, 2, 3]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4], [0, 1, 0, 1, 2]]
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7, 8, 9], [IGNORE_INDEX, 3, IGNORE_INDEX, 2, 3]]
+
+
+@pytest.mark.parametrize("arch_fixture", ["tiny_model_dir", "tiny_gpt2_dir"])
+def test_padding_free_rows_give_the_padded_loss_and_gradient(request, arch_fixture, tokenizer, tmp_path):
+    """SFT with padding_free=True on sdpa (rows bin-packed within the batch) computes the padded batch's loss and
+    gradient on fewer rows."""
+    from transformers import AutoModelForCausalLM
+
+    from posttrain import SFTConfig, SFTTrainer
+    from tests.conftest import train_args
+
+    model = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(arch_fixture), dtype=torch.float32).eval()
+    rng = random.Random(3)  # lengths spread 6x, as chat data's are
+    ds = datasets.Dataset.from_list([{"prompt": "Copy: a\n", "completion": " ".join("xyz"[rng.randint(0, 2)] for _ in
+                                                                                     range(rng.choice([2, 3, 5, 30])))}
+                                     for _ in range(16)])
+    results = {}
+    for padding_free in (False, True):
+        args = train_args(SFTConfig, tmp_path, padding_free=padding_free, max_length=48)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
+        assert trainer.data_collator.flatten is False  # sdpa/eager
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
+        model.zero_grad()
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results[padding_free] = (loss.item(), grad.clone(), batch["input_ids"].shape)
+    (padded_loss, padded_grad, padded_shape), (free_loss, free_grad, free_shape) = results[False], results[True]
+    assert free_shape[1] == padded_shape[1] and free_shape[0] <= padded_shape[0] * 3 // 4, (free_shape, padded_shape)
+    assert abs(free_loss - padded_loss) < 1e-5
+    assert torch.allclose(free_grad, padded_grad, atol=1e-5, rtol=1e-4)
+
+
 def _examples(tokenizer, n=24, seed=0):
     rng = random.Random(seed)
     rows = []
