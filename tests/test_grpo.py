@@ -121,6 +121,19 @@ def test_reused_generation_batch_computes_old_logps_once(tiny_model_dir, tokeniz
     assert first["clip_ratio/region_mean"] == 0.0
 
 
+def test_reward_std_is_over_the_batch_and_zero_std_counts_groups(tiny_model_dir, tokenizer, prompts, tmp_path):
+    """TRL 1.x's definitions. Rewards 1 2 3 4 | 5 5 5 5 (two groups of 4): mean 3.75, squared deviations 7.5625 +
+    3.0625 + 0.5625 + 0.0625 + 4 x 1.5625 = 17.5, so reward_std = sqrt(17.5 / 7) = sqrt(2.5) (the mean per-group
+    std, TRL 0.x's, would be sqrt(5/3) / 2 = 0.6455); the second group has zero std: frac_reward_zero_std = 0.5."""
+    trainer = GRPOTrainer(tiny_model_dir, token_count_reward, args=grpo_args(tmp_path), train_dataset=prompts,
+                          processing_class=tokenizer)
+    trainer.model.train()
+    trainer.process_rewards(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0, 5.0]))
+    logged = trainer._metrics["train"]
+    assert logged["reward_std"] == [pytest.approx(2.5 ** 0.5)]
+    assert logged["frac_reward_zero_std"] == [0.5]
+
+
 # ------------------------------------------------------------------------------------------------
 # variants
 # ------------------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ from posttrain.losses.distill import geometric_mixture_logits
 from posttrain.rollout import BasePairwiseJudge, generate
 from posttrain.rollout.rewards import accuracy_reward
 from tests.conftest import reverse_prompts, train_args
-from tests.test_online_dpo import (LEARNING, AccuracyJudge, judged_win_rate, odpo_args, sampled_accuracy,
-                                   token_count_reward)
+from tests.test_online_dpo import (LEARNING, AccuracyJudge, direct_token_logps, hand_batch, judged_win_rate,
+                                   odpo_args, sampled_accuracy, token_count_reward)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_nash_md_learns_reverse_task(sft_reverse_dir, tokenizer, tmp_path):
     logged = trainer.state.log_history[0]
     for name in ("loss/kl", "loss/score", "rewards/probabilities", "objective/entropy", "objective/model_scores",
                  "objective/mixture_scores", "objective/scores_margin", "val/model_contain_eos_token",
-                 "val/mixture_contain_eos_token", "mixture_coef", "beta"):
+                 "val/ref_contain_eos_token", "mixture_coef", "beta"):
         assert name in logged, name
 
 
@@ -121,3 +121,34 @@ def test_lora_mixture_and_mixture_coef_per_epoch(tiny_model_dir, tokenizer, prom
     assert logs[0]["loss/kl"] == pytest.approx(0.0, abs=1e-6) and logs[-1]["loss/kl"] != pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="mixture_coef must be in"):
         odpo_args(tmp_path, NashMDConfig, mixture_coef=[1.5])
+
+
+def test_loss_and_metrics_on_a_hand_made_batch(tiny_model_dir, tokenizer, prompts, tmp_path):
+    """Rows 0 and 2 are the policy's completions, 1 and 3 the mixture's; scores 1, 0 | 0, 3 give P(policy wins) =
+    sigmoid(1) and sigmoid(-3). With per-token log-probs lp of the *raw* logits (sampling temperature 0.5 does not
+    enter) and the reference's rp: loss = mean over the policy rows of beta * sum_t (lp - rp) * lp - (P - 0.5) *
+    sum_t lp (in value), beta = 0.1. TRL 0.21's metrics: logps/chosen | rejected = mean summed lp | rp of the
+    policy's completions, rewards/margins = their mean difference, rewards/accuracies = share with lp > rp,
+    rewards/chosen | rejected = mean score of the policy's | mixture's completions, val/ref_contain_eos_token = the
+    mixture's EOS rate (1: both end with EOS), val/model_contain_eos_token 0.5."""
+    other = build_tiny_model("qwen2", size="tiny", seed=1, output_dir=tmp_path / "ref")
+    trainer = NashMDTrainer(tiny_model_dir, ref_model=str(other), reward_funcs=token_count_reward,
+                            args=odpo_args(tmp_path, NashMDConfig, temperature=0.5), train_dataset=prompts,
+                            processing_class=tokenizer)
+    trainer.model.eval()
+    batch = hand_batch(trainer, tokenizer, [1.0, 0.0, 0.0, 3.0], [[5, 9, 11, -1], [7, -1], [20, 3, 4], [6, -1]])
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch)
+    lp, rp = direct_token_logps(trainer.model, batch)[0::2], direct_token_logps(trainer.ref_model, batch)[0::2]
+    p = torch.sigmoid(torch.tensor([1.0, -3.0]))
+    expected = (0.1 * ((lp - rp) * lp).sum(1) - (p - 0.5) * lp.sum(1)).mean()
+    torch.testing.assert_close(loss, expected, atol=1e-4, rtol=1e-5)
+    logged = {k: v[-1] for k, v in trainer._metrics["eval"].items()}
+    pi, ref = lp.sum(1), rp.sum(1)
+    assert logged["logps/chosen"] == pytest.approx(float(pi.mean()), rel=1e-5)
+    assert logged["logps/rejected"] == pytest.approx(float(ref.mean()), rel=1e-5)
+    assert logged["rewards/margins"] == pytest.approx(float((pi - ref).mean()), abs=1e-4)
+    assert logged["rewards/accuracies"] == float((pi > ref).float().mean())
+    assert logged["rewards/chosen"] == pytest.approx(0.5) and logged["rewards/rejected"] == pytest.approx(1.5)
+    assert logged["val/model_contain_eos_token"] == 0.5 and logged["val/ref_contain_eos_token"] == 1.0
+    assert logged["rewards/probabilities"] == pytest.approx(float(p.mean()))

@@ -243,3 +243,100 @@ def test_conversational_prompts_and_evaluation(tiny_model_dir, tokenizer, tmp_pa
     trainer.train()
     evals = [h for h in trainer.state.log_history if "eval_loss" in h]
     assert evals and "eval_objective/kl" in evals[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# training log-probs and metrics on hand-made batches
+# ------------------------------------------------------------------------------------------------
+
+
+def hand_batch(trainer, tokenizer, scores, completion_ids=None):
+    """Two pairs (rows 0-1 and 2-3) of fixed completions of different lengths (by default rows 0 and 3 end with EOS
+    (-1 below), so the rows carry padding), with the reference's log-probs and the preferences the scores give."""
+    from posttrain.trainers.preference_base import build_rows
+
+    eos = tokenizer.eos_token_id
+    prompt_ids = [trainer.train_dataset[i]["prompt_input_ids"] for i in (0, 0, 1, 1)]
+    completion_ids = completion_ids or [[5, 9, 11, -1], [7, 7], [20, 3, 4], [6, -1]]
+    completion_ids = [[eos if t == -1 else t for t in ids] for ids in completion_ids]
+    batch = build_rows(prompt_ids, completion_ids, pad_token_id=tokenizer.pad_token_id)
+    batch["ref_logps"] = trainer.reference_logps(batch)
+    scores = torch.tensor(scores)
+    batch["scores"] = scores
+    batch["preference"] = trainer.process_rewards(scores)["preference"]
+    batch["truncated"] = torch.tensor([ids[-1] != eos for ids in completion_ids])
+    return batch
+
+
+def direct_token_logps(model, batch, temperature=1.0):
+    """(B, L - 1) log-probs of the completion tokens (0 elsewhere) straight from the model's logits (no posttrain
+    code)."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    token = (logits / temperature).log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    return token * batch["completion_mask"][:, 1:]
+
+
+def direct_seq_logps(model, batch, temperature=1.0):
+    """Summed completion log-probs (B,) straight from the model's logits."""
+    return direct_token_logps(model, batch, temperature).sum(1)
+
+
+def test_dpo_loss_uses_the_policys_own_logps_at_any_temperature(tiny_model_dir, tokenizer, prompts, tmp_path):
+    """Sampling at temperature 0.5 does not change what the DPO loss is about: pi(y|x) of the raw logits (TRL's Online
+    DPO / XPO / Nash-MD). Pair 0: the first completion has the higher score (chosen), pair 1: the second.
+    loss = mean_pairs -log sigmoid(beta * [(pi_w - ref_w) - (pi_l - ref_l)]), with beta = 0.5; and the
+    ``objective/*`` metrics: kl = mean_rows (pi - ref) over the completion tokens (not the padding),
+    entropy = -mean_rows pi, scores = mean score, scores_margin = mean_pairs |s_1 - s_2|."""
+    other = build_tiny_model("qwen2", size="tiny", seed=1, output_dir=tmp_path / "ref")
+    trainer = OnlineDPOTrainer(tiny_model_dir, ref_model=str(other), reward_funcs=token_count_reward,
+                               args=odpo_args(tmp_path, temperature=0.5, beta=[0.5]), train_dataset=prompts,
+                               processing_class=tokenizer)
+    trainer.model.eval()
+    batch = hand_batch(trainer, tokenizer, [1.0, 0.0, 0.0, 3.0])
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch)
+    pi, ref = direct_seq_logps(trainer.model, batch), direct_seq_logps(trainer.ref_model, batch)
+    h = torch.stack([(pi[0] - ref[0]) - (pi[1] - ref[1]), (pi[3] - ref[3]) - (pi[2] - ref[2])])
+    expected = -torch.nn.functional.logsigmoid(0.5 * h).mean()
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    # the check can tell the two apart: log-probs of logits / 0.5 give another loss
+    pi_t, ref_t = direct_seq_logps(trainer.model, batch, 0.5), direct_seq_logps(trainer.ref_model, batch, 0.5)
+    h_t = torch.stack([(pi_t[0] - ref_t[0]) - (pi_t[1] - ref_t[1]), (pi_t[3] - ref_t[3]) - (pi_t[2] - ref_t[2])])
+    assert abs(float(-torch.nn.functional.logsigmoid(0.5 * h_t).mean() - expected)) > 1e-3
+    logged = {k: v[-1] for k, v in trainer._metrics["eval"].items()}
+    assert logged["objective/kl"] == pytest.approx(float((pi - ref).mean()), abs=1e-4)
+    assert logged["objective/entropy"] == pytest.approx(float(-pi.mean()), rel=1e-5)
+    assert logged["objective/scores"] == pytest.approx(1.0)  # (1 + 0 + 0 + 3) / 4
+    assert logged["objective/scores_margin"] == pytest.approx(2.0)  # (1 + 3) / 2
+    assert logged["logps/chosen"] == pytest.approx(float((pi[0] + pi[3]) / 2), rel=1e-5)
+
+
+@pytest.mark.parametrize("name, divides", [("OnlineDPOTrainer", False), ("XPOTrainer", False),
+                                           ("NashMDTrainer", False), ("GRPOTrainer", True), ("RLOOTrainer", True)])
+def test_which_trainers_take_logps_at_the_sampling_temperature(tiny_model_dir, tokenizer, prompts, tmp_path, name,
+                                                               divides):
+    """GRPO, RLOO (and PPO) take the training log-probs at the sampling temperature: their importance ratios and KL
+    terms are against the distribution sampled from (as TRL's). The Online DPO family takes them of the raw logits."""
+    import posttrain
+    from posttrain.trainers.online_base import OnlineTrainer
+    from posttrain.trainers.ppo import PPOTrainer
+
+    cls = getattr(posttrain, name)
+    config = getattr(posttrain, name.replace("Trainer", "Config"))
+    extra = dict(num_generations=4, max_completion_length=8, per_device_train_batch_size=8) if divides else {}
+    args = train_args(config, tmp_path, temperature=0.5, max_steps=1, **extra)
+    trainer = cls(tiny_model_dir, reward_funcs=token_count_reward, args=args, train_dataset=prompts,
+                  processing_class=tokenizer)
+    batch = hand_batch(trainer, tokenizer, [1.0, 0.0, 0.0, 3.0]) if not divides else None
+    if batch is None:
+        from posttrain.trainers.preference_base import build_rows
+
+        ids = [trainer.train_dataset[i]["prompt_input_ids"] for i in (0, 1)]
+        batch = build_rows(ids, [[5, 9, 11], [7]], pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        logps, mask, _ = trainer.token_logps(trainer.model, batch)
+    expected = direct_seq_logps(trainer.model, batch, 0.5 if divides else 1.0)
+    torch.testing.assert_close((logps * mask).sum(1), expected, atol=1e-5, rtol=1e-5)
+    assert trainer.logps_temperature() == (0.5 if divides else 1.0)
+    assert PPOTrainer.logps_temperature is OnlineTrainer.logps_temperature  # PPO: the sampling temperature too

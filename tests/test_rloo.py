@@ -77,6 +77,32 @@ def test_kl_is_folded_into_the_reward(tiny_model_dir, tokenizer, tmp_path):
     torch.testing.assert_close(shaped, torch.tensor([3.0 + 0.25, 1.0 - 1.5]))
 
 
+def test_metrics_follow_trl(tiny_model_dir, tokenizer, tmp_path):
+    """TRL 1.x's definitions, by hand. Scores of first_token_reward (id % 7) of completions 3, 10, 5, 7: 3, 3, 5, 0;
+    mean 2.75, squared deviations 0.0625 + 0.0625 + 5.0625 + 7.5625 = 12.75: reward_std = sqrt(12.75 / 3), of the
+    scores before clipping and KL. KL of the batch of test_kl_is_folded_into_the_reward: sequence KLs -0.5 (2
+    tokens) and 3 (3 tokens): kl = token mean 2.5 / 5 = 0.5, objective/kl = sequence mean 1.25.
+    frac_reward_zero_std: the share of groups (of the shaped rewards) with zero std."""
+    prompts = make_dataset("copy", "prompt_only", n=8, seed=0)
+    trainer = RLOOTrainer(tiny_model_dir, first_token_reward, args=rloo_args(tmp_path, beta=0.5,
+                          reward_clip_range=[0.0, 3.0]), train_dataset=prompts, processing_class=tokenizer)
+    trainer.model.train()
+    rows = [{"prompt": "abc", "prompt_input_ids": [1, 2]} for _ in range(4)]
+    rewards = trainer.score_completions(rows, ["abc"] * 4, ["x"] * 4, [[3], [10], [5], [7]])
+    torch.testing.assert_close(rewards, torch.tensor([3.0, 3.0, 5.0, 0.0]))
+    batch = {"completion_mask": torch.tensor([[0, 1, 1, 0], [0, 1, 1, 1]]),
+             "old_logps": torch.tensor([[-1.0, -2.0, 0.0], [-1.0, -1.0, -1.0]]),
+             "ref_logps": torch.tensor([[-1.5, -1.0, 9.0], [-2.0, -2.0, -2.0]])}
+    trainer.shape_rewards(torch.tensor([5.0, 1.0]), [batch])
+    trainer.process_rewards(torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 2.0, 0.0, 2.0]))
+    logged = trainer._metrics["train"]
+    assert logged["reward"] == [pytest.approx(2.75)]
+    assert logged["reward_std"] == [pytest.approx((12.75 / 3) ** 0.5)]
+    assert logged["kl"] == [pytest.approx(0.5)]
+    assert logged["objective/kl"] == [pytest.approx(1.25)]
+    assert logged["frac_reward_zero_std"] == [0.5]
+
+
 def test_bad_settings(tmp_path):
     with pytest.raises(ValueError, match="num_generations >= 2"):
         rloo_args(tmp_path, num_generations=1)

@@ -15,7 +15,7 @@ import torch
 from ..losses.policy import GRPO_LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_loss, masked_mean, top_entropy_mask
 from ..losses.sampler_correction import SAMPLER_IS_MODES, sampler_importance_weights
 from .base import check_choice
-from .online_base import OnlineConfig, OnlineTrainer
+from .online_base import OnlineConfig, OnlineTrainer, nanstd
 
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 
@@ -86,7 +86,8 @@ class GRPOTrainer(OnlineTrainer):
     """GRPO on prompt-only data (standard or conversational). ``reward_funcs``: a callable
     ``fn(prompts, completions, **kwargs) -> list[float]``, a reward model (object, name or path), or a list.
 
-    Logs TRL's names: ``reward``, ``reward_std``, ``rewards/<name>/mean|std``, ``frac_reward_zero_std``, ``kl``
+    Logs TRL's names: ``reward``, ``reward_std`` (the std of the rewards of the whole generation batch),
+    ``rewards/<name>/mean|std``, ``frac_reward_zero_std`` (the share of groups whose rewards all coincide), ``kl``
     (``beta > 0``), ``entropy``, ``clip_ratio/low_mean|high_mean|region_mean``, ``completions/*`` and
     ``num_tokens``.
     """
@@ -116,7 +117,7 @@ class GRPOTrainer(OnlineTrainer):
 
     def process_rewards(self, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
         adv = group_advantages(rewards, self.args.num_generations, self.args.scale_rewards)
-        self.record("reward_std", adv.group_std.mean())
+        self.record("reward_std", nanstd(rewards).nan_to_num(0.0))  # over the whole generation batch, as TRL 1.x
         self.record("frac_reward_zero_std", adv.frac_reward_zero_std)
         return {"advantages": adv.advantages}
 

@@ -42,9 +42,14 @@ class NashMDTrainer(OnlineDPOTrainer):
     A judge that can return probabilities (``judge(..., return_scores=True)``, e.g.
     :class:`~posttrain.rollout.LLMPairwiseJudge`) gives P(policy completion wins); other judges give 1 / 0 / 0.5.
     With reward functions or models, P = sigmoid(score(policy) - score(mixture)). Only the policy's completion is
-    trained on. Logs TRL's names: ``loss/kl``, ``loss/score``, ``rewards/probabilities``, ``objective/entropy``,
-    ``objective/model_scores``, ``objective/mixture_scores`` and ``objective/scores_margin`` (with scores),
-    ``val/model_contain_eos_token``, ``val/mixture_contain_eos_token``, ``mixture_coef``, ``beta``.
+    trained on. Logs TRL's names and definitions: ``loss/kl``, ``loss/score``, ``rewards/probabilities``,
+    ``objective/entropy``; ``logps/chosen`` and ``logps/rejected`` (the policy's and the reference's summed log-prob
+    of the policy's completion: "rejected" is the reference here), ``rewards/margins`` (their difference, the
+    sequence log-ratio) and ``rewards/accuracies`` (the share where the policy's is higher); with scores
+    ``rewards/chosen`` and ``rewards/rejected`` (mean score of the policy's and of the mixture's completions; also
+    as ``objective/model_scores``, ``objective/mixture_scores``) and ``objective/scores_margin``;
+    ``val/model_contain_eos_token``, ``val/ref_contain_eos_token`` (the opponent's, i.e. the mixture's,
+    completions), ``mixture_coef``, ``beta``.
     """
 
     config_class = NashMDConfig
@@ -72,14 +77,21 @@ class NashMDTrainer(OnlineDPOTrainer):
             self.record(name, value)
         self.record("rewards/probabilities", probabilities.mean())
         self.record("objective/entropy", -seq.detach().mean())
+        margin = (seq.detach() - ref_seq).float()
+        self.record("logps/chosen", seq.detach().mean())
+        self.record("logps/rejected", ref_seq.mean())
+        self.record("rewards/margins", margin.mean())
+        self.record("rewards/accuracies", (margin > 0).float().mean())
         if self.judge is None:
             scores = inputs["scores"].view(-1, 2)
-            self.record("objective/model_scores", scores[:, 0].mean())
-            self.record("objective/mixture_scores", scores[:, 1].mean())
+            for name in ("rewards/chosen", "objective/model_scores"):
+                self.record(name, scores[:, 0].mean())
+            for name in ("rewards/rejected", "objective/mixture_scores"):
+                self.record(name, scores[:, 1].mean())
             self.record("objective/scores_margin", (scores[:, 0] - scores[:, 1]).mean())
         has_eos = (~inputs["truncated"]).float().view(-1, 2)
         self.record("val/model_contain_eos_token", has_eos[:, 0].mean())
-        self.record("val/mixture_contain_eos_token", has_eos[:, 1].mean())
+        self.record("val/ref_contain_eos_token", has_eos[:, 1].mean())  # TRL's name for the mixture's completions
         self.record("beta", beta)
         self.record("mixture_coef", self.mixture_coef)
         return (loss, {}) if return_outputs else loss

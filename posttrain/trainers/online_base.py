@@ -28,7 +28,10 @@ being trained, score them with reward functions, and train on the samples.
   ``steps_per_generation``); otherwise the loss uses the detached current log-probs (ratio exactly 1). Reference
   log-probs (``beta > 0``) are computed once per generation batch too.
 * **Log-probs** — :meth:`OnlineTrainer.token_logps`: the output head projects only the positions that predict
-  a completion token; log-probs and entropies are of ``logits / temperature``, the distribution sampled from.
+  a completion token; log-probs and entropies are of ``logits / T`` with ``T =``
+  :meth:`OnlineTrainer.logps_temperature`: the sampling temperature (the distribution sampled from, which the
+  importance ratios of GRPO, RLOO and PPO are against), or 1 for the Online DPO family, whose objective is about
+  the policy's own probabilities.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ class OnlineConfig(PosttrainConfig):
         default=None, metadata={"help": "Micro-steps trained on each generation batch (default: gradient_accumulation_steps)."}
     )
     num_iterations: int = field(default=1, metadata={"help": "Passes over each generation batch (mu of GRPO)."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (also applied to the training log-probs)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (GRPO, RLOO, PPO: also applied to the training log-probs)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling: keep the smallest token set with this probability."})
     top_k: int | None = field(default=None, metadata={"help": "Sample among the k most likely tokens (None or 0: all)."})
     min_p: float | None = field(default=None, metadata={"help": "Drop tokens less likely than min_p times the most likely one."})
@@ -387,9 +390,18 @@ class OnlineTrainer(BaseTrainer):
             return self.token_logps(policy, batch)[0]
 
     # -- log-probs ---------------------------------------------------------------------------------------
+    def logps_temperature(self) -> float:
+        """The temperature :meth:`token_logps` divides the logits by (for the policy, the sampling policy's
+        ``old_logps`` and the reference alike). Default: the sampling temperature, so that the importance ratios
+        and KL terms of GRPO, RLOO and PPO are of the distribution the completions were drawn from (as in TRL). The
+        sampler's own log-probs (``sampling_logps``, vLLM) are always of the sampled distribution, so a trainer that
+        uses them must keep this default."""
+        return self.args.temperature
+
     def token_logps(self, model, batch: Mapping[str, torch.Tensor], with_entropy: bool = False):
         """``(logps, mask, entropies)``: (B, T) log-probs of the completion tokens of ``batch`` (rows of
-        ``build_rows``) under ``logits / temperature``, their 0/1 mask, and (B, T) entropies when asked (detached)."""
+        ``build_rows``) under ``logits / logps_temperature()``, their 0/1 mask, and (B, T) entropies when asked
+        (detached)."""
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         cmask = batch["completion_mask"].bool()
         nxt = cmask[:, 1:]
@@ -398,8 +410,9 @@ class OnlineTrainer(BaseTrainer):
         targets = input_ids[:, 1:][nxt]
         with select_head_positions(model, head_mask):
             logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[0]
-        if self.args.temperature != 1.0:
-            logits = logits / self.args.temperature
+        temperature = self.logps_temperature()
+        if temperature != 1.0:
+            logits = logits / temperature
         logps, mask = completion_layout(selective_log_softmax(logits, targets), nxt)
         entropies = None
         if with_entropy:

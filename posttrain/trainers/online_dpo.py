@@ -61,7 +61,7 @@ class OnlineDPOConfig(OnlineConfig):
                                "max_length - max_new_tokens tokens (unless max_prompt_length is set)."})
     max_prompt_length: int | None = field(
         default=None, metadata={"help": "Prompts longer than this keep their last tokens (default: from max_length)."})
-    temperature: float = field(default=0.9, metadata={"help": "Sampling temperature (also applied to the training log-probs)."})
+    temperature: float = field(default=0.9, metadata={"help": "Sampling temperature (the training log-probs are of the raw logits)."})
     num_generations: int = field(default=2, metadata={"help": "Completions per prompt: always 2 (a pair)."})
     beta: list[float] = field(
         default_factory=lambda: [0.1],
@@ -111,9 +111,11 @@ class OnlineDPOTrainer(OnlineTrainer):
             reward models are frozen models of the trainer, placed like the reference (under ZeRO-3: partitioned).
 
     Pairs judged equal (a tie, equal scores) add nothing to the DPO loss. Logs TRL's names: ``objective/kl``,
-    ``objective/entropy``, ``objective/non_score_reward``, ``objective/rlhf_reward`` and ``objective/scores_margin``
-    (with scores, not with a judge), ``rewards/chosen|rejected|accuracies|margins``, ``logps/chosen|rejected``,
-    ``val/contain_eos_token``, ``beta``; plus the core's ``completions/*`` (and ``reward`` with scores).
+    ``objective/entropy``, ``objective/non_score_reward``, ``objective/rlhf_reward``, ``objective/scores`` (the
+    mean score, after ``missing_eos_penalty``) and ``objective/scores_margin`` (with scores, not with a judge),
+    ``rewards/chosen|rejected|accuracies|margins``, ``logps/chosen|rejected``, ``val/contain_eos_token``, ``beta``;
+    plus the core's ``completions/*`` (and ``reward`` with scores). The ``objective/*`` sums run over the
+    completion tokens only (TRL's also add the log-probs of the padding after EOS: docs/differences.md).
     """
 
     config_class = OnlineDPOConfig
@@ -149,7 +151,14 @@ class OnlineDPOTrainer(OnlineTrainer):
         if isinstance(getattr(judge, "model", None), torch.nn.Module):  # a local LM judge's model is a frozen model
             judge.model = self.prepare_frozen_model(judge.model)  # (ZeRO-3: partitioned, an inference engine)
 
-    # -- reference ---------------------------------------------------------------------------------
+    # -- log-probs and reference -------------------------------------------------------------------
+    def logps_temperature(self) -> float:
+        """1: the DPO loss, the implicit rewards and the ``objective/*`` metrics are about the policy's (and the
+        reference's) own probabilities, pi(y|x) of the raw logits; the sampling ``temperature`` only decides which
+        completions are drawn, as in TRL's Online DPO, XPO and Nash-MD. (Nothing here is an importance ratio against
+        the sampling distribution.)"""
+        return 1.0
+
     def uses_reference(self) -> bool:
         return True
 
@@ -293,6 +302,7 @@ class OnlineDPOTrainer(OnlineTrainer):
         self.record_objective(kl, -seq.detach(), beta, inputs["scores"])
         if self.judge is None:
             scores = inputs["scores"].view(-1, 2)
+            self.record("objective/scores", scores.mean())
             self.record("objective/scores_margin", (scores.max(1).values - scores.min(1).values).mean())
         self.record_pair_metrics(chosen, rejected, ref_chosen, ref_rejected, decided, beta)
         self.record("val/contain_eos_token", (~inputs["truncated"]).float().mean())

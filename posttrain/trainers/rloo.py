@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..losses.policy import masked_mean, rloo_advantages, rloo_loss, sequence_kl
-from .online_base import OnlineConfig, OnlineTrainer
+from .online_base import OnlineConfig, OnlineTrainer, nanstd
 
 
 @dataclass
@@ -49,9 +49,12 @@ class RLOOTrainer(OnlineTrainer):
     """RLOO on prompt-only data (standard or conversational); ``reward_funcs`` as for
     :class:`~posttrain.GRPOTrainer` (callables, reward models, or a list).
 
-    Logs ``reward`` (the score before the KL penalty), ``reward_std``, ``rewards/<name>/mean|std``, ``kl``
-    (sequence KL, ``beta > 0``), ``entropy``, ``clip_ratio/low_mean|high_mean|region_mean``, ``completions/*``,
-    ``num_tokens`` and the legacy RLOO names ``objective/scores``, ``objective/kl``,
+    Logs TRL's names with TRL 1.x's definitions: ``reward`` and ``reward_std`` (mean and std of the scores of the
+    whole generation batch, before clipping and the KL penalty), ``rewards/<name>/mean|std``,
+    ``frac_reward_zero_std`` (the share of groups whose KL-shaped rewards all coincide: no advantage), ``kl``
+    (``beta > 0``: the per-token KL estimate averaged over all completion tokens), ``entropy``,
+    ``clip_ratio/low_mean|high_mean|region_mean``, ``completions/*``, ``num_tokens``; and the legacy RLOO names
+    ``objective/scores`` (clipped scores), ``objective/kl`` (the mean *sequence* KL, the one in the reward),
     ``objective/non_score_reward``, ``objective/rlhf_reward``.
     """
 
@@ -61,6 +64,11 @@ class RLOOTrainer(OnlineTrainer):
     def _needs_old_logps_for_rewards(self) -> bool:
         return self.args.beta != 0.0  # the KL penalty uses the sampling policy's log-probs
 
+    def score_completions(self, rows, prompts, completions, completion_ids):
+        rewards = super().score_completions(rows, prompts, completions, completion_ids)
+        self.record("reward_std", nanstd(rewards).nan_to_num(0.0))  # of the scores, as ``reward``
+        return rewards
+
     def shape_rewards(self, rewards, batches):
         args = self.args
         scores = rewards
@@ -69,10 +77,13 @@ class RLOOTrainer(OnlineTrainer):
         self.record("objective/scores", self._gather(scores).mean())
         if args.beta == 0.0:
             return scores
-        kl = torch.cat([sequence_kl(b["old_logps"], b["ref_logps"], self.completion_token_mask(b)) for b in batches])
+        masks = [self.completion_token_mask(b) for b in batches]
+        kl = torch.cat([sequence_kl(b["old_logps"], b["ref_logps"], m) for b, m in zip(batches, masks)])
+        token_count = [m.sum(dim=1) for m in masks]
         all_kl = self._gather(kl)
+        all_tokens = self._gather(torch.cat(token_count).float())
         self.record("objective/kl", all_kl.mean())
-        self.record("kl", all_kl.mean())
+        self.record("kl", all_kl.sum() / all_tokens.sum().clamp(min=1.0))  # token mean (TRL 1.x's `kl`)
         self.record("objective/non_score_reward", -args.beta * all_kl.mean())
         shaped = scores - args.beta * kl
         self.record("objective/rlhf_reward", self._gather(shaped).mean())
@@ -80,7 +91,8 @@ class RLOOTrainer(OnlineTrainer):
 
     def process_rewards(self, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
         k = self.args.num_generations
-        self.record("reward_std", rewards.view(-1, k).std(dim=1).mean())
+        group_std = rewards.view(-1, k).std(dim=1)
+        self.record("frac_reward_zero_std", torch.isclose(group_std, torch.zeros_like(group_std)).float().mean())
         return {"advantages": rloo_advantages(rewards, k, normalize=self.args.normalize_advantages)}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
