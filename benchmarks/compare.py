@@ -83,15 +83,8 @@ KNOWN = {
            "mean logit of the completion tokens",
     "bco-native-tokens": "TRL 0.21 BCO appends a second EOS after the chat template's end of turn; posttrain does not",
     # online steps on fixed completions (NOTES.md, "Online trainers"): metric definitions unless said otherwise
-    "grpo-step beta=0.04 (dapo)": "reward_std: TRL 1.16 logs the std over the batch, posttrain "
-                                                             "the mean per-group std (TRL 0.21's definition)",
-    "rloo-step beta=0": "reward_std as for GRPO",
-    "rloo-step beta=0.05 (default)": "kl: posttrain logs the mean sequence KL, TRL 1.16 the token mean; reward_std as "
-                                     "for GRPO (posttrain's of the KL-shaped rewards)",
     "online-dpo sigmoid, temperature 1": "objective/kl, entropy, non_score_reward, rlhf_reward: TRL sums log-probs over "
                                          "the padding after EOS too (equal with full-length completions)",
-    "online-dpo sigmoid, temperature 0.9 (default)": "training differs: posttrain takes the training log-probs of "
-                                                     "logits / temperature, TRL of the raw logits",
     "xpo sigmoid, alpha 0.1, temperature 1": "logps/*, objective/kl, objective/entropy: TRL 0.21 XPO averages over the "
                                              "policy's and the reference's completions (logps/*: policy + reference "
                                              "log-prob), posttrain over the policy's",
@@ -100,7 +93,8 @@ KNOWN = {
                                                 "per padding position (INVALID_LOGPROB)",
 }
 KNOWN["online-dpo ipo, temperature 1"] = KNOWN["online-dpo sigmoid, temperature 1"]
-KNOWN["rloo-step beta=0.05, normalize_advantages, temperature 0.7"] = KNOWN["rloo-step beta=0.05 (default)"]
+KNOWN["online-dpo sigmoid, temperature 0.9 (default)"] = KNOWN["online-dpo sigmoid, temperature 1"]
+KNOWN["xpo sigmoid, alpha 0.1, temperature 0.9 (default)"] = KNOWN["xpo sigmoid, alpha 0.1, temperature 1"]
 CHECKS = ["sft", "sft-packing", "dpo", "reward", "kto", "kto-native-pairing", "bco", "bco-native-tokens", "prm", "grpo-loss", "online"]
 # GRPO loss on fixed completions (compare_worker.grpo_loss_check): each loss type both libraries share, with and without KL
 GRPO_LOSS_CASES = [{"loss_type": t, "beta": b} for t in ("grpo", "bnpo", "dr_grpo", "dapo") for b in (0.0, 0.04)] + [
@@ -128,7 +122,9 @@ ONLINE_CHECKS = {
     "online-dpo sigmoid, temperature 0.9 (default)": ("online_dpo", {"max_new_tokens": 24}, {"batch": 4}),
     "xpo sigmoid, alpha 0.1, temperature 1": ("xpo", {"max_new_tokens": 24, "temperature": 1.0, "alpha": [0.1]},
                                               {"batch": 4}),
+    "xpo sigmoid, alpha 0.1, temperature 0.9 (default)": ("xpo", {"max_new_tokens": 24, "alpha": [0.1]}, {"batch": 4}),
     "nash-md mixture_coef 0.5, temperature 1": ("nash_md", {"max_new_tokens": 24, "temperature": 1.0}, {"batch": 4}),
+    "nash-md mixture_coef 0.5, temperature 0.9 (default)": ("nash_md", {"max_new_tokens": 24}, {"batch": 4}),
     "ppo k1, full-length completions": ("ppo", {"response_length": 24, "num_ppo_epochs": 1}, {"batch": 8, "full_length": True}),
     "ppo k3, full-length completions": ("ppo", {"response_length": 24, "num_ppo_epochs": 1, "kl_estimator": "k3"},
                                         {"batch": 8, "full_length": True}),
