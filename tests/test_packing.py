@@ -165,3 +165,38 @@ def test_pack_dataset_keeps_masks_aligned():
     row = packed[0]
     assert len(row["input_ids"]) == len(row["completion_mask"]) == 5
     assert row["seq_lengths"] == [3, 2]
+
+
+def test_padding_free_is_the_default_where_the_model_supports_it(tiny_model_dir, tokenizer, tmp_path):
+    """padding_free=None (default): on for transformers models that build their mask from position_ids; num_tokens
+    then counts real tokens, not the row-end padding."""
+    from transformers import AutoModelForCausalLM
+
+    from posttrain import SFTConfig, SFTTrainer
+    from posttrain.models import packed_sequences_supported
+    from tests.conftest import train_args
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    assert packed_sequences_supported(model)
+    trainer = SFTTrainer(model=model, args=train_args(SFTConfig, tmp_path), train_dataset=_examples(tokenizer, n=8),
+                         processing_class=tokenizer)
+    assert trainer.data_collator.padding_free
+    rows = [trainer.train_dataset[i] for i in range(8)]
+    batch = trainer.data_collator(rows)
+    assert int(batch["num_real_tokens"]) == sum(len(r["input_ids"]) for r in rows) < batch["input_ids"].numel()
+    model.train()
+    trainer.compute_loss(model, dict(batch), num_items_in_batch=int((batch["labels"] != IGNORE_INDEX).sum()))
+    assert trainer._local_tokens == sum(len(r["input_ids"]) for r in rows)
+
+    off = SFTTrainer(model=model, args=train_args(SFTConfig, tmp_path, padding_free=False),
+                     train_dataset=_examples(tokenizer, n=8), processing_class=tokenizer)
+    assert not off.data_collator.padding_free and "attention_mask" in off.data_collator(rows)
+
+
+def test_packed_sequences_supported_is_false_for_unknown_models():
+    from posttrain.models import packed_sequences_supported
+
+    class RemoteCodeModel(torch.nn.Module):
+        config = type("Config", (), {"_attn_implementation": "sdpa"})()
+
+    assert not packed_sequences_supported(RemoteCodeModel())

@@ -72,6 +72,9 @@ class DataCollatorForLanguageModeling:
     padding_free: bool = False
     pad_to_multiple_of: int | None = None
     flatten: bool = True
+    return_num_real_tokens: bool = False
+    """Padding-free batches also carry ``num_real_tokens`` (the tokens before the row-end padding), for a trainer
+    that counts them; not a model input."""
 
     def __call__(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if self.padding_free or any("seq_lengths" in ex for ex in examples):
@@ -107,11 +110,14 @@ class DataCollatorForLanguageModeling:
             ids.append(row_ids + [self.pad_token_id] * extra)
             labels.append(row_labels + [IGNORE_INDEX] * extra)
             positions.append(row_pos + list(range(extra)))
-        return {
+        batch = {
             "input_ids": torch.tensor(ids, dtype=torch.long),
             "position_ids": torch.tensor(positions, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
         }
+        if self.return_num_real_tokens:
+            batch["num_real_tokens"] = torch.tensor(sum(len(r[0]) for r in rows))
+        return batch
 
     def _row(self, ex: Mapping[str, Any]) -> tuple[list[int], list[int], list[int]]:
         """One example (or packed row): ids, labels with the first token of each sequence ignored, positions."""

@@ -9,6 +9,9 @@ DeepSpeed, PEFT and quantization wrappers (the forward still goes through the wr
 
 from __future__ import annotations
 
+import functools
+import inspect
+import sys
 from contextlib import contextmanager
 
 import torch
@@ -51,6 +54,33 @@ def varlen_attention(model) -> bool:
     padding-free batch is best flattened into one row; sdpa/eager pay the square of the row length instead."""
     impl = getattr(getattr(unwrap(model), "config", None), "_attn_implementation", None) or ""
     return "flash" in str(impl)
+
+
+def packed_sequences_supported(model) -> bool:
+    """True when ``model`` keeps sequences laid end to end in one row apart given only ``position_ids`` that restart
+    at 0 (no attention mask): flash-attention kernels read them as boundaries, and transformers models that build
+    their mask with ``masking_utils.create_causal_mask`` turn them into a block-diagonal causal mask. False for other
+    models (remote code, older modeling code) and for models with a vision tower (multi-dimensional positions),
+    where sequences in one row would attend to each other."""
+    base = unwrap(model)
+    if hasattr(base, "get_base_model"):  # PEFT
+        base = base.get_base_model()
+    config = getattr(base, "config", None)
+    if config is None or getattr(config, "vision_config", None) is not None:
+        return False
+    if varlen_attention(base):
+        return True
+    return _builds_mask_from_positions(type(base))
+
+
+@functools.cache
+def _builds_mask_from_positions(cls: type) -> bool:
+    module = sys.modules.get(cls.__module__)
+    try:
+        source = inspect.getsource(module) if module is not None else ""
+    except (OSError, TypeError):
+        return False
+    return cls.__module__.startswith("transformers.models.") and "create_causal_mask(" in source
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

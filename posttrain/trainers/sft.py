@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -21,7 +22,7 @@ from ..data.formats import LANGUAGE_MODELING, PROMPT_COMPLETION
 from ..data.tokenize import TRUNCATION_MODES
 from ..losses.policy import entropy_from_logits
 from ..losses.sft import SFT_LOSS_TYPES, sft_token_loss, token_accuracy
-from ..models import select_head_positions, varlen_attention
+from ..models import packed_sequences_supported, select_head_positions, unwrap, varlen_attention
 from .base import BaseTrainer, PosttrainConfig, check_choice
 
 
@@ -44,7 +45,7 @@ class SFTConfig(PosttrainConfig):
     shuffle_dataset: bool = field(default=False, metadata={"help": "Shuffle the dataset before preparation."})
     packing: bool = field(default=False, metadata={"help": "Pack sequences into rows of max_length tokens (padding-free)."})
     packing_strategy: str = field(default="bfd", metadata={"help": "'bfd', 'bfd_split' or 'wrapped'.", "choices": list(PACKING_STRATEGIES)})
-    padding_free: bool = field(default=False, metadata={"help": "Concatenate each batch into one row without padding."})
+    padding_free: bool | None = field(default=None, metadata={"help": "Batches without padding: sequences laid end to end with restarting position_ids (flash attention: one row; sdpa/eager: bin-packed into rows no longer than the batch's longest). Default: on when the model supports it (the padded batch's loss, less compute)."})
     pad_to_multiple_of: int | None = field(default=None, metadata={"help": "Pad sequence length to a multiple of this."})
     eval_packing: bool | None = field(default=None, metadata={"help": "Pack the eval set (default: same as packing)."})
     completion_only_loss: bool | None = field(default=None, metadata={"help": "Loss on completion tokens only (default: yes for prompt-completion data)."})
@@ -103,13 +104,22 @@ class SFTTrainer(BaseTrainer):
         )
         if data_collator is None:
             self.data_collator.flatten = varlen_attention(self.model)
+            supported = packed_sequences_supported(self.model)
+            if args is not None and args.padding_free is None:
+                self.data_collator.padding_free = supported or self.args.packing
+            elif self.data_collator.padding_free and not supported:
+                warnings.warn(f"padding_free/packing with {type(unwrap(self.model)).__name__}: posttrain cannot tell "
+                              "whether this model keeps sequences that share a row apart by their position_ids "
+                              "(flash attention or transformers' create_causal_mask); if it does not, they attend to "
+                              "each other. Use padding_free=False without packing to be safe.", stacklevel=2)
 
     def make_collator(self, processing_class, args: SFTConfig):
         return DataCollatorForLanguageModeling(
             pad_token_id=getattr(processing_class, "tokenizer", processing_class).pad_token_id,
             completion_only_loss=args.completion_only_loss is not False,
-            padding_free=args.padding_free or args.packing,
+            padding_free=bool(args.padding_free) or args.packing,  # None (auto): settled once the model is known
             pad_to_multiple_of=args.pad_to_multiple_of,
+            return_num_real_tokens=True,
         )
 
     # -- data -----------------------------------------------------------------------------------
@@ -169,6 +179,7 @@ class SFTTrainer(BaseTrainer):
     # -- loss -----------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
+        real_tokens = inputs.pop("num_real_tokens", None)  # padding-free batches: tokens before the row-end padding
         targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE_INDEX)], dim=1)
         mask = targets != IGNORE_INDEX
         if self.args.loss_type == "nll":
@@ -186,7 +197,8 @@ class SFTTrainer(BaseTrainer):
         self.record("mean_token_accuracy", correct.float() / max(total, 1))
         self.record("entropy", entropy_from_logits(logits.detach()).mean() if total else 0.0)
         attn = inputs.get("attention_mask")
-        self.count_tokens(attn.sum() if attn is not None else inputs["input_ids"].numel())
+        self.count_tokens(attn.sum() if attn is not None else real_tokens if real_tokens is not None
+                          else inputs["input_ids"].numel())
         if return_outputs:
             return loss, {"logits": logits.detach()}
         return loss
