@@ -47,8 +47,11 @@ FEWER_SETUPS = {"orpo": ("ddp", "zero2", "zero3"), "kto": ("ddp", "zero2", "zero
                 "bco": ("ddp",), "cpo": ("zero2",), "prm": ("zero3",), "gkd": ("zero3",),
                 "online_dpo": ("zero3",), "xpo": ("zero3",), "nash_md": ("zero3",)}
 # family -> logged metrics that must match the single-process run's at every step like the loss (reduced over the
-# processes' examples: PRM's accuracy over all labelled steps, BCO's running reward mean over all processes)
-MATCHING_METRICS = {"prm": ("accuracy",), "bco": ("delta",)}
+# processes' examples: PRM's accuracy over all labelled steps, BCO's running reward mean over all processes, SFT's
+# token accuracy and entropy and the paired trainers' mean logits over all processes' tokens)
+PAIR_LOGITS = ("logits/chosen", "logits/rejected")
+MATCHING_METRICS = {"prm": ("accuracy",), "bco": ("delta",), "sft": ("mean_token_accuracy", "entropy"),
+                    "dpo": PAIR_LOGITS, "orpo": PAIR_LOGITS, "cpo": PAIR_LOGITS}
 # family -> {config key: fixture}: models besides the trained one, given to the run as paths
 EXTRA_FIXTURES = {"ppo": {"value_model": "tiny_rm_dir"}, "gkd": {"teacher_model_name_or_path": "tiny_teacher_dir"},
                   "online_dpo": {"reward_model": "tiny_rm_dir"}, "nash_md": {"judge_model": "tiny_model_dir"}}

@@ -842,10 +842,12 @@ class PreferenceTrainer(BaseTrainer):
         self.record("rewards/margins", (chosen_rewards - rejected_rewards).mean())
         self.record("logps/chosen", chosen_logps.detach().mean())
         self.record("logps/rejected", rejected_logps.detach().mean())
-        # mean logits over all completion tokens of each side (and the vocabulary)
-        ml, cnt = policy.mean_logits * policy.count, policy.count
-        self.record("logits/chosen", ml[:n].sum() / cnt[:n].sum().clamp(min=1))
-        self.record("logits/rejected", ml[n:].sum() / cnt[n:].sum().clamp(min=1))
+        # mean logits over all completion tokens of each side (and the vocabulary): each row's mean weighted by its
+        # completion tokens, pooled over the micro-batches and processes of the logging window, since the token
+        # counts differ between processes. (The per-pair means above are left as they are: every process holds the
+        # same number of pairs, so the mean of the processes' means is already the mean over all pairs.)
+        self.record_pooled("logits/chosen", policy.mean_logits[:n], policy.count[:n])
+        self.record_pooled("logits/rejected", policy.mean_logits[n:], policy.count[n:])
 
     def chosen_nll(self, policy: SequenceLogps, n: int) -> torch.Tensor:
         """Token-mean negative log-likelihood of the chosen completions (rows ``[0, n)``), the mean taken over the

@@ -21,7 +21,7 @@ from ..data import (
 from ..data.formats import LANGUAGE_MODELING, PROMPT_COMPLETION
 from ..data.tokenize import TRUNCATION_MODES
 from ..losses.policy import entropy_from_logits
-from ..losses.sft import SFT_LOSS_TYPES, sft_token_loss, token_accuracy
+from ..losses.sft import SFT_LOSS_TYPES, sft_token_loss
 from ..models import packed_sequences_supported, select_head_positions, unwrap, varlen_attention
 from .base import BaseTrainer, PosttrainConfig, check_choice
 
@@ -193,9 +193,10 @@ class SFTTrainer(BaseTrainer):
         per_token = sft_token_loss(logits, tgt, "nll" if self.args.loss_type == "chunked_nll" else self.args.loss_type)
         loss = self.scale_loss(per_token.sum(), tgt.numel(), num_items_in_batch)
 
-        correct, total = token_accuracy(logits, tgt)
-        self.record("mean_token_accuracy", correct.float() / max(total, 1))
-        self.record("entropy", entropy_from_logits(logits.detach()).mean() if total else 0.0)
+        # token means pooled over the micro-batches and processes of the logging window (as one process would log
+        # them with the same global batch), not means of per-micro-batch or per-process means
+        self.record_pooled("mean_token_accuracy", logits.detach().argmax(dim=-1) == tgt)
+        self.record_pooled("entropy", entropy_from_logits(logits.detach()))
         attn = inputs.get("attention_mask")
         self.count_tokens(attn.sum() if attn is not None else real_tokens if real_tokens is not None
                           else inputs["input_ids"].numel())
