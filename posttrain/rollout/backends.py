@@ -49,16 +49,17 @@ class HFBackend:
     """Generation with the policy itself (:func:`posttrain.rollout.generate`). ``get_model`` returns the policy
     (a callable, because a trainer may re-wrap its model after the backend is built)."""
 
-    def __init__(self, get_model: Callable[[], Any], tokenizer, batch_size: int | None = None):
+    def __init__(self, get_model: Callable[[], Any], tokenizer, batch_size: int | None = None, fast: bool = True):
         self.get_model = get_model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.fast = fast  # generate(fast=...): posttrain's decode loop where it applies
 
     def generate(self, prompt_ids, *, num_return_sequences=1, return_logprobs=False, **sampling) -> Generations:
         n = len(prompt_ids) * num_return_sequences
         return generate(self.get_model(), self.tokenizer, prompt_ids=prompt_ids,
                         num_return_sequences=num_return_sequences, batch_size=self.batch_size or max(n, 1),
-                        return_logprobs=return_logprobs, **sampling)
+                        return_logprobs=return_logprobs, fast=self.fast, **sampling)
 
     def sync_weights(self, model, version: int) -> None:
         return None  # the policy samples with its own weights
@@ -71,7 +72,7 @@ def make_backend(args, get_model: Callable[[], Any], tokenizer, accelerator=None
     """The backend an online config asks for: :class:`HFBackend` unless ``args.use_vllm``, then the vLLM backend
     of ``args.vllm_mode`` (``get_model()`` is the policy; vLLM loads its ``name_or_path``)."""
     if not getattr(args, "use_vllm", False):
-        return HFBackend(get_model, tokenizer)
+        return HFBackend(get_model, tokenizer, fast=getattr(args, "fast_generation", True))
     from .vllm_backend import make_vllm_backend
 
     return make_vllm_backend(args, get_model, tokenizer, accelerator)

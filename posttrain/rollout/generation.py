@@ -17,6 +17,7 @@ from ..data.formats import is_conversational_value
 from ..data.tokenize import chat_template_ids
 from ..models.heads import unwrap
 from ..models.sharding import gathered_parameters, is_zero3_partitioned
+from .decode import causal_lm, fast_decode, fast_decode_plan
 
 
 @dataclass
@@ -49,6 +50,19 @@ def _partitioned_across_processes(model) -> bool:
             and torch.distributed.get_world_size() > 1 and is_zero3_partitioned(unwrap(model)))
 
 
+def _new_tokens(out, prompt_len: int, return_logprobs: bool):
+    """The new tokens (B, T) of ``model.generate``'s output and, with ``return_logprobs``, the log-prob (B, T) of
+    each under the processed (sampling) distribution of its step."""
+    sequences = out.sequences if return_logprobs else out
+    new = sequences[:, prompt_len:]
+    if not return_logprobs:
+        return new, None
+    if not out.scores:
+        return new, new.new_zeros((new.shape[0], 0), dtype=torch.float32)
+    return new, torch.stack([torch.log_softmax(scores.float(), dim=-1).gather(-1, new[:, t : t + 1]).squeeze(-1)
+                             for t, scores in enumerate(out.scores)], dim=1)
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -70,6 +84,7 @@ def generate(
     generation_kwargs: Mapping[str, Any] | None = None,
     mixture_ref: Any = None,
     mixture_coef: float = 0.0,
+    fast: bool = True,
 ) -> Generations:
     """Generate ``num_return_sequences`` completions per prompt; completions are cut after the first EOS (kept in
     ``completion_ids``, out of the text).
@@ -83,6 +98,11 @@ def generate(
     With ``mixture_ref`` (a reference policy, see :mod:`posttrain.rollout.mixture`) tokens are drawn from the
     token-level geometric mixture ``softmax((1 - mixture_coef) log pi + mixture_coef log pi_ref)`` of ``model``
     and the reference (Nash-MD), the sampling options applying to the mixture.
+
+    ``fast`` (default): Llama/Qwen2 models on CPU generate with posttrain's own decode loop
+    (:mod:`posttrain.rollout.decode`: the same tokens and log-probs up to float rounding, about 1.6x faster per token
+    at batch 8), other models and options (repetition penalty, mixture sampling, options ``model.generate`` has and
+    the loop lacks) with ``model.generate``; ``fast=False``: always ``model.generate``.
     """
     if (prompts is None) == (prompt_ids is None):
         raise ValueError("generate needs exactly one of prompts and prompt_ids.")
@@ -135,17 +155,20 @@ def generate(
                     # (synced_gpus) but skips its logits processors, so the reference in there would gather its
                     # layers without that process and wait forever: no process stops at EOS (cut below)
                     kwargs["eos_token_id"] = None
-            with gathered_parameters(base):  # ZeRO-3: whole weights once per chunk, not re-gathered every token
-                out = base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-            sequences = out.sequences if return_logprobs else out
-            new = sequences[:, input_ids.shape[1]:]
-            step_logps = None
-            if return_logprobs:
-                # log-prob of each generated token under the processed (sampling) distribution, one step at a time
-                step_logps = torch.stack([
-                    torch.log_softmax(scores.float(), dim=-1).gather(-1, new[:, t : t + 1]).squeeze(-1)
-                    for t, scores in enumerate(out.scores)
-                ], dim=1) if out.scores else new.new_zeros((new.shape[0], 0), dtype=torch.float32)
+            plan = None
+            if fast and mixture_ref is None and not is_zero3_partitioned(base):
+                plan, _ = fast_decode_plan(causal_lm(base), kwargs, wrapper=base)
+            if plan is not None:
+                new, step_logps = fast_decode(
+                    causal_lm(base), input_ids, attention_mask, max_new_tokens=plan.max_new_tokens,
+                    eos=plan.eos_token_id, pad=plan.pad_token_id, do_sample=bool(plan.do_sample),
+                    temperature=plan.temperature if plan.temperature is not None else 1.0, top_k=plan.top_k or 0,
+                    top_p=plan.top_p if plan.top_p is not None else 1.0, min_p=plan.min_p,
+                    min_new_tokens=plan.min_new_tokens or 0, return_logprobs=return_logprobs)
+            else:
+                with gathered_parameters(base):  # ZeRO-3: whole weights once per chunk, not re-gathered every token
+                    out = base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+                new, step_logps = _new_tokens(out, input_ids.shape[1], return_logprobs)
             for i, row in enumerate(new.tolist()):
                 if eos in row:
                     row = row[: row.index(eos) + 1]

@@ -63,7 +63,8 @@ class NashMDTrainer(OnlineDPOTrainer):
     def sample_second(self, prompt_ids):
         ref = self.ref_model if self.ref_model is not None else adapter_disabled(unwrap(self.model))
         return generate(self.model, self.tokenizer_, prompt_ids=prompt_ids, batch_size=len(prompt_ids),
-                        mixture_ref=ref, mixture_coef=self.mixture_coef, **self.sampling_kwargs())
+                        mixture_ref=ref, mixture_coef=self.mixture_coef, fast=self.args.fast_generation,
+                        **self.sampling_kwargs())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         beta = self.beta

@@ -102,6 +102,9 @@ class OnlineConfig(PosttrainConfig):
     generation_kwargs: dict[str, Any] | str | None = field(
         default=None, metadata={"help": "Extra keyword arguments for model.generate (JSON string on the command line)."}
     )
+    fast_generation: bool = field(default=True, metadata={
+        "help": "Generate with posttrain's own decode loop where it covers the model and options (Llama/Qwen2 on "
+                "CPU; no repetition penalty; docs/grpo.md), else model.generate. False: always model.generate."})
     # -- vLLM generation (docs/vllm.md) --
     use_vllm: bool = field(default=False, metadata={"help": "Generate with vLLM (pip install posttrain[vllm]; needs a CUDA GPU)."})
     vllm_mode: str = field(default="server", metadata={

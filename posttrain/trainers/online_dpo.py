@@ -196,7 +196,8 @@ class OnlineDPOTrainer(OnlineTrainer):
 
     def generate_from_reference(self, prompt_ids: list[list[int]], **extra) -> Generations:
         """Sample from the reference policy (a separate model, or the policy with its adapter disabled)."""
-        kwargs = dict(prompt_ids=prompt_ids, batch_size=len(prompt_ids), **self.sampling_kwargs())
+        kwargs = dict(prompt_ids=prompt_ids, batch_size=len(prompt_ids), fast=self.args.fast_generation,
+                      **self.sampling_kwargs())
         kwargs.update(extra)
         if self.ref_model is not None:
             return generate(self.ref_model, self.tokenizer_, **kwargs)
