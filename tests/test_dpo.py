@@ -125,22 +125,40 @@ def test_fit_lengths_rules():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_completion_logps_match_full_log_softmax_and_padding_free(tiny_model_dir, tmp_path):
-    trainer = dpo(tiny_model_dir, tmp_path, pref_data(6))
+@pytest.mark.parametrize("flatten", [True, False])
+def test_completion_logps_match_full_log_softmax_and_padding_free(tiny_model_dir, tmp_path, flatten):
+    """Padded rows, one flattened row (flash attention) and bin-packed rows (sdpa/eager) give the same per-sequence
+    log-probs, per-token log-probs in sequence order, and WPO's log sum of squared probabilities."""
+    words = [2, 14, 3, 9, 1, 6]  # spread lengths, so that bin-packing puts sequences together out of their order
+    data = Dataset.from_list([{"prompt": "Sort: " + "b a " * w, "chosen": " a" * (w + 1), "rejected": " b" * (7 - w % 7)}
+                              for w in words])
+    trainer = dpo(tiny_model_dir, tmp_path, data)
     examples = [trainer.train_dataset[i] for i in range(6)]
     padded = DataCollatorForPreference(trainer.tokenizer_.pad_token_id)(examples)
-    free = DataCollatorForPreference(trainer.tokenizer_.pad_token_id, padding_free=True)(examples)
-    assert free["input_ids"].shape[0] == 1 and "attention_mask" not in free
+    free = DataCollatorForPreference(trainer.tokenizer_.pad_token_id, padding_free=True, flatten=flatten)(examples)
+    assert "attention_mask" not in free
+    if flatten:
+        assert free["input_ids"].shape[0] == 1
+    else:  # fewer rows than sequences, none longer than the longest sequence, sequences out of their order
+        assert 1 < free["input_ids"].shape[0] < 12 and free["input_ids"].shape[1] == padded["input_ids"].shape[1]
+        row_major = [i for r in free["sequence_index"].tolist() for i in dict.fromkeys(r) if i != -1]
+        assert sorted(row_major) == list(range(12)) and row_major != list(range(12))  # each once, reordered
     model = trainer.model.eval()
     with torch.no_grad():
-        a = completion_logps(model, trainer.model_rows(padded))
-        b = completion_logps(model, trainer.model_rows(free))
+        a = completion_logps(model, trainer.model_rows(padded), with_log_sum_sq_probs=True)
+        b = completion_logps(model, trainer.model_rows(free), with_log_sum_sq_probs=True)
         logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
     logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, padded["input_ids"][:, 1:, None]).squeeze(-1)
     expected = (logp * padded["completion_mask"][:, 1:]).sum(-1)
     torch.testing.assert_close(a.sum, expected, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(b.sum, expected, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(a.count, padded["completion_mask"].sum(-1).float())
+    torch.testing.assert_close(b.count, a.count)
+    torch.testing.assert_close(b.mean_logits, a.mean_logits, rtol=1e-5, atol=1e-5)
+    assert torch.equal(b.token_seq, a.token_seq)
+    torch.testing.assert_close(b.token_logps, a.token_logps, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b.log_sum_sq_probs, a.log_sum_sq_probs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b.per_token()[0], a.per_token()[0], rtol=1e-5, atol=1e-5)
     assert a.sum.shape == (12,)
 
 
@@ -363,14 +381,24 @@ def test_dpo_options_train(tiny_model_dir, tmp_path, options):
         assert trainer.running is not None and trainer.running.count == 2
 
 
-def test_padding_free_gives_same_loss(tiny_model_dir, tmp_path):
-    t = dpo(tiny_model_dir, tmp_path, pref_data(8))
+@pytest.mark.parametrize("flatten", [True, False])
+def test_padding_free_gives_same_loss_and_gradient(tiny_model_dir, tmp_path, flatten):
+    words = [2, 14, 3, 9, 1, 6, 11, 4]
+    data = Dataset.from_list([{"prompt": "Sort: " + "b a " * w, "chosen": " a" * (w + 1), "rejected": " b" * (7 - w % 7)}
+                              for w in words])
+    t = dpo(tiny_model_dir, tmp_path, data)
+    assert t.data_collator.padding_free and not t.data_collator.flatten  # the default on sdpa: bin-packed rows
     examples = [t.train_dataset[i] for i in range(8)]
     t.model.eval()
-    with torch.no_grad():
-        a = t._compute_loss(t.model, DataCollatorForPreference(t.tokenizer_.pad_token_id)(examples))
-        b = t._compute_loss(t.model, DataCollatorForPreference(t.tokenizer_.pad_token_id, padding_free=True)(examples))
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    out = []
+    for collator in (DataCollatorForPreference(t.tokenizer_.pad_token_id),
+                     DataCollatorForPreference(t.tokenizer_.pad_token_id, padding_free=True, flatten=flatten)):
+        t.model.zero_grad()
+        loss = t._compute_loss(t.model, collator(examples))
+        loss.backward()
+        out.append((loss.detach(), torch.cat([p.grad.flatten() for p in t.model.parameters() if p.grad is not None])))
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-4, atol=1e-5)
 
 
 def test_eval_logs_metrics(tiny_model_dir, tmp_path):

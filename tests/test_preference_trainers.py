@@ -1,5 +1,6 @@
 """CPO/SimPO, ORPO, KTO and BCO trainers: metrics, options, bad input, reference strategies and learning."""
 
+import dataclasses
 import time
 
 import pytest
@@ -225,7 +226,7 @@ def test_kto_bad_pair_names_the_row(tiny_model_dir, tmp_path):
 def test_kto_kl_rows_are_shifted_completions(tiny_model_dir, tmp_path):
     trainer = kto(tiny_model_dir, tmp_path, pref_data(4))
     examples = [trainer.train_dataset[i] for i in range(4)]
-    batch = trainer.data_collator(examples)
+    batch = dataclasses.replace(trainer.data_collator, padding_free=False)(examples)  # padded: one row per sequence
     assert batch["label"].dtype == torch.bool
     for i in range(4):
         j = (i + 1) % 4
@@ -236,6 +237,7 @@ def test_kto_kl_rows_are_shifted_completions(tiny_model_dir, tmp_path):
     # loss types without the KL term skip the mismatched rows
     apo = kto(tiny_model_dir, tmp_path, pref_data(4), loss_type="apo_zero_unpaired")
     assert "kl_input_ids" not in apo.data_collator(examples)
+    assert "kl_input_ids" in trainer.data_collator(examples)  # padding-free (the default here) too
 
 
 def test_kto_loss_matches_loss_function(tiny_model_dir, tmp_path):
@@ -256,6 +258,24 @@ def test_kto_loss_matches_loss_function(tiny_model_dir, tmp_path):
                              completion_logps(trainer.ref_model, kl_rows(batch)).sum)
     expected = kto_loss(pol, ref, batch["label"], kl, desirable_weight=1.2).losses.mean()
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("flatten", [True, False])
+def test_kto_padding_free_rows_give_the_padded_loss(tiny_model_dir, tmp_path, flatten):
+    """KTO's policy rows, KL rows and the reference's single forward over both (concat_rows): padded, one flattened
+    row and bin-packed rows give the same loss."""
+    trainer = kto(tiny_model_dir, tmp_path, pref_data(8))
+    with torch.no_grad():  # make policy and reference differ
+        for p in trainer.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    examples = [trainer.train_dataset[i] for i in range(0, 16, 2)]
+    trainer.model.eval()
+    losses = []
+    for collator in (dataclasses.replace(trainer.data_collator, padding_free=False),
+                     dataclasses.replace(trainer.data_collator, padding_free=True, flatten=flatten)):
+        with torch.no_grad():
+            losses.append(trainer._compute_loss(trainer.model, collator(examples)))
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("options", [dict(), dict(loss_type="apo_zero_unpaired"), dict(loss_type="bco"),
@@ -366,6 +386,9 @@ def test_bco_udm_weights(tiny_model_dir, tmp_path):
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(16)])
     weights = trainer._udm_weights(batch, batch["label"])
     labels = batch["label"]
+    assert "sequence_index" in batch  # the default on sdpa: bin-packed padding-free rows; padded rows agree
+    padded = dataclasses.replace(trainer.data_collator, padding_free=False)([trainer.train_dataset[i] for i in range(16)])
+    torch.testing.assert_close(trainer._udm_weights(padded, padded["label"]), weights)
     assert torch.all(weights[labels] == 1.0)
     assert torch.all((weights[~labels] >= 0.2) & (weights[~labels] <= 5.0))
     assert weights[~labels].mean() < 0.5  # copy prompts look undesirable: small density ratio

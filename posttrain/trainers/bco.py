@@ -176,10 +176,9 @@ class BCOTrainer(KTOTrainer):
         if self.udm_classifier is None or not bool((~labels).any()):
             return None
         ids, cmask = batch["input_ids"], batch["completion_mask"].bool()
-        if "position_ids" in batch:
-            pos = batch["position_ids"][0]
-            starts = (pos == 0).nonzero(as_tuple=True)[0].tolist() + [pos.numel()]
-            seqs = [(ids[0, s:e], cmask[0, s:e]) for s, e in zip(starts[:-1], starts[1:])][: labels.shape[0]]
+        if "sequence_index" in batch:  # padding-free: the tokens of sequence i, wherever its row is
+            index = batch["sequence_index"]
+            seqs = [(ids[index == i], cmask[index == i]) for i in range(labels.shape[0])]
         else:
             seqs = [(ids[i], cmask[i] | ~batch["attention_mask"][i].bool()) for i in range(ids.shape[0])]
         # the prompt is every token before the first completion token

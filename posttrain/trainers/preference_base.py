@@ -48,10 +48,12 @@ from transformers import TrainerCallback
 
 from ..data import DatasetFormatError, detect_format, pad_sequences, require_kind, validate_example
 from ..data.formats import PREFERENCE, PREFERENCE_IMPLICIT, UNPAIRED_PREFERENCE, DatasetFormat
+from ..data.packing import best_fit_decreasing
 from ..data.templates import extract_prompt, require_chat_template, unpair_preference
 from ..data.tokenize import TRUNCATION_MODES, tokenize_prompt_completion
 from ..losses.preference import RunningMean
-from ..models import disable_dropout, load_pretrained, select_head_positions, unwrap, varlen_attention
+from ..models import (disable_dropout, load_pretrained, packed_sequences_supported, select_head_positions, unwrap,
+                      varlen_attention)
 from ..models.sharding import frozen_copy, is_zero3_partitioned
 from .base import BaseTrainer, PosttrainConfig, check_choice
 
@@ -89,7 +91,7 @@ class PreferenceConfig(PosttrainConfig):
         metadata={"help": "When prompt + completion > max_length: 'keep_end' cuts the prompt's start, "
                   "'keep_start' cuts the completions' end.", "choices": list(TRUNCATION_MODES)},
     )
-    padding_free: bool = field(default=False, metadata={"help": "Concatenate each batch into one row without padding."})
+    padding_free: bool | None = field(default=None, metadata={"help": "Batches without padding: sequences laid end to end with restarting position_ids (flash attention: one row; sdpa/eager: bin-packed into rows no longer than the longest sequence). Default: on when the model supports it (the padded batch's log-probs, less compute)."})
     pad_to_multiple_of: int | None = field(default=None, metadata={"help": "Pad sequence length to a multiple of this."})
     padding_value: int | None = field(default=None, metadata={"help": "Padding token id (default: the tokenizer's pad token)."})
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset preparation."})
@@ -245,28 +247,41 @@ def tokenize_preference_row(
 
 
 def build_rows(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *, pad_token_id: int,
-               padding_free: bool = False, pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
+               padding_free: bool = False, pad_to_multiple_of: int | None = None,
+               flatten: bool = True) -> dict[str, torch.Tensor]:
     """Model inputs for ``prompt[i] + completion[i]`` rows with a 0/1 ``completion_mask``.
 
     Padded: ``input_ids``/``attention_mask``/``completion_mask`` of shape (R, L), right-padded.
-    Padding-free: one row (1, N) with ``position_ids`` restarting at 0 at each sequence start and no
-    ``attention_mask``.
+    Padding-free: sequences laid end to end with ``position_ids`` restarting at 0 at each sequence start, no
+    ``attention_mask``, and ``sequence_index`` (the sequence each token belongs to, -1 on padding). With
+    ``flatten`` (variable-length attention kernels) all of them form one row (1, N); otherwise (sdpa/eager, whose
+    masked attention costs the square of the row length) they are bin-packed, best fit decreasing, into rows no
+    longer than the longest sequence, each row's end padded to the widest row.
     """
     seqs = [list(p) + list(c) for p, c in zip(prompts, completions)]
     masks = [[0] * len(p) + [1] * len(c) for p, c in zip(prompts, completions)]
     if padding_free:
-        ids = [t for s in seqs for t in s]
-        cmask = [m for s in masks for m in s]
-        pos = [i for s in seqs for i in range(len(s))]
+        if flatten or len(seqs) < 2:
+            groups = [list(range(len(seqs)))]
+        else:
+            bins = best_fit_decreasing([len(s) for s in seqs], max(len(s) for s in seqs))
+            groups = [sorted(b) for b in sorted(bins, key=min)]
+        width = max(sum(len(seqs[i]) for i in g) for g in groups)
         if pad_to_multiple_of:
-            extra = (-len(ids)) % pad_to_multiple_of
-            ids += [pad_token_id] * extra
-            cmask += [0] * extra
-            pos += list(range(extra))
+            width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+        ids, cmask, pos, index = [], [], [], []
+        for g in groups:
+            row = [t for i in g for t in seqs[i]]
+            extra = width - len(row)  # the row-end padding is a "sequence" of its own (positions from 0), index -1
+            ids.append(row + [pad_token_id] * extra)
+            cmask.append([m for i in g for m in masks[i]] + [0] * extra)
+            pos.append([j for i in g for j in range(len(seqs[i]))] + list(range(extra)))
+            index.append([i for i in g for _ in seqs[i]] + [-1] * extra)
         return {
-            "input_ids": torch.tensor([ids], dtype=torch.long),
-            "position_ids": torch.tensor([pos], dtype=torch.long),
-            "completion_mask": torch.tensor([cmask], dtype=torch.long),
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "position_ids": torch.tensor(pos, dtype=torch.long),
+            "completion_mask": torch.tensor(cmask, dtype=torch.long),
+            "sequence_index": torch.tensor(index, dtype=torch.long),
         }
     return {
         "input_ids": pad_sequences(seqs, pad_token_id, multiple_of=pad_to_multiple_of),
@@ -292,12 +307,14 @@ class DataCollatorForPreference:
     pad_token_id: int
     padding_free: bool = False
     pad_to_multiple_of: int | None = None
+    flatten: bool = True  # padding-free: one row (variable-length kernels) or bin-packed rows (sdpa/eager)
 
     def __call__(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         prompts = [ex["prompt_input_ids"] for ex in examples]
         completions = [ex["chosen_input_ids"] for ex in examples] + [ex["rejected_input_ids"] for ex in examples]
         batch = build_rows(prompts + prompts, completions, pad_token_id=self.pad_token_id,
-                           padding_free=self.padding_free, pad_to_multiple_of=self.pad_to_multiple_of)
+                           padding_free=self.padding_free, pad_to_multiple_of=self.pad_to_multiple_of,
+                           flatten=self.flatten)
         for name in ("ref_chosen_logps", "ref_rejected_logps"):
             col = _float_column(examples, name)
             if col is not None:
@@ -316,11 +333,13 @@ class DataCollatorForUnpairedPreference:
     padding_free: bool = False
     pad_to_multiple_of: int | None = None
     kl_rows: bool = True
+    flatten: bool = True  # padding-free: one row (variable-length kernels) or bin-packed rows (sdpa/eager)
 
     def __call__(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         prompts = [ex["prompt_input_ids"] for ex in examples]
         comps = [ex["completion_input_ids"] for ex in examples]
-        kw = dict(pad_token_id=self.pad_token_id, padding_free=self.padding_free, pad_to_multiple_of=self.pad_to_multiple_of)
+        kw = dict(pad_token_id=self.pad_token_id, padding_free=self.padding_free, pad_to_multiple_of=self.pad_to_multiple_of,
+                  flatten=self.flatten)
         batch = build_rows(prompts, comps, **kw)
         batch["label"] = torch.tensor([bool(ex["label"]) for ex in examples], dtype=torch.bool)
         if self.kl_rows:
@@ -344,8 +363,23 @@ def kl_rows(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def concat_rows(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Stack two sets of :func:`build_rows` inputs into one (the rows of ``a``, then those of ``b``)."""
-    if "position_ids" in a:  # padding-free: one long row
-        return {k: torch.cat([a[k], b[k]], dim=1) for k in ("input_ids", "position_ids", "completion_mask")}
+    if "position_ids" in a:  # padding-free
+        b = dict(b, sequence_index=torch.where(b["sequence_index"] >= 0, b["sequence_index"] + int(a["sequence_index"].max()) + 1, -1))
+        keys = ("input_ids", "position_ids", "completion_mask", "sequence_index")
+        if a["input_ids"].shape[0] == 1 and b["input_ids"].shape[0] == 1:  # one long row each: one longer row
+            return {k: torch.cat([a[k], b[k]], dim=1) for k in keys}
+        width = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
+
+        def widen(rows):
+            extra = width - rows["input_ids"].shape[1]
+            n = rows["input_ids"].shape[0]
+            return {"input_ids": torch.nn.functional.pad(rows["input_ids"], (0, extra), value=0),
+                    "position_ids": torch.cat([rows["position_ids"], torch.arange(extra).expand(n, extra)], dim=1),
+                    "completion_mask": torch.nn.functional.pad(rows["completion_mask"], (0, extra), value=0),
+                    "sequence_index": torch.nn.functional.pad(rows["sequence_index"], (0, extra), value=-1)}
+
+        a, b = widen(a), widen(b)
+        return {k: torch.cat([a[k], b[k]], dim=0) for k in keys}
     width = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
     out = {}
     for k in ("input_ids", "attention_mask", "completion_mask"):
@@ -419,10 +453,14 @@ def completion_logps(model, rows: Mapping[str, torch.Tensor], *, with_log_sum_sq
     head_mask = torch.zeros_like(cmask)
     head_mask[:, :-1] = nxt
     targets = input_ids[:, 1:][nxt]
+    order = None
     if position_ids is not None:
-        seq_all = (position_ids == 0).long().cumsum(-1).reshape(-1) - 1
+        seq_all = rows["sequence_index"].reshape(-1)
         token_seq = seq_all[head_mask.reshape(-1)]
         num_rows = int(seq_all.max().item()) + 1 if seq_all.numel() else 0
+        if token_seq.numel() > 1 and bool((token_seq[1:] < token_seq[:-1]).any()):  # bin-packed rows: reorder
+            order = torch.argsort(token_seq, stable=True)                             # the tokens by sequence
+            token_seq = token_seq[order]
         model_inputs = {"input_ids": input_ids, "position_ids": position_ids}
     else:
         token_seq = head_mask.nonzero(as_tuple=True)[0]
@@ -438,6 +476,9 @@ def completion_logps(model, rows: Mapping[str, torch.Tensor], *, with_log_sum_sq
 
         lssp = log_sum_squared_probs(logits.detach())
     del logits32
+    if order is not None:  # tokens grouped by sequence, in sequence order (SequenceLogps.per_token relies on it)
+        token_logps, logits = token_logps[order], logits[order]
+        lssp = lssp[order] if lssp is not None else None
     sums = token_logps.new_zeros(num_rows).index_add(0, token_seq, token_logps)
     counts = torch.bincount(token_seq, minlength=num_rows).to(token_logps.dtype)
     mean_logits = torch.zeros(num_rows, device=logits.device).index_add(0, token_seq, logits.detach().float().mean(-1))
@@ -533,12 +574,18 @@ class PreferenceTrainer(BaseTrainer):
             callbacks=callbacks, optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
-        if data_collator is None and self.args.padding_free and not varlen_attention(self.model):
-            # One (1, N) row costs a dense N x N mask with sdpa/eager attention: padded rows are cheaper there.
-            self.data_collator.padding_free = False
-            logger.info("padding_free=True: the model's attention (%s) has no variable-length kernel, so batches are "
-                        "padded per sequence instead of concatenated into one row (faster here; same loss).",
-                        getattr(self.model.config, "_attn_implementation", "?"))
+        if data_collator is None:
+            # variable-length kernels take one (1, N) row; sdpa/eager (a dense N x N mask for one row) get bin-packed
+            # rows no longer than the longest sequence. Models that cannot keep packed sequences apart stay padded.
+            self.data_collator.flatten = varlen_attention(self.model)
+            supported = packed_sequences_supported(self.model)
+            if self.args.padding_free is None:
+                self.data_collator.padding_free = supported
+            elif self.args.padding_free and not supported:
+                self.data_collator.padding_free = False
+                logger.warning("padding_free=True: posttrain cannot tell whether %s keeps sequences that share a row "
+                               "apart by their position_ids, so batches are padded (same loss).",
+                               type(unwrap(self.model)).__name__)
         if self.args.disable_dropout:
             disable_dropout(self.model)
         self.ref_model = self._setup_reference(ref_model, self.args)
@@ -553,9 +600,9 @@ class PreferenceTrainer(BaseTrainer):
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         pad = args.padding_value if args.padding_value is not None else tokenizer.pad_token_id
         if self._paired:
-            return DataCollatorForPreference(pad, padding_free=args.padding_free,
+            return DataCollatorForPreference(pad, padding_free=bool(args.padding_free),
                                              pad_to_multiple_of=args.pad_to_multiple_of)
-        return DataCollatorForUnpairedPreference(pad, padding_free=args.padding_free,
+        return DataCollatorForUnpairedPreference(pad, padding_free=bool(args.padding_free),
                                                  pad_to_multiple_of=args.pad_to_multiple_of,
                                                  kl_rows=self._needs_kl_rows(args))
 
@@ -817,7 +864,9 @@ class PreferenceTrainer(BaseTrainer):
         if self.model.training:
             loss = loss / self.current_gradient_accumulation_steps
         attn = inputs.get("attention_mask")
-        self.count_tokens(attn.sum() if attn is not None else inputs["input_ids"].numel())
+        index = inputs.get("sequence_index")  # padding-free: -1 on the row-end padding
+        self.count_tokens(attn.sum() if attn is not None else (index >= 0).sum() if index is not None
+                          else inputs["input_ids"].numel())
         return (loss, {}) if return_outputs else loss
 
     def _compute_loss(self, model, batch) -> torch.Tensor:
@@ -831,7 +880,8 @@ class PreferenceTrainer(BaseTrainer):
 
     @staticmethod
     def model_rows(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "completion_mask") if k in batch}
+        return {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "completion_mask", "sequence_index")
+                if k in batch}
 
     def record_pair_metrics(self, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps, policy: SequenceLogps):
         """TRL's paired metrics for one micro-batch."""
