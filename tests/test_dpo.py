@@ -428,3 +428,23 @@ def test_dpo_learns_preferences_on_held_out_pairs(tiny_model_dir, tmp_path):
     print(f"DPO held-out accuracy {before:.3f} -> {after:.3f}; margins {margins}; {time.time() - start:.1f}s")
     assert after - before >= 0.15
     assert margins[-1] > margins[0] and margins[-1] > 0.5
+
+
+def test_dpo_logs_entropy_and_chosen_token_accuracy(tiny_model_dir, tmp_path):
+    """TRL DPO's `entropy` (token mean over every completion token) and `mean_token_accuracy` (share of chosen
+    completion tokens that are the argmax), worked out here from the full logits of padded rows."""
+    t = dpo(tiny_model_dir, tmp_path, pref_data(6))
+    examples = [t.train_dataset[i] for i in range(6)]
+    padded = DataCollatorForPreference(t.tokenizer_.pad_token_id)(examples)
+    t.model.eval()
+    with torch.no_grad():
+        t._compute_loss(t.model, t.data_collator(examples))  # padding-free rows (the default here)
+        logits = t.model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits[:, :-1].float()
+    mask = padded["completion_mask"][:, 1:].bool()
+    probs = torch.softmax(logits, -1)
+    entropy = -(probs * torch.log_softmax(logits, -1)).sum(-1)[mask].mean()
+    top1 = (logits.argmax(-1) == padded["input_ids"][:, 1:])[:6][mask[:6]].float().mean()
+    stored = t._metrics["eval"]  # the model is in eval mode
+    t._pool(stored)
+    assert abs(stored["entropy"][0] - entropy.item()) < 1e-5
+    assert abs(stored["mean_token_accuracy"][0] - top1.item()) < 1e-6

@@ -158,7 +158,7 @@ class DPOTrainer(PreferenceTrainer):
     def _policy_logps(self, model, rows):
         from .preference_base import completion_logps
 
-        return completion_logps(model, rows, with_log_sum_sq_probs=self.args.use_weighting)
+        return completion_logps(model, rows, with_log_sum_sq_probs=self.args.use_weighting, with_token_stats=True)
 
 
 __all__ = ["DPOConfig", "DPOTrainer"]

@@ -118,7 +118,8 @@ class KTOTrainer(PreferenceTrainer):
         args: KTOConfig = self.args
         rows = self.model_rows(batch)
         labels = batch["label"].bool()
-        policy = completion_logps(model, rows)
+        policy = completion_logps(model, rows, with_token_stats=True)
+        self.record_pooled("entropy", policy.token_entropy)  # over the completion tokens of the batch (as TRL KTO)
         need_kl = self._needs_kl_rows(args)
         kl_policy = None
         if need_kl:

@@ -411,6 +411,10 @@ class SequenceLogps:
     token_logps: torch.Tensor
     token_seq: torch.Tensor
     log_sum_sq_probs: torch.Tensor | None = None
+    token_entropy: torch.Tensor | None = None
+    """(N,) detached entropy of the policy's next-token distribution at each completion token (``with_token_stats``)."""
+    token_top1: torch.Tensor | None = None
+    """(N,) whether each completion token is the argmax of its logits (``with_token_stats``)."""
 
     @property
     def mean(self) -> torch.Tensor:
@@ -436,7 +440,8 @@ class SequenceLogps:
         return (self.token_seq >= start) & (self.token_seq < stop)
 
 
-def completion_logps(model, rows: Mapping[str, torch.Tensor], *, with_log_sum_sq_probs: bool = False) -> SequenceLogps:
+def completion_logps(model, rows: Mapping[str, torch.Tensor], *, with_log_sum_sq_probs: bool = False,
+                     with_token_stats: bool = False) -> SequenceLogps:
     """Run ``model`` on ``rows`` (from :func:`build_rows`) and gather the completion log-probs.
 
     The output head projects only the positions whose next token is a completion token, and the
@@ -469,7 +474,14 @@ def completion_logps(model, rows: Mapping[str, torch.Tensor], *, with_log_sum_sq
     with select_head_positions(model, head_mask):
         logits = model(**model_inputs, use_cache=False).logits[0]  # (N, V)
     logits32 = logits.float()
-    token_logps = logits32.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits32, dim=-1)
+    lse = torch.logsumexp(logits32, dim=-1)
+    token_logps = logits32.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+    entropy = top1 = None
+    if with_token_stats:  # the metrics TRL's DPO/KTO log: entropy and whether the target is the top-1 token
+        with torch.no_grad():
+            detached = logits32.detach()
+            entropy = lse.detach() - (torch.softmax(detached, dim=-1) * detached).sum(-1)
+            top1 = detached.argmax(dim=-1) == targets
     lssp = None
     if with_log_sum_sq_probs:
         from ..losses.preference import log_sum_squared_probs
@@ -478,12 +490,12 @@ def completion_logps(model, rows: Mapping[str, torch.Tensor], *, with_log_sum_sq
     del logits32
     if order is not None:  # tokens grouped by sequence, in sequence order (SequenceLogps.per_token relies on it)
         token_logps, logits = token_logps[order], logits[order]
-        lssp = lssp[order] if lssp is not None else None
+        lssp, entropy, top1 = (x[order] if x is not None else None for x in (lssp, entropy, top1))
     sums = token_logps.new_zeros(num_rows).index_add(0, token_seq, token_logps)
     counts = torch.bincount(token_seq, minlength=num_rows).to(token_logps.dtype)
     mean_logits = torch.zeros(num_rows, device=logits.device).index_add(0, token_seq, logits.detach().float().mean(-1))
     mean_logits = mean_logits / counts.clamp(min=1)
-    return SequenceLogps(sums, counts, mean_logits, token_logps, token_seq, lssp)
+    return SequenceLogps(sums, counts, mean_logits, token_logps, token_seq, lssp, entropy, top1)
 
 
 @contextmanager
@@ -898,6 +910,9 @@ class PreferenceTrainer(BaseTrainer):
         # same number of pairs, so the mean of the processes' means is already the mean over all pairs.)
         self.record_pooled("logits/chosen", policy.mean_logits[:n], policy.count[:n])
         self.record_pooled("logits/rejected", policy.mean_logits[n:], policy.count[n:])
+        if policy.token_entropy is not None:  # token means over all completion tokens / the chosen ones (as TRL DPO)
+            self.record_pooled("entropy", policy.token_entropy)
+            self.record_pooled("mean_token_accuracy", policy.token_top1[policy.select(slice(0, n))])
 
     def chosen_nll(self, policy: SequenceLogps, n: int) -> torch.Tensor:
         """Token-mean negative log-likelihood of the chosen completions (rows ``[0, n)``), the mean taken over the
