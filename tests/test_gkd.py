@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from datasets import Dataset
 
 from posttrain import GKDConfig, GKDTrainer, SFTConfig, SFTTrainer
 from posttrain.cli import main as cli_main
@@ -126,6 +127,32 @@ def test_lmbda_zero_uses_dataset_and_seq_kd_uses_teacher(tiny_model_dir, tiny_te
     trainer.train()
     assert len(spy["calls"]) == 3 and all(model is trainer.teacher_model for model, _ in spy["calls"])
     assert completion_labels(spy["labels"][-1]) == spy["calls"][-1][1].completion_ids
+
+
+def test_rows_are_never_packed_so_every_prompt_is_generated_from(tiny_model_dir, tiny_teacher, tokenizer, tmp_path,
+                                                                 monkeypatch):
+    """SFTConfig's padding_free default (auto: on for qwen2) would bin-pack the short rows below into one row, and the
+    on-policy batch would then hold only the first prompt of each packed row. GKD keeps one padded row per example."""
+    texts = ["abcdefghijklmnopqrstuvwxyz abcdefghijklmnopqrstuvwxyz", "ab", "cd", "ef"]
+    train = Dataset.from_list([{"prompt": t, "completion": " x"} for t in texts])
+    args = train_args(GKDConfig, tmp_path, max_steps=1, per_device_train_batch_size=4, lmbda=1.0, max_new_tokens=3)
+    assert args.padding_free is False
+    trainer = GKDTrainer(tiny_model_dir, tiny_teacher, args=args, train_dataset=train, processing_class=tokenizer)
+    assert trainer.data_collator.padding_free is False
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    assert batch["input_ids"].shape[0] == 4 and "attention_mask" in batch and "position_ids" not in batch
+    prompts = []
+    real_generate = gkd_module.generate
+
+    def generate(model, *a, **kw):
+        prompts.extend(kw["prompt_ids"])
+        return real_generate(model, *a, **kw)
+
+    monkeypatch.setattr(gkd_module, "generate", generate)
+    trainer.train()
+    expected = [ids[: mask.index(1)] for ids, mask in zip(trainer.train_dataset["input_ids"],
+                                                          trainer.train_dataset["completion_mask"])]
+    assert sorted(prompts) == sorted(expected)
 
 
 def test_lmbda_draws_are_a_fraction_of_batches(tiny_model_dir, tiny_teacher, tokenizer, tmp_path, spy):

@@ -100,6 +100,29 @@ def test_cpo_loss_is_preference_term_plus_weighted_nll(tiny_model_dir, tmp_path)
     torch.testing.assert_close(loss, pref + 0.5 * nll, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("loss_type, options, average, cpo_alpha", [
+    ("sigmoid", {}, False, 1.0), ("hinge", {}, False, 1.0), ("ipo", {}, True, 1.0),
+    ("alphapo", {"alpha": 0.25}, True, 0.0), ("alphapo", {"alpha": 0.25, "cpo_alpha": 0.5}, True, 0.5)])
+def test_cpo_log_prob_normalisation_and_nll_weight_follow_trl(tiny_model_dir, tmp_path, loss_type, options, average,
+                                                              cpo_alpha):
+    """As TRL's CPOTrainer: IPO (like SimPO/AlphaPO) on length-averaged log-probs, sigmoid and hinge on summed ones;
+    loss_type="alphapo" is pure AlphaPO (cpo_alpha 0) unless cpo_alpha is given (benchmarks/RESULTS.md, "CPO, ORPO,
+    GKD first-step checks": the summed IPO loss was ~1e6 on 1000-token pairs, TRL's 32)."""
+    from posttrain.losses.preference import cpo_loss
+
+    trainer = make(CPOTrainer, CPOConfig, tiny_model_dir, tmp_path, pref_data(8), loss_type=loss_type, **options)
+    assert trainer.args.cpo_alpha == cpo_alpha
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer._compute_loss(trainer.model, batch)
+        lp = completion_logps(trainer.model, trainer.model_rows(batch))
+    scores = lp.mean if average else lp.sum
+    pref = cpo_loss(scores[:8], scores[8:], beta=0.1, loss_type=loss_type, alpha=options.get("alpha", 0.0)).losses.mean()
+    nll = -lp.sum[:8].sum() / lp.count[:8].sum()
+    torch.testing.assert_close(loss, pref + cpo_alpha * nll, rtol=1e-5, atol=1e-5)
+
+
 def test_cpo_config_errors(tmp_path):
     with pytest.raises(ValueError, match="Unknown loss_type"):
         CPOConfig(output_dir=str(tmp_path), loss_type="kto")

@@ -507,7 +507,7 @@ def cpo_loss(
     * ``sigmoid`` -- ``-(1-ε) log σ(β·m) - ε log σ(-β·m)`` (``ε = label_smoothing``);
       expects **summed** logps.
     * ``hinge`` -- ``relu(1 - β·m)``; summed logps.
-    * ``ipo`` -- ``(m - 1/(2β))²``; summed logps.
+    * ``ipo`` -- ``(m - 1/(2β))²``; expects **length-averaged** logps (as TRL's CPO and IPO in DPO).
     * ``simpo`` -- SimPO (Meng et al. 2024, Eq. 6): ``-log σ(β·m - γ)`` with
       ``γ = simpo_gamma`` (label smoothing applies as for ``sigmoid``);
       expects **length-averaged** logps.

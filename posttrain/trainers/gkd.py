@@ -76,6 +76,9 @@ class GKDConfig(SFTConfig):
         if self.packing or self.padding_free:
             raise ValueError("GKDTrainer does not support packing or padding_free: each batch row must be one prompt "
                              "and its completion, so that completions can be generated for the prompts.")
+        # SFTConfig's default (None) turns padding-free batches on for models that support them, which would pack
+        # several prompt-completion rows into one: GKD keeps one padded row per example
+        self.padding_free = False
         if self.completion_only_loss is False:
             raise ValueError("GKDTrainer distils on completion tokens only; completion_only_loss=False is not supported.")
         super().__post_init__()
