@@ -73,9 +73,25 @@ SCENARIOS = {
     # PPO (TRL 0.21): the kit sequence-classification model as reward model and as value model (both libraries); one
     # step = one rollout of batch_size completions (num_ppo_epochs=4 optimizer steps over it, the default)
     "ppo": ("ppo", "prompts", "causal-lm", {"response_length": COMPLETION_TOKENS, "posttrain": FORCE_LENGTH}),
+    # CPO and ORPO (TRL 1.16: trl.experimental) on the DPO preference rows; CPO once per loss type both libraries share
+    "cpo": ("cpo", "pref", "causal-lm", {"loss_type": "sigmoid"}),
+    "cpo-hinge": ("cpo", "pref", "causal-lm", {"loss_type": "hinge"}),
+    "cpo-ipo": ("cpo", "pref", "causal-lm", {"loss_type": "ipo"}),
+    "cpo-simpo": ("cpo", "pref", "causal-lm", {"loss_type": "simpo", "cpo_alpha": 0.0}),
+    "cpo-simpo-nll": ("cpo", "pref", "causal-lm", {"loss_type": "simpo", "cpo_alpha": 1.0, "label_smoothing": 0.1}),
+    "cpo-alphapo": ("cpo", "pref", "causal-lm", {"loss_type": "alphapo", "alpha": 0.25}),
+    "cpo-sigmoid-alpha": ("cpo", "pref", "causal-lm", {"loss_type": "sigmoid", "alpha": 0.001, "label_smoothing": 0.1}),
+    "cpo-native-tokens": ("cpo", "pref", "causal-lm", {"loss_type": "sigmoid"}),  # each library's own tokens
+    "orpo": ("orpo", "pref", "causal-lm", {}),
+    # GKD (TRL 1.16: trl.experimental) on the preference rows' prompt + chosen answer as conversations, teacher = the
+    # seed-1 kit model; lmbda=0 and no seq_kd: no sampling, so both train on the dataset's completions
+    "gkd": ("gkd", "distill", "causal-lm", {"lmbda": 0.0, "temperature": 1.0}),
+    "gkd-forward-kl": ("gkd", "distill", "causal-lm", {"lmbda": 0.0, "temperature": 1.0, "beta": 0.0}),
+    "gkd-reverse-kl": ("gkd", "distill", "causal-lm", {"lmbda": 0.0, "temperature": 1.0, "beta": 1.0}),
+    "gkd-temperature-0.9": ("gkd", "distill", "causal-lm", {"lmbda": 0.0}),
 }
 MAX_LENGTH = {"sft": 512, "dpo": 1024, "reward": 1024, "kto": 1024, "bco": 1024, "prm": 1024, "grpo": None, "rloo": None,
-              "ppo": None, "online_dpo": 512, "xpo": 512, "nash_md": 512}
+              "ppo": None, "online_dpo": 512, "xpo": 512, "nash_md": 512, "cpo": 1024, "orpo": 1024, "gkd": 1024}
 # Mismatches that are explained (NOTES.md: "KTO", "GRPO", "Third batch"); the table still says FAIL, with the reason.
 KNOWN = {
     "kto-native-pairing": "KL pairs differ by design (TRL: completion i-1, posttrain: i+1)",
@@ -92,10 +108,31 @@ KNOWN = {
                                                 "the value there too (padding_mask_p1); objective/entropy: TRL counts -1 "
                                                 "per padding position (INVALID_LOGPROB)",
 }
+# Metrics each library defines differently for a trainer (docs/differences.md): the check shows them, does not count them
+DEFINED_APART = {
+    # TRL 1.16's CPO and ORPO (trl.experimental, the pre-1.0 code) average the logits over every position of the padded
+    # batch (prompt and padding included) and the vocabulary; posttrain, like TRL's own DPO, over the completion tokens
+    "cpo": ("logits/chosen", "logits/rejected"),
+    "orpo": ("logits/chosen", "logits/rejected"),
+}
+_CPO_ALPHA_0 = "nll_loss: with cpo_alpha=0 TRL logs 0 (it skips the NLL), posttrain the NLL of the chosen completions"
+KNOWN.update({
+    "cpo-native-tokens": "TRL's CPO/ORPO append EOS after the chat template's end of turn and newline; posttrain does not",
+    "cpo-simpo": _CPO_ALPHA_0,
+    "cpo-alphapo": _CPO_ALPHA_0,
+    "cpo-sigmoid-alpha": "TRL bug: AlphaPO rewards as exp(logps)**-alpha underflow for summed log-probs below about "
+                         "-103 (fp32): inf rewards, loss 0, grad_norm nan; posttrain computes exp(-alpha*logps)",
+    "orpo": "nll_loss (hence loss, grad_norm): TRL's ORPO takes the NLL over prompt and completion tokens, posttrain "
+            "over the completion (the paper's L_SFT); the odds-ratio term (loss - nll_loss) agrees",
+    "gkd-temperature-0.9": "TRL's GKD uses temperature for sampling only (its loss is at temperature 1); posttrain's "
+                           "divergence is between softmax(logits / temperature) of both models",
+})
 KNOWN["online-dpo ipo, temperature 1"] = KNOWN["online-dpo sigmoid, temperature 1"]
 KNOWN["online-dpo sigmoid, temperature 0.9 (default)"] = KNOWN["online-dpo sigmoid, temperature 1"]
 KNOWN["xpo sigmoid, alpha 0.1, temperature 0.9 (default)"] = KNOWN["xpo sigmoid, alpha 0.1, temperature 1"]
-CHECKS = ["sft", "sft-packing", "dpo", "reward", "kto", "kto-native-pairing", "bco", "bco-native-tokens", "prm", "grpo-loss", "online"]
+CHECKS = ["sft", "sft-packing", "dpo", "reward", "kto", "kto-native-pairing", "bco", "bco-native-tokens", "prm", "grpo-loss", "online",
+          "cpo", "cpo-hinge", "cpo-ipo", "cpo-simpo", "cpo-simpo-nll", "cpo-alphapo", "cpo-sigmoid-alpha", "cpo-native-tokens",
+          "orpo", "gkd", "gkd-forward-kl", "gkd-reverse-kl", "gkd-temperature-0.9"]
 # GRPO loss on fixed completions (compare_worker.grpo_loss_check): each loss type both libraries share, with and without KL
 GRPO_LOSS_CASES = [{"loss_type": t, "beta": b} for t in ("grpo", "bnpo", "dr_grpo", "dapo") for b in (0.0, 0.04)] + [
     {"loss_type": "grpo", "beta": 0.04, "importance_sampling_level": "sequence"},
@@ -164,10 +201,23 @@ def run_worker(cfg: dict, timeout: int = 3600) -> dict:
 
 def base_config(scenario: str, size: str, paths: dict, args) -> dict:
     trainer, kind, head, overrides = SCENARIOS[scenario]
-    return dict(scenario=trainer, model=paths[head], data=paths[f"{kind}_data"], steps=args.steps,
-                warmup_steps=getattr(args, "warmup_steps", 0), batch_size=args.batch_size, max_length=MAX_LENGTH[trainer],
-                threads=args.threads, seed=0, overrides=dict(overrides), completion_tokens=COMPLETION_TOKENS,
-                value_model=paths["seq-cls"], peer_version=getattr(args, "peer", None) or peer_version(scenario))
+    cfg = dict(scenario=trainer, model=paths[head], data=paths[f"{kind}_data"], steps=args.steps,
+               warmup_steps=getattr(args, "warmup_steps", 0), batch_size=args.batch_size, max_length=MAX_LENGTH[trainer],
+               threads=args.threads, seed=0, overrides=dict(overrides), completion_tokens=COMPLETION_TOKENS,
+               value_model=paths["seq-cls"], peer_version=getattr(args, "peer", None) or peer_version(scenario))
+    if trainer == "gkd":  # the teacher, in speed runs too
+        cfg["ref_model"] = str(ref_model_dir(size))
+    return cfg
+
+
+def ref_model_dir(size: str) -> Path:
+    """The second kit model (seed 1): DPO/KTO/BCO reference in the checks, GKD teacher. Built when missing."""
+    ref = model_dir(size, "causal-lm-ref")
+    if not (ref / "config.json").exists():
+        from posttrain.kit import build_tiny_model
+
+        build_tiny_model("qwen2", size=size, seed=1, output_dir=ref)
+    return ref
 
 
 # -- correctness ---------------------------------------------------------------------------------------------------
@@ -177,18 +227,21 @@ def close(a: float, b: float, tol: float = TOLERANCE) -> bool:
     return abs(a - b) <= tol * max(1.0, abs(a), abs(b))
 
 
-def compare_runs(ours: dict, peer: dict, tol: float = TOLERANCE) -> dict:
-    """First-step loss and every metric both libraries log, plus later-step losses and the first batch's tokens."""
+def compare_runs(ours: dict, peer: dict, tol: float = TOLERANCE, defined_apart=()) -> dict:
+    """First-step loss and every metric both libraries log, plus later-step losses and the first batch's tokens.
+    ``defined_apart``: metrics the two libraries define differently (DEFINED_APART): shown, not counted."""
     skip = {"epoch", "step", "learning_rate"}
     a, b = ours["first_log"], peer["first_log"]
     shared = sorted((set(a) & set(b)) - skip)
-    rows = [(k, a[k], b[k], close(a[k], b[k], tol)) for k in shared]
+    apart = [(k, a[k], b[k], close(a[k], b[k], tol)) for k in shared if k in defined_apart]
+    rows = [(k, a[k], b[k], close(a[k], b[k], tol)) for k in shared if k not in defined_apart]
     steps_ok = len(ours["losses"]) == len(peer["losses"]) and all(close(x, y, tol) for x, y in zip(ours["losses"], peer["losses"]))
     same_batch = ours["first_batch"] == peer["first_batch"]
     return {
         "loss": (a["loss"], b["loss"]),
         "loss_ok": close(a["loss"], b["loss"], tol),
         "metrics": rows,
+        "defined_apart": apart,
         "only_posttrain": sorted(set(a) - set(b) - skip),
         "only_trl": sorted(set(b) - set(a) - skip),
         "all_steps_ok": steps_ok,
@@ -202,6 +255,8 @@ def check_row(name: str, runs: dict, c: dict, known: str | None = None, steps: b
     x, y = c["loss"]
     n_ok = sum(r[3] for r in c["metrics"])
     result = "PASS" if c["passed"] else "FAIL" + (f" (known: {known})" if known else "")
+    if c.get("defined_apart"):
+        result += f" ({', '.join(r[0] for r in c['defined_apart'])}: defined differently, not compared)"
     return (f"| {name} | {runs['trl']['versions'].get('trl', '?')} | {x:.8f} | {y:.8f} | "
             f"{abs(x - y) / max(abs(x), abs(y), 1e-12):.1e} | {n_ok}/{len(c['metrics'])} | "
             f"{('yes' if c['all_steps_ok'] else 'NO') if steps else '-'} | {'yes' if c['same_first_batch'] else 'NO'} | "
@@ -210,6 +265,9 @@ def check_row(name: str, runs: dict, c: dict, known: str | None = None, steps: b
 
 def check_details(name: str, runs: dict, c: dict) -> list[str]:
     lines = [f"{name}: " + ", ".join(f"{k} {u:.8g} vs {v:.8g}{'' if ok else ' (FAIL)'}" for k, u, v, ok in c["metrics"])]
+    if c.get("defined_apart"):
+        lines.append("  defined differently (not compared): " + ", ".join(f"{k} {u:.8g} vs {v:.8g}"
+                                                                           for k, u, v, _ in c["defined_apart"]))
     if c["only_posttrain"] or c["only_trl"]:
         lines.append(f"  logged only by posttrain: {c['only_posttrain']}; only by TRL: {c['only_trl']}")
     if len(runs["posttrain"]["losses"]) > 1:
@@ -230,18 +288,14 @@ def check(argv=None) -> str:
     p.add_argument("--peer", default=None, help="TRL version for every scenario (default: per scenario, see LEGACY)")
     a = p.parse_args(argv)
     paths = prepare(a.size, a.examples, a.examples)
-    ref = model_dir(a.size, "causal-lm-ref")
-    if not (ref / "config.json").exists():
-        from posttrain.kit import build_tiny_model
-
-        build_tiny_model("qwen2", size=a.size, seed=1, output_dir=ref)
+    ref = ref_model_dir(a.size)
     out = ["| check | TRL | posttrain first loss | TRL first loss | rel. diff | shared metrics within tol. | all steps | "
            "same first batch | result |", "|---|---|---|---|---|---|---|---|---|"]
     details, raw = [], {}
     for scenario in [s for s in a.scenarios if s in SCENARIOS]:
         cfg = dict(base_config(scenario, a.size, paths, a), mode="check", dtype=a.dtype)
-        if SCENARIOS[scenario][0] in ("dpo", "kto", "bco"):
-            cfg["ref_model"] = str(ref)  # a reference that differs from the policy, so the loss is not log 2
+        if SCENARIOS[scenario][0] in ("dpo", "kto", "bco", "gkd"):
+            cfg["ref_model"] = str(ref)  # a reference (GKD: teacher) that differs from the policy, so the loss is not log 2
         if SCENARIOS[scenario][0] == "kto":
             # policy = the seed-1 model, reference = the seed-0 one: with this order KTO's KL estimate on these batches is
             # positive (the other order gives a negative estimate, which both libraries clamp to 0, hiding the KL term)
@@ -250,9 +304,11 @@ def check(argv=None) -> str:
             cfg["kto_pairing"] = "native"
         if scenario == "bco":
             cfg["bco_tokens"] = "trl"
+        if SCENARIOS[scenario][0] in ("cpo", "orpo") and not scenario.endswith("native-tokens"):
+            cfg["pref_tokens"] = "trl"  # TRL's tokens (a second EOS after each answer's end of turn) for posttrain too
         runs = {lib: run_worker(dict(cfg, lib=lib)) for lib in LIBS}
         raw[scenario] = runs
-        c = compare_runs(runs["posttrain"], runs["trl"])
+        c = compare_runs(runs["posttrain"], runs["trl"], defined_apart=DEFINED_APART.get(SCENARIOS[scenario][0], ()))
         out.append(check_row(scenario, runs, c, KNOWN.get(scenario)))
         details += check_details(scenario, runs, c)
     if "grpo-loss" in a.scenarios:
@@ -317,7 +373,7 @@ def speed(argv=None) -> str:
     p.add_argument("--examples", type=int, default=400)
     p.add_argument("--settings", nargs="+", default=["default", "best"], choices=["default", "best"])
     p.add_argument("--scenarios", nargs="+", default=["sft", "dpo", "kto", "reward", "grpo", "rloo", "online-dpo", "ppo",
-                                                      "xpo", "nash-md", "bco", "prm"],
+                                                      "xpo", "nash-md", "bco", "prm", "cpo", "orpo", "gkd"],
                    help=f"any of {sorted(SCENARIOS)}")
     p.add_argument("--peer", default=None, help="TRL version for every scenario (default: per scenario, see LEGACY)")
     a = p.parse_args(argv)

@@ -7,6 +7,7 @@ load *the same bytes*: a saved model folder (weights + tokenizer) and a JSON-lin
 * Preference data (DPO, reward modeling): a one-turn conversational prompt and two assistant answers of
   independent log-normal lengths. Lengths are capped so that no row is truncated or dropped under either
   library's default limits (prompt <= ~400 tokens, prompt + answer <= ~1000 tokens), so both see the same tokens.
+* Distillation data (GKD): each preference row's prompt and chosen answer as one ``messages`` conversation.
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ def prepare(size: str, sft_examples: int, pref_examples: int) -> dict[str, str]:
     if not f.exists():
         write_jsonl(preference_rows(pref_examples, seed=1), f)
     paths["pref_data"] = str(f)
+    # GKD: the preference rows' prompt and chosen answer as one conversation ("messages", the format TRL's GKD takes)
+    f = data_file("distill", pref_examples)
+    if not f.exists():
+        write_jsonl([{"messages": r["prompt"] + r["chosen"]} for r in preference_rows(pref_examples, seed=1)], f)
+    paths["distill_data"] = str(f)
     # KTO/BCO: the kit's unpaired preference rows (conversational; about half desirable); online: the kit's prompts
     from posttrain.kit import make_dataset
 

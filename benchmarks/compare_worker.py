@@ -45,6 +45,9 @@ BEST = {
     "online_dpo": {},
     "xpo": {},
     "nash_md": {},
+    "cpo": {},
+    "orpo": {},
+    "gkd": {},
 }
 # Per-scenario names of the trainer and config classes (identical in both libraries; TRL 1.x: see trainer_classes).
 CLASSES = {"sft": ("SFTTrainer", "SFTConfig"), "dpo": ("DPOTrainer", "DPOConfig"), "kto": ("KTOTrainer", "KTOConfig"),
@@ -52,7 +55,8 @@ CLASSES = {"sft": ("SFTTrainer", "SFTConfig"), "dpo": ("DPOTrainer", "DPOConfig"
            "prm": ("PRMTrainer", "PRMConfig"), "grpo": ("GRPOTrainer", "GRPOConfig"),
            "rloo": ("RLOOTrainer", "RLOOConfig"), "ppo": ("PPOTrainer", "PPOConfig"),
            "online_dpo": ("OnlineDPOTrainer", "OnlineDPOConfig"), "xpo": ("XPOTrainer", "XPOConfig"),
-           "nash_md": ("NashMDTrainer", "NashMDConfig")}
+           "nash_md": ("NashMDTrainer", "NashMDConfig"), "cpo": ("CPOTrainer", "CPOConfig"),
+           "orpo": ("ORPOTrainer", "ORPOConfig"), "gkd": ("GKDTrainer", "GKDConfig")}
 PAIRWISE = ("online_dpo", "xpo", "nash_md")  # two completions per prompt; per_device_train_batch_size counts prompts
 ONLINE = ("grpo", "rloo", "ppo") + PAIRWISE  # trainers that sample: completions/s, a reward function / judge / model
 
@@ -146,6 +150,8 @@ def example_sequences(ex: dict, with_kl: bool = True) -> list[list[int]]:
     if chosen is not None:
         rejected = get("rejected_input_ids", "rejected_ids")
         prompt = get("prompt_input_ids", "prompt_ids") or []
+        if prompt and chosen[: len(prompt)] == prompt and rejected[: len(prompt)] == prompt:
+            prompt = []  # TRL's CPO/ORPO: chosen_input_ids / rejected_input_ids are the whole sequences
         return [prompt + chosen, prompt + rejected]
     ids = get("input_ids")
     return [ids] if ids is not None else []
@@ -170,10 +176,16 @@ class BatchRecorder:
             examples = [dict(ex, kl_completion_input_ids=c) for ex, c in zip(examples, comps[-1:] + comps[:-1])]
         seqs = [s for ex in examples for s in example_sequences(ex)]
         # counted: the trained rows (not KTO's KL rows, which only one library carries in its examples)
-        self.tokens.append(sum(len(s) for ex in examples for s in example_sequences(ex, with_kl=False)))
+        tokens = sum(len(s) for ex in examples for s in example_sequences(ex, with_kl=False))
+        batch = self.collator(examples)
+        if not seqs and isinstance(batch, dict) and "attention_mask" in batch:
+            # untokenized examples (TRL's GKD tokenizes in its collator): the collated rows' attended tokens
+            seqs = [row[m.bool()].tolist() for row, m in zip(batch["input_ids"], batch["attention_mask"])]
+            tokens = sum(len(s) for s in seqs)
+        self.tokens.append(tokens)
         if self.first is None:
             self.first = seqs
-        return self.collator(examples)
+        return batch
 
     def __getattr__(self, name):  # trainers read attributes of their collator (e.g. posttrain's `flatten`)
         return getattr(self.collator, name)
@@ -257,11 +269,13 @@ def grpo_loss_check(cfg: dict, L, torch) -> dict:
 
 
 def trainer_classes(L, lib: str, scenario: str):
-    """(trainer class, config class) of ``scenario`` in library module ``L``. TRL 1.x ships Online DPO only under
-    ``trl.experimental.online_dpo``."""
+    """(trainer class, config class) of ``scenario`` in library module ``L``. TRL 1.x ships Online DPO, CPO, ORPO and
+    GKD only under ``trl.experimental.<trainer>``."""
     names = CLASSES[scenario]
-    if lib == "trl" and scenario == "online_dpo" and not hasattr(L, names[0]):
-        import trl.experimental.online_dpo as L
+    if lib == "trl" and not hasattr(L, names[0]):
+        import importlib
+
+        L = importlib.import_module(f"trl.experimental.{scenario}")
     return tuple(getattr(L, n) for n in names)
 
 
@@ -317,6 +331,20 @@ def build_trainer(cfg: dict, L, lib: str, scenario: str, mode: str, torch, fixed
                     "label": r["label"]}
 
         rows = [tokens(r) for r in rows]
+    if scenario in ("cpo", "orpo") and lib == "posttrain" and cfg.get("pref_tokens") == "trl":
+        # TRL 1.16's CPO and ORPO (trl.experimental) also append EOS to each chat-template answer, which ends with the
+        # end-of-turn token (EOS) and a newline: give posttrain those tokens (pre-tokenized rows)
+        def pair_tokens(r):
+            prompt = tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
+            out = {"prompt_input_ids": prompt}
+            for side in ("chosen", "rejected"):
+                full = tokenizer.apply_chat_template(r["prompt"] + r[side], tokenize=True, return_dict=False)
+                assert full[: len(prompt)] == prompt
+                answer = full[len(prompt):]
+                out[f"{side}_input_ids"] = answer + ([tokenizer.eos_token_id] if answer[-1] != tokenizer.eos_token_id else [])
+            return out
+
+        rows = [pair_tokens(r) for r in rows]
     overrides = dict(cfg.get("overrides", {}))
     lib_overrides = overrides.pop(lib, {})  # e.g. {"trl": {"use_bias_correction_kl": False}}
     overrides.pop("posttrain" if lib == "trl" else "trl", None)
@@ -357,6 +385,8 @@ def build_trainer(cfg: dict, L, lib: str, scenario: str, mode: str, torch, fixed
 
     if cfg.get("ref_model") and scenario in ("dpo", "kto", "bco", "online_dpo", "xpo", "nash_md", "ppo"):
         extra["ref_model"] = AutoModelForCausalLM.from_pretrained(cfg["ref_model"], dtype=dtype)
+    if scenario == "gkd":  # the teacher: the second kit model (seed 1)
+        extra["teacher_model"] = AutoModelForCausalLM.from_pretrained(cfg["ref_model"], dtype=dtype)
     # TRL 0.21's pairwise trainers take a judge or a reward model, no reward functions: both libraries get the judge
     judged = scenario in ("xpo", "nash_md") or (scenario == "online_dpo" and cfg.get("peer_version", "").startswith("0."))
     if scenario in ("grpo", "rloo", "online_dpo") and not judged:
@@ -490,6 +520,9 @@ def main(cfg: dict) -> dict:
         for h, loss in zip(logs, step_losses):
             if h["loss"] != loss and abs(h["loss"] - round(loss, 4)) < 1e-9:
                 h["loss"] = loss
+    if scenario == "orpo":  # the odds-ratio term alone (the libraries' NLL terms differ: NOTES.md, "CPO, ORPO, GKD")
+        for h in logs:
+            h["loss - nll_loss"] = h["loss"] - h["nll_loss"]
     if scenario == "ppo":  # the PPO loss both libraries optimise: policy loss + vf_coef * value loss
         vf_coef = trainer.args.vf_coef
         for h in logs:

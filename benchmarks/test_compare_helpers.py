@@ -94,3 +94,26 @@ def test_each_scenario_has_its_peer():
     assert {s for s in SCENARIOS if peer_version(s) == LEGACY_PEER_VERSION} == {
         "bco", "bco-native-tokens", "prm", "ppo", "xpo", "nash-md"}
     assert peer_version("online-dpo") == peer_version("grpo") == PEER_VERSION
+
+
+def test_metrics_defined_apart_are_shown_but_not_compared():
+    run = {"first_log": {"loss": 0.7, "logits/chosen": 0.1}, "losses": [0.7], "first_batch": "a"}
+    other = dict(run, first_log={"loss": 0.7, "logits/chosen": 0.5})
+    assert not compare_runs(run, other)["passed"]
+    c = compare_runs(run, other, defined_apart=("logits/chosen",))
+    assert c["passed"] and [r[0] for r in c["defined_apart"]] == ["logits/chosen"] and [r[0] for r in c["metrics"]] == ["loss"]
+
+
+def test_example_sequences_of_trl_cpo_rows_hold_the_prompt_once():
+    ours = {"prompt_input_ids": [1, 2], "chosen_input_ids": [3], "rejected_input_ids": [4, 5]}
+    trl_cpo = {"prompt_input_ids": [1, 2], "chosen_input_ids": [1, 2, 3], "rejected_input_ids": [1, 2, 4, 5]}
+    assert example_sequences(ours) == example_sequences(trl_cpo) == [[1, 2, 3], [1, 2, 4, 5]]
+
+
+def test_batch_recorder_reads_untokenized_examples_from_the_collated_batch():
+    import torch
+
+    batch = {"input_ids": torch.tensor([[0, 5, 6], [7, 8, 9]]), "attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]])}
+    rec = BatchRecorder(lambda examples: batch)
+    rec([{"messages": []}, {"messages": []}])
+    assert rec.first == [[5, 6], [7, 8, 9]] and rec.tokens == [5]
