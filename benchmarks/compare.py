@@ -124,8 +124,6 @@ KNOWN.update({
                          "-103 (fp32): inf rewards, loss 0, grad_norm nan; posttrain computes exp(-alpha*logps)",
     "orpo": "nll_loss (hence loss, grad_norm): TRL's ORPO takes the NLL over prompt and completion tokens, posttrain "
             "over the completion (the paper's L_SFT); the odds-ratio term (loss - nll_loss) agrees",
-    "gkd-temperature-0.9": "TRL's GKD uses temperature for sampling only (its loss is at temperature 1); posttrain's "
-                           "divergence is between softmax(logits / temperature) of both models",
 })
 KNOWN["online-dpo ipo, temperature 1"] = KNOWN["online-dpo sigmoid, temperature 1"]
 KNOWN["online-dpo sigmoid, temperature 0.9 (default)"] = KNOWN["online-dpo sigmoid, temperature 1"]

@@ -37,12 +37,12 @@ from .sft import SFTConfig, SFTTrainer
 class GKDConfig(SFTConfig):
     """Configuration of :class:`GKDTrainer`: :class:`SFTConfig` plus TRL's GKD fields.
 
-    ``temperature`` is both the sampling temperature of generated completions and the softmax
-    temperature of the divergence (both distributions are ``softmax(logits / temperature)``).
+    ``temperature`` is the sampling temperature of generated completions only; the divergence compares the two
+    models' distributions at temperature 1 (as TRL's GKD: porting a TRL config trains the same way).
     """
 
-    temperature: float = field(default=0.9, metadata={"help": "Sampling temperature of generated completions, and "
-                               "softmax temperature of the student and teacher distributions in the loss."})
+    temperature: float = field(default=0.9, metadata={"help": "Sampling temperature of generated completions (the "
+                               "loss compares the distributions at temperature 1, as TRL)."})
     lmbda: float = field(default=0.5, metadata={"help": "Fraction of training batches whose completions the student "
                          "generates (on-policy), in [0, 1]."})
     beta: float = field(default=0.5, metadata={"help": "Generalized JSD interpolation in [0, 1]: 0 = KL(teacher||student) "
@@ -255,7 +255,7 @@ class GKDTrainer(SFTTrainer):
         with torch.no_grad(), select_head_positions(self.teacher_model, mask):
             teacher_logits = self.teacher_model(**inputs, use_cache=False).logits[0]
         divergence = generalized_jsd_loss(student_logits.float(), teacher_logits.float(), beta=self.args.beta,
-                                          temperature=self.args.temperature, reduction="sum")
+                                          temperature=1.0, reduction="sum")
         count = student_logits.shape[0]
         loss = self.scale_loss(divergence, count, num_items_in_batch if self._dataset_targets_only else None)
         attn = inputs.get("attention_mask")
