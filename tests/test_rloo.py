@@ -137,3 +137,24 @@ def test_rloo_script_with_a_local_reward_model(tiny_model_dir, tmp_path):
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert "rewards/rm/mean" in rows[0] or any(k.startswith("rewards/") for k in rows[0])
     assert "objective/kl" in rows[0]
+
+
+def test_reference_logps_in_the_training_precision(tiny_model_dir, tokenizer, tmp_path):
+    """Under bf16 the separate reference runs in the policy's autocast region: with the policy unchanged (learning
+    rate 0) its log-probs equal the sampling policy's (the KL penalty is 0), not those of a float32 forward."""
+    from posttrain.trainers.base import bf16_supported
+
+    if not bf16_supported():
+        pytest.skip("no bf16 on this CPU")
+    prompts = make_dataset("copy", "prompt_only", n=8, seed=0)
+    args = rloo_args(tmp_path, beta=0.05, bf16=True, max_steps=1, learning_rate=0.0)
+    trainer = RLOOTrainer(tiny_model_dir, first_token_reward, args=args, train_dataset=prompts,
+                          processing_class=tokenizer)
+    trainer.train()  # accelerate wraps the policy's forward in the bf16 region
+    trainer.model.train()
+    rows = [trainer.train_dataset[i] for i in range(2) for _ in range(4)]
+    batch = trainer.generate_and_score(rows, 1)[0]
+    torch.testing.assert_close(batch["ref_logps"], batch["old_logps"], atol=0, rtol=0)
+    with torch.no_grad():
+        fp32 = trainer.token_logps(trainer.ref_model, batch)[0]
+    assert not torch.equal(fp32, batch["ref_logps"])

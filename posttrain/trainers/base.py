@@ -112,6 +112,14 @@ def check_choice(name: str, value: Any, choices) -> None:
         raise ValueError(f"Unknown {name} {value!r}; valid values: {', '.join(map(str, choices))}.")
 
 
+def _training_autocast(args):
+    """An autocast region in ``args``' mixed precision (bf16/fp16), or a no-op."""
+    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(args.device.type, dtype=dtype)
+
+
 class BaseTrainer(Trainer):
     """Base of every posttrain trainer; see the module docstring.
 
@@ -225,10 +233,13 @@ class BaseTrainer(Trainer):
         """An autocast region to hold around a whole generation under bf16/fp16 mixed precision. accelerate runs
         every forward in its own autocast region, which casts each weight anew at every generated token; inside an
         enclosing region the cast weights stay cached for the whole call."""
-        dtype = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.args.device.type, dtype=dtype)
+        return _training_autocast(self.args)
+
+    def autocast_region(self):
+        """The autocast region of the training precision (bf16/fp16 mixed precision; else none): what accelerate
+        wraps the trained model's forward in, for forwards of other models (a frozen reference) and for regions
+        around several forwards."""
+        return _training_autocast(self.args)
 
     def record_pooled(self, name: str, values: torch.Tensor, weights: torch.Tensor | None = None) -> None:
         """Record the (``weights``-weighted) sum and count of ``values``; :meth:`log` reports their pooled mean over
