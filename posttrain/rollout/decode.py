@@ -128,15 +128,17 @@ class _Linear:
         if any(m.bias is not None for m in modules):
             self.bias = torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.out_features)
                                    for m in modules]).detach().to(dtype)
+        self.dtype = dtype
         self.packed = None
         if _mkldnn_usable(self.weight.device) and dtype in (torch.float32, torch.bfloat16):
             try:
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.contiguous(), batch)
+                self.weight = None  # only the reordered copy is used (and kept)
             except RuntimeError:  # a oneDNN build without this dtype: plain F.linear
                 self.packed = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.weight.dtype)
+        x = x.to(self.dtype)
         if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
