@@ -38,3 +38,9 @@ def main(model_dir, out):
 
 if __name__ == "__main__":
     main(*sys.argv[1:3])
+    # DeepSpeed (ZeRO-3, CPU) runs still abort now and then at interpreter teardown ("terminate called without an
+    # active exception") after the process group was destroyed by posttrain's exit hook and every result was written
+    # (2 of ~16 ZeRO-3 launches in one suite run): leave without the teardown (docs/distributed.md, "Process exit").
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
