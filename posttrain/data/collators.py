@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .packing import best_fit_decreasing
+from .packing import rows_within_longest
 
 IGNORE_INDEX = -100
 
@@ -98,9 +98,8 @@ class DataCollatorForLanguageModeling:
         rows = [self._row(ex) for ex in examples]
         if self.flatten:
             rows = [_concat(rows)]
-        elif len(rows) > 1:
-            bins = best_fit_decreasing([len(r[0]) for r in rows], max(len(r[0]) for r in rows))
-            rows = [_concat([rows[i] for i in sorted(b)]) for b in sorted(bins, key=min)]
+        else:
+            rows = [_concat([rows[i] for i in group]) for group in rows_within_longest([len(r[0]) for r in rows])]
         length = max(len(r[0]) for r in rows)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of

@@ -39,6 +39,15 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
     return bins
 
 
+def rows_within_longest(lengths: Sequence[int]) -> list[list[int]]:
+    """Indices of a batch's sequences grouped into rows no longer than its longest sequence (best fit decreasing):
+    each row's indices ascending, rows ordered by their first index. The padding-free layout for attention kernels
+    whose cost grows with the square of the row length (sdpa/eager)."""
+    if len(lengths) < 2:
+        return [list(range(len(lengths)))]
+    return [sorted(b) for b in sorted(best_fit_decreasing(lengths, max(lengths)), key=min)]
+
+
 def _pieces(columns: dict[str, list[list[int]]], max_length: int, split: bool) -> dict[str, list[list[int]]]:
     out: dict[str, list[list[int]]] = {k: [] for k in columns}
     n = len(columns["input_ids"])

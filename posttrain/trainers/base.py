@@ -24,7 +24,8 @@ import torch
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import enable_full_determinism, set_seed
 
-from ..models import disable_dropout, ensure_pad_token, load_pretrained, load_tokenizer, prepare_peft_model, set_chat_template
+from ..models import (disable_dropout, ensure_pad_token, load_pretrained, load_tokenizer, packed_sequences_supported,
+                      prepare_peft_model, set_chat_template, varlen_attention)
 from ..models.sharding import check_launch, destroy_process_group_at_exit, prepare_frozen
 
 
@@ -182,6 +183,17 @@ class BaseTrainer(Trainer):
     def make_collator(self, processing_class, args):
         """The default collator when the user gives none (None: transformers' default)."""
         return None
+
+    def settle_padding_free(self, collator, requested: bool | None) -> bool:
+        """Lay out ``collator``'s padding-free batches for this model: one row for variable-length attention kernels
+        (``flatten``), else rows bin-packed within the batch; with ``requested=None`` (the configs' default) turn
+        them on where the model keeps packed sequences apart. Returns whether it does
+        (:func:`~posttrain.models.packed_sequences_supported`)."""
+        collator.flatten = varlen_attention(self.model)
+        supported = packed_sequences_supported(self.model)
+        if requested is None:
+            collator.padding_free = collator.padding_free or supported
+        return supported
 
     # -- models that are only evaluated --------------------------------------------------------
     def prepare_frozen_model(self, model: torch.nn.Module, *, no_dropout: bool = False) -> torch.nn.Module:

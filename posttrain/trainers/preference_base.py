@@ -48,12 +48,12 @@ from transformers import TrainerCallback
 
 from ..data import DatasetFormatError, detect_format, pad_sequences, require_kind, validate_example
 from ..data.formats import PREFERENCE, PREFERENCE_IMPLICIT, UNPAIRED_PREFERENCE, DatasetFormat
-from ..data.packing import best_fit_decreasing
+from ..data.packing import rows_within_longest
 from ..data.templates import extract_prompt, require_chat_template, unpair_preference
 from ..data.tokenize import TRUNCATION_MODES, tokenize_prompt_completion
+from ..losses.policy import entropy_from_logits
 from ..losses.preference import RunningMean
-from ..models import (disable_dropout, load_pretrained, packed_sequences_supported, select_head_positions, unwrap,
-                      varlen_attention)
+from ..models import disable_dropout, load_pretrained, select_head_positions, unwrap
 from ..models.sharding import frozen_copy, is_zero3_partitioned
 from .base import BaseTrainer, PosttrainConfig, check_choice
 
@@ -261,11 +261,7 @@ def build_rows(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[
     seqs = [list(p) + list(c) for p, c in zip(prompts, completions)]
     masks = [[0] * len(p) + [1] * len(c) for p, c in zip(prompts, completions)]
     if padding_free:
-        if flatten or len(seqs) < 2:
-            groups = [list(range(len(seqs)))]
-        else:
-            bins = best_fit_decreasing([len(s) for s in seqs], max(len(s) for s in seqs))
-            groups = [sorted(b) for b in sorted(bins, key=min)]
+        groups = [list(range(len(seqs)))] if flatten else rows_within_longest([len(s) for s in seqs])
         width = max(sum(len(seqs[i]) for i in g) for g in groups)
         if pad_to_multiple_of:
             width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
@@ -476,24 +472,23 @@ def completion_logps(model, rows: Mapping[str, torch.Tensor], *, with_log_sum_sq
     logits32 = logits.float()
     lse = torch.logsumexp(logits32, dim=-1)
     token_logps = logits32.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+    token_mean_logit = logits32.detach().mean(-1)
     entropy = top1 = None
     if with_token_stats:  # the metrics TRL's DPO/KTO log: entropy and whether the target is the top-1 token
-        with torch.no_grad():
-            detached = logits32.detach()
-            entropy = lse.detach() - (torch.softmax(detached, dim=-1) * detached).sum(-1)
-            top1 = detached.argmax(dim=-1) == targets
+        entropy = entropy_from_logits(logits.detach())
+        top1 = logits.detach().argmax(dim=-1) == targets
     lssp = None
     if with_log_sum_sq_probs:
         from ..losses.preference import log_sum_squared_probs
 
         lssp = log_sum_squared_probs(logits.detach())
-    del logits32
+    del logits32, logits
     if order is not None:  # tokens grouped by sequence, in sequence order (SequenceLogps.per_token relies on it)
-        token_logps, logits = token_logps[order], logits[order]
+        token_logps, token_mean_logit = token_logps[order], token_mean_logit[order]
         lssp, entropy, top1 = (x[order] if x is not None else None for x in (lssp, entropy, top1))
     sums = token_logps.new_zeros(num_rows).index_add(0, token_seq, token_logps)
     counts = torch.bincount(token_seq, minlength=num_rows).to(token_logps.dtype)
-    mean_logits = torch.zeros(num_rows, device=logits.device).index_add(0, token_seq, logits.detach().float().mean(-1))
+    mean_logits = torch.zeros(num_rows, device=token_logps.device).index_add(0, token_seq, token_mean_logit)
     mean_logits = mean_logits / counts.clamp(min=1)
     return SequenceLogps(sums, counts, mean_logits, token_logps, token_seq, lssp, entropy, top1)
 
@@ -589,11 +584,8 @@ class PreferenceTrainer(BaseTrainer):
         if data_collator is None:
             # variable-length kernels take one (1, N) row; sdpa/eager (a dense N x N mask for one row) get bin-packed
             # rows no longer than the longest sequence. Models that cannot keep packed sequences apart stay padded.
-            self.data_collator.flatten = varlen_attention(self.model)
-            supported = packed_sequences_supported(self.model)
-            if self.args.padding_free is None:
-                self.data_collator.padding_free = supported
-            elif self.args.padding_free and not supported:
+            supported = self.settle_padding_free(self.data_collator, self.args.padding_free)
+            if self.args.padding_free and not supported:
                 self.data_collator.padding_free = False
                 logger.warning("padding_free=True: posttrain cannot tell whether %s keeps sequences that share a row "
                                "apart by their position_ids, so batches are padded (same loss).",

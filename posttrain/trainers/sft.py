@@ -22,7 +22,7 @@ from ..data.formats import LANGUAGE_MODELING, PROMPT_COMPLETION
 from ..data.tokenize import TRUNCATION_MODES
 from ..losses.policy import entropy_from_logits
 from ..losses.sft import SFT_LOSS_TYPES, sft_token_loss
-from ..models import packed_sequences_supported, select_head_positions, unwrap, varlen_attention
+from ..models import select_head_positions, unwrap
 from .base import BaseTrainer, PosttrainConfig, check_choice
 
 
@@ -103,11 +103,8 @@ class SFTTrainer(BaseTrainer):
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
         if data_collator is None:
-            self.data_collator.flatten = varlen_attention(self.model)
-            supported = packed_sequences_supported(self.model)
-            if args is not None and args.padding_free is None:
-                self.data_collator.padding_free = supported or self.args.packing
-            elif self.data_collator.padding_free and not supported:
+            supported = self.settle_padding_free(self.data_collator, self.args.padding_free)
+            if self.args.padding_free is not None and self.data_collator.padding_free and not supported:
                 warnings.warn(f"padding_free/packing with {type(unwrap(self.model)).__name__}: posttrain cannot tell "
                               "whether this model keeps sequences that share a row apart by their position_ids "
                               "(flash attention or transformers' create_causal_mask); if it does not, they attend to "
