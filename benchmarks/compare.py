@@ -48,14 +48,17 @@ SCENARIOS = {
     "sft-packing": ("sft", "sft", "causal-lm", {"packing": True}),
     "dpo": ("dpo", "pref", "causal-lm", {"loss_type": ["sigmoid"]}),
     "reward": ("reward", "pref", "seq-cls", {}),
-    # KTO on the kit's unpaired data; check mode gives posttrain TRL's KL pairing (compare_worker.BatchRecorder)
-    "kto": ("kto", "unpaired", "causal-lm", {}),
+    # KTO on the preference rows made unpaired (compare_data: same length spread as DPO); check mode gives posttrain
+    # TRL's KL pairing (compare_worker.BatchRecorder)
+    "kto": ("kto", "unpaired_long", "causal-lm", {}),
     # the same with each library's own KL pairing (TRL: prompt i with completion i-1; posttrain: i+1): information only
-    "kto-native-pairing": ("kto", "unpaired", "causal-lm", {}),
+    "kto-native-pairing": ("kto", "unpaired_long", "causal-lm", {}),
+    # KTO on the kit's short unpaired rows (~22 tokens; the scenario until 2026-11-25): per-op overhead, not compute
+    "kto-short": ("kto", "unpaired", "causal-lm", {}),
     # BCO (TRL 0.21) on the same unpaired rows; UDM off (no embedding_func) in both. Check mode gives posttrain TRL 0.21's
     # tokens (a second EOS after the chat template's end of turn); bco-native-tokens keeps each library's own
-    "bco": ("bco", "unpaired", "causal-lm", {}),
-    "bco-native-tokens": ("bco", "unpaired", "causal-lm", {}),
+    "bco": ("bco", "unpaired_long", "causal-lm", {}),
+    "bco-native-tokens": ("bco", "unpaired_long", "causal-lm", {}),
     # process reward model (TRL 0.21): kit stepwise rows, a 2-label token-classification kit model
     "prm": ("prm", "stepwise", "token-cls", {}),
     # online: identical cheap reward (compare_worker.length_reward), same sampling settings; min_new_tokens makes every

@@ -97,7 +97,16 @@ def prepare(size: str, sft_examples: int, pref_examples: int) -> dict[str, str]:
     if not f.exists():
         write_jsonl([{"messages": r["prompt"] + r["chosen"]} for r in preference_rows(pref_examples, seed=1)], f)
     paths["distill_data"] = str(f)
-    # KTO/BCO: the kit's unpaired preference rows (conversational; about half desirable); online: the kit's prompts
+    # KTO/BCO: the preference rows made unpaired (row i keeps its chosen answer as desirable when i is even, its
+    # rejected answer as undesirable when i is odd): the same prompt and answer length spread as DPO (sequences of
+    # 30-400 tokens), so the step is compute, not per-op overhead, as issue 8 asks of every scenario
+    f = data_file("unpaired_long", pref_examples)
+    if not f.exists():
+        write_jsonl([{"prompt": r["prompt"], "completion": r["chosen"] if i % 2 == 0 else r["rejected"],
+                      "label": i % 2 == 0} for i, r in enumerate(preference_rows(pref_examples, seed=1))], f)
+    paths["unpaired_long_data"] = str(f)
+    # the kit's unpaired preference rows (short, ~22 tokens: KTO's first scenario, kept as `kto-short`); online: the
+    # kit's prompts
     from posttrain.kit import make_dataset
 
     # PRM: the kit's stepwise rows (standard text: TRL's PRM takes no conversational prompts)

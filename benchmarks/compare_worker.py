@@ -501,8 +501,20 @@ def main(cfg: dict) -> dict:
     step_losses: list[float] = []  # each step's loss as training_step returns it (see the rounding note below)
     training_step = trainer.training_step
 
+    profile_step = int(os.environ.get("COMPARE_PROFILE_STEP", "0"))  # profile that step: op table on stderr
+
     def recorded_step(*a, **k):
-        loss = training_step(*a, **k)
+        if len(step_losses) + 1 == profile_step:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                cpu = time.process_time()
+                loss = training_step(*a, **k)
+                cpu = time.process_time() - cpu
+            print(f"profiled step {profile_step}: {cpu:.3f} CPU s (profiler included)", file=sys.stderr)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), file=sys.stderr)
+        else:
+            loss = training_step(*a, **k)
         step_losses.append(float(loss))
         return loss
 

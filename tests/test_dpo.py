@@ -18,6 +18,7 @@ from posttrain.trainers.preference_base import (
     SyncRefModelCallback,
     completion_logps,
     fit_lengths,
+    sequence_sums,
 )
 
 
@@ -170,6 +171,23 @@ def test_completion_logps_match_full_log_softmax_and_padding_free(tiny_model_dir
 def _count_params_shaped(shape):
     gc.collect()
     return sum(1 for o in gc.get_objects() if isinstance(o, torch.nn.Parameter) and tuple(o.shape) == shape)
+
+
+def test_sequence_sums_are_accumulated_in_float64():
+    """A thousand log-probs near -1 summed token by token in float32 drift by ~1e-4..1e-3 (index_add is sequential);
+    KTO's KL and DPO's rewards are differences of two such sums. The sum must be the float64 sum, rounded once."""
+    g = torch.Generator().manual_seed(0)
+    values = -(torch.rand(3000, generator=g) * 2 + 0.1)  # float32 log-probs
+    seq = torch.repeat_interleave(torch.arange(3), torch.tensor([1100, 1300, 600]))
+    exact = torch.zeros(3, dtype=torch.float64).index_add(0, seq, values.double())
+    got = sequence_sums(values, seq, 3)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, exact.float())  # one rounding, at the end
+    sequential = torch.zeros(3).index_add(0, seq, values)  # what the float32 accumulation gave
+    assert (sequential.double() - exact).abs().max() > 1e-4  # so this test tells the two apart
+    values.requires_grad_(True)
+    sequence_sums(values, seq, 3)[1].backward()
+    assert torch.equal(values.grad, (seq == 1).float())
 
 
 def test_reference_default_is_frozen_copy(tiny_model_dir, tmp_path):

@@ -9,6 +9,10 @@
 #
 # * trl 1.x: transformers, accelerate and datasets are pinned to the versions in posttrain's own venv, so
 #   the two libraries run on the same stack and only the trainer code differs.
+# * both: peft and bitsandbytes at the versions in posttrain's venv. transformers' Trainer imports peft when it
+#   is installed, and peft imports bitsandbytes (which imports torch._inductor): about 170 MB of RSS and 2-3 s
+#   at start-up that a posttrain run pays in posttrain's venv. Without them in the peer venv too, peak-memory
+#   ratios would count that import against posttrain (NOTES.md, "Fifth batch").
 # * trl 0.21.0 (the last release with PPO, Nash-MD, XPO, PRM and BCO): it predates transformers 5 (its
 #   trainers pass arguments transformers 5 removed), so it gets the transformers/accelerate/datasets releases
 #   of its own time (below), plus scikit-learn and joblib (its "bco" extra: BCO's density-ratio classifier).
@@ -29,11 +33,18 @@ case "$TRL" in
     TF_DEFAULT="$(ver transformers)"; ACC="$(ver accelerate)"; DS="$(ver datasets)"
     ;;
 esac
+for pkg in peft bitsandbytes; do
+  v="$(ver $pkg)"; [ -n "$v" ] && EXTRA+=("$pkg==$v")
+done
 TF="${2:-$TF_DEFAULT}"
 VENV="$HERE/.venv-trl-$TRL"
 PY="${PYTHON:-python3}"
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import trl, sys; sys.exit(trl.__version__ != '$TRL')" 2>/dev/null; then
-  echo "$VENV ready (trl $TRL)"; exit 0
+  if "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(any(m.version(p.split('==')[0]) != p.split('==')[1] for p in sys.argv[1:] if '==' in p))" "${EXTRA[@]}" 2>/dev/null; then
+    echo "$VENV ready (trl $TRL)"; exit 0
+  fi
+  "$VENV/bin/pip" install -q --disable-pip-version-check torch==2.13.0 "${EXTRA[@]}"  # an older venv: add the extras
+  echo "$VENV ready (trl $TRL, extras updated)"; exit 0
 fi
 "$PY" -m venv "$VENV"
 "$VENV/bin/pip" install -q --disable-pip-version-check torch==2.13.0

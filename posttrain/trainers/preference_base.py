@@ -436,6 +436,17 @@ class SequenceLogps:
         return (self.token_seq >= start) & (self.token_seq < stop)
 
 
+def sequence_sums(values: torch.Tensor, token_seq: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Per-sequence sums (num_rows,) of the per-token ``values`` (N,) whose sequence index is ``token_seq``.
+
+    Accumulated in float64 (then cast back): ``index_add`` adds one token after another, so a float32 sum of a
+    thousand log-probs near -1 drifts by ~1e-3, which KTO's KL estimate and DPO's implicit rewards (differences of
+    two such sums) would carry. MPS has no float64 and keeps float32.
+    """
+    acc = torch.float32 if values.device.type == "mps" else torch.float64
+    return values.new_zeros(num_rows, dtype=acc).index_add(0, token_seq, values.to(acc)).to(values.dtype)
+
+
 def completion_logps(model, rows: Mapping[str, torch.Tensor], *, with_log_sum_sq_probs: bool = False,
                      with_token_stats: bool = False) -> SequenceLogps:
     """Run ``model`` on ``rows`` (from :func:`build_rows`) and gather the completion log-probs.
@@ -486,10 +497,9 @@ def completion_logps(model, rows: Mapping[str, torch.Tensor], *, with_log_sum_sq
     if order is not None:  # tokens grouped by sequence, in sequence order (SequenceLogps.per_token relies on it)
         token_logps, token_mean_logit = token_logps[order], token_mean_logit[order]
         lssp, entropy, top1 = (x[order] if x is not None else None for x in (lssp, entropy, top1))
-    sums = token_logps.new_zeros(num_rows).index_add(0, token_seq, token_logps)
+    sums = sequence_sums(token_logps, token_seq, num_rows)
     counts = torch.bincount(token_seq, minlength=num_rows).to(token_logps.dtype)
-    mean_logits = torch.zeros(num_rows, device=token_logps.device).index_add(0, token_seq, token_mean_logit)
-    mean_logits = mean_logits / counts.clamp(min=1)
+    mean_logits = sequence_sums(token_mean_logit, token_seq, num_rows) / counts.clamp(min=1)
     return SequenceLogps(sums, counts, mean_logits, token_logps, token_seq, lssp, entropy, top1)
 
 
