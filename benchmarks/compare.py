@@ -377,12 +377,17 @@ def speed(argv=None) -> str:
                                                       "xpo", "nash-md", "bco", "prm", "cpo", "orpo", "gkd"],
                    help=f"any of {sorted(SCENARIOS)}")
     p.add_argument("--peer", default=None, help="TRL version for every scenario (default: per scenario, see LEGACY)")
+    p.add_argument("--posttrain_args", default=None, type=json.loads,
+                   help='JSON of config fields for the posttrain runs only, e.g. \'{"gradient_checkpointing": true}\' '
+                        "(the table then says so in its setting column)")
     a = p.parse_args(argv)
     paths = prepare(a.size, a.examples, a.examples)
     results: dict[tuple[str, str], dict[str, list[dict]]] = {}
     for scenario in a.scenarios:
         for setting in a.settings:
             cfg = dict(base_config(scenario, a.size, paths, a), mode=setting)
+            if a.posttrain_args:
+                cfg["overrides"]["posttrain"] = {**cfg["overrides"].get("posttrain", {}), **a.posttrain_args}
             runs = results.setdefault((scenario, setting), {lib: [] for lib in LIBS})
             for i in range(a.repeats):
                 for lib in (LIBS if i % 2 == 0 else LIBS[::-1]):
@@ -415,6 +420,8 @@ def speed_table(results, a) -> str:
             label += f"; tokens per CPU-second ratio {cpu[0] / cpu[1]:.2f}"
         flags = f"{'bf16+' if tr[0]['bf16'] else ''}{'gc' if tr[0]['gradient_checkpointing'] else ''}".strip("+")
         setting_name = setting + (f" (TRL: {flags})" if flags else "")
+        if a.posttrain_args:
+            setting_name += f" (posttrain: {json.dumps(a.posttrain_args)})"
         lines.append(f"| {scenario} | {tr[0]['versions'].get('trl', '?')} | {setting_name} | {tps[0]:.0f} | {tps[1]:.0f} | {tps[0] / tps[1]:.2f} (pairs: {med(pair):.2f}) | "
                      f"{rss[0]:.0f} | {rss[1]:.0f} | {rss[0] / rss[1]:.2f} | {sps[0]:.2f} | {sps[1]:.2f} | {other:.2f} ({label}) | "
                      f"{load:.2f} | {len(pt)}+{len(tr)} |")

@@ -369,6 +369,10 @@ def build_trainer(cfg: dict, L, lib: str, scenario: str, mode: str, torch, fixed
         kwargs["shuffle_dataset"] = False
     kwargs.update(overrides)
     kwargs.update(lib_overrides)
+    if lib == "trl" and cfg.get("peer_version", "").startswith("0.") and scenario == "online_dpo":
+        # TRL 0.21's OnlineDPOConfig has no generation_kwargs: its generation_config gets min_new_tokens instead
+        # (force_completion_length)
+        kwargs.pop("generation_kwargs", None)
     extra: dict = {}
     if scenario == "ppo":
         # one step = one rollout: TRL 0.21 counts rollouts (total_episodes completions), posttrain optimizer steps
@@ -464,7 +468,10 @@ def main(cfg: dict) -> dict:
     kl_shift = lib == "posttrain" and scenario == "kto" and cfg.get("kto_pairing", "trl" if mode == "check" else "native") == "trl"
     recorder = BatchRecorder(trainer.data_collator, kl_shift=kl_shift)
     trainer.data_collator = recorder
-    if mode == "check" and scenario not in ONLINE:  # same order in both libraries, whatever their samplers do
+    # same order in both libraries, whatever their samplers do: in checks, and in KTO speed runs (TRL's KTO samples in
+    # dataset order by default, as its KL pairing needs; posttrain shuffles: the timed batches would differ, and with
+    # them the work per real token, since each row's KL row is another row's completion)
+    if (mode == "check" and scenario not in ONLINE) or scenario == "kto":
         from torch.utils.data import SequentialSampler
 
         trainer._get_train_sampler = lambda *a, **k: SequentialSampler(trainer.train_dataset)

@@ -190,6 +190,21 @@ def test_sequence_sums_are_accumulated_in_float64():
     assert torch.equal(values.grad, (seq == 1).float())
 
 
+def test_reference_model_runs_in_the_training_precision(tiny_model_dir, tmp_path):
+    """Under bf16 a separate reference (here: the same weights) runs in the policy's autocast region, so at an
+    unchanged policy its log-probs equal the policy's and the implicit rewards are exactly 0 (in float32 they were
+    not: the bf16 policy against a float32 reference)."""
+    from posttrain.trainers.base import bf16_supported
+
+    if not bf16_supported():
+        pytest.skip("no bf16 on this CPU")
+    trainer = dpo(tiny_model_dir, tmp_path, ref_model=tiny_model_dir, bf16=True, learning_rate=0.0, max_steps=1)
+    assert trainer.ref_model is not None
+    trainer.train()
+    log = next(h for h in trainer.state.log_history if "rewards/margins" in h)
+    assert log["rewards/chosen"] == log["rewards/rejected"] == log["rewards/margins"] == 0.0
+
+
 def test_reference_default_is_frozen_copy(tiny_model_dir, tmp_path):
     from posttrain.models import load_pretrained
 

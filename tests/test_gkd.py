@@ -107,6 +107,27 @@ def completion_labels(labels):
     return [row[row != -100].tolist() for row in labels]
 
 
+def test_teacher_runs_in_the_training_precision(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
+    """Under bf16 the teacher runs in the student's autocast region: a teacher with the student's own weights gives
+    exactly the student's logits (a float32 teacher against the bf16 student did not)."""
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.trainers.base import bf16_supported
+
+    if not bf16_supported():
+        pytest.skip("no bf16 on this CPU")
+    seen = []
+    real = gkd_module.generalized_jsd_loss
+    monkeypatch.setattr(gkd_module, "generalized_jsd_loss",
+                        lambda s, t, **kw: seen.append((s.detach().clone(), t.clone())) or real(s, t, **kw))
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # another model object with the same weights
+    trainer = small_trainer(tiny_model_dir, teacher, tokenizer, tmp_path, lmbda=0.0, bf16=True,
+                            learning_rate=0.0, max_steps=1)
+    trainer.train()
+    (student, teacher_logits), = seen
+    assert torch.equal(student, teacher_logits)
+
+
 def test_lmbda_one_trains_on_student_generations(tiny_model_dir, tiny_teacher, tokenizer, tmp_path, spy):
     trainer = small_trainer(tiny_model_dir, tiny_teacher, tokenizer, tmp_path, lmbda=1.0)
     trainer.train()

@@ -89,6 +89,37 @@ def test_returns_and_advantages_follow_gae(tiny_model_dir, value_dir, tokenizer,
     assert batch["old_values"].shape == batch["old_logps"].shape == mask.shape
 
 
+def test_rollout_values_in_the_training_precision(tiny_model_dir, value_dir, tokenizer, prompts, tmp_path):
+    """Under bf16 the rollout's values come from the value model in the training autocast region: with nothing
+    trained (learning rate 0) the first training forward's values equal them, so the clipped value loss starts
+    from the values it clips around (not from those of a float32 forward)."""
+    from posttrain.trainers.base import bf16_supported
+
+    if not bf16_supported():
+        pytest.skip("no bf16 on this CPU")
+    args = ppo_args(tmp_path, bf16=True, max_steps=1, learning_rate=0.0, kl_coef=0.0)
+    trainer = PPOTrainer(args=args, processing_class=tokenizer, model=tiny_model_dir, value_model=value_dir,
+                         reward_funcs=first_token_reward, train_dataset=prompts)
+    trainer.train()  # accelerate wraps the policy-and-value forward in the bf16 region
+    trainer.model.train()
+    batch = trainer.generate_and_score([trainer.train_dataset[i] for i in range(4)], 1)[0]
+    pv = trainer.model
+    pv.with_values = True
+    try:
+        with torch.no_grad():
+            trainer.token_logps(trainer.model, batch)  # the forward accelerate wraps, as in compute_loss
+            values = trainer._compact(pv.last_values, batch).float()
+    finally:
+        pv.with_values, pv.last_values = False, None
+    mask = batch["loss_mask"].bool()
+    torch.testing.assert_close(values[mask], batch["old_values"][mask], atol=0, rtol=0)
+    from posttrain.models.policy_value import token_values
+
+    with torch.no_grad():
+        fp32 = trainer._compact(token_values(pv.value_model, batch["input_ids"], batch["attention_mask"]), batch)
+    assert not torch.equal(fp32[mask], batch["old_values"][mask])
+
+
 def test_rollout_reused_for_epochs_and_mini_batches(tiny_model_dir, value_dir, tokenizer, prompts, tmp_path,
                                                     monkeypatch):
     import posttrain.rollout.backends as backends  # the default (transformers) rollout backend's generate

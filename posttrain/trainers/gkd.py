@@ -252,7 +252,8 @@ class GKDTrainer(SFTTrainer):
         mask = targets != IGNORE_INDEX
         with select_head_positions(model, mask):
             student_logits = model(**inputs, use_cache=False).logits[0]
-        with torch.no_grad(), select_head_positions(self.teacher_model, mask):
+        # the teacher in the training precision, like the student (accelerate wraps only the student's forward)
+        with torch.no_grad(), select_head_positions(self.teacher_model, mask), self.autocast_region():
             teacher_logits = self.teacher_model(**inputs, use_cache=False).logits[0]
         divergence = generalized_jsd_loss(student_logits.float(), teacher_logits.float(), beta=self.args.beta,
                                           temperature=1.0, reduction="sum")

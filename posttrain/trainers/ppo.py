@@ -179,8 +179,10 @@ class PPOTrainer(OnlineTrainer):
         for b in batches:
             n = b["input_ids"].shape[0]
             mask = self.completion_token_mask(b)
-            with eval_mode(value_model):
-                values = self._compact(token_values(value_model, b["input_ids"], b["attention_mask"]), b)
+            # in the training precision: the value loss clips the training forward's values (bf16 under bf16 mixed
+            # precision, inside accelerate's region) around these; the unwrapped value model alone ran in float32
+            with eval_mode(value_model), self.autocast_region():
+                values = self._compact(token_values(value_model, b["input_ids"], b["attention_mask"]), b).float()
             if "ref_logps" in b:
                 kl = kl_penalty(b["old_logps"], b["ref_logps"], args.kl_estimator) * mask
             else:

@@ -707,7 +707,10 @@ class PreferenceTrainer(BaseTrainer):
     def reference_logps(self, rows: Mapping[str, torch.Tensor]) -> SequenceLogps:
         """Completion log-probs of ``rows`` under the reference policy (no grad, eval mode)."""
         if self.ref_model is not None:
-            with eval_mode(self.ref_model):
+            # in the training precision, like the policy's log-probs it is compared with: accelerate wraps only the
+            # trained model's forward in its autocast region, so under bf16 a separate reference ran in float32
+            # (twice the CPU time of its forward, and rewards != 0 at an unchanged policy)
+            with eval_mode(self.ref_model), self.autocast_region():
                 return completion_logps(self.ref_model, rows)
         policy = unwrap(self.model)
         if _is_peft_model(policy):
