@@ -67,15 +67,26 @@ def bf16_supported() -> bool:
     return not _has_accelerator() and cpu_has_native_bf16()
 
 
+def checkpointing_field(default: bool, why: str):
+    """The ``gradient_checkpointing`` field of a config class, with its default and the reason for it."""
+    return field(default=default, metadata={"help": "Recompute activations in backward instead of keeping them "
+                                            f"(less memory, a few % slower). Default {'on' if default else 'off'}, "
+                                            f"{why}."})
+
+
 @dataclass
 class PosttrainConfig(TrainingArguments):
     """Shared training arguments. Differences from ``TrainingArguments``: ``logging_steps=10`` and
     ``bf16=None`` meaning "as the launcher says" (``accelerate launch``'s ``mixed_precision``), else "on where the
     hardware runs it natively": a CUDA GPU with bf16, or a CPU-only machine whose CPU has bf16 instructions
     (measured on AVX512-BF16: 1.67x the fp32 tokens/s and 0.84x the memory for SFT, same loss curve;
-    ``benchmarks/NOTES.md``). Pass ``bf16=False`` for fp32."""
+    ``benchmarks/NOTES.md``). Pass ``bf16=False`` for fp32. ``gradient_checkpointing=True``, as in TRL 1.x's
+    configs (PPO, XPO, Nash-MD, BCO and PRM keep TRL 0.21's ``False``): measured side by side with TRL, it costs
+    posttrain 2-10% of its speed and saves 30-40% of its peak memory (``benchmarks/NOTES.md``, "Fifth batch");
+    ``gradient_checkpointing=False`` is faster where memory is not the limit."""
 
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps (or a fraction of the run if < 1)."})
+    gradient_checkpointing: bool = checkpointing_field(True, "as in TRL 1.x")
     bf16: bool | None = field(
         default=None,
         metadata={"help": "bf16 mixed precision. Default: the `accelerate launch` config's mixed_precision; without "

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..data import pad_sequences
 from ..losses.preference import udm_density_ratio
+from .base import checkpointing_field
 from .kto import KTOConfig, KTOTrainer
 
 logger = logging.getLogger("posttrain")
@@ -29,6 +30,8 @@ logger = logging.getLogger("posttrain")
 @dataclass
 class BCOConfig(KTOConfig):
     """Configuration of :class:`BCOTrainer`. Field names and defaults follow TRL's ``BCOConfig``."""
+
+    gradient_checkpointing: bool = checkpointing_field(False, "as in TRL 0.21, the last TRL with this trainer")
 
     loss_type: str = field(default="bco", metadata={"help": "Always 'bco' for BCOTrainer.", "choices": ["bco"]})
     prompt_sample_size: int = field(

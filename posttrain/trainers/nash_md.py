@@ -16,6 +16,7 @@ from ..losses.distill import nash_md_loss
 from ..models import unwrap
 from ..rollout import generate
 from ..rollout.mixture import adapter_disabled
+from .base import checkpointing_field
 from .online_dpo import OnlineDPOConfig, OnlineDPOTrainer, _as_list
 
 
@@ -23,6 +24,8 @@ from .online_dpo import OnlineDPOConfig, OnlineDPOTrainer, _as_list
 class NashMDConfig(OnlineDPOConfig):
     """Configuration of :class:`NashMDTrainer`: :class:`~posttrain.trainers.online_dpo.OnlineDPOConfig` plus
     ``mixture_coef`` (TRL's default ``[0.5]``)."""
+
+    gradient_checkpointing: bool = checkpointing_field(False, "as in TRL 0.21, the last TRL with this trainer")
 
     mixture_coef: list[float] = field(
         default_factory=lambda: [0.5],

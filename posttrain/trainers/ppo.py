@@ -27,7 +27,7 @@ from ..models import unwrap
 from ..models.loading import load_pretrained, load_tokenizer
 from ..models.policy_value import PolicyAndValue, token_values
 from ..models.sharding import frozen_copy
-from .base import check_choice
+from .base import check_choice, checkpointing_field
 from .online_base import OnlineConfig, OnlineTrainer, completion_layout
 from .preference_base import eval_mode
 
@@ -39,6 +39,8 @@ class PPOConfig(OnlineConfig):
     """Configuration of :class:`PPOTrainer`; field names and defaults follow TRL's ``PPOConfig``.
     ``generation_batch_size`` / ``steps_per_generation`` / ``num_iterations`` are derived from
     ``num_mini_batches`` and ``num_ppo_epochs`` (setting them is an error)."""
+
+    gradient_checkpointing: bool = checkpointing_field(False, "as in TRL 0.21, the last TRL with this trainer")
 
     learning_rate: float = field(default=3e-6, metadata={"help": "Initial AdamW learning rate (policy and value model)."})
     num_generations: int = field(default=1, metadata={"help": "Completions per prompt (PPO: 1)."})

@@ -31,7 +31,7 @@ import torch
 from ..data import IGNORE_INDEX, DatasetFormatError, detect_format, pad_sequences, require_kind, truncate, validate_example
 from ..data.formats import STEPWISE
 from ..losses.reward import step_accuracy, step_classification_loss
-from .base import PosttrainConfig
+from .base import PosttrainConfig, checkpointing_field
 from .reward import ClassifierTrainer
 
 logger = logging.getLogger("posttrain")
@@ -40,6 +40,8 @@ logger = logging.getLogger("posttrain")
 @dataclass
 class PRMConfig(PosttrainConfig):
     """Configuration of :class:`PRMTrainer`. Field names follow TRL's ``PRMConfig``."""
+
+    gradient_checkpointing: bool = checkpointing_field(False, "as in TRL 0.21, the last TRL with this trainer")
 
     learning_rate: float = field(default=1e-5, metadata={"help": "Initial AdamW learning rate."})
     max_length: int | None = field(default=1024, metadata={"help": "Keep the first max_length tokens of prompt + steps."})

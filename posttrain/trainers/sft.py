@@ -30,8 +30,8 @@ from .base import BaseTrainer, PosttrainConfig, check_choice
 class SFTConfig(PosttrainConfig):
     """Configuration of :class:`SFTTrainer`. Field names follow TRL's ``SFTConfig``.
 
-    Deliberate differences from TRL: ``bf16`` is off unless a GPU supports it, and
-    ``gradient_checkpointing`` stays off by default (turn it on for large models).
+    Deliberate differences from TRL: ``bf16`` is on where the hardware runs it natively (see
+    :class:`PosttrainConfig`); ``padding_free`` defaults to "where the model keeps packed sequences apart".
     """
 
     learning_rate: float = field(default=2e-5, metadata={"help": "Initial AdamW learning rate."})

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..losses.distill import xpo_loss
+from .base import checkpointing_field
 from .online_dpo import OnlineDPOConfig, OnlineDPOTrainer, _as_list
 
 
@@ -17,6 +18,8 @@ from .online_dpo import OnlineDPOConfig, OnlineDPOTrainer, _as_list
 class XPOConfig(OnlineDPOConfig):
     """Configuration of :class:`XPOTrainer`: :class:`~posttrain.trainers.online_dpo.OnlineDPOConfig` plus ``alpha``
     (TRL's default ``[1e-5]``)."""
+
+    gradient_checkpointing: bool = checkpointing_field(False, "as in TRL 0.21, the last TRL with this trainer")
 
     alpha: list[float] = field(
         default_factory=lambda: [1e-5],
