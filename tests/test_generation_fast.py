@@ -28,6 +28,19 @@ def test_plan_covers_the_kit_models(model):
     assert reason is None and plan.max_new_tokens == 4
 
 
+def test_gradient_checkpointing_keeps_the_loop(tokenizer):
+    """Gradient checkpointing (on by default in most trainers) hooks the input embedding so that its output requires
+    grad; generation runs under no_grad, so that hook must not send generation back to model.generate."""
+    from posttrain.kit import build_tiny_model
+
+    model = build_tiny_model("qwen2", size="tiny", seed=0)
+    model.gradient_checkpointing_enable()
+    opts = dict(max_new_tokens=4, do_sample=True, pad_token_id=0, eos_token_id=2)
+    assert fast_decode_plan(model, opts)[1] is None
+    model.get_input_embeddings().register_forward_hook(lambda *a: None)  # any other hook still falls back
+    assert "hooks" in fast_decode_plan(model, opts)[1]
+
+
 def test_greedy_tokens_equal_model_generate(model, tokenizer):
     fast, reference = both(model, tokenizer, max_new_tokens=20, return_logprobs=True)
     assert fast.completion_ids == reference.completion_ids

@@ -85,8 +85,14 @@ def _unsupported_model(model) -> str | None:
     config = getattr(model, "config", None)
     if name not in _ARCHS or getattr(config, "model_type", None) != _ARCHS[name]:
         return f"architecture {name}"
+    # transformers' enable_input_require_grads (gradient checkpointing turns it on) hooks the input embedding to make
+    # its output require grad: nothing to do under no_grad, so it does not keep the loop from running
+    handles = list(getattr(model, "_require_grads_hooks", None) or ())
+    if getattr(model, "_require_grads_hook", None) is not None:  # older transformers: one handle
+        handles.append(model._require_grads_hook)
+    harmless = {h.id for h in handles}
     if getattr(model, "_hf_hook", None) is not None or any(
-            m._forward_hooks or m._forward_pre_hooks or getattr(m, "_hf_hook", None) is not None
+            set(m._forward_hooks) - harmless or m._forward_pre_hooks or getattr(m, "_hf_hook", None) is not None
             for m in model.modules()):
         return "module hooks (offloading, adapters, instrumentation)"
     if config.hidden_act != "silu":
