@@ -150,6 +150,34 @@ def test_lmbda_zero_uses_dataset_and_seq_kd_uses_teacher(tiny_model_dir, tiny_te
     assert completion_labels(spy["labels"][-1]) == spy["calls"][-1][1].completion_ids
 
 
+def test_rows_are_packed_when_nothing_is_sampled(tiny_model_dir, tiny_teacher, tokenizer, tmp_path):
+    """lmbda=0 without seq_kd never samples: the batches are packed as SFT's (padding_free auto), with the same
+    divergence, gradient and token count as one padded row per example."""
+    texts = ["abcdefghijklmnopqrstuvwxyz abcdefghijklmnopqrstuvwxyz", "ab", "cd", "ef"]
+    train = Dataset.from_list([{"prompt": t, "completion": " xy z"} for t in texts])
+    runs = {}
+    for name, extra in (("packed", {}), ("padded", {"padding_free": False})):
+        args = train_args(GKDConfig, tmp_path / name, max_steps=1, per_device_train_batch_size=4, lmbda=0.0,
+                          bf16=False, learning_rate=0.0, shuffle_dataset=False, **extra)
+        trainer = GKDTrainer(tiny_model_dir, tiny_teacher, args=args, train_dataset=train, processing_class=tokenizer)
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+        runs[name] = (trainer, batch)
+    (packed, packed_batch), (padded, padded_batch) = runs["packed"], runs["padded"]
+    assert packed.data_collator.padding_free is True and "position_ids" in packed_batch
+    assert packed_batch["input_ids"].shape[0] < 4 == padded_batch["input_ids"].shape[0]
+    losses, grads = [], []
+    for trainer, batch in ((packed, packed_batch), (padded, padded_batch)):
+        trainer.model.zero_grad()
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="padding_free when it samples"):
+        train_args(GKDConfig, tmp_path, lmbda=0.5, padding_free=True)
+
+
 def test_rows_are_never_packed_so_every_prompt_is_generated_from(tiny_model_dir, tiny_teacher, tokenizer, tmp_path,
                                                                  monkeypatch):
     """SFTConfig's padding_free default (auto: on for qwen2) would bin-pack the short rows below into one row, and the

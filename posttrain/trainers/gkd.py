@@ -73,12 +73,16 @@ class GKDConfig(SFTConfig):
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
-        if self.packing or self.padding_free:
-            raise ValueError("GKDTrainer does not support packing or padding_free: each batch row must be one prompt "
-                             "and its completion, so that completions can be generated for the prompts.")
-        # SFTConfig's default (None) turns padding-free batches on for models that support them, which would pack
-        # several prompt-completion rows into one: GKD keeps one padded row per example
-        self.padding_free = False
+        samples = self.lmbda > 0 or self.seq_kd
+        if self.packing or (self.padding_free and samples):
+            raise ValueError("GKDTrainer does not support packing, nor padding_free when it samples (lmbda > 0 or "
+                             "seq_kd): each batch row must be one prompt and its completion, so that completions can be "
+                             "generated for the prompts.")
+        # SFTConfig's default (None) turns padding-free batches on for models that support them, which packs several
+        # prompt-completion rows into one: when GKD samples it keeps one padded row per example; when it never does
+        # (lmbda=0, no seq_kd: distillation on the dataset's completions) the batches are packed as SFT's are
+        if samples:
+            self.padding_free = False
         if self.completion_only_loss is False:
             raise ValueError("GKDTrainer distils on completion tokens only; completion_only_loss=False is not supported.")
         super().__post_init__()
@@ -248,7 +252,10 @@ class GKDTrainer(SFTTrainer):
     # -- loss -----------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
+        real_tokens = inputs.pop("num_real_tokens", None)  # padding-free batches: tokens before the row-end padding
         targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE_INDEX)], dim=1)
+        if "position_ids" in inputs:  # packed rows: the last token of one sequence does not predict the next's first
+            targets[:, :-1][inputs["position_ids"][:, 1:] == 0] = IGNORE_INDEX
         mask = targets != IGNORE_INDEX
         with select_head_positions(model, mask):
             student_logits = model(**inputs, use_cache=False).logits[0]
@@ -260,7 +267,8 @@ class GKDTrainer(SFTTrainer):
         count = student_logits.shape[0]
         loss = self.scale_loss(divergence, count, num_items_in_batch if self._dataset_targets_only else None)
         attn = inputs.get("attention_mask")
-        self.count_tokens(attn.sum() if attn is not None else inputs["input_ids"].numel())
+        self.count_tokens(real_tokens if real_tokens is not None else attn.sum() if attn is not None
+                          else inputs["input_ids"].numel())
         if return_outputs:
             return loss, {"logits": student_logits.detach()}
         return loss
