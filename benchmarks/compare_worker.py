@@ -361,15 +361,11 @@ def build_trainer(cfg: dict, L, lib: str, scenario: str, mode: str, torch, fixed
         # use_cpu=True is given; posttrain sets it by itself. The least a TRL user must add to run on CPU.
         kwargs["use_cpu"] = True
     if mode == "check":
-        kwargs.update(bf16=False, gradient_checkpointing=False)
+        kwargs.update(bf16=False, gradient_checkpointing=False, learning_rate=0.0)
     if mode == "best":
         native_bf16 = torch.cuda.is_available() or (torch.cpu._is_avx512_bf16_supported()
                                                      or torch.cpu._is_amx_tile_supported())
-        kwargs.update(bf16=native_bf16, gradient_checkpointing=False)
-    if mode == "check":
-        kwargs.update(learning_rate=0.0)
-    if mode == "best":
-        kwargs.update(BEST[scenario])
+        kwargs.update(bf16=native_bf16, gradient_checkpointing=False, **BEST[scenario])
     if fixed is not None and "shuffle_dataset" in {f.name for f in dataclasses.fields(config_cls)}:
         kwargs["shuffle_dataset"] = False
     kwargs.update(overrides)

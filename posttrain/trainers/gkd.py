@@ -251,12 +251,7 @@ class GKDTrainer(SFTTrainer):
 
     # -- loss -----------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.pop("labels")
-        real_tokens = inputs.pop("num_real_tokens", None)  # padding-free batches: tokens before the row-end padding
-        targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE_INDEX)], dim=1)
-        if "position_ids" in inputs:  # packed rows: the last token of one sequence does not predict the next's first
-            targets[:, :-1][inputs["position_ids"][:, 1:] == 0] = IGNORE_INDEX
-        mask = targets != IGNORE_INDEX
+        _, mask, real_tokens = self.pop_targets(inputs)  # packed rows: the collator ignores each sequence's first label
         with select_head_positions(model, mask):
             student_logits = model(**inputs, use_cache=False).logits[0]
         # the teacher in the training precision, like the student (accelerate wraps only the student's forward)
@@ -266,9 +261,7 @@ class GKDTrainer(SFTTrainer):
                                           temperature=1.0, reduction="sum")
         count = student_logits.shape[0]
         loss = self.scale_loss(divergence, count, num_items_in_batch if self._dataset_targets_only else None)
-        attn = inputs.get("attention_mask")
-        self.count_tokens(real_tokens if real_tokens is not None else attn.sum() if attn is not None
-                          else inputs["input_ids"].numel())
+        self.count_input_tokens(inputs, real_tokens)
         if return_outputs:
             return loss, {"logits": student_logits.detach()}
         return loss

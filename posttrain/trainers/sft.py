@@ -174,11 +174,23 @@ class SFTTrainer(BaseTrainer):
         return dataset
 
     # -- loss -----------------------------------------------------------------------------------
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    @staticmethod
+    def pop_targets(inputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Take the labels (and padding-free batches' ``num_real_tokens``) out of ``inputs``: the next-token targets
+        at each position (IGNORE_INDEX where none), their mask, and the real-token count (None when padded)."""
         labels = inputs.pop("labels")
         real_tokens = inputs.pop("num_real_tokens", None)  # padding-free batches: tokens before the row-end padding
         targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE_INDEX)], dim=1)
-        mask = targets != IGNORE_INDEX
+        return targets, targets != IGNORE_INDEX, real_tokens
+
+    def count_input_tokens(self, inputs, real_tokens) -> None:
+        """Add the batch's input tokens (without padding) to ``num_tokens``."""
+        attn = inputs.get("attention_mask")
+        self.count_tokens(attn.sum() if attn is not None else real_tokens if real_tokens is not None
+                          else inputs["input_ids"].numel())
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        targets, mask, real_tokens = self.pop_targets(inputs)
         if self.args.loss_type == "nll":
             outputs = model(**inputs, use_cache=False)
             logits = outputs.logits[mask]
@@ -194,9 +206,7 @@ class SFTTrainer(BaseTrainer):
         # them with the same global batch), not means of per-micro-batch or per-process means
         self.record_pooled("mean_token_accuracy", logits.detach().argmax(dim=-1) == tgt)
         self.record_pooled("entropy", entropy_from_logits(logits.detach()))
-        attn = inputs.get("attention_mask")
-        self.count_tokens(attn.sum() if attn is not None else real_tokens if real_tokens is not None
-                          else inputs["input_ids"].numel())
+        self.count_input_tokens(inputs, real_tokens)
         if return_outputs:
             return loss, {"logits": logits.detach()}
         return loss
