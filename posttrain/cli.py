@@ -160,7 +160,33 @@ def main(argv: list[str] | None = None) -> int:
     if command != "kit" and any(a == "--accelerate_config" or a.startswith("--accelerate_config=") for a in rest):
         return relaunch(command, rest)
     module = importlib.import_module(COMMANDS[command][0])
-    return int(module.main(rest) or 0)
+    return leave_deepspeed_worker(int(module.main(rest) or 0))
+
+
+def leave_deepspeed_worker(code: int) -> int:
+    """End a DeepSpeed worker process of a finished command without interpreter teardown; return ``code`` elsewhere.
+
+    A DeepSpeed worker on CPU can abort after its command has finished and written everything ("terminate called
+    without an active exception", SIGABRT), and the launcher then reports the run as failed: DeepSpeed keeps gloo
+    process groups referenced (destroying the default group leaves their threads running) and they are freed only
+    during interpreter teardown (docs/distributed.md, "Process exit"). This runs what a normal exit runs (``atexit``
+    hooks, among them posttrain's process-group teardown and logging's flush), collects garbage, flushes the standard
+    streams and ends the process with ``os._exit(code)``, which skips the teardown that aborts."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "deepspeed" not in sys.modules:
+        return code
+    import atexit
+    import gc
+
+    atexit._run_exitfuncs()
+    gc.collect()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

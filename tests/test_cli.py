@@ -106,3 +106,32 @@ def test_sft_example_script_runs_on_local_files(tiny_model_dir, data_file, tmp_p
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "model.safetensors").exists() and (out / "train_log.jsonl").exists()
+
+
+@pytest.mark.parametrize("world_size, deepspeed, want_rc, want_tail", [
+    ("2", True, 3, False),   # a DeepSpeed worker: exit hooks run, then os._exit(code) skips the rest of the script
+    ("1", True, 0, True),    # one process: a normal return
+    ("2", False, 0, True),   # torchrun without DeepSpeed: a normal return (the process-group hook suffices)
+])
+def test_deepspeed_workers_leave_without_interpreter_teardown(tmp_path, world_size, deepspeed, want_rc, want_tail):
+    """A finished DeepSpeed worker ends through `os._exit` after running the `atexit` hooks and flushing its output
+    (docs/distributed.md, "Process exit"); other processes return the command's code as usual."""
+    import os
+    import subprocess
+    import sys
+
+    marker = tmp_path / "hook-ran"
+    script = (
+        "import atexit, sys, types\n"
+        + ("sys.modules['deepspeed'] = types.ModuleType('deepspeed')\n" if deepspeed else "")
+        + f"atexit.register(lambda: open({str(marker)!r}, 'w').write('ok'))\n"
+        "from posttrain.cli import leave_deepspeed_worker\n"
+        "print('before', end='')\n"  # unflushed: must still come out
+        "rc = leave_deepspeed_worker(3)\n"
+        "print('tail', rc)\n"
+        "sys.exit(0)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, WORLD_SIZE=world_size))
+    assert proc.returncode == want_rc, proc.stderr
+    assert proc.stdout.startswith("before") and ("tail 3" in proc.stdout) == want_tail, proc.stdout
+    assert marker.read_text() == "ok"  # the exit hooks ran either way
