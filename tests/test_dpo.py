@@ -378,7 +378,7 @@ def test_loss_type_list_with_weights(tiny_model_dir, tmp_path):
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
     trainer.model.eval()
     with torch.no_grad():
-        loss = trainer._compute_loss(trainer.model, batch)
+        loss = trainer.compute_loss(trainer.model, batch)
         rows = trainer.model_rows(batch)
         pol = completion_logps(trainer.model, rows).sum
         ref = completion_logps(trainer.ref_model, rows).sum
@@ -427,7 +427,7 @@ def test_padding_free_gives_same_loss_and_gradient(tiny_model_dir, tmp_path, fla
     for collator in (DataCollatorForPreference(t.tokenizer_.pad_token_id),
                      DataCollatorForPreference(t.tokenizer_.pad_token_id, padding_free=True, flatten=flatten)):
         t.model.zero_grad()
-        loss = t._compute_loss(t.model, collator(examples))
+        loss = t.compute_loss(t.model, collator(examples))
         loss.backward()
         out.append((loss.detach(), torch.cat([p.grad.flatten() for p in t.model.parameters() if p.grad is not None])))
     torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-5, atol=1e-5)
@@ -471,7 +471,7 @@ def test_dpo_logs_entropy_and_chosen_token_accuracy(tiny_model_dir, tmp_path):
     padded = DataCollatorForPreference(t.tokenizer_.pad_token_id)(examples)
     t.model.eval()
     with torch.no_grad():
-        t._compute_loss(t.model, t.data_collator(examples))  # padding-free rows (the default here)
+        t.compute_loss(t.model, t.data_collator(examples))  # padding-free rows (the default here)
         logits = t.model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits[:, :-1].float()
     mask = padded["completion_mask"][:, 1:].bool()
     probs = torch.softmax(logits, -1)

@@ -93,7 +93,7 @@ def test_cpo_loss_is_preference_term_plus_weighted_nll(tiny_model_dir, tmp_path)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
     trainer.model.eval()
     with torch.no_grad():
-        loss = trainer._compute_loss(trainer.model, batch)
+        loss = trainer.compute_loss(trainer.model, batch)
         lp = completion_logps(trainer.model, trainer.model_rows(batch))
     pref = cpo_loss(lp.mean[:8], lp.mean[8:], beta=2.0, loss_type="simpo", simpo_gamma=0.3).losses.mean()
     nll = -lp.sum[:8].sum() / lp.count[:8].sum()
@@ -115,7 +115,7 @@ def test_cpo_log_prob_normalisation_and_nll_weight_follow_trl(tiny_model_dir, tm
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
     trainer.model.eval()
     with torch.no_grad():
-        loss = trainer._compute_loss(trainer.model, batch)
+        loss = trainer.compute_loss(trainer.model, batch)
         lp = completion_logps(trainer.model, trainer.model_rows(batch))
     scores = lp.mean if average else lp.sum
     pref = cpo_loss(scores[:8], scores[8:], beta=0.1, loss_type=loss_type, alpha=options.get("alpha", 0.0)).losses.mean()
@@ -175,7 +175,7 @@ def test_orpo_loss_is_nll_plus_odds_ratio_term(tiny_model_dir, tmp_path):
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
     trainer.model.eval()
     with torch.no_grad():
-        loss = trainer._compute_loss(trainer.model, batch)
+        loss = trainer.compute_loss(trainer.model, batch)
         lp = completion_logps(trainer.model, trainer.model_rows(batch))
     expected = -lp.sum[:8].sum() / lp.count[:8].sum() + orpo_loss(lp.mean[:8], lp.mean[8:], beta=0.25).losses.mean()
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
@@ -274,7 +274,7 @@ def test_kto_loss_matches_loss_function(tiny_model_dir, tmp_path):
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(0, 16, 2)])
     trainer.model.eval()
     with torch.no_grad():
-        loss = trainer._compute_loss(trainer.model, batch)
+        loss = trainer.compute_loss(trainer.model, batch)
         rows = trainer.model_rows(batch)
         pol, ref = completion_logps(trainer.model, rows).sum, completion_logps(trainer.ref_model, rows).sum
         kl = kto_kl_estimate(completion_logps(trainer.model, kl_rows(batch)).sum,
@@ -297,7 +297,7 @@ def test_kto_padding_free_rows_give_the_padded_loss(tiny_model_dir, tmp_path, fl
     for collator in (dataclasses.replace(trainer.data_collator, padding_free=False),
                      dataclasses.replace(trainer.data_collator, padding_free=True, flatten=flatten)):
         with torch.no_grad():
-            losses.append(trainer._compute_loss(trainer.model, collator(examples)))
+            losses.append(trainer.compute_loss(trainer.model, collator(examples)))
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
 
 

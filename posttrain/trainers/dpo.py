@@ -112,12 +112,8 @@ class DPOTrainer(PreferenceTrainer):
         policy = self._policy_logps(model, rows)
         n = policy.sum.shape[0] // 2
         ref_c = ref_r = None
-        if not args.reference_free:
-            if "ref_chosen_logps" in batch:
-                ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-            else:
-                ref = self.reference_logps(rows).sum
-                ref_c, ref_r = ref[:n], ref[n:]
+        if not args.reference_free:  # precomputed, or computed before the policy's forward (compute_loss)
+            ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
         average = "ipo" in args.loss_type  # IPO's convention: length-averaged log-probs
         if average:
             chosen, rejected = policy.mean[:n], policy.mean[n:]

@@ -116,23 +116,16 @@ class KTOTrainer(PreferenceTrainer):
     # -- loss ---------------------------------------------------------------------------------------
     def _compute_loss(self, model, batch) -> torch.Tensor:
         args: KTOConfig = self.args
-        rows = self.model_rows(batch)
         labels = batch["label"].bool()
-        policy = completion_logps(model, rows, with_token_stats=True)
-        self.record_pooled("entropy", policy.token_entropy)  # over the completion tokens of the batch (as TRL KTO)
         need_kl = self._needs_kl_rows(args)
         kl_policy = None
-        if need_kl:
+        if need_kl:  # gradient-free, so before the forward whose activations are kept for backward
             with torch.no_grad():
                 kl_policy = completion_logps(model, kl_rows(batch)).sum
-        if "reference_logps" in batch:
-            ref = batch["reference_logps"]
-            kl_ref = batch.get("reference_KL_logps")
-        elif need_kl:
-            both = self.reference_logps(concat_rows(rows, kl_rows(batch))).sum
-            ref, kl_ref = both[: labels.shape[0]], both[labels.shape[0]:]
-        else:
-            ref, kl_ref = self.reference_logps(rows).sum, None
+        policy = completion_logps(model, self.model_rows(batch), with_token_stats=True)
+        self.record_pooled("entropy", policy.token_entropy)  # over the completion tokens of the batch (as TRL KTO)
+        # precomputed, or computed before the policy's forward (PreferenceTrainer.compute_loss)
+        ref, kl_ref = batch["reference_logps"], batch.get("reference_KL_logps")
 
         if args.loss_type == "bco":
             rewards = (args.beta * (policy.sum - ref)).detach()

@@ -877,6 +877,11 @@ class PreferenceTrainer(BaseTrainer):
 
     # -- loss -------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self._ref_columns and not getattr(self.args, "reference_free", False) and \
+                not all(c in inputs for c in self._ref_columns):
+            # the reference's gradient-free forward first: its activations are gone before the policy's forward
+            # keeps its own for backward, so the two peaks do not stack
+            inputs = {**inputs, **self._reference_columns(inputs)}
         loss = self._compute_loss(model, inputs)
         if self.model.training:
             loss = loss / self.current_gradient_accumulation_steps
