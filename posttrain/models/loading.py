@@ -188,6 +188,23 @@ def keep_4bit_layout_trainable(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def store_linears_in(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Store the weights and biases of ``model``'s plain ``nn.Linear`` layers in ``dtype``; returns how many.
+
+    For a frozen model that only ever runs inside an autocast region of ``dtype``: autocast casts a linear layer's
+    float32 weight and bias to ``dtype`` at every forward, so storing them in ``dtype`` gives the same outputs while
+    holding half the memory and skipping the casts. Layers sharing a parameter with another module (an output head
+    tied to the input embedding, which runs outside autocast) keep theirs; quantized and adapter layers (subclasses
+    and wrappers of ``nn.Linear``) are left alone."""
+    others = {id(p) for m in model.modules() if type(m) is not torch.nn.Linear for p in m.parameters(recurse=False)}
+    count = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Linear and module.weight.dtype == torch.float32 and id(module.weight) not in others:
+            module.to(dtype)
+            count += 1
+    return count
+
+
 def set_chat_template(processing_class, path: str) -> None:
     """Use the chat template of a tokenizer folder / hub id, or of a ``.jinja`` file."""
     tok = getattr(processing_class, "tokenizer", processing_class)

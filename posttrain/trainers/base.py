@@ -27,6 +27,7 @@ from transformers.trainer_utils import enable_full_determinism, set_seed
 from ..models import (disable_dropout, ensure_pad_token, load_pretrained, load_tokenizer, packed_sequences_supported,
                       prepare_peft_model, set_chat_template, varlen_attention)
 from ..models.sharding import check_launch, destroy_process_group_at_exit, prepare_frozen
+from ..models.loading import store_linears_in
 
 
 def _has_accelerator() -> bool:
@@ -207,16 +208,26 @@ class BaseTrainer(Trainer):
         return supported
 
     # -- models that are only evaluated --------------------------------------------------------
-    def prepare_frozen_model(self, model: torch.nn.Module, *, no_dropout: bool = False) -> torch.nn.Module:
+    def prepare_frozen_model(self, model: torch.nn.Module, *, no_dropout: bool = False,
+                             autocast_only: bool = False) -> torch.nn.Module:
         """Make ``model`` (a reference policy, a teacher) evaluation-only: no gradients, eval mode, dropout off
         when ``no_dropout``; then placed by :func:`posttrain.models.sharding.prepare_frozen` (DeepSpeed: an
         inference engine of its own; FSDP: prepared by accelerate; else this process's device). Returns the model
-        to keep."""
+        to keep. ``autocast_only``: the caller runs it only inside :meth:`autocast_region` and never reads or writes
+        its weights, so under bf16/fp16 its linear layers are stored in that precision
+        (:func:`posttrain.models.loading.store_linears_in`: the same outputs, half their memory, no casts)."""
+        from accelerate.utils import DistributedType
+
         model.requires_grad_(False)
         model.eval()
         if no_dropout:
             disable_dropout(model)
-        return prepare_frozen(model, self.accelerator)  # ZeRO-3: an inference engine of its own, partitioned
+        model = prepare_frozen(model, self.accelerator)  # ZeRO-3: an inference engine of its own, partitioned
+        dtype = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None
+        if autocast_only and dtype is not None and self.accelerator.distributed_type not in (
+                DistributedType.DEEPSPEED, DistributedType.FSDP):
+            store_linears_in(model, dtype)
+        return model
 
     # -- data ---------------------------------------------------------------------------------
     def _set_signature_columns_if_needed(self):

@@ -701,7 +701,9 @@ class PreferenceTrainer(BaseTrainer):
             if _is_peft_model(self.model) or args.precompute_ref_log_probs:
                 return None  # adapter disabled, or the initial policy computes the columns before training
             ref_model = frozen_copy(unwrap(self.model))  # ZeRO-3: partitioned, never whole
-        return self.prepare_frozen_model(ref_model, no_dropout=args.disable_dropout)
+        # the reference runs only in reference_logps (under autocast_region); TR-DPO mixes the policy into it
+        return self.prepare_frozen_model(ref_model, no_dropout=args.disable_dropout,
+                                         autocast_only=not getattr(args, "sync_ref_model", False))
 
     @torch.no_grad()
     def reference_logps(self, rows: Mapping[str, torch.Tensor]) -> SequenceLogps:
