@@ -205,6 +205,55 @@ def test_reference_model_runs_in_the_training_precision(tiny_model_dir, tmp_path
     assert log["rewards/chosen"] == log["rewards/rejected"] == log["rewards/margins"] == 0.0
 
 
+def test_bf16_reference_stores_its_linear_layers_in_bf16(tiny_model_dir, tmp_path):
+    """Under bf16 the frozen reference keeps its linear layers in bf16 (autocast casts them to bf16 at every forward
+    anyway): the policy, the embedding and the norms stay float32, and the reference's log-probs are exactly those
+    of a float32 reference under the same autocast. With TR-DPO syncing (the policy mixed into it) it stays float32."""
+    from posttrain.trainers.base import bf16_supported
+    from posttrain.trainers.preference_base import completion_logps
+
+    if not bf16_supported():
+        pytest.skip("no bf16 on this CPU")
+    trainer = dpo(tiny_model_dir, tmp_path, bf16=True, max_steps=1)
+    ref = trainer.ref_model
+    head = ref.get_output_embeddings()
+    linears = [m for m in ref.modules() if type(m) is torch.nn.Linear and m is not head]
+    assert linears and {m.weight.dtype for m in linears} == {torch.bfloat16}
+    tied = head.weight is ref.get_input_embeddings().weight  # the tiny model ties them: the head stays float32
+    assert head.weight.dtype == (torch.float32 if tied else torch.bfloat16)
+    assert {p.dtype for n, p in ref.named_parameters() if "norm" in n or "embed" in n} == {torch.float32}
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    rows = trainer.model_rows(batch)
+    with torch.no_grad(), trainer.autocast_region():
+        want = completion_logps(trainer.model.eval(), rows).sum  # the float32 policy = the reference's weights
+    assert torch.equal(trainer.reference_logps(rows).sum, want)
+    synced = dpo(tiny_model_dir, tmp_path / "sync", bf16=True, max_steps=1, sync_ref_model=True)
+    assert {p.dtype for p in synced.ref_model.parameters()} == {torch.float32}
+
+
+def test_store_linears_in_keeps_tied_heads_and_outputs():
+    """`store_linears_in` casts plain linear layers only: a head tied to the embedding keeps float32, and under
+    autocast the outputs are bitwise those of the float32 layers."""
+    from posttrain.models.loading import store_linears_in
+
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(50, 16)
+    tied = torch.nn.Linear(16, 50, bias=False)
+    tied.weight = emb.weight
+    model = torch.nn.ModuleDict({"emb": emb, "proj": torch.nn.Linear(16, 16), "head": tied})
+
+    def run(m):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return m["head"](m["proj"](m["emb"](torch.arange(10))))
+
+    want = run(model)
+    assert store_linears_in(model, torch.bfloat16) == 1
+    assert model["proj"].weight.dtype == model["proj"].bias.dtype == torch.bfloat16
+    assert model["head"].weight.dtype == model["emb"].weight.dtype == torch.float32
+    assert torch.equal(run(model), want)
+
+
 def test_reference_default_is_frozen_copy(tiny_model_dir, tmp_path):
     from posttrain.models import load_pretrained
 

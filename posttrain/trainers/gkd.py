@@ -175,7 +175,9 @@ class GKDTrainer(SFTTrainer):
         self._check_vocabulary(teacher_model, teacher_tokenizer)
         if args.disable_dropout:
             disable_dropout(self.model)
-        self.teacher_model = self.prepare_frozen_model(teacher_model, no_dropout=args.disable_dropout)
+        # without seq_kd the teacher only scores (under autocast_region); with it, it also samples
+        self.teacher_model = self.prepare_frozen_model(teacher_model, no_dropout=args.disable_dropout,
+                                                       autocast_only=not args.seq_kd)
         self._policy_rng = random.Random(args.seed)
         # no batch is ever generated: the Trainer's count of the global batch's loss tokens is exact
         self._dataset_targets_only = args.lmbda == 0.0 and not args.seq_kd
