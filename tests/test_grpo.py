@@ -260,3 +260,22 @@ def test_grpo_script_on_local_files(tiny_model_dir, tmp_path):
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert "rewards/short/mean" in rows[0] and "rewards/accuracy_reward/mean" in rows[0]
     assert (out / "config.json").exists()
+
+
+def test_bf16_reference_stores_linear_layers_in_bf16(tiny_model_dir, tokenizer, prompts, tmp_path):
+    """Under bf16 a reference that only scores keeps its linear layers in bf16 (autocast casts them anyway): its
+    log-probs equal those of the float32 weights under the same autocast, bit for bit."""
+    if not bf16_supported():
+        pytest.skip("no bf16 on this CPU")
+    trainer = GRPOTrainer(tiny_model_dir, token_count_reward, args=grpo_args(tmp_path, beta=0.1, bf16=True),
+                          train_dataset=prompts, processing_class=tokenizer)
+    ref, head = trainer.ref_model, trainer.ref_model.get_output_embeddings()
+    assert {m.weight.dtype for m in ref.modules() if type(m) is torch.nn.Linear and m is not head} == {torch.bfloat16}
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    ids = trainer.train_dataset["prompt_input_ids"][:4]
+    gens = generate(trainer.model, tokenizer, prompt_ids=ids, max_new_tokens=8, do_sample=True, seed=0)
+    batch = build_rows(gens.prompt_ids, gens.completion_ids, pad_token_id=tokenizer.pad_token_id)
+    trainer.model.eval()
+    with torch.no_grad(), trainer.autocast_region():
+        want = trainer.token_logps(trainer.model, batch)[0]
+    assert torch.equal(trainer.reference_logps(batch), want)

@@ -155,6 +155,8 @@ def test_reference_logps_in_the_training_precision(tiny_model_dir, tokenizer, tm
     rows = [trainer.train_dataset[i] for i in range(2) for _ in range(4)]
     batch = trainer.generate_and_score(rows, 1)[0]
     torch.testing.assert_close(batch["ref_logps"], batch["old_logps"], atol=0, rtol=0)
-    with torch.no_grad():
-        fp32 = trainer.token_logps(trainer.ref_model, batch)[0]
+    from transformers import AutoModelForCausalLM
+
+    with torch.no_grad():  # the same weights in a plain float32 forward (the reference's linears are stored in bf16)
+        fp32 = trainer.token_logps(AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), batch)[0]
     assert not torch.equal(fp32, batch["ref_logps"])

@@ -119,3 +119,15 @@ def test_example_script_with_a_local_lm_judge(tiny_model_dir, tmp_path, monkeypa
     for name in ("dpo_online.py", "xpo.py", "nash_md.py"):
         source = open(os.path.join(ROOT, "examples", "scripts", name), encoding="utf-8").read()
         assert f"accelerate launch examples/scripts/{name}" in source and "DEFAULT_DATASET" in source
+
+
+def test_reference_that_samples_keeps_float32_weights(tiny_model_dir, tokenizer, prompts, tmp_path):
+    """XPO samples from its reference (outside the training autocast region), so under bf16 its weights stay as
+    loaded; references that only score store their linear layers in bf16 (tests/test_grpo.py)."""
+    from posttrain.trainers.base import bf16_supported
+
+    if not bf16_supported():
+        pytest.skip("no bf16 on this CPU")
+    trainer = XPOTrainer(tiny_model_dir, reward_funcs=token_count_reward, args=odpo_args(tmp_path, XPOConfig, bf16=True),
+                         train_dataset=prompts, processing_class=tokenizer)
+    assert {p.dtype for p in trainer.ref_model.parameters()} == {torch.float32}

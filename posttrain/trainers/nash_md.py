@@ -55,6 +55,8 @@ class NashMDTrainer(OnlineDPOTrainer):
     completions), ``mixture_coef``, ``beta``.
     """
 
+    _reference_samples = True  # the mixture samples from policy and reference logits
+
     config_class = NashMDConfig
     _run_suffix = "NashMD"
     wants_probabilities = True

@@ -378,10 +378,19 @@ class OnlineTrainer(BaseTrainer):
         """Whether reference log-probs are computed (a KL term): ``beta != 0``."""
         return self.args.beta != 0.0
 
+    # whether the reference model also samples completions (XPO, Nash-MD); else it only scores, in reference_logps
+    _reference_samples = False
+
     def _setup_reference(self):
         if not self.uses_reference() or _is_peft_model(self.model):
             return None  # no KL term, or the policy with its adapter disabled is the reference
-        return self.prepare_frozen_model(frozen_copy(unwrap(self.model)), no_dropout=self.args.disable_dropout)
+        return self.frozen_reference(frozen_copy(unwrap(self.model)))
+
+    def frozen_reference(self, model):
+        """``model`` prepared as the frozen reference; when it only scores (under :meth:`autocast_region`), with its
+        linear layers stored in the training precision (:meth:`BaseTrainer.prepare_frozen_model`)."""
+        return self.prepare_frozen_model(model, no_dropout=self.args.disable_dropout,
+                                         autocast_only=not self._reference_samples)
 
     @torch.no_grad()
     def reference_logps(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

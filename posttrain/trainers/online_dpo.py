@@ -168,7 +168,7 @@ class OnlineDPOTrainer(OnlineTrainer):
             return super()._setup_reference()
         if isinstance(ref, str):
             ref = load_pretrained(ref, None, **(self.args.model_init_kwargs or {}))
-        return self.prepare_frozen_model(ref, no_dropout=self.args.disable_dropout)
+        return self.frozen_reference(ref)
 
     def per_epoch(self, values: list[float]) -> float:
         """The value of a per-epoch list for the current epoch (the last one once the list is used up)."""

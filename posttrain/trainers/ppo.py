@@ -152,10 +152,10 @@ class PPOTrainer(OnlineTrainer):
             ref = self._given_ref
             if isinstance(ref, str):
                 ref = load_pretrained(ref, None, **(self.args.model_init_kwargs or {}))
-            return self.prepare_frozen_model(ref, no_dropout=self.args.disable_dropout)
+            return self.frozen_reference(ref)
         if self.args.beta == 0.0:
             return None
-        return self.prepare_frozen_model(frozen_copy(unwrap(self.model).policy), no_dropout=self.args.disable_dropout)
+        return self.frozen_reference(frozen_copy(unwrap(self.model).policy))
 
     # -- rollout: per-token rewards, values, GAE ---------------------------------------------------------------
     def _needs_old_logps_for_rewards(self) -> bool:

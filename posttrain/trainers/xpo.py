@@ -41,6 +41,8 @@ class XPOTrainer(OnlineDPOTrainer):
     ``val/ref_contain_eos_token``, ``alpha``, ``beta``.
     """
 
+    _reference_samples = True  # one completion of each pair comes from the reference
+
     config_class = XPOConfig
     _run_suffix = "XPO"
 
