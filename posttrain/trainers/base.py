@@ -125,9 +125,14 @@ def check_choice(name: str, value: Any, choices) -> None:
         raise ValueError(f"Unknown {name} {value!r}; valid values: {', '.join(map(str, choices))}.")
 
 
+def _mixed_precision_dtype(args) -> torch.dtype | None:
+    """The autocast dtype of ``args``' mixed precision (bf16/fp16), or None in full precision."""
+    return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+
+
 def _training_autocast(args):
     """An autocast region in ``args``' mixed precision (bf16/fp16), or a no-op."""
-    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+    dtype = _mixed_precision_dtype(args)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(args.device.type, dtype=dtype)
@@ -223,7 +228,7 @@ class BaseTrainer(Trainer):
         if no_dropout:
             disable_dropout(model)
         model = prepare_frozen(model, self.accelerator)  # ZeRO-3: an inference engine of its own, partitioned
-        dtype = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None
+        dtype = _mixed_precision_dtype(self.args)
         if autocast_only and dtype is not None and self.accelerator.distributed_type not in (
                 DistributedType.DEEPSPEED, DistributedType.FSDP):
             store_linears_in(model, dtype)
