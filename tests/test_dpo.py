@@ -208,7 +208,8 @@ def test_reference_model_runs_in_the_training_precision(tiny_model_dir, tmp_path
 def test_bf16_reference_stores_its_linear_layers_in_bf16(tiny_model_dir, tmp_path):
     """Under bf16 the frozen reference keeps its linear layers in bf16 (autocast casts them to bf16 at every forward
     anyway): the policy, the embedding and the norms stay float32, and the reference's log-probs are exactly those
-    of a float32 reference under the same autocast. With TR-DPO syncing (the policy mixed into it) it stays float32."""
+    of a float32 reference under the same autocast. With TR-DPO syncing (the policy mixed into it) it stays float32;
+    so does a reference the user passed as an object (they may still call it outside the region)."""
     from posttrain.trainers.base import bf16_supported
     from posttrain.trainers.preference_base import completion_logps
 
@@ -230,6 +231,12 @@ def test_bf16_reference_stores_its_linear_layers_in_bf16(tiny_model_dir, tmp_pat
     assert torch.equal(trainer.reference_logps(rows).sum, want)
     synced = dpo(tiny_model_dir, tmp_path / "sync", bf16=True, max_steps=1, sync_ref_model=True)
     assert {p.dtype for p in synced.ref_model.parameters()} == {torch.float32}
+    from transformers import AutoModelForCausalLM
+
+    given = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with_given = dpo(tiny_model_dir, tmp_path / "given", ref_model=given, bf16=True, max_steps=1)
+    assert with_given.ref_model is given and {p.dtype for p in given.parameters()} == {torch.float32}
+    assert torch.equal(with_given.reference_logps(rows).sum, want)
 
 
 def test_store_linears_in_keeps_tied_heads_and_outputs():

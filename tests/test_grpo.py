@@ -262,6 +262,50 @@ def test_grpo_script_on_local_files(tiny_model_dir, tmp_path):
     assert (out / "config.json").exists()
 
 
+def test_bf16_reward_models_score_in_the_training_precision(tiny_model_dir, tokenizer, prompts, tmp_path):
+    """Under bf16, reward models score inside the training autocast region (as TRL 1.x's GRPO does). One given by
+    path stores its linear layers in bf16; one given as an object keeps its float32 weights (its owner may still
+    call it outside the region). Both score exactly as the float32 weights under the same autocast, which is not
+    what they score in float32."""
+    from transformers import AutoModelForSequenceClassification
+
+    from posttrain.kit import build_tiny_model
+    from posttrain.rollout import score_with_model
+
+    if not bf16_supported():
+        pytest.skip("no bf16 on this CPU")
+    rm_dir = str(build_tiny_model("qwen2", head="seq-cls", size="tiny", output_dir=tmp_path / "rm"))
+    given = AutoModelForSequenceClassification.from_pretrained(rm_dir)
+    trainer = GRPOTrainer(tiny_model_dir, [rm_dir, given, token_count_reward], args=grpo_args(tmp_path, bf16=True),
+                          train_dataset=prompts, processing_class=tokenizer,
+                          reward_processing_classes=[None, tokenizer, None])
+    loaded = trainer.scorer.reward_funcs[0]
+    assert {m.weight.dtype for m in loaded.modules() if type(m) is torch.nn.Linear} == {torch.bfloat16}
+    assert {p.dtype for p in loaded.get_input_embeddings().parameters()} == {torch.float32}
+    assert trainer.scorer.reward_funcs[1] is given and {p.dtype for p in given.parameters()} == {torch.float32}
+    texts = [prompts[i]["prompt"] for i in range(6)]
+    completions = ["e r s", "a b c", "x", "d c b a", "", "q q q q q"]
+    fp32 = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
+    with trainer.autocast_region():
+        want = score_with_model(fp32, tokenizer, texts, completions)
+    in_fp32 = score_with_model(fp32, tokenizer, texts, completions)
+    scores = trainer.scorer(texts, completions, completion_ids=[tokenizer(c)["input_ids"] for c in completions])
+    assert torch.equal(scores.per_function[:, 0], want) and torch.equal(scores.per_function[:, 1], want)
+    assert not torch.equal(in_fp32, want)
+    assert torch.allclose(in_fp32, want, atol=0.05)  # bf16 rounding, nothing more
+
+
+def test_frozen_model_that_is_the_trained_model_is_refused(tiny_model_dir, tokenizer, prompts, tmp_path):
+    """A reward model that shares its parameters with the policy would be frozen with them (training nothing):
+    refused at construction with the fix in the message."""
+    from posttrain.models.loading import load_pretrained
+
+    policy = load_pretrained(tiny_model_dir, None)
+    with pytest.raises(ValueError, match="separate copy"):
+        GRPOTrainer(policy, [policy, token_count_reward], args=grpo_args(tmp_path), train_dataset=prompts,
+                    processing_class=tokenizer, reward_processing_classes=[tokenizer, None])
+
+
 def test_bf16_reference_stores_linear_layers_in_bf16(tiny_model_dir, tokenizer, prompts, tmp_path):
     """Under bf16 a reference that only scores keeps its linear layers in bf16 (autocast casts them anyway): its
     log-probs equal those of the float32 weights under the same autocast, bit for bit."""

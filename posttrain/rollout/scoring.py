@@ -25,6 +25,7 @@ import math
 import numbers
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +104,8 @@ def score_with_model(model, tokenizer, prompts: Sequence, completions: Sequence,
             chunk = seqs[start : start + batch_size]
             input_ids = pad_sequences(chunk, pad).to(device)
             attention_mask = pad_sequences([[1] * len(s) for s in chunk], 0).to(device)
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+            with torch.no_grad():
+                logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
             out.append(logits[:, 0].float().cpu())
     finally:
         base.train(was_training)
@@ -137,10 +139,13 @@ class RewardScorer:
         reward_weights: one weight per function (default: all 1.0).
         batch_size: reward-model batch size.
         max_length: reward-model inputs keep their last ``max_length`` tokens.
+        model_context: a function returning the context that reward *models* score in (a trainer passes its
+            ``autocast_region``, so that they score in the training precision, as TRL 1.x's GRPO does); default none.
     """
 
     def __init__(self, reward_funcs, reward_processing_classes=None, reward_weights: Sequence[float] | None = None,
-                 batch_size: int = 32, max_length: int | None = None):
+                 batch_size: int = 32, max_length: int | None = None,
+                 model_context: Callable[[], AbstractContextManager] | None = None):
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         if not funcs:
             raise ValueError("reward_funcs is empty: give at least one reward model or reward function.")
@@ -166,6 +171,7 @@ class RewardScorer:
         self.names = [reward_func_name(f) for f in self.reward_funcs]
         self.batch_size = batch_size
         self.max_length = max_length
+        self.model_context = model_context or nullcontext
 
     def __call__(self, prompts: Sequence, completions: Sequence, **kwargs) -> RewardScores:
         """Score N completions (``prompts[i]`` is the prompt of ``completions[i]``); ``kwargs`` are per-completion columns."""
@@ -179,8 +185,9 @@ class RewardScorer:
         pending: list[tuple[int, Any]] = []
         for f, (func, tok) in enumerate(zip(self.reward_funcs, self.processing_classes)):
             if isinstance(func, torch.nn.Module):
-                columns[f] = score_with_model(func, tok, prompts, completions, batch_size=self.batch_size,
-                                              max_length=self.max_length)
+                with self.model_context():
+                    columns[f] = score_with_model(func, tok, prompts, completions, batch_size=self.batch_size,
+                                                  max_length=self.max_length)
                 continue
             result = self._call(func, f, prompts, completions, kwargs)
             if inspect.isawaitable(result):

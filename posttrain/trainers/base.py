@@ -25,7 +25,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from ..models import (disable_dropout, ensure_pad_token, load_pretrained, load_tokenizer, packed_sequences_supported,
-                      prepare_peft_model, set_chat_template, varlen_attention)
+                      prepare_peft_model, set_chat_template, unwrap, varlen_attention)
 from ..models.sharding import check_launch, destroy_process_group_at_exit, prepare_frozen
 from ..models.loading import store_linears_in
 
@@ -220,9 +220,19 @@ class BaseTrainer(Trainer):
         inference engine of its own; FSDP: prepared by accelerate; else this process's device). Returns the model
         to keep. ``autocast_only``: the caller runs it only inside :meth:`autocast_region` and never reads or writes
         its weights, so under bf16/fp16 its linear layers are stored in that precision
-        (:func:`posttrain.models.loading.store_linears_in`: the same outputs, half their memory, no casts)."""
+        (:func:`posttrain.models.loading.store_linears_in`: the same outputs, half their memory, no casts). Pass it
+        only for a model the trainer made itself (loaded from a name/path, or copied from the policy): an object the
+        user handed over keeps its dtype, since they may still call it outside the autocast region."""
         from accelerate.utils import DistributedType
 
+        trained = getattr(self, "model", None)
+        if trained is not None:
+            trained_ids = {id(p) for p in unwrap(trained).parameters()}
+            if any(id(p) in trained_ids for p in model.parameters()):
+                raise ValueError(
+                    f"A frozen model ({type(unwrap(model)).__name__}: a reference, teacher, judge or reward model) is, or "
+                    "shares parameters with, the model being trained; freezing it would stop their training. Pass a "
+                    "separate copy (e.g. load it again from the same path).")
         model.requires_grad_(False)
         model.eval()
         if no_dropout:

@@ -162,6 +162,7 @@ class GKDTrainer(SFTTrainer):
         args = self.args
         teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
         teacher_tokenizer = None
+        owns_teacher = isinstance(teacher_model, str)  # else the user's object: its dtype is kept
         if isinstance(teacher_model, str):
             path = teacher_model
             teacher_model = load_pretrained(path, None, **(args.teacher_model_init_kwargs or {}))
@@ -177,7 +178,7 @@ class GKDTrainer(SFTTrainer):
             disable_dropout(self.model)
         # without seq_kd the teacher only scores (under autocast_region); with it, it also samples
         self.teacher_model = self.prepare_frozen_model(teacher_model, no_dropout=args.disable_dropout,
-                                                       autocast_only=not args.seq_kd)
+                                                       autocast_only=owns_teacher and not args.seq_kd)
         self._policy_rng = random.Random(args.seed)
         # no batch is ever generated: the Trainer's count of the global batch's loss tokens is exact
         self._dataset_targets_only = args.lmbda == 0.0 and not args.seq_kd

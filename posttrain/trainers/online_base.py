@@ -284,10 +284,15 @@ class OnlineTrainer(BaseTrainer):
                          train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks,
                          optimizers=optimizers)
         args = self.args
-        self.scorer = None if no_funcs else RewardScorer(reward_funcs, reward_processing_classes, args.reward_weights)
-        if self.scorer is not None:  # reward models are frozen models (ZeRO-3: an inference engine each, partitioned)
-            self.scorer.reward_funcs = [self.prepare_frozen_model(f) if isinstance(f, torch.nn.Module) else f
-                                        for f in self.scorer.reward_funcs]
+        # Reward models are frozen models (ZeRO-3: an inference engine each, partitioned) that score in the training
+        # precision (TRL 1.x's GRPO: accelerate's evaluation-mode preparation), so they store their linear layers in it.
+        self.scorer = None if no_funcs else RewardScorer(reward_funcs, reward_processing_classes, args.reward_weights,
+                                                         model_context=self.autocast_region)
+        if self.scorer is not None:
+            given = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+            self.scorer.reward_funcs = [  # those given by name/path were loaded here: stored in the training precision
+                self.prepare_frozen_model(f, autocast_only=isinstance(g, str)) if isinstance(f, torch.nn.Module) else f
+                for f, g in zip(self.scorer.reward_funcs, given)]
         if args.disable_dropout:
             disable_dropout(self.model)
         self.ref_model = self._setup_reference()
@@ -386,11 +391,12 @@ class OnlineTrainer(BaseTrainer):
             return None  # no KL term, or the policy with its adapter disabled is the reference
         return self.frozen_reference(frozen_copy(unwrap(self.model)))
 
-    def frozen_reference(self, model):
-        """``model`` prepared as the frozen reference; when it only scores (under :meth:`autocast_region`), with its
-        linear layers stored in the training precision (:meth:`BaseTrainer.prepare_frozen_model`)."""
+    def frozen_reference(self, model, owned: bool = True):
+        """``model`` prepared as the frozen reference; when it only scores (under :meth:`autocast_region`) and the
+        trainer made it (``owned``: a copy of the policy, or loaded from a path), with its linear layers stored in
+        the training precision (:meth:`BaseTrainer.prepare_frozen_model`)."""
         return self.prepare_frozen_model(model, no_dropout=self.args.disable_dropout,
-                                         autocast_only=not self._reference_samples)
+                                         autocast_only=owned and not self._reference_samples)
 
     @torch.no_grad()
     def reference_logps(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

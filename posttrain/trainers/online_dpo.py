@@ -168,7 +168,7 @@ class OnlineDPOTrainer(OnlineTrainer):
             return super()._setup_reference()
         if isinstance(ref, str):
             ref = load_pretrained(ref, None, **(self.args.model_init_kwargs or {}))
-        return self.frozen_reference(ref)
+        return self.frozen_reference(ref, owned=isinstance(self._given_ref, str))
 
     def per_epoch(self, values: list[float]) -> float:
         """The value of a per-epoch list for the current epoch (the last one once the list is used up)."""

@@ -152,7 +152,7 @@ class PPOTrainer(OnlineTrainer):
             ref = self._given_ref
             if isinstance(ref, str):
                 ref = load_pretrained(ref, None, **(self.args.model_init_kwargs or {}))
-            return self.frozen_reference(ref)
+            return self.frozen_reference(ref, owned=isinstance(self._given_ref, str))
         if self.args.beta == 0.0:
             return None
         return self.frozen_reference(frozen_copy(unwrap(self.model).policy))

@@ -578,6 +578,7 @@ class PreferenceTrainer(BaseTrainer):
         ref_kwargs = getattr(args, "ref_model_init_kwargs", None) if args is not None else None
         if not self._uses_reference and ref_model is not None:
             raise ValueError(f"{type(self).__name__} is reference-free and takes no ref_model.")
+        self._owns_ref = ref_model is None or isinstance(ref_model, str)  # else the user's object: dtype kept
         if isinstance(ref_model, str):
             ref_model = load_pretrained(ref_model, None, **(ref_kwargs or {}))
         elif ref_model is not None and ref_kwargs:
@@ -703,7 +704,7 @@ class PreferenceTrainer(BaseTrainer):
             ref_model = frozen_copy(unwrap(self.model))  # ZeRO-3: partitioned, never whole
         # the reference runs only in reference_logps (under autocast_region); TR-DPO mixes the policy into it
         return self.prepare_frozen_model(ref_model, no_dropout=args.disable_dropout,
-                                         autocast_only=not getattr(args, "sync_ref_model", False))
+                                         autocast_only=self._owns_ref and not getattr(args, "sync_ref_model", False))
 
     @torch.no_grad()
     def reference_logps(self, rows: Mapping[str, torch.Tensor]) -> SequenceLogps:
