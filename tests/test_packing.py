@@ -200,3 +200,48 @@ def test_packed_sequences_supported_is_false_for_unknown_models():
         config = type("Config", (), {"_attn_implementation": "sdpa"})()
 
     assert not packed_sequences_supported(RemoteCodeModel())
+
+
+@pytest.mark.parametrize("arch_fixture", ["tiny_model_dir", "tiny_gpt2_dir"])
+def test_per_sequence_attention_gives_the_padded_loss_and_gradient(request, arch_fixture, tokenizer, tmp_path,
+                                                                   monkeypatch):
+    """per_sequence_attention=True on an sdpa model: padding-free batches become one row with no padding, attention
+    runs sequence by sequence inside the training step (gradient checkpointing's recomputation included), and the
+    step's loss and gradient equal the padded batch's. The saved config.json does not name the implementation."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    import posttrain.models.attention as attention
+    from posttrain import SFTConfig, SFTTrainer
+    from tests.conftest import train_args
+
+    model = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(arch_fixture), dtype=torch.float32)
+    calls = []
+    segments = attention._segments
+    monkeypatch.setattr(attention, "_segments", lambda positions: calls.append(1) or segments(positions))
+    ds = _examples(tokenizer, n=12, seed=4)
+    results = {}
+    for per_sequence in (False, True):
+        args = train_args(SFTConfig, tmp_path, padding_free=per_sequence, per_sequence_attention=per_sequence,
+                          max_length=48, gradient_checkpointing=True)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)  # as train()
+        trainer.current_gradient_accumulation_steps = 1  # (set by train())
+        model.zero_grad()
+        loss = trainer.training_step(trainer.model, dict(batch))
+        grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results[per_sequence] = (loss.item(), grad.clone(), tuple(batch["input_ids"].shape))
+    (padded_loss, padded_grad, padded_shape), (loss, grad, shape) = results[False], results[True]
+    assert model.config._attn_implementation == attention.PER_SEQUENCE_SDPA
+    assert shape[0] == 1
+    assert shape[1] < padded_shape[0] * padded_shape[1]  # no padding
+    assert calls  # the per-sequence path ran (forward and recomputation)
+    assert abs(loss - padded_loss) < 1e-5
+    assert torch.allclose(grad, padded_grad, atol=1e-5, rtol=1e-4)
+    trainer.save_model(str(tmp_path / "saved"))
+    assert attention.PER_SEQUENCE_SDPA not in json.dumps(json.loads((tmp_path / "saved" / "config.json").read_text()))
+    # outside a training step the same model is plain sdpa with transformers' mask: generation still works
+    out = model.generate(**tokenizer(["Copy: a b\n"], return_tensors="pt"), max_new_tokens=3, do_sample=False)
+    assert out.shape[1] > 3

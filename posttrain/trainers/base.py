@@ -26,6 +26,7 @@ from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from ..models import (disable_dropout, ensure_pad_token, load_pretrained, load_tokenizer, packed_sequences_supported,
                       prepare_peft_model, set_chat_template, unwrap, varlen_attention)
+from ..models.attention import per_sequence_rows, use_per_sequence_attention
 from ..models.sharding import check_launch, destroy_process_group_at_exit, prepare_frozen
 from ..models.loading import store_linears_in
 
@@ -98,6 +99,13 @@ class PosttrainConfig(TrainingArguments):
         default=None,
         metadata={"help": "Keyword arguments for `from_pretrained` when the model is given as a name or path "
                   "(JSON string on the command line)."},
+    )
+    per_sequence_attention: bool = field(
+        default=False,
+        metadata={"help": "posttrain only, experimental: an sdpa model runs attention sequence by sequence, so "
+                  "padding-free batches become one row with no padding (as with flash attention) instead of rows "
+                  "bin-packed within the batch's longest sequence. Measured on CPU: an SFT step 1.20-1.25x faster "
+                  "(benchmarks/NOTES.md). Other attention kernels ignore it."},
     )
 
     def __post_init__(self):
@@ -183,6 +191,7 @@ class BaseTrainer(Trainer):
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._local_tokens = 0
         self._seen_tokens = 0.0
+        self._per_sequence = False  # per_sequence_attention in effect (settle_padding_free)
         super().__init__(model=model, args=args, processing_class=processing_class, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, data_collator=data_collator, **kwargs)
         # Have the Trainer count the loss items of the whole (accumulated, all-process) batch for us.
@@ -206,11 +215,24 @@ class BaseTrainer(Trainer):
         (``flatten``), else rows bin-packed within the batch; with ``requested=None`` (the configs' default) turn
         them on where the model keeps packed sequences apart. Returns whether it does
         (:func:`~posttrain.models.packed_sequences_supported`)."""
+        if getattr(self.args, "per_sequence_attention", False):
+            self._per_sequence = use_per_sequence_attention(self.model)
         collator.flatten = varlen_attention(self.model)
         supported = packed_sequences_supported(self.model)
         if requested is None:
             collator.padding_free = collator.padding_free or supported
+        # the per-sequence path only for the one-row batches of this collator (padded rows keep sdpa's mask)
+        self._per_sequence = self._per_sequence and bool(collator.padding_free) and supported
         return supported
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # the whole step: gradient checkpointing recomputes the forward inside backward (models.attention)
+        with per_sequence_rows(self._per_sequence):
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        with per_sequence_rows(self._per_sequence):
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     # -- models that are only evaluated --------------------------------------------------------
     def prepare_frozen_model(self, model: torch.nn.Module, *, no_dropout: bool = False,
