@@ -245,3 +245,17 @@ def test_per_sequence_attention_gives_the_padded_loss_and_gradient(request, arch
     # outside a training step the same model is plain sdpa with transformers' mask: generation still works
     out = model.generate(**tokenizer(["Copy: a b\n"], return_tensors="pt"), max_new_tokens=3, do_sample=False)
     assert out.shape[1] > 3
+
+
+def test_per_sequence_attention_keeps_sdpa_for_sliding_windows(tiny_model_dir):
+    """A model whose attention the per-sequence path would change (sliding window) keeps sdpa, with a warning."""
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.models.attention import use_per_sequence_attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, use_sliding_window=True, sliding_window=8)
+    with pytest.warns(UserWarning, match="sliding window"):
+        assert not use_per_sequence_attention(model)
+    assert model.config._attn_implementation == "sdpa"
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert use_per_sequence_attention(plain) and plain.config._attn_implementation != "sdpa"

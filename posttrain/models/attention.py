@@ -17,6 +17,7 @@ forward during backward, and the recomputation must take the same path as the fo
 from __future__ import annotations
 
 import threading
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -95,6 +96,11 @@ def use_per_sequence_attention(model) -> bool:
     if impl == PER_SEQUENCE_SDPA:
         return True
     if impl != "sdpa" or not hasattr(base, "set_attn_implementation"):
+        return False
+    windowed = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
+    if windowed or getattr(config, "attn_logit_softcapping", None):
+        warnings.warn(f"per_sequence_attention: {type(base).__name__} uses a sliding window or soft-capped attention "
+                      "scores, which the per-sequence path does not apply; it keeps sdpa.", stacklevel=3)
         return False
     register()
     base.set_attn_implementation(PER_SEQUENCE_SDPA)
