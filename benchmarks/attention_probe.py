@@ -8,14 +8,15 @@ benchmark model on batches of 8 conversations from the benchmark's SFT data (len
 * ``sdpa, bin-packed rows``: what posttrain runs today with sdpa. The conversations are bin-packed into rows of at most
   512 tokens and the rows are padded to the longest one; transformers builds a block-diagonal mask from the restarting
   ``position_ids``, and sdpa computes every score of each row and masks the cross-sequence ones.
-* ``per-sequence attention, one flat row``: every conversation back to back in one row, with no padding. The attention
-  function slices each sequence out (found where ``position_ids`` restart) and runs sdpa on it with ``is_causal=True``.
-  This is what a varlen kernel (flash attention) does on GPUs.
+* ``per-sequence attention, one flat row``: every conversation back to back in one row, with no padding, through
+  posttrain's ``per_sequence_attention`` path (``posttrain.models.attention``): each sequence is sliced out (found
+  where ``position_ids`` restart) and runs sdpa with ``is_causal=True``. This is what a varlen kernel (flash attention)
+  does on GPUs.
 * ``per-sequence attention, bin-packed rows``: the same function on today's rows, where the padding is one more
   segment.
 
 Prints the loss of the first two layouts on the same flat batch (they must agree to bf16 rounding) and the median
-CPU seconds of a step. A probe, not a feature: the attention function here handles only training forwards.
+CPU seconds of a step.
 """
 
 from __future__ import annotations
@@ -32,30 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def per_sequence_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """(B, H, L, D) query/key/value of one row; sequences start where ``position_ids`` is 0."""
-    import torch
-    import torch.nn.functional as F
-
-    pos = kwargs["position_ids"][0]
-    starts = (pos == 0).nonzero().flatten().tolist() + [pos.numel()]
-    outs = [F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True,
-                                           scale=scaling, enable_gqa=True) for s, e in zip(starts[:-1], starts[1:])]
-    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
-
-
-def bin_pack(lengths: list[int], capacity: int) -> list[list[int]]:
-    rows: list[list[int]] = []
-    for n in sorted(lengths, reverse=True):
-        for row in rows:
-            if sum(row) + n <= capacity:
-                row.append(n)
-                break
-        else:
-            rows.append([n])
-    return rows
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--size", default="bench")
@@ -64,15 +41,14 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
 
     import torch
-    from transformers import AttentionInterface, AutoModelForCausalLM
-    from transformers.masking_utils import AttentionMaskInterface
+    from transformers import AutoModelForCausalLM
 
     from benchmarks.compare_data import prepare
+    from posttrain.data import best_fit_decreasing
     from posttrain.kit import load_tokenizer
+    from posttrain.models.attention import per_sequence_rows, use_per_sequence_attention
 
     torch.set_num_threads(a.threads)
-    AttentionInterface.register("per_sequence", per_sequence_attention)
-    AttentionMaskInterface.register("per_sequence", lambda *args, **kwargs: None)
     paths = prepare(a.size, 400, 400)
     tok = load_tokenizer()
     lengths = []
@@ -80,13 +56,15 @@ def main(argv=None) -> None:
         ids = tok.apply_chat_template(json.loads(line)["messages"], tokenize=True)
         lengths.append(min(len(ids["input_ids"] if hasattr(ids, "keys") else ids), 512))
 
-    def load(impl):
-        model = AutoModelForCausalLM.from_pretrained(paths["causal-lm"], attn_implementation=impl)
+    def load(per_sequence):
+        model = AutoModelForCausalLM.from_pretrained(paths["causal-lm"], attn_implementation="sdpa")
+        if per_sequence:
+            use_per_sequence_attention(model)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return model.train()
 
     def packed(batch):
-        rows = bin_pack(batch, 512)
+        rows = [[batch[i] for i in b] for b in best_fit_decreasing(batch, 512)]
         width = max(sum(r) for r in rows)
         pos = torch.zeros(len(rows), width, dtype=torch.long)
         for i, row in enumerate(rows):
@@ -102,19 +80,20 @@ def main(argv=None) -> None:
         return torch.randint(5, 1000, (1, pos.shape[1])), pos
 
     def step(model, ids, pos):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with per_sequence_rows(model is per_seq), torch.autocast("cpu", dtype=torch.bfloat16):
             loss = model(input_ids=ids, position_ids=pos, labels=ids).loss
-        loss.backward()
+            loss.backward()  # inside the context: checkpointing recomputes the forward here
         model.zero_grad(set_to_none=True)
 
-    sdpa, per_seq = load("sdpa"), load("per_sequence")
+    sdpa, per_seq = load(False), load(True)
     rng = random.Random(0)
     batches = [rng.sample(lengths, 8) for _ in range(a.batches)]
     ids, pos = flat(batches[0])
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        print("loss on one flat batch: sdpa (block-diagonal mask)",
-              sdpa(input_ids=ids, position_ids=pos, labels=ids).loss.item(),
-              "| per-sequence attention", per_seq(input_ids=ids, position_ids=pos, labels=ids).loss.item())
+        plain = sdpa(input_ids=ids, position_ids=pos, labels=ids).loss.item()
+        with per_sequence_rows():
+            split = per_seq(input_ids=ids, position_ids=pos, labels=ids).loss.item()
+    print("loss on one flat batch: sdpa (block-diagonal mask)", plain, "| per-sequence attention", split)
     arms = {"sdpa, bin-packed rows": (sdpa, packed), "per-sequence attention, one flat row": (per_seq, flat),
             "per-sequence attention, bin-packed rows": (per_seq, packed)}
     times: dict[str, list[float]] = {name: [] for name in arms}

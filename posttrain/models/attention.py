@@ -37,6 +37,18 @@ def per_sequence_rows(active: bool = True):
         yield
     finally:
         _state.active = previous
+        _state.bounds = None
+
+
+def _row_segments(position_ids: torch.Tensor, row: int) -> list[tuple[int, int]]:
+    """The (start, end) of each sequence of ``row``, found once per ``position_ids`` tensor: every layer of a forward
+    (and its recomputation) gets the same tensor, and reading the bounds to the host is a device sync."""
+    cached = getattr(_state, "bounds", None)
+    if cached is None or cached[0] is not position_ids:
+        cached = _state.bounds = (position_ids, {})
+    if row not in cached[1]:
+        cached[1][row] = _segments(position_ids[row if position_ids.shape[0] > 1 else 0])
+    return cached[1][row]
 
 
 def _segments(positions: torch.Tensor) -> list[tuple[int, int]]:
@@ -62,7 +74,7 @@ def per_sequence_attention(module, query, key, value, attention_mask, dropout: f
         parts = [F.scaled_dot_product_attention(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e],
                                                 dropout_p=dropout if module.training else 0.0, is_causal=True,
                                                 scale=scaling, enable_gqa=gqa)
-                 for s, e in _segments(position_ids[b if position_ids.shape[0] > 1 else 0])]
+                 for s, e in _row_segments(position_ids, b)]
         rows.append(torch.cat(parts, dim=2))
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
 

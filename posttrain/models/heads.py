@@ -16,6 +16,8 @@ from contextlib import contextmanager
 
 import torch
 
+from .attention import PER_SEQUENCE_SDPA
+
 
 def unwrap(model):
     """The innermost model under DDP/DeepSpeed (``.module``) wrappers."""
@@ -53,7 +55,7 @@ def varlen_attention(model) -> bool:
     """True when the model's attention kernels take packed sequences natively (flash attention), so a
     padding-free batch is best flattened into one row; sdpa/eager pay the square of the row length instead."""
     impl = getattr(getattr(unwrap(model), "config", None), "_attn_implementation", None) or ""
-    return "flash" in str(impl) or impl == "posttrain_per_sequence_sdpa"  # models.attention.PER_SEQUENCE_SDPA
+    return "flash" in str(impl) or impl == PER_SEQUENCE_SDPA
 
 
 def packed_sequences_supported(model) -> bool:

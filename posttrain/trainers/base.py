@@ -215,14 +215,13 @@ class BaseTrainer(Trainer):
         (``flatten``), else rows bin-packed within the batch; with ``requested=None`` (the configs' default) turn
         them on where the model keeps packed sequences apart. Returns whether it does
         (:func:`~posttrain.models.packed_sequences_supported`)."""
-        if getattr(self.args, "per_sequence_attention", False):
-            self._per_sequence = use_per_sequence_attention(self.model)
+        switched = getattr(self.args, "per_sequence_attention", False) and use_per_sequence_attention(self.model)
         collator.flatten = varlen_attention(self.model)
         supported = packed_sequences_supported(self.model)
         if requested is None:
             collator.padding_free = collator.padding_free or supported
         # the per-sequence path only for the one-row batches of this collator (padded rows keep sdpa's mask)
-        self._per_sequence = self._per_sequence and bool(collator.padding_free) and supported
+        self._per_sequence = bool(switched and collator.padding_free and supported)
         return supported
 
     def training_step(self, model, inputs, num_items_in_batch=None):
