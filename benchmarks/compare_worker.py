@@ -106,6 +106,29 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _rss_now_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _malloc_mb() -> str:
+    """glibc's view of the heap: bytes in use, free but kept in the heap, and in mmapped chunks (mallinfo2)."""
+    import ctypes
+
+    class Info(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = Info
+        i = libc.mallinfo2()
+    except (OSError, AttributeError):
+        return "malloc: n/a"
+    mb = 2**20
+    return f"malloc in use {i.uordblks / mb:.0f} MB, free in heap {i.fordblks / mb:.0f} MB, mmapped {i.hblkhd / mb:.0f} MB"
+
+
 def cpu_snapshot() -> tuple[float, float]:
     """(seconds of CPU the whole machine has been busy, seconds of CPU this process has used), from /proc/stat."""
     busy = 0.0
@@ -512,6 +535,7 @@ def main(cfg: dict) -> dict:
     training_step = trainer.training_step
 
     profile_step = int(os.environ.get("COMPARE_PROFILE_STEP", "0"))  # profile that step: op table on stderr
+    trace_rss = os.environ.get("COMPARE_TRACE_RSS") == "1"  # each step's resident memory on stderr
 
     def recorded_step(*a, **k):
         if len(step_losses) + 1 == profile_step:
@@ -526,6 +550,9 @@ def main(cfg: dict) -> dict:
         else:
             loss = training_step(*a, **k)
         step_losses.append(float(loss))
+        if trace_rss:  # memory over the run: resident now and the peak so far, after each step
+            print(f"step {len(step_losses)}: rss {_rss_now_mb():.0f} MB, peak {_peak_rss_mb():.0f} MB, "
+                  f"tokens {recorder.tokens[-1] if recorder.tokens else 0}, {_malloc_mb()}", file=sys.stderr, flush=True)
         return loss
 
     trainer.training_step = recorded_step

@@ -483,7 +483,8 @@ def test_padding_free_gives_same_loss_and_gradient(tiny_model_dir, tmp_path, fla
     for collator in (DataCollatorForPreference(t.tokenizer_.pad_token_id),
                      DataCollatorForPreference(t.tokenizer_.pad_token_id, padding_free=True, flatten=flatten)):
         t.model.zero_grad()
-        loss = t.compute_loss(t.model, collator(examples))
+        batch = collator(examples)
+        loss = t.compute_loss(t.model, batch)
         loss.backward()
         out.append((loss.detach(), torch.cat([p.grad.flatten() for p in t.model.parameters() if p.grad is not None])))
     torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-5, atol=1e-5)
@@ -537,3 +538,36 @@ def test_dpo_logs_entropy_and_chosen_token_accuracy(tiny_model_dir, tmp_path):
     t._pool(stored)
     assert abs(stored["entropy"][0] - entropy.item()) < 1e-5
     assert abs(stored["mean_token_accuracy"][0] - top1.item()) < 1e-6
+
+
+def test_per_sequence_attention_covers_the_reference(tiny_model_dir, tmp_path, monkeypatch):
+    """per_sequence_attention: a reference loaded on its own runs the same one-row batches sequence by sequence (not
+    through a dense mask over the row), inside the training step and when precomputing; the loss is the padded
+    batch's."""
+    import posttrain.models.attention as attention
+
+    t = dpo(tiny_model_dir, tmp_path, pref_data(8), ref_model=tiny_model_dir, per_sequence_attention=True)
+    assert t.data_collator.flatten and t.data_collator.length_buckets
+    assert t.ref_model.config._attn_implementation == attention.PER_SEQUENCE_SDPA
+    with torch.no_grad():  # policy != reference
+        for p in t.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    seen = []
+    segments = attention._segments
+    monkeypatch.setattr(attention, "_segments", lambda positions: seen.append(1) or segments(positions))
+    examples = [t.train_dataset[i] for i in range(8)]
+    t.model.eval()
+    with torch.no_grad():
+        padded = t.compute_loss(t.model, DataCollatorForPreference(t.tokenizer_.pad_token_id)(examples))
+        assert not seen
+        batch = t.data_collator(examples)
+        assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
+        ref_calls = []
+        forward = t.ref_model.forward
+        monkeypatch.setattr(t.ref_model, "forward",  # whether the per-sequence context was on at each call
+                            lambda *a, **k: ref_calls.append(getattr(attention._state, "active", False)) or forward(*a, **k))
+        with t.sequence_rows(batch):
+            loss = t.compute_loss(t.model, batch)
+        t.reference_logps(t.model_rows(batch))  # as when precomputing: outside the training step
+    assert ref_calls == [True, True] and seen  # the reference's forwards went through the per-sequence path
+    torch.testing.assert_close(loss, padded, rtol=1e-5, atol=1e-5)

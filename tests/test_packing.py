@@ -66,6 +66,26 @@ def test_padding_free_rows_for_sdpa():
     assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9], [IGNORE_INDEX, 3] + [IGNORE_INDEX] * 3]
 
 
+def test_length_buckets_bound_the_row_widths():
+    """row_width's buckets: a multiple of 1/8 of the largest power of two not above the length, at least 64; an
+    explicit multiple wins. Collators with length_buckets pad the flat row's end as one ignored sequence."""
+    from posttrain.data.collators import row_width
+    from posttrain.trainers.preference_base import DataCollatorForPreference
+
+    assert [row_width(n, buckets=True) for n in (1, 64, 65, 150, 1000, 1024, 2600, 4097)] == \
+        [64, 64, 128, 192, 1024, 1024, 2816, 4608]
+    assert row_width(2600) == 2600 and row_width(100, 8, buckets=True) == 104
+    assert len({row_width(n, buckets=True) for n in range(2049, 4097)}) == 8  # 8 widths per doubling
+    collator = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True, length_buckets=True)
+    batch = collator([{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9] + [0] * 59]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1] + list(range(59))]
+    assert batch["labels"].tolist()[0][5:] == [IGNORE_INDEX] * 59
+    pref = DataCollatorForPreference(pad_token_id=0, padding_free=True, length_buckets=True)
+    rows = pref([{"prompt_input_ids": [1, 2], "chosen_input_ids": [3], "rejected_input_ids": [4, 5]}])
+    assert rows["input_ids"].shape == (1, 64) and rows["sequence_index"][0, 7:].eq(-1).all()  # 3 + 4 tokens
+
+
 def test_padding_free_rows_are_bin_packed_up_to_the_longest_example():
     """flatten=False: examples share a row when they fit in the batch's longest example (best fit decreasing);
     each keeps its positions from 0 and its first label ignored."""
@@ -78,8 +98,8 @@ def test_padding_free_rows_are_bin_packed_up_to_the_longest_example():
 
 @pytest.mark.parametrize("arch_fixture", ["tiny_model_dir", "tiny_gpt2_dir"])
 def test_padding_free_rows_give_the_padded_loss_and_gradient(request, arch_fixture, tokenizer, tmp_path):
-    """SFT with padding_free=True on sdpa (rows bin-packed within the batch) computes the padded batch's loss and
-    gradient on fewer rows."""
+    """SFT with padding_free=True on sdpa without per-sequence attention (rows bin-packed within the batch)
+    computes the padded batch's loss and gradient on fewer rows."""
     from transformers import AutoModelForCausalLM
 
     from posttrain import SFTConfig, SFTTrainer
@@ -92,9 +112,9 @@ def test_padding_free_rows_give_the_padded_loss_and_gradient(request, arch_fixtu
                                      for _ in range(16)])
     results = {}
     for padding_free in (False, True):
-        args = train_args(SFTConfig, tmp_path, padding_free=padding_free, max_length=48)
+        args = train_args(SFTConfig, tmp_path, padding_free=padding_free, max_length=48, per_sequence_attention=False)
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
-        assert trainer.data_collator.flatten is False  # sdpa/eager
+        assert trainer.data_collator.flatten is False  # sdpa/eager without per-sequence attention
         batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
         model.zero_grad()
         loss = trainer.compute_loss(model, dict(batch))
@@ -217,12 +237,16 @@ def test_per_sequence_attention_gives_the_padded_loss_and_gradient(request, arch
     from tests.conftest import train_args
 
     model = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(arch_fixture), dtype=torch.float32)
-    calls = []
+    calls, lengths = [], []
     segments = attention._segments
     monkeypatch.setattr(attention, "_segments", lambda positions: calls.append(1) or segments(positions))
+    sdpa = attention.F.scaled_dot_product_attention
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention",
+                        lambda q, *a, **k: lengths.append(q.shape[2]) or sdpa(q, *a, **k))
     ds = _examples(tokenizer, n=12, seed=4)
     results = {}
     for per_sequence in (False, True):
+        lengths.clear()  # (the patch records transformers' sdpa calls too)
         args = train_args(SFTConfig, tmp_path, padding_free=per_sequence, per_sequence_attention=per_sequence,
                           max_length=48, gradient_checkpointing=True)
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
@@ -236,8 +260,13 @@ def test_per_sequence_attention_gives_the_padded_loss_and_gradient(request, arch
     (padded_loss, padded_grad, padded_shape), (loss, grad, shape) = results[False], results[True]
     assert model.config._attn_implementation == attention.PER_SEQUENCE_SDPA
     assert shape[0] == 1
-    assert shape[1] < padded_shape[0] * padded_shape[1]  # no padding
+    assert shape[1] < padded_shape[0] * padded_shape[1]  # padding only to the row width's bucket
+    assert shape[1] % 64 == 0
     assert calls  # the per-sequence path ran (forward and recomputation)
+    # every sequence (all shorter than 48 tokens) ran at its bucket length, 64, running into the next sequence's
+    # positions or, at the row end, zeros: the causal mask keeps both from its own outputs
+    assert lengths and set(lengths) == {64}
+    assert [attention.bucket_length(n) for n in (1, 64, 65, 1000, 1500, 2100)] == [64, 64, 128, 1024, 1536, 2304]
     assert abs(loss - padded_loss) < 1e-5
     assert torch.allclose(grad, padded_grad, atol=1e-5, rtol=1e-4)
     trainer.save_model(str(tmp_path / "saved"))

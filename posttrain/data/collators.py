@@ -53,6 +53,16 @@ def pad_sequences(seqs: Sequence[Sequence[int]], value: int, side: str = "right"
     return out
 
 
+def row_width(length: int, multiple_of: int | None = None, buckets: bool = False) -> int:
+    """The width to pad a batch's rows of at most ``length`` tokens to: a multiple of ``multiple_of`` when given; with
+    ``buckets``, a multiple of 1/8 of the largest power of two not above ``length`` (at least 64), which allows 8
+    widths per doubling and pads about 3% on average. Fewer distinct widths let the CPU allocator and kernel caches
+    reuse what earlier steps allocated, where every new width would otherwise leave memory behind
+    (``benchmarks/NOTES.md``, "Eighth batch")."""
+    step = multiple_of or (max(64, 1 << max(length.bit_length() - 4, 0)) if buckets else 1)
+    return -(-length // step) * step
+
+
 def _label_ids(example: Mapping[str, Any], completion_only_loss: bool) -> list[int]:
     ids = list(example["input_ids"])
     keep = [1] * len(ids)
@@ -72,6 +82,8 @@ class DataCollatorForLanguageModeling:
     padding_free: bool = False
     pad_to_multiple_of: int | None = None
     flatten: bool = True
+    length_buckets: bool = False
+    """Padding-free: pad the rows to :func:`row_width`'s buckets (set by trainers running per-sequence attention)."""
     return_num_real_tokens: bool = False
     """Padding-free batches also carry ``num_real_tokens`` (the tokens before the row-end padding), for a trainer
     that counts them; not a model input."""
@@ -100,9 +112,7 @@ class DataCollatorForLanguageModeling:
             rows = [_concat(rows)]
         else:
             rows = [_concat([rows[i] for i in group]) for group in rows_within_longest([len(r[0]) for r in rows])]
-        length = max(len(r[0]) for r in rows)
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        length = row_width(max(len(r[0]) for r in rows), self.pad_to_multiple_of, self.length_buckets)
         ids, labels, positions = [], [], []
         for row_ids, row_labels, row_pos in rows:
             extra = length - len(row_ids)  # padding at the row end forms its own "sequence" (positions 0..extra-1)

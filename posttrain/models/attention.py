@@ -1,17 +1,19 @@
 """Attention sequence by sequence for padding-free rows on sdpa (opt-in: ``per_sequence_attention=True``).
 
 A padding-free batch is best laid out as one row with every sequence back to back (no padding at all), but sdpa
-sees that row as one long sequence and needs a dense block-diagonal mask over it. So for sdpa models posttrain
-bin-packs each batch into rows no longer than its longest sequence instead, and those rows still pad 15-20% of
-their positions. :data:`PER_SEQUENCE_SDPA` is an attention implementation (registered with transformers under that
-name) that makes the one-row layout cheap on sdpa: inside :func:`per_sequence_rows` it slices each sequence out of
-the row (sequences start where ``position_ids`` is 0) and runs sdpa on it with ``is_causal=True``. Everywhere else
-(generation, padded batches, a forward of your own) it is transformers' sdpa with its mask. Measured on CPU: an
-SFT step 1.20-1.25x faster than on bin-packed rows, with the same loss (``benchmarks/attention_probe.py``,
-``benchmarks/NOTES.md``). The model's config keeps the name only in memory: ``config.json`` never records it.
+sees that row as one long sequence and needs a dense block-diagonal mask over it. Bin-packing the batch into rows
+no longer than its longest sequence avoids that mask, but those rows still pad 15-20% of their positions.
+:data:`PER_SEQUENCE_SDPA` is an attention implementation (registered with transformers under that name) that makes
+the one-row layout cheap on sdpa: inside :func:`per_sequence_rows` it slices each sequence out of the row
+(sequences start where ``position_ids`` is 0) and runs sdpa on it with ``is_causal=True``, at its length rounded up
+by :func:`bucket_length`. Everywhere else (generation, padded batches, a forward of your own) it is transformers'
+sdpa with its mask. Measured on CPU against bin-packed rows: SFT, DPO and KTO steps 1.2-1.3x faster at 0.87-0.92x
+the peak memory, with the same loss (``benchmarks/NOTES.md``, "Eighth batch"). The model's config keeps the name
+only in memory: ``config.json`` never records it.
 
-The context covers the trainer's whole training step, backward included: gradient checkpointing recomputes the
-forward during backward, and the recomputation must take the same path as the forward.
+The trainers enter the context for their own padding-free batches only (``BaseTrainer.sequence_rows``), around the
+whole training step, backward included: gradient checkpointing recomputes the forward during backward, and the
+recomputation must take the same path as the forward.
 """
 
 from __future__ import annotations
@@ -24,6 +26,16 @@ import torch
 import torch.nn.functional as F
 
 PER_SEQUENCE_SDPA = "posttrain_per_sequence_sdpa"
+LENGTH_BUCKET = 64
+"""Each sequence's attention runs at its length rounded up to a multiple of this, or of 1/8 of the largest power of
+two not above its length where that is larger (:func:`bucket_length`). sdpa's bf16 backward on CPU keeps about 2 MB
+of state for every distinct sequence length it has run (up to about 900 MB); the rounding bounds the lengths."""
+
+
+def bucket_length(n: int) -> int:
+    step = max(LENGTH_BUCKET, 1 << max(n.bit_length() - 4, 0))
+    return -(-n // step) * step
+
 
 _state = threading.local()
 
@@ -64,18 +76,31 @@ def per_sequence_attention(module, query, key, value, attention_mask, dropout: f
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     position_ids = kwargs.get("position_ids")
-    if not getattr(_state, "active", False) or position_ids is None or query.shape[2] != key.shape[2]:
-        # (inside the context a row without position_ids is one causal sequence: sdpa's is_causal with no mask)
+    active = getattr(_state, "active", False)
+    if active and position_ids is None:
+        raise RuntimeError(
+            f"per_sequence_attention: {type(module).__name__} does not pass position_ids to its attention function, "
+            "so the sequences of a padding-free row cannot be told apart. Set per_sequence_attention=False (rows "
+            "bin-packed with a mask) or padding_free=False.")
+    if not active or query.shape[2] != key.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     gqa = query.shape[1] != key.shape[1]
+    length = query.shape[2]
     rows = []
     for b in range(query.shape[0]):
-        parts = [F.scaled_dot_product_attention(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e],
-                                                dropout_p=dropout if module.training else 0.0, is_causal=True,
-                                                scale=scaling, enable_gqa=gqa)
-                 for s, e in _row_segments(position_ids, b)]
-        rows.append(torch.cat(parts, dim=2))
+        parts = []
+        for s, e in _row_segments(position_ids, b):
+            # each sequence at its bucket length: the positions past its end are the next sequence's (zeros at the
+            # row end), which the causal mask keeps its own queries from; their outputs are dropped (no gradient)
+            stop = s + bucket_length(e - s)
+            q, k, v = (t[b:b + 1, :, s:min(stop, length)] for t in (query, key, value))
+            if stop > length:
+                q, k, v = (F.pad(t, (0, 0, 0, stop - length)) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout if module.training else 0.0,
+                                                 is_causal=True, scale=scaling, enable_gqa=gqa)
+            parts.append(out[:, :, :e - s])
+        rows.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import warnings
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,10 +103,12 @@ class PosttrainConfig(TrainingArguments):
     )
     per_sequence_attention: bool = field(
         default=False,
-        metadata={"help": "posttrain only, experimental: an sdpa model runs attention sequence by sequence, so "
-                  "padding-free batches become one row with no padding (as with flash attention) instead of rows "
-                  "bin-packed within the batch's longest sequence. Measured on CPU: an SFT step 1.20-1.25x faster "
-                  "(benchmarks/NOTES.md). Other attention kernels ignore it."},
+        metadata={"help": "posttrain only: an sdpa model runs attention sequence by sequence inside training and "
+                  "evaluation steps, so padding-free batches become one row without padding (as with flash "
+                  "attention) instead of rows bin-packed within the batch's longest sequence. Measured on CPU with "
+                  "sequences of hundreds of tokens: SFT, DPO and KTO 1.2-1.3x faster at 0.87-0.92x the peak memory; "
+                  "slower on short sequences (benchmarks/NOTES.md, 'Eighth batch'). Other attention kernels ignore "
+                  "it."},
     )
 
     def __post_init__(self):
@@ -215,22 +218,29 @@ class BaseTrainer(Trainer):
         (``flatten``), else rows bin-packed within the batch; with ``requested=None`` (the configs' default) turn
         them on where the model keeps packed sequences apart. Returns whether it does
         (:func:`~posttrain.models.packed_sequences_supported`)."""
-        switched = getattr(self.args, "per_sequence_attention", False) and use_per_sequence_attention(self.model)
-        collator.flatten = varlen_attention(self.model)
         supported = packed_sequences_supported(self.model)
         if requested is None:
             collator.padding_free = collator.padding_free or supported
-        # the per-sequence path only for the one-row batches of this collator (padded rows keep sdpa's mask)
-        self._per_sequence = bool(switched and collator.padding_free and supported)
+        # sdpa models with padding-free batches: attention per sequence on one row (models.attention)
+        self._per_sequence = bool(getattr(self.args, "per_sequence_attention", False) and collator.padding_free
+                                  and supported and use_per_sequence_attention(self.model))
+        collator.flatten = varlen_attention(self.model)
+        if self._per_sequence and hasattr(collator, "length_buckets"):  # bounded row widths (data.collators.row_width)
+            collator.length_buckets = True
         return supported
+
+    def sequence_rows(self, inputs: Mapping[str, Any]):
+        """The context in which the model's forwards on ``inputs`` run: per-sequence attention for this trainer's
+        padding-free rows (``per_sequence_attention``; ``position_ids``, no ``attention_mask``), else plain sdpa."""
+        return per_sequence_rows(self._per_sequence and "attention_mask" not in inputs and "position_ids" in inputs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         # the whole step: gradient checkpointing recomputes the forward inside backward (models.attention)
-        with per_sequence_rows(self._per_sequence):
+        with self.sequence_rows(inputs):
             return super().training_step(model, inputs, num_items_in_batch)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        with per_sequence_rows(self._per_sequence):
+        with self.sequence_rows(inputs):
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     # -- models that are only evaluated --------------------------------------------------------
@@ -258,6 +268,8 @@ class BaseTrainer(Trainer):
         model.eval()
         if no_dropout:
             disable_dropout(model)
+        if self._per_sequence:  # it runs on the same one-row batches as the trained model (models.attention)
+            use_per_sequence_attention(model)
         model = prepare_frozen(model, self.accelerator)  # ZeRO-3: an inference engine of its own, partitioned
         dtype = _mixed_precision_dtype(self.args)
         if autocast_only and dtype is not None and self.accelerator.distributed_type not in (

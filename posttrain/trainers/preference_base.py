@@ -48,6 +48,7 @@ from transformers import TrainerCallback
 
 from ..data import DatasetFormatError, detect_format, pad_sequences, require_kind, validate_example
 from ..data.formats import PREFERENCE, PREFERENCE_IMPLICIT, UNPAIRED_PREFERENCE, DatasetFormat
+from ..data.collators import row_width
 from ..data.packing import rows_within_longest
 from ..data.templates import extract_prompt, require_chat_template, unpair_preference
 from ..data.tokenize import TRUNCATION_MODES, tokenize_prompt_completion
@@ -248,7 +249,7 @@ def tokenize_preference_row(
 
 def build_rows(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *, pad_token_id: int,
                padding_free: bool = False, pad_to_multiple_of: int | None = None,
-               flatten: bool = True) -> dict[str, torch.Tensor]:
+               flatten: bool = True, length_buckets: bool = False) -> dict[str, torch.Tensor]:
     """Model inputs for ``prompt[i] + completion[i]`` rows with a 0/1 ``completion_mask``.
 
     Padded: ``input_ids``/``attention_mask``/``completion_mask`` of shape (R, L), right-padded.
@@ -262,9 +263,7 @@ def build_rows(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[
     masks = [[0] * len(p) + [1] * len(c) for p, c in zip(prompts, completions)]
     if padding_free:
         groups = [list(range(len(seqs)))] if flatten else rows_within_longest([len(s) for s in seqs])
-        width = max(sum(len(seqs[i]) for i in g) for g in groups)
-        if pad_to_multiple_of:
-            width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+        width = row_width(max(sum(len(seqs[i]) for i in g) for g in groups), pad_to_multiple_of, length_buckets)
         ids, cmask, pos, index = [], [], [], []
         for g in groups:
             row = [t for i in g for t in seqs[i]]
@@ -304,13 +303,14 @@ class DataCollatorForPreference:
     padding_free: bool = False
     pad_to_multiple_of: int | None = None
     flatten: bool = True  # padding-free: one row (variable-length kernels) or bin-packed rows (sdpa/eager)
+    length_buckets: bool = False  # padding-free: row widths in data.collators.row_width's buckets
 
     def __call__(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         prompts = [ex["prompt_input_ids"] for ex in examples]
         completions = [ex["chosen_input_ids"] for ex in examples] + [ex["rejected_input_ids"] for ex in examples]
         batch = build_rows(prompts + prompts, completions, pad_token_id=self.pad_token_id,
                            padding_free=self.padding_free, pad_to_multiple_of=self.pad_to_multiple_of,
-                           flatten=self.flatten)
+                           flatten=self.flatten, length_buckets=self.length_buckets)
         for name in ("ref_chosen_logps", "ref_rejected_logps"):
             col = _float_column(examples, name)
             if col is not None:
@@ -330,12 +330,13 @@ class DataCollatorForUnpairedPreference:
     pad_to_multiple_of: int | None = None
     kl_rows: bool = True
     flatten: bool = True  # padding-free: one row (variable-length kernels) or bin-packed rows (sdpa/eager)
+    length_buckets: bool = False  # padding-free: row widths in data.collators.row_width's buckets
 
     def __call__(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         prompts = [ex["prompt_input_ids"] for ex in examples]
         comps = [ex["completion_input_ids"] for ex in examples]
         kw = dict(pad_token_id=self.pad_token_id, padding_free=self.padding_free, pad_to_multiple_of=self.pad_to_multiple_of,
-                  flatten=self.flatten)
+                  flatten=self.flatten, length_buckets=self.length_buckets)
         batch = build_rows(prompts, comps, **kw)
         batch["label"] = torch.tensor([bool(ex["label"]) for ex in examples], dtype=torch.bool)
         if self.kl_rows:
@@ -709,6 +710,10 @@ class PreferenceTrainer(BaseTrainer):
     @torch.no_grad()
     def reference_logps(self, rows: Mapping[str, torch.Tensor]) -> SequenceLogps:
         """Completion log-probs of ``rows`` under the reference policy (no grad, eval mode)."""
+        with self.sequence_rows(rows):  # (also when precomputing, outside the training step)
+            return self._reference_logps(rows)
+
+    def _reference_logps(self, rows: Mapping[str, torch.Tensor]) -> SequenceLogps:
         if self.ref_model is not None:
             # in the training precision, like the policy's log-probs it is compared with: accelerate wraps only the
             # trained model's forward in its autocast region, so under bf16 a separate reference ran in float32
@@ -899,7 +904,7 @@ class PreferenceTrainer(BaseTrainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
+        with torch.no_grad(), self.compute_loss_context_manager(), self.sequence_rows(inputs):
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
 
