@@ -476,7 +476,8 @@ def test_padding_free_gives_same_loss_and_gradient(tiny_model_dir, tmp_path, fla
     data = Dataset.from_list([{"prompt": "Sort: " + "b a " * w, "chosen": " a" * (w + 1), "rejected": " b" * (7 - w % 7)}
                               for w in words])
     t = dpo(tiny_model_dir, tmp_path, data)
-    assert t.data_collator.padding_free and not t.data_collator.flatten  # the default on sdpa: bin-packed rows
+    # the default on sdpa: one row with attention per sequence where it pays, else bin-packed rows (both below)
+    assert t.data_collator.padding_free and t.data_collator.flatten and t._per_sequence
     examples = [t.train_dataset[i] for i in range(8)]
     t.model.eval()
     out = []
@@ -484,8 +485,9 @@ def test_padding_free_gives_same_loss_and_gradient(tiny_model_dir, tmp_path, fla
                      DataCollatorForPreference(t.tokenizer_.pad_token_id, padding_free=True, flatten=flatten)):
         t.model.zero_grad()
         batch = collator(examples)
-        loss = t.compute_loss(t.model, batch)
-        loss.backward()
+        with t.sequence_rows(batch):  # per-sequence attention on the one row
+            loss = t.compute_loss(t.model, batch)
+            loss.backward()
         out.append((loss.detach(), torch.cat([p.grad.flatten() for p in t.model.parameters() if p.grad is not None])))
     torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-4, atol=1e-5)
@@ -556,6 +558,7 @@ def test_per_sequence_attention_covers_the_reference(tiny_model_dir, tmp_path, m
     segments = attention._segments
     monkeypatch.setattr(attention, "_segments", lambda positions: seen.append(1) or segments(positions))
     examples = [t.train_dataset[i] for i in range(8)]
+    t.data_collator.per_sequence_cost = None  # one row whatever it saves
     t.model.eval()
     with torch.no_grad():
         padded = t.compute_loss(t.model, DataCollatorForPreference(t.tokenizer_.pad_token_id)(examples))

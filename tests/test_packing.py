@@ -86,6 +86,25 @@ def test_length_buckets_bound_the_row_widths():
     assert rows["input_ids"].shape == (1, 64) and rows["sequence_index"][0, 7:].eq(-1).all()  # 3 + 4 tokens
 
 
+def test_per_sequence_cost_chooses_one_row_only_where_it_pays():
+    """With per-sequence attention a batch is one row where the positions it saves over bin-packed rows exceed the
+    sequences' call cost, else bin-packed rows (and the trainer's context stays off for them)."""
+    from posttrain.data.collators import padding_free_rows
+
+    spread = [500, 250, 250, 480, 20]  # bin-packed: 3 full rows of 500 = 1500 positions; one row: 1536 -> no
+    assert padding_free_rows(spread, True, per_sequence_cost=1.0)[1] is False
+    long_short = [500, 300, 300, 300]  # bin-packed: 4 rows of 500 = 2000 positions; one row: 1408 -> saves 592 > 4
+    assert padding_free_rows(long_short, True, per_sequence_cost=1.0) == ([[0, 1, 2, 3]], True)
+    assert padding_free_rows(long_short, True, per_sequence_cost=200.0)[1] is False  # 592 < 4 x 200
+    assert padding_free_rows(long_short, True) == ([[0, 1, 2, 3]], True)  # flash attention: always one row
+    assert padding_free_rows(long_short, False, per_sequence_cost=1.0)[1] is False
+    collator = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True, length_buckets=True,
+                                               per_sequence_cost=1.0)
+    assert collator([{"input_ids": list(range(1, 501))}] + [{"input_ids": list(range(1, 301))}] * 3)["input_ids"].shape \
+        == (1, 1408)  # 1400 tokens, in row_width's bucket
+    assert collator([{"input_ids": [5] * n} for n in spread])["input_ids"].shape == (3, 500)  # no bucket padding
+
+
 def test_padding_free_rows_are_bin_packed_up_to_the_longest_example():
     """flatten=False: examples share a row when they fit in the batch's longest example (best fit decreasing);
     each keeps its positions from 0 and its first label ignored."""
@@ -250,6 +269,9 @@ def test_per_sequence_attention_gives_the_padded_loss_and_gradient(request, arch
         args = train_args(SFTConfig, tmp_path, padding_free=per_sequence, per_sequence_attention=per_sequence,
                           max_length=48, gradient_checkpointing=True)
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
+        if per_sequence:  # one row whatever it saves (the tiny model's calls would otherwise pick bin-packed rows)
+            assert trainer.data_collator.per_sequence_cost > 1
+            trainer.data_collator.per_sequence_cost = None
         batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)  # as train()
         trainer.current_gradient_accumulation_steps = 1  # (set by train())

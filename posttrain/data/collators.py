@@ -63,6 +63,25 @@ def row_width(length: int, multiple_of: int | None = None, buckets: bool = False
     return -(-length // step) * step
 
 
+def padding_free_rows(lengths: Sequence[int], flatten: bool, per_sequence_cost: float | None = None,
+                      sequences: int | None = None) -> tuple[list[list[int]], bool]:
+    """How a padding-free batch of examples with these token ``lengths`` is laid out: the examples' indices grouped
+    into rows, and whether that is the one flat row. ``flatten``: one row (variable-length kernels), else rows
+    bin-packed within the longest (sdpa/eager). With a ``per_sequence_cost`` (per-sequence attention: the cost of a
+    sequence's extra attention calls, in positions' work) the batch is one row only where the positions that saves
+    over the bin-packed rows exceed that cost for its ``sequences`` (default: one per example)."""
+    everything = [list(range(len(lengths)))]
+    if flatten and per_sequence_cost is None:
+        return everything, True
+    groups = rows_within_longest(lengths)
+    if not flatten:
+        return groups, False
+    saved = len(groups) * max(lengths, default=0) - row_width(sum(lengths), buckets=True)
+    if saved > per_sequence_cost * (sequences if sequences is not None else len(lengths)):
+        return everything, True
+    return groups, False
+
+
 def _label_ids(example: Mapping[str, Any], completion_only_loss: bool) -> list[int]:
     ids = list(example["input_ids"])
     keep = [1] * len(ids)
@@ -83,7 +102,11 @@ class DataCollatorForLanguageModeling:
     pad_to_multiple_of: int | None = None
     flatten: bool = True
     length_buckets: bool = False
-    """Padding-free: pad the rows to :func:`row_width`'s buckets (set by trainers running per-sequence attention)."""
+    """Padding-free: pad one-row batches to :func:`row_width`'s buckets (set by trainers running per-sequence
+    attention)."""
+    per_sequence_cost: float | None = None
+    """Padding-free with ``flatten``: choose per batch between one row and bin-packed rows
+    (:func:`padding_free_rows`)."""
     return_num_real_tokens: bool = False
     """Padding-free batches also carry ``num_real_tokens`` (the tokens before the row-end padding), for a trainer
     that counts them; not a model input."""
@@ -108,11 +131,10 @@ class DataCollatorForLanguageModeling:
 
     def _padding_free(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         rows = [self._row(ex) for ex in examples]
-        if self.flatten:
-            rows = [_concat(rows)]
-        else:
-            rows = [_concat([rows[i] for i in group]) for group in rows_within_longest([len(r[0]) for r in rows])]
-        length = row_width(max(len(r[0]) for r in rows), self.pad_to_multiple_of, self.length_buckets)
+        groups, flat = padding_free_rows([len(r[0]) for r in rows], self.flatten, self.per_sequence_cost,
+                                         sum(len(ex.get("seq_lengths") or [1]) for ex in examples))
+        rows = [_concat([rows[i] for i in group]) for group in groups]
+        length = row_width(max(len(r[0]) for r in rows), self.pad_to_multiple_of, self.length_buckets and flat)
         ids, labels, positions = [], [], []
         for row_ids, row_labels, row_pos in rows:
             extra = length - len(row_ids)  # padding at the row end forms its own "sequence" (positions 0..extra-1)

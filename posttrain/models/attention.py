@@ -1,4 +1,4 @@
-"""Attention sequence by sequence for padding-free rows on sdpa (opt-in: ``per_sequence_attention=True``).
+"""Attention sequence by sequence for padding-free rows on sdpa (``per_sequence_attention``, on by default).
 
 A padding-free batch is best laid out as one row with every sequence back to back (no padding at all), but sdpa
 sees that row as one long sequence and needs a dense block-diagonal mask over it. Bin-packing the batch into rows
@@ -9,7 +9,8 @@ the one-row layout cheap on sdpa: inside :func:`per_sequence_rows` it slices eac
 by :func:`bucket_length`. Everywhere else (generation, padded batches, a forward of your own) it is transformers'
 sdpa with its mask. Measured on CPU against bin-packed rows: SFT, DPO and KTO steps 1.2-1.3x faster at 0.87-0.92x
 the peak memory, with the same loss (``benchmarks/NOTES.md``, "Eighth batch"). The model's config keeps the name
-only in memory: ``config.json`` never records it.
+only in memory: ``config.json`` never records it. The collators lay a batch out as one row only where that saves
+more positions than the extra calls cost (:func:`call_cost`, ``data.collators.padding_free_rows``).
 
 The trainers enter the context for their own padding-free batches only (``BaseTrainer.sequence_rows``), around the
 whole training step, backward included: gradient checkpointing recomputes the forward during backward, and the
@@ -30,6 +31,28 @@ LENGTH_BUCKET = 64
 """Each sequence's attention runs at its length rounded up to a multiple of this, or of 1/8 of the largest power of
 two not above its length where that is larger (:func:`bucket_length`). sdpa's bf16 backward on CPU keeps about 2 MB
 of state for every distinct sequence length it has run (up to about 900 MB); the rounding bounds the lengths."""
+
+
+CALL_COST_PARAMETERS = 3.4e6
+"""A sequence's attention calls cost about as much as one position's work in a layer of this many parameters
+(forward, recomputation and backward; measured on CPU with the benchmark's model, hidden size 512: one call per
+sequence and layer against about 0.13 ms per position and layer). :func:`call_cost` scales it to a model."""
+
+
+def call_cost(model) -> float:
+    """The cost of running one more sequence through the per-sequence path, in positions' work of ``model``: at
+    least 1, more for small layers (where a call's fixed cost weighs more than a position's products)."""
+    from .heads import unwrap
+
+    base = unwrap(model)
+    if hasattr(base, "get_base_model"):  # PEFT
+        base = base.get_base_model()
+    config = getattr(base, "config", None)
+    config = getattr(config, "text_config", None) or config
+    hidden = getattr(config, "hidden_size", None) or 0
+    inner = getattr(config, "intermediate_size", None) or 4 * hidden
+    per_layer = 4 * hidden * hidden + 3 * hidden * inner
+    return max(1.0, CALL_COST_PARAMETERS / per_layer) if per_layer else 1.0
 
 
 def bucket_length(n: int) -> int:

@@ -48,7 +48,7 @@ from transformers import TrainerCallback
 
 from ..data import DatasetFormatError, detect_format, pad_sequences, require_kind, validate_example
 from ..data.formats import PREFERENCE, PREFERENCE_IMPLICIT, UNPAIRED_PREFERENCE, DatasetFormat
-from ..data.collators import row_width
+from ..data.collators import padding_free_rows, row_width
 from ..data.packing import rows_within_longest
 from ..data.templates import extract_prompt, require_chat_template, unpair_preference
 from ..data.tokenize import TRUNCATION_MODES, tokenize_prompt_completion
@@ -249,7 +249,8 @@ def tokenize_preference_row(
 
 def build_rows(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *, pad_token_id: int,
                padding_free: bool = False, pad_to_multiple_of: int | None = None,
-               flatten: bool = True, length_buckets: bool = False) -> dict[str, torch.Tensor]:
+               flatten: bool = True, length_buckets: bool = False,
+               per_sequence_cost: float | None = None) -> dict[str, torch.Tensor]:
     """Model inputs for ``prompt[i] + completion[i]`` rows with a 0/1 ``completion_mask``.
 
     Padded: ``input_ids``/``attention_mask``/``completion_mask`` of shape (R, L), right-padded.
@@ -262,8 +263,8 @@ def build_rows(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[
     seqs = [list(p) + list(c) for p, c in zip(prompts, completions)]
     masks = [[0] * len(p) + [1] * len(c) for p, c in zip(prompts, completions)]
     if padding_free:
-        groups = [list(range(len(seqs)))] if flatten else rows_within_longest([len(s) for s in seqs])
-        width = row_width(max(sum(len(seqs[i]) for i in g) for g in groups), pad_to_multiple_of, length_buckets)
+        groups, flat = padding_free_rows([len(s) for s in seqs], flatten, per_sequence_cost)
+        width = row_width(max(sum(len(seqs[i]) for i in g) for g in groups), pad_to_multiple_of, length_buckets and flat)
         ids, cmask, pos, index = [], [], [], []
         for g in groups:
             row = [t for i in g for t in seqs[i]]
@@ -303,14 +304,16 @@ class DataCollatorForPreference:
     padding_free: bool = False
     pad_to_multiple_of: int | None = None
     flatten: bool = True  # padding-free: one row (variable-length kernels) or bin-packed rows (sdpa/eager)
-    length_buckets: bool = False  # padding-free: row widths in data.collators.row_width's buckets
+    length_buckets: bool = False  # padding-free: one-row widths in data.collators.row_width's buckets
+    per_sequence_cost: float | None = None  # padding-free: one row or bin-packed, per batch (padding_free_rows)
 
     def __call__(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         prompts = [ex["prompt_input_ids"] for ex in examples]
         completions = [ex["chosen_input_ids"] for ex in examples] + [ex["rejected_input_ids"] for ex in examples]
         batch = build_rows(prompts + prompts, completions, pad_token_id=self.pad_token_id,
                            padding_free=self.padding_free, pad_to_multiple_of=self.pad_to_multiple_of,
-                           flatten=self.flatten, length_buckets=self.length_buckets)
+                           flatten=self.flatten, length_buckets=self.length_buckets,
+                           per_sequence_cost=self.per_sequence_cost)
         for name in ("ref_chosen_logps", "ref_rejected_logps"):
             col = _float_column(examples, name)
             if col is not None:
@@ -330,13 +333,14 @@ class DataCollatorForUnpairedPreference:
     pad_to_multiple_of: int | None = None
     kl_rows: bool = True
     flatten: bool = True  # padding-free: one row (variable-length kernels) or bin-packed rows (sdpa/eager)
-    length_buckets: bool = False  # padding-free: row widths in data.collators.row_width's buckets
+    length_buckets: bool = False  # padding-free: one-row widths in data.collators.row_width's buckets
+    per_sequence_cost: float | None = None  # padding-free: one row or bin-packed, per batch (padding_free_rows)
 
     def __call__(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         prompts = [ex["prompt_input_ids"] for ex in examples]
         comps = [ex["completion_input_ids"] for ex in examples]
         kw = dict(pad_token_id=self.pad_token_id, padding_free=self.padding_free, pad_to_multiple_of=self.pad_to_multiple_of,
-                  flatten=self.flatten, length_buckets=self.length_buckets)
+                  flatten=self.flatten, length_buckets=self.length_buckets, per_sequence_cost=self.per_sequence_cost)
         batch = build_rows(prompts, comps, **kw)
         batch["label"] = torch.tensor([bool(ex["label"]) for ex in examples], dtype=torch.bool)
         if self.kl_rows:
