@@ -26,13 +26,9 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from ..data.collators import row_width
+
 PER_SEQUENCE_SDPA = "posttrain_per_sequence_sdpa"
-LENGTH_BUCKET = 64
-"""Each sequence's attention runs at its length rounded up to a multiple of this, or of 1/8 of the largest power of
-two not above its length where that is larger (:func:`bucket_length`). sdpa's bf16 backward on CPU keeps about 2 MB
-of state for every distinct sequence length it has run (up to about 900 MB); the rounding bounds the lengths."""
-
-
 CALL_COST_PARAMETERS = 3.4e6
 """A sequence's attention calls cost about as much as one position's work in a layer of this many parameters
 (forward, recomputation and backward; measured on CPU with the benchmark's model, hidden size 512: one call per
@@ -56,8 +52,10 @@ def call_cost(model) -> float:
 
 
 def bucket_length(n: int) -> int:
-    step = max(LENGTH_BUCKET, 1 << max(n.bit_length() - 4, 0))
-    return -(-n // step) * step
+    """The length a sequence's attention runs at: ``data.collators.row_width``'s buckets (multiples of 64, or of 1/8
+    of the largest power of two not above ``n``). sdpa's bf16 backward on CPU keeps about 2 MB of state for every
+    distinct sequence length it has run (up to about 900 MB); the rounding bounds the lengths."""
+    return row_width(n, buckets=True)
 
 
 _state = threading.local()

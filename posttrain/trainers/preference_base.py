@@ -49,7 +49,6 @@ from transformers import TrainerCallback
 from ..data import DatasetFormatError, detect_format, pad_sequences, require_kind, validate_example
 from ..data.formats import PREFERENCE, PREFERENCE_IMPLICIT, UNPAIRED_PREFERENCE, DatasetFormat
 from ..data.collators import padding_free_rows, row_width
-from ..data.packing import rows_within_longest
 from ..data.templates import extract_prompt, require_chat_template, unpair_preference
 from ..data.tokenize import TRUNCATION_MODES, tokenize_prompt_completion
 from ..losses.policy import entropy_from_logits
