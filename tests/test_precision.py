@@ -92,3 +92,19 @@ def test_generation_under_one_autocast_region_casts_weights_once(tiny_model_dir,
     # per-forward regions: every matrix is cast at each of the 6 forwards; one enclosing region: once
     assert casts[False] >= 6 * (num_matrices - 1), casts
     assert casts[True] <= num_matrices, casts
+
+
+@pytest.mark.parametrize("given, expected", [({}, True), ({"gradient_checkpointing": False}, False),
+                                             ({"activation_checkpointing": False}, False)])
+def test_checkpointing_field_carries_to_transformers_name_without_warning(given, expected, tmp_path):
+    """TRL's field name (`gradient_checkpointing`, default True as in TRL 1.x) reaches transformers 5's
+    `activation_checkpointing`, which the Trainer reads, without transformers' deprecation warning."""
+    import warnings
+
+    from posttrain import PPOConfig
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        args = SFTConfig(output_dir=str(tmp_path), **given)
+    assert args.activation_checkpointing is expected and args.gradient_checkpointing is expected
+    assert PPOConfig(output_dir=str(tmp_path)).activation_checkpointing is False  # TRL 0.21's default for PPO

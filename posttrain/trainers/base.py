@@ -128,6 +128,12 @@ class PosttrainConfig(TrainingArguments):
             self.use_cpu = True
         if isinstance(self.model_init_kwargs, str):
             self.model_init_kwargs = json.loads(self.model_init_kwargs)
+        # transformers 5 renamed gradient_checkpointing* to activation_checkpointing* and warns on the old names; TRL's
+        # (and our) configs keep the old field, so carry it to the new one here, where the new one is unset
+        for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                         ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+            if hasattr(self, new) and getattr(self, new) is None and getattr(self, old) is not None:
+                setattr(self, new, getattr(self, old))
         super().__post_init__()
 
 
