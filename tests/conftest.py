@@ -102,3 +102,35 @@ def reverse_prompts(n: int, seed: int, exclude=None, **kwargs):
 
     avoid = [reverse_sft_data()] if exclude is None else [reverse_sft_data(), exclude]
     return make_dataset("reverse", "prompt_only", n=n, seed=seed, exclude=avoid, min_len=3, max_len=5, **kwargs)
+
+
+def run_notebook(name: str, tmp_path, timeout: int = 300):
+    """Execute ``examples/notebooks/<name>`` headless in ``tmp_path`` (figures become PNG outputs); return the
+    executed notebook and its code cells' text outputs joined."""
+    import os
+    import pathlib
+
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    pytest.importorskip("matplotlib")
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "notebooks" / name
+    nb = nbformat.read(path, as_version=4)
+    env_backup = os.environ.get("MPLBACKEND")
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    try:
+        nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        if env_backup is None:
+            os.environ.pop("MPLBACKEND", None)
+        else:
+            os.environ["MPLBACKEND"] = env_backup
+    outputs = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+                      for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", []))
+    return nb, outputs
+
+
+def has_figure(nb) -> bool:
+    return any("image/png" in o.get("data", {}) for cell in nb.cells if cell.cell_type == "code"
+               for o in cell.get("outputs", []))

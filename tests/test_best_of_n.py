@@ -2,15 +2,12 @@
 examples/notebooks/best_of_n.ipynb notebook executed headless."""
 
 import math
-import os
-import pathlib
 
 import pytest
 import torch
 
 from posttrain.rollout import BestOfNSampler, RewardFunctionError, RewardScorer, generate, score, score_with_model
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.conftest import has_figure, run_notebook
 
 
 @pytest.fixture(scope="module")
@@ -168,24 +165,6 @@ def test_best_of_n_passes_columns_and_conversational_completions(policy, tokeniz
 
 
 def test_best_of_n_notebook_runs_headless(tmp_path):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    pytest.importorskip("ipykernel")
-    pytest.importorskip("matplotlib")
-    path = ROOT / "examples" / "notebooks" / "best_of_n.ipynb"
-    nb = nbformat.read(path, as_version=4)
-    env_backup = os.environ.get("MPLBACKEND")
-    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # headless; figures become PNG outputs
-    try:
-        nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                                resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        if env_backup is None:
-            os.environ.pop("MPLBACKEND", None)
-        else:
-            os.environ["MPLBACKEND"] = env_backup
-    outputs = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
-                      for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", []))
+    nb, outputs = run_notebook("best_of_n.ipynb", tmp_path, timeout=120)
     assert "best-of-16" in outputs and "plain sampling" in outputs
-    assert any("image/png" in o.get("data", {}) for cell in nb.cells if cell.cell_type == "code"
-               for o in cell.get("outputs", []))
+    assert has_figure(nb)
