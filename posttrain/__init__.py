@@ -36,6 +36,8 @@ _EXPORTS = {
     "RLOOTrainer": "posttrain.trainers.rloo",
     "PPOConfig": "posttrain.trainers.ppo",
     "PPOTrainer": "posttrain.trainers.ppo",
+    "DDPOConfig": "posttrain.trainers.ddpo",
+    "DDPOTrainer": "posttrain.trainers.ddpo",
     "GKDConfig": "posttrain.trainers.gkd",
     "GKDTrainer": "posttrain.trainers.gkd",
     "OnlineDPOConfig": "posttrain.trainers.online_dpo",
