@@ -38,6 +38,8 @@ _EXPORTS = {
     "PPOTrainer": "posttrain.trainers.ppo",
     "DDPOConfig": "posttrain.trainers.ddpo",
     "DDPOTrainer": "posttrain.trainers.ddpo",
+    "AlignPropConfig": "posttrain.trainers.alignprop",
+    "AlignPropTrainer": "posttrain.trainers.alignprop",
     "GKDConfig": "posttrain.trainers.gkd",
     "GKDTrainer": "posttrain.trainers.gkd",
     "OnlineDPOConfig": "posttrain.trainers.online_dpo",
