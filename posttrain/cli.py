@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "online-dpo": ("posttrain.scripts.online_dpo", "online DPO: policy pairs ranked by a judge or reward (OnlineDPOTrainer)"),
     "nash-md": ("posttrain.scripts.nash_md", "Nash mirror descent against a policy/reference mixture (NashMDTrainer)"),
     "xpo": ("posttrain.scripts.xpo", "exploratory preference optimization (XPOTrainer)"),
+    "ddpo": ("posttrain.scripts.ddpo", "denoising diffusion policy optimization for text-to-image pipelines (DDPOTrainer)"),
+    "alignprop": ("posttrain.scripts.alignprop", "reward backpropagation through a diffusion sampler (AlignPropTrainer)"),
     "vllm-serve": ("posttrain.scripts.vllm_serve", "serve a model with vLLM for the online trainers' server mode"),
     "env": ("posttrain.cli", "print the versions a bug report needs"),
     "kit": ("posttrain.kit.cli", "build tiny offline models and synthetic datasets"),

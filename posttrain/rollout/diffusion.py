@@ -24,6 +24,8 @@ from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "DiffusionSamples",
+    "color_reward",
+    "image_closeness_reward",
     "ddim_step_mean_std",
     "decode_latents",
     "encode_prompts",
@@ -217,3 +219,31 @@ def sample(
         prompt_embeds=prompt_embeds,
         negative_prompt_embeds=negative_embeds,
     )
+
+
+# -- image rewards: (images, prompts, prompt_metadata) -> (rewards, reward_metadata), differentiable -----------------
+
+
+def color_reward(rgb: Sequence[float], scale: float = 100.0):
+    """Reward function of the diffusion trainers: ``-scale x`` the mean squared distance of each image's pixels to the
+    colour ``rgb`` (three numbers in [0, 1]). Differentiable, so AlignProp can backpropagate it."""
+    target = torch.tensor([float(c) for c in rgb]).view(1, 3, 1, 1)
+    if target.numel() != 3 or not bool(((target >= 0) & (target <= 1)).all()):
+        raise ValueError(f"rgb must be three numbers in [0, 1], got {list(rgb)!r}")
+
+    def reward_fn(images: torch.Tensor, prompts: Any = None, prompt_metadata: Any = None):
+        return -((images - target.to(images.device, images.dtype)) ** 2).mean(dim=(1, 2, 3)) * scale, {}
+
+    return reward_fn
+
+
+def image_closeness_reward(target: torch.Tensor, scale: float = 100.0):
+    """Reward function: ``-scale x`` the mean squared distance of each image to ``target`` ((1, 3, H, W) in [0, 1],
+    the images' size). Differentiable."""
+
+    def reward_fn(images: torch.Tensor, prompts: Any = None, prompt_metadata: Any = None):
+        if images.shape[-2:] != target.shape[-2:]:
+            raise ValueError(f"target image is {tuple(target.shape[-2:])}, the samples {tuple(images.shape[-2:])}")
+        return -((images - target.to(images.device, images.dtype)) ** 2).mean(dim=(1, 2, 3)) * scale, {}
+
+    return reward_fn

@@ -32,10 +32,15 @@ class AlignPropConfig(DiffusionConfig):
     log_image_freq: int = 1
     truncated_backprop_rand: bool = True
     truncated_backprop_timestep: int = 49
-    truncated_rand_backprop_minmax: tuple = (0, 50)
+    truncated_rand_backprop_minmax: list[int] = field(
+        default_factory=lambda: [0, 50],
+        metadata={"help": "Range (low high) of the random truncation step; a (low, high) tuple in Python."})
 
     def __post_init__(self):
         super().__post_init__()
+        if len(self.truncated_rand_backprop_minmax) != 2:
+            raise ValueError("truncated_rand_backprop_minmax takes two numbers (low, high), got "
+                             f"{self.truncated_rand_backprop_minmax!r}")
         lo, hi = self.truncated_rand_backprop_minmax
         if not 0 <= lo <= hi:
             raise ValueError(f"truncated_rand_backprop_minmax must be (low, high) with 0 <= low <= high, got {(lo, hi)}")

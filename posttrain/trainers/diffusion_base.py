@@ -191,10 +191,17 @@ class DiffusionTrainerBase:
     # ------------------------------------------------------------------------------------------------------------
     def train(self, epochs: Optional[int] = None) -> None:
         """Run ``epochs`` (default ``config.num_epochs``) epochs, checkpointing every ``save_freq``, then save."""
+        from tqdm.auto import tqdm
+
         global_step = 0
         epochs = self.config.num_epochs if epochs is None else epochs
-        for epoch in range(self.first_epoch, epochs):
+        bar = tqdm(range(self.first_epoch, epochs), desc=type(self).__name__, unit="epoch",
+                   disable=not self.accelerator.is_local_main_process)
+        for epoch in bar:
             global_step = self.step(epoch, global_step)
+            if self.log_history:  # the epoch's last logged metrics, on the bar
+                last = self.log_history[-1]
+                bar.set_postfix({k: f"{last[k]:.4g}" for k in ("reward_mean", "loss") if k in last})
             if self.config.save_freq and (epoch + 1) % self.config.save_freq == 0 and epoch + 1 < epochs:
                 self._checkpoint(epoch)
         self.save_model(self.config.output_dir)

@@ -1,0 +1,5 @@
+"""``posttrain ddpo``: see :mod:`posttrain.scripts.diffusion`."""
+
+from .diffusion import main_ddpo as main
+
+__all__ = ["main"]
