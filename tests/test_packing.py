@@ -298,15 +298,37 @@ def test_per_sequence_attention_gives_the_padded_loss_and_gradient(request, arch
     assert out.shape[1] > 3
 
 
-def test_per_sequence_attention_keeps_sdpa_for_sliding_windows(tiny_model_dir):
-    """A model whose attention the per-sequence path would change (sliding window) keeps sdpa, with a warning."""
-    from transformers import AutoModelForCausalLM
+def test_per_sequence_attention_applies_sliding_windows(tmp_path, tokenizer):
+    """Gemma 3's local layers attend within a sliding window: the per-sequence path gives each sequence longer than
+    the window its causal band (transformers' definition), so a padding-free one-row step of a gemma3 model with a
+    window of 8 (sequences up to 48 tokens) has the padded batch's loss and gradient; with the band dropped it would
+    not (checked: the same step with a window of 4096 differs)."""
+    import posttrain.models.attention as attention
+    from posttrain import SFTConfig, SFTTrainer
+    from posttrain.kit import build_tiny_model
+    from tests.conftest import train_args
 
-    from posttrain.models.attention import use_per_sequence_attention
+    ds = _examples(tokenizer, n=12, seed=4)
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, use_sliding_window=True, sliding_window=8)
-    with pytest.warns(UserWarning, match="sliding window"):
-        assert not use_per_sequence_attention(model)
-    assert model.config._attn_implementation == "sdpa"
-    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    assert use_per_sequence_attention(plain) and plain.config._attn_implementation != "sdpa"
+    def step(window, per_sequence):
+        model = build_tiny_model("gemma3", size="tiny", seed=0, sliding_window=window).float()
+        args = train_args(SFTConfig, tmp_path, padding_free=per_sequence, per_sequence_attention=per_sequence,
+                          max_length=48, gradient_checkpointing=True)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
+        if per_sequence:
+            assert model.config._attn_implementation == attention.PER_SEQUENCE_SDPA
+            trainer.data_collator.per_sequence_cost = None  # one row whatever it saves
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
+        trainer.current_gradient_accumulation_steps = 1
+        model.train()
+        model.zero_grad()
+        loss = trainer.training_step(trainer.model, dict(batch))
+        return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    padded_loss, padded_grad = step(8, False)
+    loss, grad = step(8, True)
+    assert abs(loss - padded_loss) < 1e-5
+    assert torch.allclose(grad, padded_grad, atol=1e-5, rtol=1e-4)
+    wide_loss, _ = step(4096, True)
+    assert abs(wide_loss - padded_loss) > 1e-3  # the window matters on these sequences

@@ -21,7 +21,7 @@ from posttrain.kit.tasks import TASKS
 __all__ = ["build_parser", "main"]
 
 # Kept in sync with posttrain.kit.models / posttrain.kit.datasets (not imported here to keep --help fast).
-_ARCHS = ("qwen2", "llama", "gpt2")
+_ARCHS = ("qwen2", "llama", "gpt2", "gemma3")
 _HEADS = ("causal-lm", "seq-cls", "token-cls")
 _SIZES = ("tiny", "small", "bench")
 _FORMATS = (

@@ -14,8 +14,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ARCHS", "HEADS", "SIZES", "build_tiny_config", "build_tiny_model"]
 
-ARCHS: tuple[str, ...] = ("qwen2", "llama", "gpt2")
-"""Supported architectures."""
+ARCHS: tuple[str, ...] = ("qwen2", "llama", "gpt2", "gemma3")
+"""Supported architectures (``gemma3``: Gemma 3's text model, sliding-window layers with one full-attention layer
+in six, as in Gemma 3; no token-classification head)."""
 
 HEADS: dict[str, int | None] = {"causal-lm": None, "seq-cls": 1, "token-cls": 2}
 """Supported heads and their number of labels: language modelling, sequence classification
@@ -41,6 +42,8 @@ SIZES: dict[str, dict[str, int]] = {
 grouped-query attention)."""
 
 MAX_POSITION_EMBEDDINGS = 2048
+GEMMA3_SLIDING_WINDOW = 512
+"""Sliding window of the ``gemma3`` arch's local layers (Gemma 3 1B's)."""
 
 
 def _load_tokenizer(tokenizer: PreTrainedTokenizerBase | str | os.PathLike[str] | None) -> PreTrainedTokenizerBase:
@@ -63,7 +66,7 @@ def build_tiny_config(
     **config_overrides: Any,
 ) -> PreTrainedConfig:
     """Return the model config :func:`build_tiny_model` would use (see there for the arguments)."""
-    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+    from transformers import Gemma3TextConfig, GPT2Config, LlamaConfig, Qwen2Config
 
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {list(ARCHS)}")
@@ -71,6 +74,8 @@ def build_tiny_config(
         raise ValueError(f"unknown head {head!r}; choose one of {list(HEADS)}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {list(SIZES)}")
+    if arch == "gemma3" and head == "token-cls":
+        raise ValueError("transformers has no token-classification head for gemma3; use qwen2 or llama for PRMs")
     tok = _load_tokenizer(tokenizer)
 
     eos_id = tok.eos_token_id
@@ -107,6 +112,11 @@ def build_tiny_config(
             attn_pdrop=0.0,
             summary_first_dropout=0.0,
         )
+    elif arch == "gemma3":
+        config_cls = Gemma3TextConfig
+        head_dim = preset["hidden_size"] // preset["num_attention_heads"]
+        kwargs.update(preset, head_dim=head_dim, query_pre_attn_scalar=head_dim, hidden_activation="gelu_pytorch_tanh",
+                      rms_norm_eps=1e-6, attention_dropout=0.0, sliding_window=GEMMA3_SLIDING_WINDOW)
     else:
         config_cls = Qwen2Config if arch == "qwen2" else LlamaConfig
         kwargs.update(preset, hidden_act="silu", rms_norm_eps=1e-6, attention_dropout=0.0)
@@ -126,7 +136,7 @@ def build_tiny_model(
     """Build a randomly initialised model (float32) for the kit tokenizer's vocabulary.
 
     Args:
-        arch: ``"qwen2"``, ``"llama"`` or ``"gpt2"``.
+        arch: ``"qwen2"``, ``"llama"``, ``"gpt2"`` or ``"gemma3"``.
         head: ``"causal-lm"``, ``"seq-cls"`` (``num_labels=1``, reward models) or ``"token-cls"``
             (``num_labels=2``, process reward models).
         size: a key of :data:`SIZES`: ``"tiny"``, ``"small"`` or ``"bench"``.

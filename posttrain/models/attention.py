@@ -106,6 +106,11 @@ def per_sequence_attention(module, query, key, value, attention_mask, dropout: f
     if not active or query.shape[2] != key.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
+    if "sliding_window" not in kwargs and _windowed(getattr(module, "config", None)):
+        raise RuntimeError(
+            f"per_sequence_attention: {type(module).__name__} does not pass its sliding window to the attention "
+            "function, so the per-sequence path cannot apply it. Set per_sequence_attention=False.")
+    window = kwargs.get("sliding_window")
     gqa = query.shape[1] != key.shape[1]
     length = query.shape[2]
     rows = []
@@ -118,11 +123,29 @@ def per_sequence_attention(module, query, key, value, attention_mask, dropout: f
             q, k, v = (t[b:b + 1, :, s:min(stop, length)] for t in (query, key, value))
             if stop > length:
                 q, k, v = (F.pad(t, (0, 0, 0, stop - length)) for t in (q, k, v))
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout if module.training else 0.0,
-                                                 is_causal=True, scale=scaling, enable_gqa=gqa)
+            # a sliding window narrower than the sequence: the causal band of that width (transformers' definition:
+            # a query sees the `window` positions ending at itself), else plain causal attention
+            band = _band_mask(stop - s, window, q.device) if window and e - s > window else None
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=band, dropout_p=dropout if module.training else 0.0,
+                                                 is_causal=band is None, scale=scaling, enable_gqa=gqa)
             parts.append(out[:, :, :e - s])
         rows.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+
+
+def _windowed(config) -> bool:
+    """True when ``config``'s layers (some of them) attend within a sliding window."""
+    if config is None or not getattr(config, "sliding_window", None) or not getattr(config, "use_sliding_window", True):
+        return False
+    layer_types = getattr(config, "layer_types", None)
+    return layer_types is None or "sliding_attention" in layer_types
+
+
+def _band_mask(n: int, window: int, device) -> torch.Tensor:
+    """(n, n) boolean mask: query i sees keys i - window < j <= i."""
+    i = torch.arange(n, device=device)
+    offset = i[:, None] - i[None, :]
+    return (offset >= 0) & (offset < window)
 
 
 def per_sequence_mask(*args, **kwargs):
@@ -155,10 +178,9 @@ def use_per_sequence_attention(model) -> bool:
         return True
     if impl != "sdpa" or not hasattr(base, "set_attn_implementation"):
         return False
-    windowed = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
-    if windowed or getattr(config, "attn_logit_softcapping", None):
-        warnings.warn(f"per_sequence_attention: {type(base).__name__} uses a sliding window or soft-capped attention "
-                      "scores, which the per-sequence path does not apply; it keeps sdpa.", stacklevel=3)
+    if getattr(config, "attn_logit_softcapping", None):
+        warnings.warn(f"per_sequence_attention: {type(base).__name__} soft-caps its attention scores, which sdpa does "
+                      "not apply; it keeps its attention.", stacklevel=3)
         return False
     register()
     base.set_attn_implementation(PER_SEQUENCE_SDPA)
