@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .base import bf16_supported
+from .base import _has_accelerator, bf16_supported
 
 LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -110,12 +110,16 @@ class DiffusionTrainerBase:
         project_kwargs = dict(config.project_kwargs)
         project_kwargs.setdefault("project_dir", config.output_dir)
         project_kwargs.setdefault("logging_dir", os.path.join(config.output_dir, config.logdir))
+        accelerator_kwargs = dict(config.accelerator_kwargs)
+        # without cpu=True accelerate sets up no process group on a CPU-only machine: under `accelerate launch` /
+        # torchrun every process would train alone on its own samples
+        accelerator_kwargs.setdefault("cpu", not _has_accelerator())
         self.accelerator = Accelerator(
             log_with=config.log_with,
             mixed_precision=config.mixed_precision,
             project_config=ProjectConfiguration(**project_kwargs),
             gradient_accumulation_steps=gradient_accumulation_steps,
-            **config.accelerator_kwargs,
+            **accelerator_kwargs,
         )
         if config.log_with is not None and self.accelerator.is_main_process:
             self.accelerator.init_trackers(config.tracker_project_name, config=config.to_dict(),
