@@ -1,8 +1,6 @@
 """AlignPropTrainer: reward backpropagation through the truncated, checkpointed sampler raises a differentiable
 reward of the decoded image; gradients reach only the steps after the truncation cutoff."""
 
-import time
-
 import pytest
 import torch
 
@@ -11,7 +9,7 @@ pytest.importorskip("diffusers")
 from posttrain.kit.diffusion import build_tiny_diffusion  # noqa: E402
 from posttrain.losses.diffusion import alignprop_loss  # noqa: E402
 from posttrain.rollout.diffusion import sample  # noqa: E402
-from tests.test_ddpo import closeness_reward, cycling_prompts, mean_sampled_reward, target_image  # noqa: E402
+from tests.test_ddpo import closeness_reward, target_image, train_and_measure  # noqa: E402
 
 
 def test_alignprop_learns_to_match_a_target_image(tmp_path):
@@ -20,18 +18,11 @@ def test_alignprop_learns_to_match_a_target_image(tmp_path):
     on one CPU thread)."""
     from posttrain.trainers.alignprop import AlignPropConfig, AlignPropTrainer
 
-    reward_fn = closeness_reward(target_image())
-    pipe = build_tiny_diffusion(seed=0)
-    before = mean_sampled_reward(pipe, reward_fn)
     config = AlignPropConfig(num_epochs=30, sample_num_steps=10, train_batch_size=8, train_learning_rate=1e-2,
                              sample_guidance_scale=3.0, truncated_rand_backprop_minmax=(0, 10), save_freq=0,
                              output_dir=str(tmp_path), seed=0)
     assert config.use_lora
-    start = time.time()
-    trainer = AlignPropTrainer(config, reward_fn, cycling_prompts(), pipe)
-    trainer.train()
-    after = mean_sampled_reward(trainer.sd_pipeline, reward_fn)
-    print(f"AlignProp target image: reward {before:.3f} -> {after:.3f} in {time.time() - start:.1f}s")
+    trainer, before, after = train_and_measure(AlignPropTrainer, config, "AlignProp")
     assert after - before >= 0.4, (before, after)
     for name in ("reward_mean", "reward_std", "loss", "epoch"):
         assert name in trainer.log_history[0], name

@@ -50,6 +50,19 @@ def mean_sampled_reward(pipeline, reward_fn, n=64, num_steps=10, guidance_scale=
     return reward_fn(out.images, None, None)[0].mean().item()
 
 
+def train_and_measure(trainer_class, config, name):
+    """Train on the target-image reward from the kit's tiny pipeline; (trainer, reward before, reward after)."""
+    reward_fn = closeness_reward(target_image())
+    pipe = build_tiny_diffusion(seed=0)
+    before = mean_sampled_reward(pipe, reward_fn)
+    start = time.time()
+    trainer = trainer_class(config, reward_fn, cycling_prompts(), pipe)
+    trainer.train()
+    after = mean_sampled_reward(trainer.sd_pipeline, reward_fn)
+    print(f"{name} target image: reward {before:.3f} -> {after:.3f} in {time.time() - start:.1f}s")
+    return trainer, before, after
+
+
 def test_transition_log_prob_is_the_gaussian_density_of_the_ddim_step():
     """mean + std * z equals diffusers' DDIMScheduler.step(eta, variance_noise=z), and the log-prob equals
     Normal(mean, std).log_prob(x).sum() over the latent dimensions, at every timestep."""
@@ -110,17 +123,10 @@ def test_ddpo_learns_to_match_a_target_image(tmp_path):
     (fixed noise) by >= 0.15 (measured: -4.12 -> -3.63, per-sample reward std ~0.35; 35-50 s on one CPU thread)."""
     from posttrain.trainers.ddpo import DDPOConfig, DDPOTrainer
 
-    reward_fn = closeness_reward(target_image())
-    pipe = build_tiny_diffusion(seed=0)
-    before = mean_sampled_reward(pipe, reward_fn)
     config = DDPOConfig(num_epochs=30, sample_num_steps=10, sample_batch_size=8, sample_num_batches_per_epoch=2,
                         train_batch_size=8, train_learning_rate=1e-3, sample_guidance_scale=3.0,
                         train_clip_range=1e-2, use_lora=False, save_freq=0, output_dir=str(tmp_path), seed=0)
-    start = time.time()
-    trainer = DDPOTrainer(config, reward_fn, cycling_prompts(), pipe)
-    trainer.train()
-    after = mean_sampled_reward(trainer.sd_pipeline, reward_fn)
-    print(f"DDPO target image: reward {before:.3f} -> {after:.3f} in {time.time() - start:.1f}s")
+    trainer, before, after = train_and_measure(DDPOTrainer, config, "DDPO")
     assert after - before >= 0.15, (before, after)
     for name in ("reward_mean", "reward_std", "loss", "approx_kl", "clipfrac", "epoch"):
         assert name in trainer.log_history[0], name
