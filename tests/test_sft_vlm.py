@@ -188,7 +188,7 @@ def test_tiny_vlm_learns_to_read_the_image(precision, processor, monkeypatch, tm
 
 
 def _trainer(model, data, tmp_path, processor, **overrides):
-    return SFTTrainer(model=model, args=train_args(SFTConfig, tmp_path, max_steps=1, **overrides),
+    return SFTTrainer(model=model, args=train_args(SFTConfig, tmp_path, **{"max_steps": 1, **overrides}),
                       train_dataset=data, processing_class=processor)
 
 
@@ -249,6 +249,19 @@ def test_loss_on_selected_head_positions_equals_full_logits(vlm_dir, processor, 
     assert stored["_sum/mean_token_accuracy"][0] == stored["_sum/mean_token_accuracy"][1]
 
 
+def test_text_only_data_on_a_vlm_trains_as_text_sft(processor, tmp_path):
+    """A VLM with its processor and data without images: text SFT's tokenization (with the processor's chat
+    template) and collator, padded."""
+    from posttrain.data import DataCollatorForLanguageModeling
+
+    data = make_dataset("copy", "prompt_completion", n=16, seed=0, conversational=True)
+    trainer = _trainer(build_tiny_vlm(), data, tmp_path, processor, max_steps=2)
+    assert type(trainer.data_collator) is DataCollatorForLanguageModeling and not trainer.data_collator.padding_free
+    assert "input_ids" in trainer.train_dataset.column_names
+    trainer.train()
+    assert trainer.state.log_history[0]["loss"] > 0
+
+
 # --------------------------------------------------------------------------- saving, evaluation, command line
 
 
@@ -286,3 +299,22 @@ def test_sft_command_on_a_vlm_folder_and_parquet_file(vlm_dir, colors, tmp_path)
     assert (out / "processor_config.json").exists()
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert log[0]["loss"] > 0 and "mean_token_accuracy" in log[0]
+
+
+def test_sft_vlm_example_script(vlm_dir, colors, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    data = write_dataset(colors, tmp_path / "colors")
+    out = tmp_path / "example"
+    proc = subprocess.run(
+        [sys.executable, str(root / "examples" / "scripts" / "sft_vlm.py"), "--model_name_or_path", vlm_dir,
+         "--dataset_name", data, "--output_dir", str(out), "--max_steps", "2", "--report_to", "none",
+         "--save_strategy", "no", "--per_device_train_batch_size", "4"],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(root), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "model.safetensors").exists() and (out / "processor_config.json").exists()
