@@ -591,6 +591,9 @@ def test_cli_choices_match_library():
 
     assert cli._ARCHS == models.ARCHS
     assert cli._VLM_ARCHS == models.VLM_ARCHS
+    from posttrain.kit import images
+
+    assert images.IMAGE_TOKEN == models.IMAGE_TOKEN
     assert tuple(models.HEADS) == cli._HEADS
     assert tuple(models.SIZES) == cli._SIZES
     assert cli._FORMATS == datasets.FORMATS

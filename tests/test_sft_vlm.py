@@ -71,6 +71,12 @@ def test_collator_labels_on_a_hand_built_row(processor):
     assert batch["labels"][1].tolist() == [IGNORE] * len(prompt) + purple
     assert batch["pixel_values"].shape == (2, 3, 32, 32)
 
+    # an 'image' column (one image per row) reads the same
+    single = [{**{k: v for k, v in _row(a).items() if k != "images"}, "image": _row(a)["images"][0]}
+              for a in ("red", "purple")]
+    same = DataCollatorForVisionLanguageModeling(processor)(single)
+    assert all(torch.equal(same[k], batch[k]) for k in batch)
+
     # loss on the prompt too: still never on image tokens, padding, or the first token
     full = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=False)([_row("red"), _row("purple")])
     expected = [t if t != IMAGE_ID else IGNORE for t in prompt + red]
@@ -201,6 +207,15 @@ def _trainer(model, data, tmp_path, processor, **overrides):
 def test_image_count_errors_name_the_row(rows, match, vlm_dir, processor, tmp_path):
     with pytest.raises(DatasetFormatError, match=match):
         _trainer(vlm_dir, Dataset.from_list(rows), tmp_path, processor)
+
+
+def test_image_counts_read_without_decoding():
+    from posttrain.data.vision import image_counts
+
+    image = color_image("red", random.Random(0))
+    assert image_counts(Dataset.from_list([{"images": [image, image]}, {"images": []}, {"images": [image]}]),
+                        "images") == [2, 0, 1]
+    assert image_counts(Dataset.from_list([{"image": image}, {"image": None}]), "image") == [1, 0]
 
 
 def test_processor_without_a_usable_chat_template(vlm_dir, colors, tmp_path):

@@ -201,6 +201,8 @@ class DataCollatorForVisionLanguageModeling:
                 text = render_messages(self.tokenizer, example["messages"], **kwargs) if fmt.conversational \
                     else example[self.dataset_text_field]
         except (TypeError, AttributeError) as err:  # jinja: a template written for string content only
+            if not fmt.conversational:
+                raise
             raise DatasetFormatError(
                 f"Row {row}: the chat template cannot render this row ({type(err).__name__}: {err}). Vision rows need "
                 "a template that renders content lists ({'type': 'image'} / {'type': 'text'} parts).") from err

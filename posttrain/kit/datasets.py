@@ -246,7 +246,7 @@ def make_dataset(
     from datasets import Dataset
 
     if isinstance(task, str) and task in VISION_TASKS:
-        if exclude is not None and exclude != set() or step_errors != "first":
+        if exclude not in (None, set()) or step_errors != "first":
             raise ValueError(f"exclude and step_errors do not apply to the vision task {task!r}; use another seed "
                              "for held-out rows")
         return Dataset.from_list(make_vision_rows(task, format, n, seed, conversational, system_prompt=system_prompt,
