@@ -26,6 +26,7 @@ _EXPORTS = {
     "ScriptArguments": "posttrain.scripts.args",
     "PosttrainParser": "posttrain.scripts.args",
     "DataCollatorForLanguageModeling": "posttrain.data.collators",
+    "DataCollatorForVisionLanguageModeling": "posttrain.data.vision",
     "RewardConfig": "posttrain.trainers.reward",
     "RewardTrainer": "posttrain.trainers.reward",
     "PRMConfig": "posttrain.trainers.prm",

@@ -201,6 +201,116 @@ def test_tiny_model_generates(tok):
     assert out.shape[1] <= inputs["input_ids"].shape[1] + 4
 
 
+# --------------------------------------------------------------------------- vision-language model
+
+
+def test_tiny_vlm_save_reload_offline(tmp_path):
+    """The tiny Llava and its processor load back with the auto classes (no hub), with the same outputs; each image
+    becomes (32 / 8)^2 = 16 image tokens, which the model's image token id matches."""
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration
+
+    from posttrain.kit.models import IMAGE_TOKEN, build_tiny_processor, build_tiny_vlm
+
+    path = build_tiny_vlm(seed=1, output_dir=tmp_path / "vlm")
+    model, processor = build_tiny_vlm(seed=1), build_tiny_processor()
+    assert isinstance(model, LlavaForConditionalGeneration)
+    reloaded = AutoModelForImageTextToText.from_pretrained(path)
+    reloaded_processor = AutoProcessor.from_pretrained(path)
+    assert type(reloaded) is type(model) and type(reloaded_processor) is type(processor)
+    tok = processor.tokenizer
+    assert len(tok) == 1025 and tok.convert_tokens_to_ids(IMAGE_TOKEN) == 1024 == model.config.image_token_id
+    assert model.config.text_config.vocab_size == len(tok) == model.get_input_embeddings().weight.shape[0]
+    assert reloaded_processor.chat_template == processor.chat_template
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color is this?"}]}]
+    text = reloaded_processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == "<|im_start|>user\n<image>What color is this?<|im_end|>\n<|im_start|>assistant\n"
+    batch = reloaded_processor(text=[text], images=[[Image.new("RGB", (40, 30), (200, 0, 0))]], return_tensors="pt")
+    assert batch["pixel_values"].shape == (1, 3, 32, 32)
+    assert (batch["input_ids"] == 1024).sum() == 16
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, reloaded.eval()(**batch).logits)
+    other = build_tiny_vlm(seed=2)
+    assert not torch.equal(other.lm_head.weight, model.lm_head.weight)
+
+
+def test_vision_chat_template_renders_strings_and_parts(tok):
+    """The VLM template renders string content exactly as the kit template, image parts as the image token, and its
+    generation markers select the assistant tokens."""
+    from posttrain.kit.models import build_tiny_processor
+
+    vtok = build_tiny_processor().tokenizer
+    assert vtok.apply_chat_template(MESSAGES, tokenize=False) == tok.apply_chat_template(MESSAGES, tokenize=False)
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Look: "}, {"type": "image", "text": None}]},
+             {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]
+    out = vtok.apply_chat_template(parts, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    assert vtok.decode(out["input_ids"]) == (
+        "<|im_start|>user\nLook: <image><|im_end|>\n<|im_start|>assistant\nred<|im_end|>\n")
+    assert vtok.decode([i for i, m in zip(out["input_ids"], out["assistant_masks"]) if m]) == "red<|im_end|>"
+
+
+@pytest.mark.parametrize("fmt", ["prompt_completion", "language_modeling", "prompt_only"])
+@pytest.mark.parametrize("conversational", [True, False])
+def test_colors_dataset(fmt, conversational):
+    """Balanced colours, one noisy 32x32 image per row whose mean is the colour, the same question everywhere."""
+    import numpy as np
+
+    from posttrain.kit.images import COLORS
+
+    ds = make_dataset("colors", fmt, n=60, seed=0, conversational=conversational)
+    columns = {"prompt_completion": ["images", "prompt", "completion", "answer"],
+               "prompt_only": ["images", "prompt", "answer"],
+               "language_modeling": ["images", "messages" if conversational else "text"]}[fmt]
+    assert ds.column_names == columns
+    answers = []
+    for row in ds:
+        (image,) = row["images"]
+        pixels = np.asarray(image, dtype=float)
+        assert image.size == (32, 32) and pixels.std() > 5  # noisy: no two images alike
+        mean = pixels.reshape(-1, 3).mean(0)
+        answers.append(min(COLORS, key=lambda c: np.abs(mean - COLORS[c]).sum()))
+        if fmt != "language_modeling":
+            assert row["answer"] == answers[-1]
+    assert sorted(answers) == sorted(sorted(COLORS) * 10)  # balanced
+    if fmt != "language_modeling":
+        image_first = [{"type": "image", "text": None}, {"type": "text", "text": "What color is this?"}]
+        assert ds[0]["prompt"] == ([{"role": "user", "content": image_first}] if conversational
+                                   else "<image>What color is this?\n")
+    if fmt == "prompt_completion":
+        completion = ds[0]["completion"]
+        assert (completion[0]["content"][0]["text"] if conversational else completion) == ds[0]["answer"]
+    assert make_dataset("colors", fmt, n=60, seed=1, conversational=conversational)[0]["images"][0].tobytes() != \
+        ds[0]["images"][0].tobytes()
+    with pytest.raises(ValueError, match="formats"):
+        make_dataset("colors", "preference", n=2)
+
+
+def test_color_names_start_with_distinct_tokens():
+    from posttrain.kit.images import COLORS
+    from posttrain.kit.models import build_tiny_processor
+
+    vtok = build_tiny_processor().tokenizer
+    assert len({vtok(name)["input_ids"][0] for name in COLORS}) == len(COLORS)
+
+
+def test_colors_parquet_round_trip(tmp_path):
+    """Images survive .parquet and save_to_disk (read back as PIL images by load_any, what --dataset_name uses);
+    formats that cannot hold images say so."""
+    from PIL.Image import Image
+
+    from posttrain.data import load_any
+
+    ds = make_dataset("colors", "prompt_completion", n=6, seed=0, conversational=True)
+    for target in (tmp_path / "colors.parquet", tmp_path / "colors"):
+        path = write_dataset(ds, target)
+        for loaded in (load_any(path), read_dataset(path)):
+            assert isinstance(loaded[0]["images"][0], Image)
+            assert loaded[0]["images"][0].tobytes() == ds[0]["images"][0].tobytes()
+            assert loaded[0]["prompt"] == ds[0]["prompt"]
+    with pytest.raises(ValueError, match="hold images"):
+        write_dataset(ds, tmp_path / "colors.jsonl")
+
+
 # --------------------------------------------------------------------------- tasks
 
 
@@ -447,6 +557,26 @@ def test_cli_build_model_and_make_data(tmp_path, capsys):
         main(["build-model", "--arch", "mamba", "--output_dir", str(tmp_path / "m")])
 
 
+def test_cli_builds_vlm_and_writes_colors(tmp_path, capsys):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from posttrain.kit.cli import main
+
+    assert main(["build-model", "--arch", "llava", "--output_dir", str(tmp_path / "vlm"), "--set", "num_hidden_layers=1"]) == 0
+    assert AutoModelForImageTextToText.from_pretrained(tmp_path / "vlm").config.text_config.num_hidden_layers == 1
+    assert AutoProcessor.from_pretrained(tmp_path / "vlm").image_token == "<image>"
+    assert main(["build-model", "--arch", "llava", "--head", "seq-cls", "--output_dir", str(tmp_path / "x")]) == 1
+    assert "does not apply" in capsys.readouterr().err
+    out = tmp_path / "colors.parquet"
+    assert main(["make-data", "--task", "colors", "--format", "prompt_completion", "--conversational", "--n", "12",
+                 "--output", str(out)]) == 0  # fmt: skip
+    written, expected = read_dataset(out), make_dataset("colors", "prompt_completion", n=12, conversational=True)
+    assert written["answer"] == expected["answer"] and written["prompt"] == expected["prompt"]
+    assert written[5]["images"][0].tobytes() == expected[5]["images"][0].tobytes()
+    assert main(["make-data", "--task", "colors", "--n", "3", "--output", str(tmp_path / "colors.jsonl")]) == 1
+    assert "hold images" in capsys.readouterr().err
+
+
 def test_import_is_light():
     code = (
         "import sys, posttrain.kit, posttrain.kit.cli; posttrain.kit.tokenizer_path(); "
@@ -460,6 +590,10 @@ def test_cli_choices_match_library():
     from posttrain.kit import cli, datasets, models
 
     assert cli._ARCHS == models.ARCHS
+    assert cli._VLM_ARCHS == models.VLM_ARCHS
+    from posttrain.kit import images
+
+    assert images.IMAGE_TOKEN == models.IMAGE_TOKEN
     assert tuple(models.HEADS) == cli._HEADS
     assert tuple(models.SIZES) == cli._SIZES
     assert cli._FORMATS == datasets.FORMATS

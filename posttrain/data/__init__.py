@@ -6,11 +6,14 @@ from .loading import load_any
 from .packing import PACKING_STRATEGIES, best_fit_decreasing, pack_columns, pack_dataset
 from .templates import apply_chat_template, extract_prompt, require_chat_template, unpair_preference
 from .tokenize import chat_template_ids, tokenize_prompt_completion, tokenize_sft_example, truncate
+from .vision import (IMAGE_COLUMNS, DataCollatorForVisionLanguageModeling, has_image_processor, image_column,
+                     processor_chat_template)
 
 __all__ = [
     "IGNORE_INDEX", "DataCollatorForLanguageModeling", "pad_sequences", "KINDS", "DatasetFormat",
     "DatasetFormatError", "detect_format", "require_kind", "validate_dataset", "validate_example", "load_any",
     "PACKING_STRATEGIES", "best_fit_decreasing", "pack_columns", "pack_dataset", "apply_chat_template",
     "extract_prompt", "require_chat_template", "unpair_preference", "chat_template_ids",
-    "tokenize_prompt_completion", "tokenize_sft_example", "truncate",
+    "tokenize_prompt_completion", "tokenize_sft_example", "truncate", "IMAGE_COLUMNS",
+    "DataCollatorForVisionLanguageModeling", "has_image_processor", "image_column", "processor_chat_template",
 ]

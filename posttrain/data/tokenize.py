@@ -94,9 +94,10 @@ def tokenize_sft_example(
     validate_example(example, fmt, row, text_field=text_field)
     template_kwargs = dict(template_kwargs or {})
     out: dict[str, list[int]] = {}
+    if fmt.conversational and not template_kwargs.get("chat_template"):
+        require_chat_template(tokenizer)
     if fmt.kind == LANGUAGE_MODELING:
         if fmt.conversational:
-            require_chat_template(tokenizer)
             if assistant_only_loss:
                 ids, amask = chat_template_ids(tokenizer, example["messages"], assistant_mask=True, **template_kwargs)
                 out["assistant_masks"] = amask
@@ -108,8 +109,6 @@ def tokenize_sft_example(
                 ids = ids + [eos_token_id]
         out["input_ids"] = ids
     elif fmt.kind == PROMPT_COMPLETION:
-        if fmt.conversational:
-            require_chat_template(tokenizer)
         prompt_ids, completion_ids = tokenize_prompt_completion(
             tokenizer, example["prompt"], example["completion"], fmt.conversational, eos_token_id, row, **template_kwargs
         )

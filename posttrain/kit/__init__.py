@@ -10,6 +10,9 @@ models the project builds itself::
     train = make_dataset("addition", "prompt_completion", n=1000, seed=0)
     test = make_dataset("addition", "prompt_only", n=100, seed=1, exclude=train)
 
+    vlm, processor = build_tiny_vlm(), build_tiny_processor()   # a tiny Llava and its processor
+    colors = make_dataset("colors", "prompt_completion", n=300, conversational=True)  # rows with images
+
 Importing this package is cheap: torch, transformers and datasets are only imported when a
 function that needs them is used.
 """
@@ -25,7 +28,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from posttrain.kit.datasets import FORMATS, make_dataset, read_dataset, write_dataset
-    from posttrain.kit.models import SIZES, build_tiny_model
+    from posttrain.kit.models import SIZES, build_tiny_model, build_tiny_processor, build_tiny_vlm
 
 __all__ = [
     "FORMATS",
@@ -33,6 +36,8 @@ __all__ = [
     "TASKS",
     "Task",
     "build_tiny_model",
+    "build_tiny_processor",
+    "build_tiny_vlm",
     "get_task",
     "load_tokenizer",
     "make_dataset",
@@ -43,6 +48,8 @@ __all__ = [
 
 _LAZY = {
     "build_tiny_model": "posttrain.kit.models",
+    "build_tiny_vlm": "posttrain.kit.models",
+    "build_tiny_processor": "posttrain.kit.models",
     "SIZES": "posttrain.kit.models",
     "make_dataset": "posttrain.kit.datasets",
     "write_dataset": "posttrain.kit.datasets",

@@ -3,6 +3,8 @@
 Examples::
 
     posttrain kit build-model --arch qwen2 --head causal-lm --size tiny --seed 0 --output_dir runs/tiny-qwen2
+    posttrain kit build-model --arch llava --output_dir runs/tiny-llava      # vision-language model + processor
+    posttrain kit make-data --task colors --format prompt_completion --conversational --n 300 --output colors.parquet
     posttrain kit make-data --task addition --format prompt_completion --n 1000 --seed 0 --output data/train.jsonl
     posttrain kit make-data --task addition --format prompt_only --n 100 --seed 1 \
         --exclude data/train.jsonl --output data/test.jsonl
@@ -16,12 +18,14 @@ import json
 import sys
 from typing import Any
 
+from posttrain.kit.images import VISION_TASKS
 from posttrain.kit.tasks import TASKS
 
 __all__ = ["build_parser", "main"]
 
 # Kept in sync with posttrain.kit.models / posttrain.kit.datasets (not imported here to keep --help fast).
 _ARCHS = ("qwen2", "llama", "gpt2", "gemma3")
+_VLM_ARCHS = ("llava",)
 _HEADS = ("causal-lm", "seq-cls", "token-cls")
 _SIZES = ("tiny", "small", "bench")
 _FORMATS = (
@@ -54,9 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    model = sub.add_parser("build-model", help="build a randomly initialised tiny model and save it with the tokenizer")
-    model.add_argument("--arch", choices=_ARCHS, default="qwen2")
-    model.add_argument("--head", choices=_HEADS, default="causal-lm")
+    model = sub.add_parser("build-model", help="build a randomly initialised tiny model and save it with the tokenizer "
+                           "(llava: a vision-language model, saved with its processor)")
+    model.add_argument("--arch", choices=_ARCHS + _VLM_ARCHS, default="qwen2")
+    model.add_argument("--head", choices=_HEADS, default="causal-lm", help="text models only (llava: causal-lm)")
     model.add_argument("--size", choices=_SIZES, default="tiny")
     model.add_argument("--seed", type=int, default=0)
     model.add_argument("--output_dir", "--output-dir", dest="output_dir", required=True)
@@ -66,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
 
     data = sub.add_parser("make-data", help="write a synthetic task dataset in one of TRL's formats")
-    data.add_argument("--task", choices=sorted(TASKS), default="addition")
+    data.add_argument("--task", choices=sorted(TASKS) + list(VISION_TASKS), default="addition",
+                      help="colors: images (write .parquet or a folder)")
     data.add_argument("--format", choices=_FORMATS, default="prompt_completion")
     data.add_argument("--conversational", action="store_true", help="use lists of chat messages")
     data.add_argument("--n", type=int, default=1000, help="number of rows")
@@ -96,8 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _build_model(args: argparse.Namespace) -> int:
-    from posttrain.kit.models import build_tiny_model
+    from posttrain.kit.models import build_tiny_model, build_tiny_vlm
 
+    if args.arch in _VLM_ARCHS:
+        if args.head != "causal-lm":
+            raise ValueError(f"--arch {args.arch} builds a vision-language model; --head {args.head} does not apply")
+        path = build_tiny_vlm(args.size, seed=args.seed, output_dir=args.output_dir, **dict(args.overrides))
+        print(f"saved {args.arch} ({args.size}) and its processor to {path}")
+        return 0
     path = build_tiny_model(
         args.arch, args.head, args.size, seed=args.seed, output_dir=args.output_dir, **dict(args.overrides)
     )

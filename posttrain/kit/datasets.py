@@ -12,6 +12,9 @@ newline is always its own token, so the tokens of the prompt are a prefix of the
 assistant message holding the answer (plus an optional system message first).
 
 Every format except ``language_modeling`` also has an ``answer`` column with the correct answer.
+
+The vision tasks (:data:`~posttrain.kit.images.VISION_TASKS`, e.g. ``colors``) add an ``images`` column; see
+:mod:`posttrain.kit.images`. Images need ``.parquet`` or a ``save_to_disk`` folder to be written.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from posttrain.kit.images import VISION_TASKS, make_vision_rows
 from posttrain.kit.tasks import Task, get_task, question_text
 
 if TYPE_CHECKING:
@@ -234,9 +238,19 @@ def make_dataset(
             whether that step itself is right: balanced labels that are checkable from the step and what
             precedes it.
         **task_kwargs: passed to the task constructor, e.g. ``digits=3`` for ``addition``.
+
+    A vision task (``"colors"``) gives rows with an ``images`` column (:func:`~posttrain.kit.images.make_vision_rows`;
+    its options, e.g. ``noise=24``, go in ``task_kwargs``); ``exclude`` and ``step_errors`` do not apply to it
+    (images are random: a different seed gives held-out rows).
     """
     from datasets import Dataset
 
+    if isinstance(task, str) and task in VISION_TASKS:
+        if exclude not in (None, set()) or step_errors != "first":
+            raise ValueError(f"exclude and step_errors do not apply to the vision task {task!r}; use another seed "
+                             "for held-out rows")
+        return Dataset.from_list(make_vision_rows(task, format, n, seed, conversational, system_prompt=system_prompt,
+                                                  **task_kwargs))
     rows = make_rows(
         task,
         format,
@@ -273,6 +287,10 @@ def write_dataset(dataset: Dataset, path: str | os.PathLike[str]) -> str:
     """
     kind = _kind(path)
     target = Path(path)
+    images = _image_columns(dataset)
+    if images and kind in (".csv", ".json", ".jsonl"):
+        raise ValueError(f"the columns {images} hold images, which {kind} cannot store; write .parquet or a folder "
+                         "(save_to_disk) instead")
     target.parent.mkdir(parents=True, exist_ok=True)
     if kind == ".csv":
         from datasets import Value
@@ -297,6 +315,19 @@ def write_dataset(dataset: Dataset, path: str | os.PathLike[str]) -> str:
     else:
         dataset.save_to_disk(str(target))
     return str(target)
+
+
+def _image_columns(dataset: Dataset) -> list[str]:
+    from datasets import Image
+
+    def holds_image(feature: Any) -> bool:  # Image, or a list of them
+        while feature is not None:
+            if isinstance(feature, Image):
+                return True
+            feature = getattr(feature, "feature", None)
+        return False
+
+    return [name for name, feature in dataset.features.items() if holds_image(feature)]
 
 
 def read_dataset(path: str | os.PathLike[str]) -> Dataset:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import torch
 
 from .attention import PER_SEQUENCE_SDPA
+from .loading import is_vision_config
 
 
 def unwrap(model):
@@ -24,6 +25,17 @@ def unwrap(model):
     while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
         model = model.module
     return model
+
+
+def base_model(model):
+    """The transformers model under DDP/DeepSpeed and PEFT wrappers."""
+    base = unwrap(model)
+    return base.get_base_model() if hasattr(base, "get_base_model") else base
+
+
+def is_vision_model(model) -> bool:
+    """True for a vision-language model (its config has a vision tower), through any wrapper."""
+    return is_vision_config(getattr(base_model(model), "config", None))
 
 
 def output_head(model) -> torch.nn.Module:
@@ -64,11 +76,8 @@ def packed_sequences_supported(model) -> bool:
     their mask with ``masking_utils.create_causal_mask`` turn them into a block-diagonal causal mask. False for other
     models (remote code, older modeling code) and for models with a vision tower (multi-dimensional positions),
     where sequences in one row would attend to each other."""
-    base = unwrap(model)
-    if hasattr(base, "get_base_model"):  # PEFT
-        base = base.get_base_model()
-    config = getattr(base, "config", None)
-    if config is None or getattr(config, "vision_config", None) is not None:
+    base = base_model(model)
+    if getattr(base, "config", None) is None or is_vision_model(base):
         return False
     if varlen_attention(base):
         return True

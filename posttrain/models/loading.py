@@ -123,11 +123,31 @@ def peft_config(model_args: ModelConfig):
     )
 
 
-def load_pretrained(name_or_path: str, auto_class=None, **kwargs):
-    """``auto_class.from_pretrained`` with dtype names resolved and a clear error when nothing is found."""
-    from transformers import AutoModelForCausalLM
+def is_vision_config(config) -> bool:
+    """True for the config of a vision-language model (one with a vision tower: Llava, Qwen2-VL, Gemma 3, ...)."""
+    return getattr(config, "vision_config", None) is not None
 
-    auto_class = auto_class or AutoModelForCausalLM
+
+def is_vision_checkpoint(name_or_path: str, **kwargs) -> bool:
+    """True when the model at ``name_or_path`` is a vision-language model (False when its config cannot be read:
+    loading it then reports the problem)."""
+    from transformers import AutoConfig
+
+    kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "trust_remote_code") and v != "main"}
+    try:
+        return is_vision_config(AutoConfig.from_pretrained(name_or_path, **kwargs))
+    except (OSError, ValueError):
+        return False
+
+
+def load_pretrained(name_or_path: str, auto_class=None, **kwargs):
+    """``auto_class.from_pretrained`` with dtype names resolved and a clear error when nothing is found. Without an
+    ``auto_class``: ``AutoModelForImageTextToText`` for a vision-language model, else ``AutoModelForCausalLM``."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    if auto_class is None:
+        vision = is_vision_checkpoint(name_or_path, **kwargs)
+        auto_class = AutoModelForImageTextToText if vision else AutoModelForCausalLM
     kwargs = dict(kwargs)
     if "torch_dtype" in kwargs and "dtype" not in kwargs:
         kwargs["dtype"] = kwargs.pop("torch_dtype")
@@ -156,6 +176,19 @@ def load_tokenizer(name_or_path: str, **kwargs):
     tok = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     ensure_pad_token(tok)
     return tok
+
+
+def load_processing_class(name_or_path: str, **kwargs):
+    """What a trainer needs to turn rows into model inputs: the processor (``AutoProcessor``: tokenizer plus image
+    processor and its chat template) of a vision-language model, else the tokenizer (:func:`load_tokenizer`)."""
+    if not is_vision_checkpoint(name_or_path, **kwargs):
+        return load_tokenizer(name_or_path, **kwargs)
+    from transformers import AutoProcessor
+
+    kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "trust_remote_code") and v != "main"}
+    processor = AutoProcessor.from_pretrained(name_or_path, **kwargs)
+    ensure_pad_token(getattr(processor, "tokenizer", processor))
+    return processor
 
 
 def ensure_pad_token(tokenizer) -> None:

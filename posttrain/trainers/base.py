@@ -25,8 +25,8 @@ import torch
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import enable_full_determinism, set_seed
 
-from ..models import (disable_dropout, ensure_pad_token, load_pretrained, load_tokenizer, packed_sequences_supported,
-                      prepare_peft_model, set_chat_template, unwrap, varlen_attention)
+from ..models import (disable_dropout, ensure_pad_token, load_pretrained, load_processing_class,
+                      packed_sequences_supported, prepare_peft_model, set_chat_template, unwrap, varlen_attention)
 from ..models.attention import call_cost, per_sequence_rows, use_per_sequence_attention
 from ..models.sharding import check_launch, destroy_process_group_at_exit, prepare_frozen
 from ..models.loading import store_linears_in
@@ -182,7 +182,7 @@ class BaseTrainer(Trainer):
         elif args.model_init_kwargs:
             raise ValueError("model_init_kwargs only applies when the model is given as a name or path.")
         if processing_class is None:
-            processing_class = load_tokenizer(model.config._name_or_path)
+            processing_class = load_processing_class(model.config._name_or_path)
         if getattr(args, "chat_template_path", None):
             set_chat_template(processing_class, args.chat_template_path)
         ensure_pad_token(getattr(processing_class, "tokenizer", processing_class))

@@ -12,9 +12,13 @@ from ..data import (
     IGNORE_INDEX,
     PACKING_STRATEGIES,
     DataCollatorForLanguageModeling,
+    DataCollatorForVisionLanguageModeling,
     DatasetFormatError,
     detect_format,
+    has_image_processor,
+    image_column,
     pack_dataset,
+    processor_chat_template,
     require_kind,
     tokenize_sft_example,
 )
@@ -22,7 +26,7 @@ from ..data.formats import LANGUAGE_MODELING, PROMPT_COMPLETION
 from ..data.tokenize import TRUNCATION_MODES
 from ..losses.policy import entropy_from_logits
 from ..losses.sft import SFT_LOSS_TYPES, sft_token_loss
-from ..models import select_head_positions, unwrap
+from ..models import is_vision_model, select_head_positions, unwrap
 from .base import BaseTrainer, PosttrainConfig, check_choice
 
 
@@ -70,12 +74,18 @@ class SFTConfig(PosttrainConfig):
 class SFTTrainer(BaseTrainer):
     """Supervised fine-tuning on language-modeling or prompt-completion data, standard or conversational.
 
+    Vision-language models: a dataset with an ``images`` (or ``image``) column and the model's processor as
+    ``processing_class`` (loaded by itself when ``model`` is a path) train on padded batches that
+    :class:`~posttrain.data.DataCollatorForVisionLanguageModeling` builds from the raw rows, images processed batch
+    by batch (``posttrain.data.vision``).
+
     Logs ``loss``, ``mean_token_accuracy``, ``entropy`` and ``num_tokens`` (cumulative input tokens).
     """
 
     config_class = SFTConfig
     _run_suffix = "SFT"
     _input_columns = ("input_ids", "completion_mask", "assistant_masks", "seq_lengths")
+    _vision = False  # the data has images: raw rows, collated by DataCollatorForVisionLanguageModeling
 
     def __init__(
         self,
@@ -102,7 +112,8 @@ class SFTTrainer(BaseTrainer):
             optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
-        if data_collator is None:
+        self._check_vision_model()
+        if data_collator is None and not self._vision:
             supported = self.settle_padding_free(self.data_collator, self.args.padding_free)
             if self.args.padding_free is not None and self.data_collator.padding_free and not supported:
                 warnings.warn(f"padding_free/packing with {type(unwrap(self.model)).__name__}: posttrain cannot tell "
@@ -110,7 +121,25 @@ class SFTTrainer(BaseTrainer):
                               "(flash attention or transformers' create_causal_mask); if it does not, they attend to "
                               "each other. Use padding_free=False without packing to be safe.", stacklevel=2)
 
+    def _check_vision_model(self) -> None:
+        """Refuse what a vision-language model cannot train with, before any training step."""
+        vlm = is_vision_model(self.model)
+        if vlm and (self.args.packing or self.args.padding_free):
+            raise _no_padding_free(self.args, "a vision-language model")
+        if self._vision and not vlm:
+            raise ValueError(
+                f"The dataset has images but {type(unwrap(self.model)).__name__} is a text-only model: it cannot see "
+                "them. Train a vision-language model (loaded with AutoModelForImageTextToText), or drop the image "
+                "column.")
+
     def make_collator(self, processing_class, args: SFTConfig):
+        if self._vision:
+            return DataCollatorForVisionLanguageModeling(
+                processing_class, completion_only_loss=args.completion_only_loss is not False,
+                assistant_only_loss=args.assistant_only_loss, max_length=args.max_length,
+                truncation_mode=args.truncation_mode, pad_to_multiple_of=args.pad_to_multiple_of,
+                dataset_text_field=args.dataset_text_field,
+                eos_token_id=_eos_token_id(getattr(processing_class, "tokenizer", processing_class), args))
         return DataCollatorForLanguageModeling(
             pad_token_id=getattr(processing_class, "tokenizer", processing_class).pad_token_id,
             completion_only_loss=args.completion_only_loss is not False,
@@ -127,10 +156,14 @@ class SFTTrainer(BaseTrainer):
         name = split
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         skip = bool((args.dataset_kwargs or {}).get("skip_prepare_dataset"))
+        if image_column(dataset.column_names) is not None and "input_ids" not in dataset.column_names:
+            return self.prepare_vision_dataset(dataset, processing_class, args, name, check=not skip)
         if skip or "input_ids" in dataset.column_names:
             return pack_dataset(dataset, args.max_length, args.packing_strategy) if packing else dataset
         if args.shuffle_dataset:
             dataset = dataset.shuffle(seed=args.seed)
+        if has_image_processor(processing_class) and (args.packing or args.padding_free):
+            raise _no_padding_free(args, "a vision-language model's processor")
         if self._formatting_func is not None:
             fn = self._formatting_func
             dataset = dataset.map(lambda ex: {"text": fn(ex)}, remove_columns=dataset.column_names,
@@ -141,29 +174,13 @@ class SFTTrainer(BaseTrainer):
         if len(dataset) == 0:
             raise DatasetFormatError(f"The {name} dataset is empty.")
         fmt = detect_format(dataset.column_names, dataset[0], text_field=text_field)
-        require_kind(fmt, (LANGUAGE_MODELING, PROMPT_COMPLETION), "SFTTrainer",
-                     hint="Preference data can be used for SFT on the chosen answers by renaming 'chosen' to 'completion'.")
-        if args.assistant_only_loss and not fmt.conversational:
-            raise DatasetFormatError(
-                "assistant_only_loss=True needs conversational data (a 'messages' column, or 'prompt'/'completion' as "
-                f"message lists), but the {name} dataset is {fmt}. Use completion_only_loss for prompt-completion text."
-            )
-        if args.completion_only_loss and fmt.kind != PROMPT_COMPLETION:
-            raise DatasetFormatError(
-                f"completion_only_loss=True needs prompt-completion data; the {name} dataset is {fmt}. "
-                "For conversations use assistant_only_loss=True."
-            )
-        eos_id = None
-        if args.eos_token is not None:
-            eos_id = tokenizer.convert_tokens_to_ids(args.eos_token)
-            if eos_id is None or eos_id == tokenizer.unk_token_id:
-                raise ValueError(f"eos_token {args.eos_token!r} is not in the tokenizer's vocabulary.")
-        else:
-            eos_id = tokenizer.eos_token_id
+        _check_sft_format(fmt, args, name)
+        template = processor_chat_template(processing_class) if processing_class is not tokenizer else None
         kwargs = dict(
-            tokenizer=processing_class, fmt=fmt, text_field=text_field, eos_token_id=eos_id,
+            tokenizer=tokenizer, fmt=fmt, text_field=text_field, eos_token_id=_eos_token_id(tokenizer, args),
             max_length=None if packing else args.max_length, truncation_mode=args.truncation_mode,
             assistant_only_loss=args.assistant_only_loss, completion_only_loss=args.completion_only_loss is not False,
+            template_kwargs={"chat_template": template} if template else None,
         )
         dataset = dataset.map(
             lambda ex, i: tokenize_sft_example(ex, i, **kwargs), with_indices=True,
@@ -171,6 +188,34 @@ class SFTTrainer(BaseTrainer):
         )
         if packing:
             dataset = pack_dataset(dataset, args.max_length, args.packing_strategy)
+        return dataset
+
+    def prepare_vision_dataset(self, dataset, processing_class, args: SFTConfig, name: str, check: bool = True):
+        """A dataset with images stays raw (the collator processes images batch by batch); every row is checked
+        now (format, text, number of images; not with ``skip_prepare_dataset``), and the Trainer keeps the columns
+        the collator reads."""
+        if args.shuffle_dataset:
+            dataset = dataset.shuffle(seed=args.seed)
+        column = image_column(dataset.column_names)
+        if not has_image_processor(processing_class):
+            raise DatasetFormatError(
+                f"The {name} dataset has an '{column}' column but the processing class is "
+                f"{type(processing_class).__name__}, which cannot process images: a text-only model cannot see "
+                "them. Train a vision-language model with its processor (AutoProcessor), or drop the column.")
+        if args.packing or args.padding_free:
+            raise _no_padding_free(args, "image data")
+        if self._formatting_func is not None:
+            raise ValueError("formatting_func turns rows into plain text and would drop their images; put the text "
+                             "in the dataset's columns instead.")
+        self._vision = True
+        if check:
+            if len(dataset) == 0:
+                raise DatasetFormatError(f"The {name} dataset is empty.")
+            _check_sft_format(detect_format(dataset.column_names, dataset[0], text_field=args.dataset_text_field),
+                              args, name)
+            self.make_collator(processing_class, args).validate(dataset, name)
+        columns = {column, "messages", "prompt", "completion", args.dataset_text_field}
+        self._input_columns = tuple(sorted(set(self._input_columns) | columns))
         return dataset
 
     # -- loss -----------------------------------------------------------------------------------
@@ -211,3 +256,36 @@ class SFTTrainer(BaseTrainer):
             return loss, {"logits": logits.detach()}
         return loss
 
+
+def _no_padding_free(args: SFTConfig, what: str) -> ValueError:
+    option = "packing=True" if args.packing else "padding_free=True"
+    return ValueError(
+        f"{option} is not supported with {what}: vision batches are padded (a row's image tokens must stay with "
+        "its images, and packed sequences of a vision-language model are not kept apart by position_ids). Leave "
+        "packing=False and padding_free unset.")
+
+
+def _check_sft_format(fmt, args: SFTConfig, name: str) -> None:
+    """A dataset kind SFT trains on, and the loss-mask options it allows."""
+    require_kind(fmt, (LANGUAGE_MODELING, PROMPT_COMPLETION), "SFTTrainer",
+                 hint="Preference data can be used for SFT on the chosen answers by renaming 'chosen' to 'completion'.")
+    if args.assistant_only_loss and not fmt.conversational:
+        raise DatasetFormatError(
+            "assistant_only_loss=True needs conversational data (a 'messages' column, or 'prompt'/'completion' as "
+            f"message lists), but the {name} dataset is {fmt}. Use completion_only_loss for prompt-completion text."
+        )
+    if args.completion_only_loss and fmt.kind != PROMPT_COMPLETION:
+        raise DatasetFormatError(
+            f"completion_only_loss=True needs prompt-completion data; the {name} dataset is {fmt}. "
+            "For conversations use assistant_only_loss=True."
+        )
+
+
+def _eos_token_id(tokenizer, args: SFTConfig) -> int | None:
+    """The id of ``args.eos_token`` (default: the tokenizer's EOS)."""
+    if args.eos_token is None:
+        return tokenizer.eos_token_id
+    eos_id = tokenizer.convert_tokens_to_ids(args.eos_token)
+    if eos_id is None or eos_id == tokenizer.unk_token_id:
+        raise ValueError(f"eos_token {args.eos_token!r} is not in the tokenizer's vocabulary.")
+    return eos_id

@@ -1,0 +1,296 @@
+"""Vision-language data: datasets whose rows carry images, and the collator that turns them into model inputs.
+
+A **vision dataset** is an SFT dataset (language modeling or prompt-completion, standard or conversational) with
+an ``images`` column (a list of images per row) or an ``image`` column (one image per row). Conversational
+content is a string or a list of parts, ``{"type": "image"}`` where an image goes and
+``{"type": "text", "text": ...}``; standard (plain text) rows mark each image with the processor's image token
+(e.g. ``"<image>"``). The i-th image part of a row takes the row's i-th image.
+
+Images are processed batch by batch, by :class:`DataCollatorForVisionLanguageModeling`, not when the dataset is
+prepared: a prepared vision dataset keeps its raw columns. Each row is read in two steps:
+
+1. its text is tokenized by :func:`~posttrain.data.tokenize.tokenize_sft_example`, as for text-only SFT, with
+   one image token per image and the same loss masks (prompt and completion tokenized separately, assistant
+   tokens found through the chat template's ``{% generation %}`` markers);
+2. the processor turns the part of the text that holds the images (the rendered prompt, or the whole text of
+   language-modeling rows) and the images into ``input_ids`` (each image token expanded to the image's tokens)
+   and ``pixel_values``; the rest of the step-1 tokens (the completion) follow.
+
+``labels`` are ``-100`` on padding, image tokens, the first token, and on the tokens step 1's masks exclude.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .collators import IGNORE_INDEX, _label_ids, pad_sequences
+from .formats import LANGUAGE_MODELING, PROMPT_COMPLETION, DatasetFormat, DatasetFormatError, detect_format
+from .templates import render_messages
+from .tokenize import TRUNCATION_MODES, tokenize_sft_example
+
+IMAGE_COLUMNS = ("images", "image")
+
+
+def image_column(columns: Iterable[str]) -> str | None:
+    """The column holding a dataset's images (``images``, else ``image``), or None for a text-only dataset."""
+    columns = set(columns)
+    return next((c for c in IMAGE_COLUMNS if c in columns), None)
+
+
+def has_image_processor(processing_class) -> bool:
+    """True for a processor that handles images (a vision-language model's ``AutoProcessor``)."""
+    return getattr(processing_class, "image_processor", None) is not None
+
+
+def processor_chat_template(processor) -> str | None:
+    """The chat template to render conversations with: the processor's, else its tokenizer's."""
+    return (getattr(processor, "chat_template", None)
+            or getattr(getattr(processor, "tokenizer", processor), "chat_template", None))
+
+
+def row_images(example: Mapping[str, Any]) -> list:
+    """The images of one row, in order."""
+    if "images" in example:
+        return list(example["images"] or [])
+    image = example.get("image")
+    return [] if image is None else [image]
+
+
+def count_image_parts(value: Any, image_token: str) -> int:
+    """Image placeholders in a text (image tokens) or a list of messages (``{"type": "image"}`` parts)."""
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        return value.count(image_token)
+    count = 0
+    for message in value:
+        content = message["content"]
+        if isinstance(content, str):
+            count += content.count(image_token)
+        else:
+            count += sum(1 for part in content if isinstance(part, Mapping) and part.get("type") == "image")
+    return count
+
+
+def image_counts(dataset, column: str) -> list[int]:
+    """The number of images of every row of ``column``, read from the Arrow data (no image is decoded)."""
+    import pyarrow.compute as pc
+
+    counts: list[int] = []
+    for table in dataset.select_columns([column]).with_format("arrow").iter(batch_size=1000):
+        values = table.column(column)
+        if column == "images":
+            counts += [0 if n is None else n for n in pc.list_value_length(values).to_pylist()]
+        else:
+            counts += [int(valid) for valid in pc.is_valid(values).to_pylist()]
+    return counts
+
+
+def carry_over(proc_ids: Sequence[int], text_ids: Sequence[int], values: Sequence[int], image_token_id: int,
+               fill: int = IGNORE_INDEX) -> tuple[list[int], int]:
+    """Carry per-token ``values`` of a text tokenized with one image token per image (``text_ids``) over to the
+    processor's tokens of a prefix of that text (``proc_ids``), where each image token became a run of image
+    tokens. Image tokens get ``fill``. Returns the values along ``proc_ids`` and how many ``text_ids`` they cover;
+    raises ValueError where the two tokenizations differ other than by image runs."""
+    out: list[int] = []
+    i = j = 0
+    while j < len(proc_ids):
+        if i >= len(text_ids) or (proc_ids[j] == image_token_id) != (text_ids[i] == image_token_id) or (
+                proc_ids[j] != image_token_id and proc_ids[j] != text_ids[i]):
+            raise ValueError(f"the processor's token {j} ({proc_ids[j]}) is not the tokenizer's "
+                             f"({text_ids[i] if i < len(text_ids) else 'none'})")
+        if proc_ids[j] == image_token_id:  # a run of images: all image tokens, however they split between images
+            while j < len(proc_ids) and proc_ids[j] == image_token_id:
+                out.append(fill)
+                j += 1
+            while i < len(text_ids) and text_ids[i] == image_token_id:
+                i += 1
+        else:
+            out.append(values[i])
+            i += 1
+            j += 1
+    return out, i
+
+
+@dataclass
+class _TextRow:
+    vision_text: str  # the part of the text the processor gets with the images
+    ids: list[int]  # the whole row, one image token per image
+    labels: list[int]  # along ``ids``
+
+
+@dataclass
+class DataCollatorForVisionLanguageModeling:
+    """Collate raw vision-dataset rows (see the module docstring) into a padded batch: ``input_ids``,
+    ``attention_mask``, ``labels`` and what the processor returns for the images (``pixel_values``, ...).
+
+    Args:
+        processor: a vision-language model's processor (``AutoProcessor``), with a chat template for
+            conversational rows.
+        completion_only_loss: prompt-completion rows train on the completion only.
+        assistant_only_loss: conversational rows train on assistant tokens only.
+        max_length: cut longer rows to this many tokens (``truncation_mode``), never through an image: a row whose
+            image tokens would be cut is an error.
+        pad_to_multiple_of: pad the batch length to a multiple of this.
+        dataset_text_field: the text column of standard language-modeling rows.
+        eos_token_id: appended to standard completions and texts (default: the tokenizer's EOS).
+    """
+
+    processor: Any
+    completion_only_loss: bool = True
+    assistant_only_loss: bool = False
+    max_length: int | None = None
+    truncation_mode: str = "keep_start"
+    pad_to_multiple_of: int | None = None
+    dataset_text_field: str = "text"
+    eos_token_id: int | None = None
+    tokenizer: Any = field(init=False, repr=False)
+    image_token: str = field(init=False)
+    image_token_id: int = field(init=False)
+
+    def __post_init__(self):
+        if not has_image_processor(self.processor):
+            raise ValueError(f"DataCollatorForVisionLanguageModeling needs a processor with an image processor (the "
+                             f"model's AutoProcessor), got {type(self.processor).__name__}.")
+        if self.truncation_mode not in TRUNCATION_MODES:
+            raise ValueError(f"Unknown truncation_mode {self.truncation_mode!r}; use one of {TRUNCATION_MODES}.")
+        self.tokenizer = self.processor.tokenizer
+        self.image_token = getattr(self.processor, "image_token", None)
+        self.image_token_id = getattr(self.processor, "image_token_id", None)
+        if self.image_token is None or self.image_token_id is None:
+            raise ValueError(f"{type(self.processor).__name__} declares no image token (`image_token`, "
+                             "`image_token_id`), so posttrain cannot tell image tokens from text.")
+        if self.eos_token_id is None:
+            self.eos_token_id = self.tokenizer.eos_token_id
+
+    # -- rows -----------------------------------------------------------------------------------
+    def format_of(self, example: Mapping[str, Any]) -> DatasetFormat:
+        fmt = detect_format(example.keys(), example, text_field=self.dataset_text_field)
+        if fmt.kind not in (LANGUAGE_MODELING, PROMPT_COMPLETION):
+            raise DatasetFormatError(
+                f"Vision SFT trains on language-modeling or prompt-completion rows, got {fmt} rows.")
+        return fmt
+
+    def _template_kwargs(self, fmt: DatasetFormat) -> dict[str, Any]:
+        if not fmt.conversational:
+            return {}
+        template = processor_chat_template(self.processor)
+        if template is None:
+            raise DatasetFormatError(
+                f"The rows are conversational but the processor {type(self.processor).__name__} has no chat template "
+                "(neither it nor its tokenizer). Set `processor.chat_template`, or pass `chat_template_path`.")
+        return {"chat_template": template}
+
+    def text_row(self, example: Mapping[str, Any], fmt: DatasetFormat, row: int) -> _TextRow:
+        """Step 1 for one row (raises :class:`DatasetFormatError` naming ``row``)."""
+        kwargs = self._template_kwargs(fmt)
+        try:
+            out = tokenize_sft_example(
+                example, row, tokenizer=self.tokenizer, fmt=fmt, text_field=self.dataset_text_field,
+                eos_token_id=self.eos_token_id, max_length=None, assistant_only_loss=self.assistant_only_loss,
+                completion_only_loss=self.completion_only_loss, template_kwargs=kwargs)
+            if fmt.kind == PROMPT_COMPLETION:
+                prompt = example["prompt"]
+                text = render_messages(self.tokenizer, prompt, add_generation_prompt=True, **kwargs) \
+                    if fmt.conversational else prompt
+            else:
+                text = render_messages(self.tokenizer, example["messages"], **kwargs) if fmt.conversational \
+                    else example[self.dataset_text_field]
+        except (TypeError, AttributeError) as err:  # jinja: a template written for string content only
+            if not fmt.conversational:
+                raise
+            raise DatasetFormatError(
+                f"Row {row}: the chat template cannot render this row ({type(err).__name__}: {err}). Vision rows need "
+                "a template that renders content lists ({'type': 'image'} / {'type': 'text'} parts).") from err
+        return _TextRow(text, list(out["input_ids"]), _label_ids(out, self.completion_only_loss))
+
+    def check_images(self, example: Mapping[str, Any], fmt: DatasetFormat, num_images: int, row: int,
+                     column: str = "images") -> None:
+        """Raise :class:`DatasetFormatError` unless the row's image placeholders match its ``num_images``."""
+        if fmt.kind == PROMPT_COMPLETION and count_image_parts(example.get("completion"), self.image_token):
+            raise DatasetFormatError(f"Row {row}, column 'completion': images in the completion are not supported; "
+                                     "put them in the prompt.")
+        key = ("prompt" if fmt.kind == PROMPT_COMPLETION else "messages" if fmt.conversational
+               else self.dataset_text_field)
+        parts = count_image_parts(example.get(key), self.image_token)
+        if parts != num_images:
+            what = "image part(s) ({'type': 'image'})" if fmt.conversational else f"image token(s) ('{self.image_token}')"
+            raise DatasetFormatError(
+                f"Row {row}: column '{key}' has {parts} {what} but column '{column}' holds {num_images} "
+                f"image(s). Every image placeholder takes one image, in order: add the missing "
+                f"{'images' if parts > num_images else 'placeholders'}.")
+
+    def validate(self, dataset, split: str = "train") -> None:
+        """Check every row of ``dataset`` before training: its format, its text (tokenized as the batches will be)
+        and its number of images. Errors name the row. No image is decoded."""
+        column = image_column(dataset.column_names)
+        if column is None:
+            raise DatasetFormatError(f"The {split} dataset has no image column ({' or '.join(IMAGE_COLUMNS)}).")
+        if len(dataset) == 0:
+            raise DatasetFormatError(f"The {split} dataset is empty.")
+        texts = dataset.select_columns([c for c in dataset.column_names if c not in IMAGE_COLUMNS])
+        fmt = self.format_of(texts[0])
+        for row, (example, count) in enumerate(zip(texts, image_counts(dataset, column))):
+            self.text_row(example, fmt, row)
+            self.check_images(example, fmt, count, row, column)
+
+    # -- batches --------------------------------------------------------------------------------
+    def __call__(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        fmt = self.format_of(examples[0])
+        rows = [self.text_row(ex, fmt, i) for i, ex in enumerate(examples)]
+        images = [row_images(ex) for ex in examples]
+        for i, (ex, imgs) in enumerate(zip(examples, images)):
+            self.check_images(ex, fmt, len(imgs), i)
+        enc = self.processor(text=[r.vision_text for r in rows], images=images if any(images) else None,
+                             padding=True, return_tensors="pt", add_special_tokens=not fmt.conversational)
+        ids, attention = enc.pop("input_ids"), enc.pop("attention_mask")
+        per_token = [k for k, v in enc.items() if torch.is_tensor(v) and v.shape == ids.shape]
+        seqs: dict[str, list[list[int]]] = {k: [] for k in ("input_ids", "labels", *per_token)}
+        for i, row in enumerate(rows):
+            keep = attention[i].bool()
+            proc_ids = ids[i][keep].tolist()
+            try:
+                labels, used = carry_over(proc_ids, row.ids, row.labels, self.image_token_id)
+            except ValueError as err:
+                raise ValueError(f"Example {i} of the batch: {err}. The processor must tokenize the text as its "
+                                 "tokenizer does, apart from expanding image tokens.") from err
+            tail = len(row.ids) - used
+            window = self._window(proc_ids + row.ids[used:], i)
+            seqs["input_ids"].append((proc_ids + row.ids[used:])[window])
+            seqs["labels"].append(self._first_ignored((labels + row.labels[used:])[window], i))
+            for k in per_token:
+                seqs[k].append((enc[k][i][keep].tolist() + [0] * tail)[window])
+        batch = {k: pad_sequences(v, self.tokenizer.pad_token_id if k == "input_ids" else
+                                  IGNORE_INDEX if k == "labels" else 0, multiple_of=self.pad_to_multiple_of)
+                 for k, v in seqs.items()}
+        batch["attention_mask"] = pad_sequences([[1] * len(s) for s in seqs["input_ids"]], 0,
+                                                multiple_of=self.pad_to_multiple_of)
+        batch["labels"][batch["input_ids"] == self.image_token_id] = IGNORE_INDEX
+        batch.update({k: v for k, v in enc.items() if k not in per_token})
+        return batch
+
+    def _window(self, ids: list[int], example: int) -> slice:
+        """The ``max_length`` tokens kept of a row (``truncation_mode``); an error where they would cut an image."""
+        if self.max_length is None or len(ids) <= self.max_length:
+            return slice(0, len(ids))
+        start = 0 if self.truncation_mode == "keep_start" else len(ids) - self.max_length
+        stop = start + self.max_length
+        positions = [p for p, t in enumerate(ids) if t == self.image_token_id]
+        if positions and (positions[0] < start or positions[-1] >= stop):
+            raise ValueError(
+                f"Example {example} of the batch is {len(ids)} tokens, and max_length={self.max_length} "
+                f"({self.truncation_mode}) would cut its image tokens (positions {positions[0]}-{positions[-1]}); "
+                "images cannot be cut. Use max_length=None, a larger max_length, or smaller/fewer images.")
+        return slice(start, stop)
+
+    def _first_ignored(self, labels: list[int], example: int) -> list[int]:
+        if labels:
+            labels[0] = IGNORE_INDEX  # no token before it to predict it from
+        if all(t == IGNORE_INDEX for t in labels):
+            raise ValueError(f"Example {example} of the batch has no token left to train on after max_length="
+                             f"{self.max_length} ({self.truncation_mode}). Increase max_length or shorten the prompt.")
+        return labels
