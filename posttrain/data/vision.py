@@ -17,6 +17,14 @@ prepared: a prepared vision dataset keeps its raw columns. Each row is read in t
    and ``pixel_values``; the rest of the step-1 tokens (the completion) follow.
 
 ``labels`` are ``-100`` on padding, image tokens, the first token, and on the tokens step 1's masks exclude.
+
+**Videos.** A row may also carry a ``videos`` column (a list of videos per row) or a ``video`` column (one video);
+a video is a list of frames (PIL images or HxWx3 uint8 arrays, all of one size). ``{"type": "video"}`` parts (or
+the video token, :data:`VIDEO_TOKEN` unless the processor names its own, in standard text) mark where the i-th
+video goes. A processor with a video processor, for a model that takes videos, gets them as ``videos=`` and expands
+each video token itself (its video tokens are masked like image tokens); otherwise every video is read as its
+frames, one image each: each video part becomes one image part per frame, in order (``frame_separator`` text
+between frames), and the frames go to the processor as images.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import re
 
 import torch
 
@@ -33,12 +43,33 @@ from .templates import render_messages
 from .tokenize import TRUNCATION_MODES, tokenize_sft_example
 
 IMAGE_COLUMNS = ("images", "image")
+VIDEO_COLUMNS = ("videos", "video")
+MEDIA_COLUMNS = IMAGE_COLUMNS + VIDEO_COLUMNS
+VIDEO_TOKEN = "<video>"
+"""The video placeholder of standard (plain text) rows when the processor declares no ``video_token``."""
 
 
 def image_column(columns: Iterable[str]) -> str | None:
     """The column holding a dataset's images (``images``, else ``image``), or None for a text-only dataset."""
     columns = set(columns)
     return next((c for c in IMAGE_COLUMNS if c in columns), None)
+
+
+def video_column(columns: Iterable[str]) -> str | None:
+    """The column holding a dataset's videos (``videos``, else ``video``), or None."""
+    columns = set(columns)
+    return next((c for c in VIDEO_COLUMNS if c in columns), None)
+
+
+def has_media(columns: Iterable[str]) -> bool:
+    """True for a dataset with an image or a video column."""
+    columns = list(columns)
+    return image_column(columns) is not None or video_column(columns) is not None
+
+
+def has_video_processor(processing_class) -> bool:
+    """True for a processor with a video processor of its own (``processor.video_processor``)."""
+    return getattr(processing_class, "video_processor", None) is not None
 
 
 def has_image_processor(processing_class) -> bool:
@@ -60,20 +91,71 @@ def row_images(example: Mapping[str, Any]) -> list:
     return [] if image is None else [image]
 
 
-def count_image_parts(value: Any, image_token: str) -> int:
-    """Image placeholders in a text (image tokens) or a list of messages (``{"type": "image"}`` parts)."""
+def row_videos(example: Mapping[str, Any]) -> list[list]:
+    """The videos of one row, in order, each a list of frames."""
+    if "videos" in example:
+        return [list(v or []) for v in example["videos"] or []]
+    video = example.get("video")
+    return [] if video is None else [list(video)]
+
+
+def decode_frame(frame: Any) -> Any:
+    """A frame as the processors take it: a PIL image or an array (an undecoded ``{"bytes", "path"}`` dict is
+    opened, nested lists become a uint8 array)."""
+    if isinstance(frame, Mapping):
+        import io
+
+        from PIL import Image
+
+        return Image.open(io.BytesIO(frame["bytes"]) if frame.get("bytes") else frame["path"]).convert("RGB")
+    if isinstance(frame, (list, tuple)):
+        import numpy as np
+
+        return np.asarray(frame, dtype=np.uint8)
+    return frame
+
+
+def frame_size(frame: Any) -> tuple[int, int]:
+    """(width, height) of a frame: a PIL image, an HxWxC array or nested lists, or an undecoded ``{"bytes",
+    "path"}`` dict (only the file header is read)."""
+    if isinstance(frame, Mapping):
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(frame["bytes"]) if frame.get("bytes") else frame["path"]) as image:
+            return image.size
+    if isinstance(frame, (list, tuple)):
+        return (len(frame[0]) if len(frame) else 0, len(frame))
+    shape = getattr(frame, "shape", None)
+    if shape is not None:
+        return (int(shape[1]), int(shape[0]))
+    return tuple(frame.size)
+
+
+def _count_parts(value: Any, part_type: str, token: str) -> int:
     if value is None:
         return 0
     if isinstance(value, str):
-        return value.count(image_token)
+        return value.count(token)
     count = 0
     for message in value:
         content = message["content"]
         if isinstance(content, str):
-            count += content.count(image_token)
+            count += content.count(token)
         else:
-            count += sum(1 for part in content if isinstance(part, Mapping) and part.get("type") == "image")
+            count += sum(1 for part in content if isinstance(part, Mapping) and part.get("type") == part_type)
     return count
+
+
+def count_image_parts(value: Any, image_token: str) -> int:
+    """Image placeholders in a text (image tokens) or a list of messages (``{"type": "image"}`` parts)."""
+    return _count_parts(value, "image", image_token)
+
+
+def count_video_parts(value: Any, video_token: str) -> int:
+    """Video placeholders in a text (video tokens) or a list of messages (``{"type": "video"}`` parts)."""
+    return _count_parts(value, "video", video_token)
 
 
 def image_counts(dataset, column: str) -> list[int]:
@@ -90,24 +172,37 @@ def image_counts(dataset, column: str) -> list[int]:
     return counts
 
 
-def carry_over(proc_ids: Sequence[int], text_ids: Sequence[int], values: Sequence[int], image_token_id: int,
-               fill: int = IGNORE_INDEX) -> tuple[list[int], int]:
-    """Carry per-token ``values`` of a text tokenized with one image token per image (``text_ids``) over to the
-    processor's tokens of a prefix of that text (``proc_ids``), where each image token became a run of image
-    tokens. Image tokens get ``fill``. Returns the values along ``proc_ids`` and how many ``text_ids`` they cover;
-    raises ValueError where the two tokenizations differ other than by image runs."""
+def video_frame_sizes(dataset, column: str) -> list[list[list[tuple[int, int]]]]:
+    """For every row of ``column`` (``videos`` or ``video``), each video's frame sizes, read from the Arrow data
+    (image files' headers only: no frame is decoded)."""
+    out: list[list[list[tuple[int, int]]]] = []
+    for table in dataset.select_columns([column]).with_format("arrow").iter(batch_size=100):
+        for value in table.column(column).to_pylist():
+            videos = (value or []) if column == "videos" else ([] if value is None else [value])
+            out.append([[frame_size(frame) for frame in video or []] for video in videos])
+    return out
+
+
+def carry_over(proc_ids: Sequence[int], text_ids: Sequence[int], values: Sequence[int],
+               media_token_ids: int | Iterable[int], fill: int = IGNORE_INDEX) -> tuple[list[int], int]:
+    """Carry per-token ``values`` of a text tokenized with one media token per image or video (``text_ids``) over to
+    the processor's tokens of a prefix of that text (``proc_ids``), where each media token became a run of that
+    token (``media_token_ids``: the image token id, and the video token id where the processor expands videos).
+    Media tokens get ``fill``. Returns the values along ``proc_ids`` and how many ``text_ids`` they cover; raises
+    ValueError where the two tokenizations differ other than by media runs."""
+    media = {media_token_ids} if isinstance(media_token_ids, int) else set(media_token_ids)
     out: list[int] = []
     i = j = 0
     while j < len(proc_ids):
-        if i >= len(text_ids) or (proc_ids[j] == image_token_id) != (text_ids[i] == image_token_id) or (
-                proc_ids[j] != image_token_id and proc_ids[j] != text_ids[i]):
+        if i >= len(text_ids) or (proc_ids[j] in media) != (text_ids[i] in media) or proc_ids[j] != text_ids[i]:
             raise ValueError(f"the processor's token {j} ({proc_ids[j]}) is not the tokenizer's "
                              f"({text_ids[i] if i < len(text_ids) else 'none'})")
-        if proc_ids[j] == image_token_id:  # a run of images: all image tokens, however they split between images
-            while j < len(proc_ids) and proc_ids[j] == image_token_id:
+        token = proc_ids[j]
+        if token in media:  # a run of one medium: all its tokens, however they split between images (videos)
+            while j < len(proc_ids) and proc_ids[j] == token:
                 out.append(fill)
                 j += 1
-            while i < len(text_ids) and text_ids[i] == image_token_id:
+            while i < len(text_ids) and text_ids[i] == token:
                 i += 1
         else:
             out.append(values[i])
@@ -138,6 +233,9 @@ class DataCollatorForVisionLanguageModeling:
         pad_to_multiple_of: pad the batch length to a multiple of this.
         dataset_text_field: the text column of standard language-modeling rows.
         eos_token_id: appended to standard completions and texts (default: the tokenizer's EOS).
+        videos_as_frames: read each video as its frames, one image each (True), or pass videos to the processor's
+            video processor (False). Default: the latter where the processor has a video processor.
+        frame_separator: text between consecutive frames of a video read as frames (default: none).
     """
 
     processor: Any
@@ -148,9 +246,13 @@ class DataCollatorForVisionLanguageModeling:
     pad_to_multiple_of: int | None = None
     dataset_text_field: str = "text"
     eos_token_id: int | None = None
+    videos_as_frames: bool | None = None
+    frame_separator: str | None = None
     tokenizer: Any = field(init=False, repr=False)
     image_token: str = field(init=False)
     image_token_id: int = field(init=False)
+    video_token: str = field(init=False)
+    video_token_id: int | None = field(init=False)  # set where the processor expands videos itself
 
     def __post_init__(self):
         if not has_image_processor(self.processor):
@@ -166,6 +268,30 @@ class DataCollatorForVisionLanguageModeling:
                              "`image_token_id`), so posttrain cannot tell image tokens from text.")
         if self.eos_token_id is None:
             self.eos_token_id = self.tokenizer.eos_token_id
+        self.video_token = getattr(self.processor, "video_token", None) or VIDEO_TOKEN
+        self.video_token_id = None
+        if self.videos_as_frames is None:
+            self.videos_as_frames = not has_video_processor(self.processor)
+        if not self.videos_as_frames:
+            if not has_video_processor(self.processor):
+                raise ValueError(f"videos_as_frames=False needs a processor with a video processor; "
+                                 f"{type(self.processor).__name__} has none. Leave videos_as_frames unset to read "
+                                 "videos as frames.")
+            token_id = getattr(self.processor, "video_token_id", None)
+            if token_id is None:
+                token_id = self.tokenizer.convert_tokens_to_ids(self.video_token)
+            if token_id is None or token_id == self.tokenizer.unk_token_id:
+                raise ValueError(f"{type(self.processor).__name__} has a video processor but its video token "
+                                 f"{self.video_token!r} is not in the vocabulary, so posttrain cannot tell video "
+                                 "tokens from text. Pass videos_as_frames=True.")
+            self.video_token_id = token_id
+        self._media_split = re.compile("(" + "|".join(
+            re.escape(t) for t in sorted({self.image_token, self.video_token}, key=len, reverse=True)) + ")")
+
+    @property
+    def media_token_ids(self) -> list[int]:
+        """The ids the processor expands into runs: the image token's, and the video token's for native videos."""
+        return [self.image_token_id] + ([self.video_token_id] if self.video_token_id is not None else [])
 
     # -- rows -----------------------------------------------------------------------------------
     def format_of(self, example: Mapping[str, Any]) -> DatasetFormat:
@@ -208,44 +334,127 @@ class DataCollatorForVisionLanguageModeling:
                 "a template that renders content lists ({'type': 'image'} / {'type': 'text'} parts).") from err
         return _TextRow(text, list(out["input_ids"]), _label_ids(out, self.completion_only_loss))
 
-    def check_images(self, example: Mapping[str, Any], fmt: DatasetFormat, num_images: int, row: int,
-                     column: str = "images") -> None:
-        """Raise :class:`DatasetFormatError` unless the row's image placeholders match its ``num_images``."""
-        if fmt.kind == PROMPT_COMPLETION and count_image_parts(example.get("completion"), self.image_token):
-            raise DatasetFormatError(f"Row {row}, column 'completion': images in the completion are not supported; "
-                                     "put them in the prompt.")
-        key = ("prompt" if fmt.kind == PROMPT_COMPLETION else "messages" if fmt.conversational
-               else self.dataset_text_field)
-        parts = count_image_parts(example.get(key), self.image_token)
-        if parts != num_images:
-            what = "image part(s) ({'type': 'image'})" if fmt.conversational else f"image token(s) ('{self.image_token}')"
-            raise DatasetFormatError(
-                f"Row {row}: column '{key}' has {parts} {what} but column '{column}' holds {num_images} "
-                f"image(s). Every image placeholder takes one image, in order: add the missing "
-                f"{'images' if parts > num_images else 'placeholders'}.")
+    def _media_key(self, fmt: DatasetFormat) -> str:
+        """The column whose text holds the image and video placeholders."""
+        return ("prompt" if fmt.kind == PROMPT_COMPLETION else "messages" if fmt.conversational
+                else self.dataset_text_field)
+
+    def check_media(self, example: Mapping[str, Any], fmt: DatasetFormat, num_images: int, row: int,
+                    column: str = "images", frames: Sequence[Sequence[tuple[int, int]]] = (),
+                    video_col: str = "videos") -> None:
+        """Raise :class:`DatasetFormatError` unless the row's image placeholders match its ``num_images`` and its
+        video placeholders its videos (``frames``: each video's frame sizes), every video has frames, all of one
+        size."""
+        media = (("image", self.image_token, num_images, column, "images"),
+                 ("video", self.video_token, len(frames), video_col, "videos"))
+        if fmt.kind == PROMPT_COMPLETION:
+            for kind, token, *_ in media:
+                if _count_parts(example.get("completion"), kind, token):
+                    raise DatasetFormatError(f"Row {row}, column 'completion': {kind}s in the completion are not "
+                                             "supported; put them in the prompt.")
+        key = self._media_key(fmt)
+        for kind, token, count, col, plural in media:
+            parts = _count_parts(example.get(key), kind, token)
+            if parts != count:
+                what = f"{kind} part(s) ({{'type': '{kind}'}})" if fmt.conversational else f"{kind} token(s) ('{token}')"
+                raise DatasetFormatError(
+                    f"Row {row}: column '{key}' has {parts} {what} but column '{col}' holds {count} {kind}(s). Every "
+                    f"{kind} placeholder takes one {kind}, in order: add the missing "
+                    f"{plural if parts > count else 'placeholders'}.")
+        for k, sizes in enumerate(frames):
+            if not sizes:
+                raise DatasetFormatError(f"Row {row}: video {k} of column '{video_col}' has no frames; a video is a "
+                                         "non-empty list of frames.")
+            if len(set(sizes)) > 1:
+                odd = next(f for f, size in enumerate(sizes) if size != sizes[0])
+                raise DatasetFormatError(
+                    f"Row {row}: the frames of video {k} in column '{video_col}' differ in size (frame 0 is "
+                    f"{sizes[0][0]}x{sizes[0][1]}, frame {odd} {sizes[odd][0]}x{sizes[odd][1]}); resize them to one "
+                    "size.")
+
+    def with_frames_as_images(self, example: Mapping[str, Any], fmt: DatasetFormat, images: list,
+                              videos: list[list]) -> tuple[dict[str, Any], list]:
+        """The row with every video placeholder replaced by one image placeholder per frame (``frame_separator``
+        between them), and its images and frames in placeholder order."""
+        images_left, videos_left = iter(images), iter(videos)
+        ordered: list = []
+        separator = self.frame_separator or ""
+
+        def text(value: str) -> str:
+            pieces = []
+            for piece in self._media_split.split(value):
+                if piece == self.image_token:
+                    ordered.append(next(images_left))
+                elif piece == self.video_token:
+                    frames = next(videos_left)
+                    ordered.extend(frames)
+                    piece = separator.join([self.image_token] * len(frames))
+                pieces.append(piece)
+            return "".join(pieces)
+
+        def content(value):
+            if isinstance(value, str):
+                return text(value)
+            parts = []
+            for part in value:
+                kind = part.get("type") if isinstance(part, Mapping) else None
+                if kind == "image":
+                    ordered.append(next(images_left))
+                    parts.append(part)
+                elif kind == "video":
+                    frames = next(videos_left)
+                    ordered.extend(frames)
+                    for f in range(len(frames)):
+                        if f and separator:
+                            parts.append({"type": "text", "text": separator})
+                        parts.append({"type": "image"})
+                else:
+                    parts.append(part)
+            return parts
+
+        key = self._media_key(fmt)
+        out = dict(example)
+        out[key] = ([{**message, "content": content(message["content"])} for message in example[key]]
+                    if fmt.conversational else text(example[key]))
+        return out, ordered
 
     def validate(self, dataset, split: str = "train") -> None:
         """Check every row of ``dataset`` before training: its format, its text (tokenized as the batches will be)
         and its number of images. Errors name the row. No image is decoded."""
-        column = image_column(dataset.column_names)
-        if column is None:
-            raise DatasetFormatError(f"The {split} dataset has no image column ({' or '.join(IMAGE_COLUMNS)}).")
+        column, video_col = image_column(dataset.column_names), video_column(dataset.column_names)
+        if column is None and video_col is None:
+            raise DatasetFormatError(f"The {split} dataset has no image or video column "
+                                     f"({', '.join(MEDIA_COLUMNS)}).")
         if len(dataset) == 0:
             raise DatasetFormatError(f"The {split} dataset is empty.")
-        texts = dataset.select_columns([c for c in dataset.column_names if c not in IMAGE_COLUMNS])
+        texts = dataset.select_columns([c for c in dataset.column_names if c not in MEDIA_COLUMNS])
         fmt = self.format_of(texts[0])
-        for row, (example, count) in enumerate(zip(texts, image_counts(dataset, column))):
+        counts = image_counts(dataset, column) if column else [0] * len(dataset)
+        frames = video_frame_sizes(dataset, video_col) if video_col else [[]] * len(dataset)
+        for row, (example, count, sizes) in enumerate(zip(texts, counts, frames)):
+            self.check_media(example, fmt, count, row, column or "images", sizes, video_col or "videos")
+            if sizes and self.videos_as_frames:  # tokenized as the batches will be
+                example, _ = self.with_frames_as_images(example, fmt, [None] * count, [[None] * len(v) for v in sizes])
             self.text_row(example, fmt, row)
-            self.check_images(example, fmt, count, row, column)
 
     # -- batches --------------------------------------------------------------------------------
     def __call__(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         fmt = self.format_of(examples[0])
-        rows = [self.text_row(ex, fmt, i) for i, ex in enumerate(examples)]
-        images = [row_images(ex) for ex in examples]
-        for i, (ex, imgs) in enumerate(zip(examples, images)):
-            self.check_images(ex, fmt, len(imgs), i)
-        enc = self.processor(text=[r.vision_text for r in rows], images=images if any(images) else None,
+        images, videos, rows = [], [], []
+        for i, ex in enumerate(examples):
+            imgs, vids = row_images(ex), [[decode_frame(f) for f in v] for v in row_videos(ex)]
+            self.check_media(ex, fmt, len(imgs), i, image_column(ex) or "images",
+                             [[frame_size(f) for f in v] for v in vids], video_column(ex) or "videos")
+            if vids and self.videos_as_frames:
+                ex, imgs = self.with_frames_as_images(ex, fmt, imgs, vids)
+                vids = []
+            images.append(imgs)
+            videos += [_video_array(v) for v in vids]
+            rows.append(self.text_row(ex, fmt, i))
+        media = {"images": images if any(images) else None}
+        if videos:
+            media["videos"] = videos
+        enc = self.processor(text=[r.vision_text for r in rows], **media,
                              padding=True, return_tensors="pt", add_special_tokens=not fmt.conversational)
         ids, attention = enc.pop("input_ids"), enc.pop("attention_mask")
         per_token = [k for k, v in enc.items() if torch.is_tensor(v) and v.shape == ids.shape]
@@ -254,10 +463,10 @@ class DataCollatorForVisionLanguageModeling:
             keep = attention[i].bool()
             proc_ids = ids[i][keep].tolist()
             try:
-                labels, used = carry_over(proc_ids, row.ids, row.labels, self.image_token_id)
+                labels, used = carry_over(proc_ids, row.ids, row.labels, self.media_token_ids)
             except ValueError as err:
                 raise ValueError(f"Example {i} of the batch: {err}. The processor must tokenize the text as its "
-                                 "tokenizer does, apart from expanding image tokens.") from err
+                                 "tokenizer does, apart from expanding image (and video) tokens.") from err
             tail = len(row.ids) - used
             window = self._window(proc_ids + row.ids[used:], i)
             seqs["input_ids"].append((proc_ids + row.ids[used:])[window])
@@ -269,7 +478,7 @@ class DataCollatorForVisionLanguageModeling:
                  for k, v in seqs.items()}
         batch["attention_mask"] = pad_sequences([[1] * len(s) for s in seqs["input_ids"]], 0,
                                                 multiple_of=self.pad_to_multiple_of)
-        batch["labels"][batch["input_ids"] == self.image_token_id] = IGNORE_INDEX
+        batch["labels"][torch.isin(batch["input_ids"], torch.tensor(self.media_token_ids))] = IGNORE_INDEX
         batch.update({k: v for k, v in enc.items() if k not in per_token})
         return batch
 
@@ -279,12 +488,14 @@ class DataCollatorForVisionLanguageModeling:
             return slice(0, len(ids))
         start = 0 if self.truncation_mode == "keep_start" else len(ids) - self.max_length
         stop = start + self.max_length
-        positions = [p for p, t in enumerate(ids) if t == self.image_token_id]
+        media = set(self.media_token_ids)
+        positions = [p for p, t in enumerate(ids) if t in media]
         if positions and (positions[0] < start or positions[-1] >= stop):
             raise ValueError(
                 f"Example {example} of the batch is {len(ids)} tokens, and max_length={self.max_length} "
                 f"({self.truncation_mode}) would cut its image tokens (positions {positions[0]}-{positions[-1]}); "
-                "images cannot be cut. Use max_length=None, a larger max_length, or smaller/fewer images.")
+                "images (and videos) cannot be cut. Use max_length=None, a larger max_length, or smaller/fewer "
+                "images.")
         return slice(start, stop)
 
     def _first_ignored(self, labels: list[int], example: int) -> list[int]:
@@ -294,3 +505,11 @@ class DataCollatorForVisionLanguageModeling:
             raise ValueError(f"Example {example} of the batch has no token left to train on after max_length="
                              f"{self.max_length} ({self.truncation_mode}). Increase max_length or shorten the prompt.")
         return labels
+
+
+def _video_array(frames: list):
+    """A video as one (frames, height, width, channels) uint8 array, the form every video processor takes."""
+    import numpy as np
+
+    return np.stack([np.asarray(frame.convert("RGB") if hasattr(frame, "convert") else frame, dtype=np.uint8)
+                     for frame in frames])

@@ -12,6 +12,7 @@ models the project builds itself::
 
     vlm, processor = build_tiny_vlm(), build_tiny_processor()   # a tiny Llava and its processor
     colors = make_dataset("colors", "prompt_completion", n=300, conversational=True)  # rows with images
+    motion = make_dataset("motion", "prompt_completion", n=400, conversational=True)  # rows with 4-frame videos
 
 Importing this package is cheap: torch, transformers and datasets are only imported when a
 function that needs them is used.

@@ -5,6 +5,7 @@ Examples::
     posttrain kit build-model --arch qwen2 --head causal-lm --size tiny --seed 0 --output_dir runs/tiny-qwen2
     posttrain kit build-model --arch llava --output_dir runs/tiny-llava      # vision-language model + processor
     posttrain kit make-data --task colors --format prompt_completion --conversational --n 300 --output colors.parquet
+    posttrain kit make-data --task motion --format prompt_completion --conversational --n 400 --output motion.parquet
     posttrain kit make-data --task addition --format prompt_completion --n 1000 --seed 0 --output data/train.jsonl
     posttrain kit make-data --task addition --format prompt_only --n 100 --seed 1 \
         --exclude data/train.jsonl --output data/test.jsonl
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("make-data", help="write a synthetic task dataset in one of TRL's formats")
     data.add_argument("--task", choices=sorted(TASKS) + list(VISION_TASKS), default="addition",
-                      help="colors: images (write .parquet or a folder)")
+                      help="colors: images; motion: videos (write .parquet or a folder)")
     data.add_argument("--format", choices=_FORMATS, default="prompt_completion")
     data.add_argument("--conversational", action="store_true", help="use lists of chat messages")
     data.add_argument("--n", type=int, default=1000, help="number of rows")

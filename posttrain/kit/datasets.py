@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from posttrain.kit.images import VISION_TASKS, make_vision_rows
+from posttrain.kit.images import VIDEO_TASKS, VISION_TASKS, make_vision_rows
 from posttrain.kit.tasks import Task, get_task, question_text
 
 if TYPE_CHECKING:
@@ -239,7 +239,7 @@ def make_dataset(
             precedes it.
         **task_kwargs: passed to the task constructor, e.g. ``digits=3`` for ``addition``.
 
-    A vision task (``"colors"``) gives rows with an ``images`` column (:func:`~posttrain.kit.images.make_vision_rows`;
+    A vision task (``"colors"``; ``"motion"``: a ``videos`` column of 4-frame clips) gives rows with an ``images`` column (:func:`~posttrain.kit.images.make_vision_rows`;
     its options, e.g. ``noise=24``, go in ``task_kwargs``); ``exclude`` and ``step_errors`` do not apply to it
     (images are random: a different seed gives held-out rows).
     """
@@ -249,8 +249,14 @@ def make_dataset(
         if exclude not in (None, set()) or step_errors != "first":
             raise ValueError(f"exclude and step_errors do not apply to the vision task {task!r}; use another seed "
                              "for held-out rows")
-        return Dataset.from_list(make_vision_rows(task, format, n, seed, conversational, system_prompt=system_prompt,
-                                                  **task_kwargs))
+        rows = make_vision_rows(task, format, n, seed, conversational, system_prompt=system_prompt, **task_kwargs)
+        if task not in VIDEO_TASKS:
+            return Dataset.from_list(rows)
+        from datasets import Features, Image, List
+
+        # lists of lists of images are stored as images only when the features say so
+        text = Dataset.from_list([{k: v for k, v in row.items() if k != "videos"} for row in rows])
+        return Dataset.from_list(rows, features=Features({"videos": List(List(Image())), **text.features}))
     rows = make_rows(
         task,
         format,

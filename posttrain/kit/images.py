@@ -14,6 +14,19 @@ conversational messages whose content is a list of parts, ``{"type": "image"}`` 
 
 Standard (plain text) rows mark the image with the kit VLM's image token instead:
 ``{"images": [...], "prompt": "<image>What color is this?\\n", "completion": "red"}``.
+
+``motion``: a video task. Each row holds one clip of ``frames`` (default 4) ``size`` x ``size`` frames: a bright square
+on a noisy dark background moves left, right, up or down by the same step from frame to frame; the question "Which
+way does the square move?" is answered with the direction. The square's position in any one frame has the same
+distribution for every direction (both coordinates are drawn alike), so a single frame, or the frames in a random
+order, say nothing about the answer: only the order of the frames does. Rows carry a ``videos`` column (a list of
+videos, each a list of PIL frames) and a ``{"type": "video"}`` part (standard rows: ``"<video>"``)::
+
+    {"videos": [[<PIL.Image>, <PIL.Image>, <PIL.Image>, <PIL.Image>]],
+     "prompt": [{"role": "user", "content": [{"type": "video"},
+                                             {"type": "text", "text": "Which way does the square move?"}]}],
+     "completion": [{"role": "assistant", "content": [{"type": "text", "text": "left"}]}],
+     "answer": "left"}
 """
 
 from __future__ import annotations
@@ -24,9 +37,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-__all__ = ["COLORS", "VISION_FORMATS", "VISION_TASKS", "color_image", "make_vision_rows"]
+__all__ = ["COLORS", "DIRECTIONS", "VIDEO_TASKS", "VISION_FORMATS", "VISION_TASKS", "color_image",
+           "make_vision_rows", "motion_clip"]
 
-VISION_TASKS: tuple[str, ...] = ("colors",)
+VIDEO_TASKS: tuple[str, ...] = ("motion",)
+"""Vision tasks whose rows hold videos (a ``videos`` column) rather than images."""
+
+VISION_TASKS: tuple[str, ...] = ("colors", *VIDEO_TASKS)
 """Task names of :func:`make_vision_rows` (also accepted by :func:`posttrain.kit.make_dataset`)."""
 
 VISION_FORMATS: tuple[str, ...] = ("language_modeling", "prompt_only", "prompt_completion")
@@ -42,8 +59,13 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 """Colour names and their RGB values: far apart, and each name starts with a different kit token."""
 
+DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+"""The ``motion`` task's answers and their (x, y) unit steps (y grows downwards)."""
+
 QUESTION = "What color is this?"
+MOTION_QUESTION = "Which way does the square move?"
 IMAGE_TOKEN = "<image>"  # posttrain.kit.models.IMAGE_TOKEN (not imported: that module needs transformers)
+VIDEO_TOKEN = "<video>"  # posttrain.data.vision.VIDEO_TOKEN: the video placeholder of standard rows
 
 
 def color_image(color: str, rng: random.Random, size: int = 32, noise: int = 24) -> Image:
@@ -57,10 +79,49 @@ def color_image(color: str, rng: random.Random, size: int = 32, noise: int = 24)
     return PILImage.fromarray(np.clip(base + jitter, 0, 255).astype(np.uint8), mode="RGB")
 
 
-def _prompt(conversational: bool, system: list[dict[str, Any]]) -> Any:
+def motion_clip(direction: str, rng: random.Random, size: int = 32, frames: int = 4, square: int = 8,
+                noise: int = 24) -> list[Image]:
+    """``frames`` ``size`` x ``size`` RGB frames of a bright ``square`` moving one step per frame in
+    ``direction`` (a key of :data:`DIRECTIONS`) on a dark background with uniform noise in [-noise, noise].
+
+    A clip's step is 1/(frames + 2) to 1/(frames - 1) of the free range (``size - square``), its start is uniform
+    where the square stays inside, and the other coordinate is drawn the same way, at a random frame: each frame's
+    square position has the same distribution whatever the direction."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}; choose one of {list(DIRECTIONS)}")
+    span = size - square
+    if frames < 2 or span < frames - 1:
+        raise ValueError(f"a motion clip needs frames >= 2 and size - square >= frames - 1, got frames={frames}, "
+                         f"size={size}, square={square}")
+
+    def track() -> list[int]:  # positions along a moving axis, increasing
+        step = rng.randint(max(1, span // (frames + 2)), span // (frames - 1))
+        start = rng.randint(0, span - step * (frames - 1))
+        return [start + t * step for t in range(frames)]
+
+    along = track()
+    if DIRECTIONS[direction][0] + DIRECTIONS[direction][1] < 0:  # left, up
+        along.reverse()
+    across = rng.choice(track())
+    pixels = np.random.default_rng(rng.getrandbits(64))
+    clip = []
+    for t in range(frames):
+        x, y = (along[t], across) if DIRECTIONS[direction][0] else (across, along[t])
+        frame = 50 + pixels.integers(-noise, noise + 1, size=(size, size, 3))
+        frame[y:y + square, x:x + square] = 230 + pixels.integers(-noise, noise + 1, size=(square, square, 3)) // 2
+        clip.append(PILImage.fromarray(np.clip(frame, 0, 255).astype(np.uint8), mode="RGB"))
+    return clip
+
+
+def _prompt(conversational: bool, system: list[dict[str, Any]], task: str = "colors") -> Any:
+    kind, token, question = ("video", VIDEO_TOKEN, MOTION_QUESTION) if task in VIDEO_TASKS else (
+        "image", IMAGE_TOKEN, QUESTION)
     if not conversational:
-        return f"{IMAGE_TOKEN}{QUESTION}\n"
-    return [*system, {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+        return f"{token}{question}\n"
+    return [*system, {"role": "user", "content": [{"type": kind}, {"type": "text", "text": question}]}]
 
 
 def _completion(answer: str, conversational: bool) -> Any:
@@ -77,6 +138,8 @@ def make_vision_rows(
     system_prompt: str | None = None,
     size: int = 32,
     noise: int = 24,
+    frames: int = 4,
+    square: int = 8,
 ) -> list[dict[str, Any]]:
     """Rows of a vision task (see the module docstring) as a list of dicts.
 
@@ -84,12 +147,13 @@ def make_vision_rows(
         task: a name in :data:`VISION_TASKS`.
         format: one of :data:`VISION_FORMATS`: ``language_modeling`` (``messages``), ``prompt_only``
             (``prompt``) or ``prompt_completion`` (``prompt``, ``completion``); all with ``images`` and, except
-            ``language_modeling``, ``answer``.
-        n: number of rows, each colour equally often (up to one).
+            ``language_modeling``, ``answer``. Video tasks have ``videos`` (one clip per row) instead of ``images``.
+        n: number of rows, each answer (colour, direction) equally often (up to one).
         seed: sampling seed (different seeds give different images: one for training, another for held-out rows).
         conversational: message lists with image parts (default), else strings with the image token.
         system_prompt: if set, conversational prompts start with this system message.
         size, noise: image side in pixels and per-pixel noise amplitude.
+        frames, square: ``motion`` only: frames per clip and the square's side in pixels.
     """
     if task not in VISION_TASKS:
         raise ValueError(f"unknown vision task {task!r}; choose one of {list(VISION_TASKS)}")
@@ -99,13 +163,14 @@ def make_vision_rows(
         raise ValueError(f"n must be >= 0, got {n}")
     rng = random.Random(f"posttrain.kit/{task}/{seed}")
     system = [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] if system_prompt else []
-    names = sorted(COLORS)
-    answers = [names[i % len(names)] for i in range(n)]  # balanced: chance is exactly 1 in len(COLORS)
+    names = sorted(DIRECTIONS if task in VIDEO_TASKS else COLORS)
+    answers = [names[i % len(names)] for i in range(n)]  # balanced: chance is exactly 1 in len(names)
     rng.shuffle(answers)
     rows: list[dict[str, Any]] = []
     for answer in answers:
-        row: dict[str, Any] = {"images": [color_image(answer, rng, size, noise)]}
-        prompt = _prompt(conversational, system)
+        row: dict[str, Any] = ({"videos": [motion_clip(answer, rng, size, frames, square, noise)]}
+                               if task in VIDEO_TASKS else {"images": [color_image(answer, rng, size, noise)]})
+        prompt = _prompt(conversational, system, task)
         if format == "language_modeling":
             row["messages" if conversational else "text"] = (
                 prompt + _completion(answer, True) if conversational else prompt + answer)

@@ -1,6 +1,6 @@
 """Models layer: loading (dtype, quantization, LoRA), output-head helpers."""
 
-from .heads import (base_model, disable_dropout, is_vision_model, output_head, packed_sequences_supported,
+from .heads import (accepts_videos, base_model, disable_dropout, is_vision_model, output_head, packed_sequences_supported,
                     select_head_positions, unwrap, varlen_attention)
 from .loading import (
     ModelConfig,
@@ -21,7 +21,7 @@ from .loading import (
 from .value_head import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead, ValueHead, ValueHeadOutput
 
 __all__ = [
-    "base_model", "disable_dropout", "is_vision_model", "output_head", "packed_sequences_supported",
+    "accepts_videos", "base_model", "disable_dropout", "is_vision_model", "output_head", "packed_sequences_supported",
     "select_head_positions", "unwrap", "varlen_attention", "ModelConfig", "ensure_pad_token", "is_vision_checkpoint",
     "is_vision_config", "kbit_device_map", "load_pretrained", "load_processing_class", "load_tokenizer",
     "model_init_kwargs", "peft_config", "prepare_peft_model", "quantization_config", "resolve_dtype", "set_chat_template",

@@ -38,6 +38,14 @@ def is_vision_model(model) -> bool:
     return is_vision_config(getattr(base_model(model), "config", None))
 
 
+def accepts_videos(model) -> bool:
+    """True for a model whose forward takes videos (``pixel_values_videos``), through any wrapper."""
+    import inspect
+
+    forward = getattr(base_model(model), "forward", None)
+    return forward is not None and "pixel_values_videos" in inspect.signature(forward).parameters
+
+
 def output_head(model) -> torch.nn.Module:
     base = unwrap(model)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None

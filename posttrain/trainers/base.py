@@ -187,6 +187,7 @@ class BaseTrainer(Trainer):
             set_chat_template(processing_class, args.chat_template_path)
         ensure_pad_token(getattr(processing_class, "tokenizer", processing_class))
 
+        self.model = model  # prepare_dataset and make_collator may look at it (Trainer sets it again)
         train_dataset = self.prepare_dataset(train_dataset, processing_class, args, "train")
         if isinstance(eval_dataset, dict):
             eval_dataset = {k: self.prepare_dataset(v, processing_class, args, k) for k, v in eval_dataset.items()}

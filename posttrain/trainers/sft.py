@@ -16,17 +16,20 @@ from ..data import (
     DatasetFormatError,
     detect_format,
     has_image_processor,
+    has_media,
+    has_video_processor,
     image_column,
     pack_dataset,
     processor_chat_template,
     require_kind,
     tokenize_sft_example,
+    video_column,
 )
 from ..data.formats import LANGUAGE_MODELING, PROMPT_COMPLETION
 from ..data.tokenize import TRUNCATION_MODES
 from ..losses.policy import entropy_from_logits
 from ..losses.sft import SFT_LOSS_TYPES, sft_token_loss
-from ..models import is_vision_model, select_head_positions, unwrap
+from ..models import accepts_videos, is_vision_model, select_head_positions, unwrap
 from .base import BaseTrainer, PosttrainConfig, check_choice
 
 
@@ -77,7 +80,9 @@ class SFTTrainer(BaseTrainer):
     Vision-language models: a dataset with an ``images`` (or ``image``) column and the model's processor as
     ``processing_class`` (loaded by itself when ``model`` is a path) train on padded batches that
     :class:`~posttrain.data.DataCollatorForVisionLanguageModeling` builds from the raw rows, images processed batch
-    by batch (``posttrain.data.vision``).
+    by batch (``posttrain.data.vision``). A ``videos`` (or ``video``) column works the same way: the processor's video
+    processor gets the videos where the model takes them (``pixel_values_videos``), otherwise each video is read as
+    its frames, one image each.
 
     Logs ``loss``, ``mean_token_accuracy``, ``entropy`` and ``num_tokens`` (cumulative input tokens).
     """
@@ -139,7 +144,8 @@ class SFTTrainer(BaseTrainer):
                 assistant_only_loss=args.assistant_only_loss, max_length=args.max_length,
                 truncation_mode=args.truncation_mode, pad_to_multiple_of=args.pad_to_multiple_of,
                 dataset_text_field=args.dataset_text_field,
-                eos_token_id=_eos_token_id(getattr(processing_class, "tokenizer", processing_class), args))
+                eos_token_id=_eos_token_id(getattr(processing_class, "tokenizer", processing_class), args),
+                videos_as_frames=not (has_video_processor(processing_class) and accepts_videos(self.model)))
         return DataCollatorForLanguageModeling(
             pad_token_id=getattr(processing_class, "tokenizer", processing_class).pad_token_id,
             completion_only_loss=args.completion_only_loss is not False,
@@ -156,7 +162,7 @@ class SFTTrainer(BaseTrainer):
         name = split
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         skip = bool((args.dataset_kwargs or {}).get("skip_prepare_dataset"))
-        if image_column(dataset.column_names) is not None and "input_ids" not in dataset.column_names:
+        if has_media(dataset.column_names) and "input_ids" not in dataset.column_names:
             return self.prepare_vision_dataset(dataset, processing_class, args, name, check=not skip)
         if skip or "input_ids" in dataset.column_names:
             return pack_dataset(dataset, args.max_length, args.packing_strategy) if packing else dataset
@@ -196,10 +202,10 @@ class SFTTrainer(BaseTrainer):
         the collator reads."""
         if args.shuffle_dataset:
             dataset = dataset.shuffle(seed=args.seed)
-        column = image_column(dataset.column_names)
+        columns = [c for c in (image_column(dataset.column_names), video_column(dataset.column_names)) if c]
         if not has_image_processor(processing_class):
             raise DatasetFormatError(
-                f"The {name} dataset has an '{column}' column but the processing class is "
+                f"The {name} dataset has an '{columns[0]}' column but the processing class is "
                 f"{type(processing_class).__name__}, which cannot process images: a text-only model cannot see "
                 "them. Train a vision-language model with its processor (AutoProcessor), or drop the column.")
         if args.packing or args.padding_free:
@@ -214,7 +220,7 @@ class SFTTrainer(BaseTrainer):
             _check_sft_format(detect_format(dataset.column_names, dataset[0], text_field=args.dataset_text_field),
                               args, name)
             self.make_collator(processing_class, args).validate(dataset, name)
-        columns = {column, "messages", "prompt", "completion", args.dataset_text_field}
+        columns = {*columns, "messages", "prompt", "completion", args.dataset_text_field}
         self._input_columns = tuple(sorted(set(self._input_columns) | columns))
         return dataset
 
