@@ -14,6 +14,11 @@ conversational messages whose content is a list of parts, ``{"type": "image"}`` 
 
 Standard (plain text) rows mark the image with the kit VLM's image token instead:
 ``{"images": [...], "prompt": "<image>What color is this?\\n", "completion": "red"}``.
+
+The ``preference`` format (TRL's vision preference layout, for DPO) has ``chosen`` = the image's colour and
+``rejected`` = another colour, drawn uniformly from the other five:
+``{"images": [...], "prompt": [...], "chosen": [<assistant message "red">], "rejected": [<assistant message
+"blue">], "answer": "red"}`` (standard rows: ``"chosen": "red", "rejected": "blue"``).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ __all__ = ["COLORS", "VISION_FORMATS", "VISION_TASKS", "color_image", "make_visi
 VISION_TASKS: tuple[str, ...] = ("colors",)
 """Task names of :func:`make_vision_rows` (also accepted by :func:`posttrain.kit.make_dataset`)."""
 
-VISION_FORMATS: tuple[str, ...] = ("language_modeling", "prompt_only", "prompt_completion")
+VISION_FORMATS: tuple[str, ...] = ("language_modeling", "prompt_only", "prompt_completion", "preference")
 """Dataset formats of the vision tasks."""
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -83,7 +88,8 @@ def make_vision_rows(
     Args:
         task: a name in :data:`VISION_TASKS`.
         format: one of :data:`VISION_FORMATS`: ``language_modeling`` (``messages``), ``prompt_only``
-            (``prompt``) or ``prompt_completion`` (``prompt``, ``completion``); all with ``images`` and, except
+            (``prompt``), ``prompt_completion`` (``prompt``, ``completion``) or ``preference`` (``prompt``,
+            ``chosen``: the right colour, ``rejected``: a wrong one); all with ``images`` and, except
             ``language_modeling``, ``answer``.
         n: number of rows, each colour equally often (up to one).
         seed: sampling seed (different seeds give different images: one for training, another for held-out rows).
@@ -113,6 +119,10 @@ def make_vision_rows(
             row["prompt"] = prompt
             if format == "prompt_completion":
                 row["completion"] = _completion(answer, conversational)
+            elif format == "preference":  # (drawn after the image: the other formats' images stay the same)
+                wrong = rng.choice([name for name in names if name != answer])
+                row["chosen"] = _completion(answer, conversational)
+                row["rejected"] = _completion(wrong, conversational)
             row["answer"] = answer
         rows.append(row)
     return rows
