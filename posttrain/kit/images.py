@@ -104,6 +104,7 @@ def make_vision_rows(
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     rng = random.Random(f"posttrain.kit/{task}/{seed}")
+    rejected_rng = random.Random(f"posttrain.kit/{task}/{seed}/rejected")
     system = [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] if system_prompt else []
     names = sorted(COLORS)
     answers = [names[i % len(names)] for i in range(n)]  # balanced: chance is exactly 1 in len(COLORS)
@@ -119,8 +120,8 @@ def make_vision_rows(
             row["prompt"] = prompt
             if format == "prompt_completion":
                 row["completion"] = _completion(answer, conversational)
-            elif format == "preference":  # (drawn after the image: the other formats' images stay the same)
-                wrong = rng.choice([name for name in names if name != answer])
+            elif format == "preference":  # a stream of its own: the images are the other formats' of this seed
+                wrong = rejected_rng.choice([name for name in names if name != answer])
                 row["chosen"] = _completion(answer, conversational)
                 row["rejected"] = _completion(wrong, conversational)
             row["answer"] = answer
