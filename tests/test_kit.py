@@ -282,7 +282,29 @@ def test_colors_dataset(fmt, conversational):
     assert make_dataset("colors", fmt, n=60, seed=1, conversational=conversational)[0]["images"][0].tobytes() != \
         ds[0]["images"][0].tobytes()
     with pytest.raises(ValueError, match="formats"):
-        make_dataset("colors", "preference", n=2)
+        make_dataset("colors", "unpaired_preference", n=2)
+
+
+@pytest.mark.parametrize("conversational", [True, False])
+def test_colors_preference_pairs(conversational):
+    """Preference pairs: chosen is the image's colour, rejected another colour (every other colour appears); the
+    images are those of the prompt-completion rows of the same seed."""
+    from posttrain.kit.images import COLORS
+
+    pairs = make_dataset("colors", "preference", n=60, seed=0, conversational=conversational)
+    same = make_dataset("colors", "prompt_completion", n=60, seed=0, conversational=conversational)
+    assert pairs.column_names == ["images", "prompt", "chosen", "rejected", "answer"]
+
+    def text(value):
+        return value[0]["content"][0]["text"] if conversational else value
+
+    wrong = set()
+    for pair, row in zip(pairs, same):
+        assert pair["images"][0].tobytes() == row["images"][0].tobytes() and pair["prompt"] == row["prompt"]
+        assert text(pair["chosen"]) == pair["answer"] == row["answer"]
+        assert text(pair["rejected"]) != pair["answer"] and text(pair["rejected"]) in COLORS
+        wrong.add((pair["answer"], text(pair["rejected"])))
+    assert len({w for _, w in wrong}) == len(COLORS)
 
 
 def test_color_names_start_with_distinct_tokens():

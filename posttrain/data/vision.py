@@ -29,7 +29,8 @@ between frames), and the frames go to the processor as images.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,33 @@ def image_column(columns: Iterable[str]) -> str | None:
     """The column holding a dataset's images (``images``, else ``image``), or None for a text-only dataset."""
     columns = set(columns)
     return next((c for c in IMAGE_COLUMNS if c in columns), None)
+
+
+def template_kwargs(processor, conversational: bool) -> dict[str, Any]:
+    """The keyword arguments that render a row's conversations with the processor's chat template (none for
+    standard rows); a :class:`DatasetFormatError` when conversational rows meet a processor without a template."""
+    if not conversational:
+        return {}
+    template = processor_chat_template(processor)
+    if template is None:
+        raise DatasetFormatError(
+            f"The rows are conversational but the processor {type(processor).__name__} has no chat template "
+            "(neither it nor its tokenizer). Set `processor.chat_template`, or pass `chat_template_path`.")
+    return {"chat_template": template}
+
+
+@contextmanager
+def rendering(row: int, conversational: bool):
+    """Turn the error of a chat template that cannot render a vision row (one written for string content only)
+    into a :class:`DatasetFormatError` naming the row."""
+    try:
+        yield
+    except (TypeError, AttributeError) as err:  # jinja: a template written for string content only
+        if not conversational:
+            raise
+        raise DatasetFormatError(
+            f"Row {row}: the chat template cannot render this row ({type(err).__name__}: {err}). Vision rows need "
+            "a template that renders content lists ({'type': 'image'} / {'type': 'text'} parts).") from err
 
 
 def video_column(columns: Iterable[str]) -> str | None:
@@ -89,6 +117,19 @@ def row_images(example: Mapping[str, Any]) -> list:
         return list(example["images"] or [])
     image = example.get("image")
     return [] if image is None else [image]
+
+
+def text_rows(dataset, split: str = "train") -> Iterator[tuple[int, dict[str, Any], int, str]]:
+    """``(row, text columns, number of images, image column)`` for every row of a vision dataset, without decoding
+    an image (for validating every row before training)."""
+    column = image_column(dataset.column_names)
+    if column is None:
+        raise DatasetFormatError(f"The {split} dataset has no image column ({' or '.join(IMAGE_COLUMNS)}).")
+    if len(dataset) == 0:
+        raise DatasetFormatError(f"The {split} dataset is empty.")
+    texts = dataset.select_columns([c for c in dataset.column_names if c not in IMAGE_COLUMNS])
+    for row, (example, count) in enumerate(zip(texts, image_counts(dataset, column))):
+        yield row, example, count, column
 
 
 def row_videos(example: Mapping[str, Any]) -> list[list]:
@@ -218,6 +259,77 @@ class _TextRow:
     labels: list[int]  # along ``ids``
 
 
+def processor_image_token(processor, user: str) -> tuple[str, int]:
+    """The processor's image token and its id (``user`` names who needs them in the errors)."""
+    if not has_image_processor(processor):
+        raise ValueError(f"{user} needs a processor with an image processor (the model's AutoProcessor), got "
+                         f"{type(processor).__name__}.")
+    token, token_id = getattr(processor, "image_token", None), getattr(processor, "image_token_id", None)
+    if token is None or token_id is None:
+        raise ValueError(f"{type(processor).__name__} declares no image token (`image_token`, `image_token_id`), so "
+                         "posttrain cannot tell image tokens from text.")
+    return token, token_id
+
+
+def check_image_parts(example: Mapping[str, Any], row: int, num_images: int, *, image_token: str,
+                      conversational: bool, key: str, image_free: Sequence[str] = (), column: str = "images") -> None:
+    """Raise :class:`DatasetFormatError` naming ``row`` unless the image placeholders of column ``key`` match the
+    row's ``num_images`` and the columns ``image_free`` (completions) have none."""
+    for col in image_free:
+        if count_image_parts(example.get(col), image_token):
+            raise DatasetFormatError(f"Row {row}, column '{col}': images in the {col} are not supported; put them "
+                                     "in the prompt.")
+    parts = count_image_parts(example.get(key), image_token)
+    if parts != num_images:
+        what = "image part(s) ({'type': 'image'})" if conversational else f"image token(s) ('{image_token}')"
+        raise DatasetFormatError(
+            f"Row {row}: column '{key}' has {parts} {what} but column '{column}' holds {num_images} "
+            f"image(s). Every image placeholder takes one image, in order: add the missing "
+            f"{'images' if parts > num_images else 'placeholders'}.")
+
+
+@dataclass
+class ProcessedImages:
+    """What :func:`process_images` returns for a batch of texts, row by row (no padding)."""
+
+    ids: list[list[int]]  # the processor's tokens of each text: every image token expanded to the image's tokens
+    values: list[list[int]]  # the caller's per-token values carried over to ``ids`` (image tokens: ``fill``)
+    used: list[int]  # how many of the caller's text tokens each row of ``ids`` covers
+    per_token: dict[str, list[list[int]]]  # processor outputs with one value per token (e.g. token_type_ids)
+    extras: dict[str, torch.Tensor]  # the rest, for the images (pixel_values, image_sizes, image_grid_thw, ...)
+
+
+def process_images(processor, texts: Sequence[str], images: Sequence[Sequence[Any]], text_ids: Sequence[Sequence[int]],
+                   values: Sequence[Sequence[int]], image_token_id: int | Iterable[int], *, add_special_tokens: bool,
+                   fill: int = IGNORE_INDEX, videos: Sequence[Any] | None = None) -> ProcessedImages:
+    """Run the processor on ``texts`` (each a prefix of a text tokenized with one image token per image,
+    ``text_ids``) with their ``images``, and line its tokens up with ``text_ids``: ``values`` (one per text token)
+    are carried over to the processor's tokens (:func:`carry_over`). The images are processed once per text.
+    Raises ValueError naming the example where the processor tokenizes the text differently."""
+    media = {"images": list(images) if any(images) else None}
+    if videos:  # (native video processors: every video token expanded by the processor, ``image_token_id`` lists it)
+        media["videos"] = list(videos)
+    enc = processor(text=list(texts), **media, padding=True, return_tensors="pt", add_special_tokens=add_special_tokens)
+    ids, attention = enc.pop("input_ids"), enc.pop("attention_mask")
+    per_token_keys = [k for k, v in enc.items() if torch.is_tensor(v) and v.shape == ids.shape]
+    out = ProcessedImages([], [], [], {k: [] for k in per_token_keys},
+                          {k: v for k, v in enc.items() if k not in per_token_keys})
+    for i in range(len(texts)):
+        keep = attention[i].bool()
+        proc_ids = ids[i][keep].tolist()
+        try:
+            carried, used = carry_over(proc_ids, text_ids[i], values[i], image_token_id, fill)
+        except ValueError as err:
+            raise ValueError(f"Example {i} of the batch: {err}. The processor must tokenize the text as its "
+                             "tokenizer does, apart from expanding image (and video) tokens.") from err
+        out.ids.append(proc_ids)
+        out.values.append(carried)
+        out.used.append(used)
+        for k in per_token_keys:
+            out.per_token[k].append(enc[k][i][keep].tolist())
+    return out
+
+
 @dataclass
 class DataCollatorForVisionLanguageModeling:
     """Collate raw vision-dataset rows (see the module docstring) into a padded batch: ``input_ids``,
@@ -255,17 +367,10 @@ class DataCollatorForVisionLanguageModeling:
     video_token_id: int | None = field(init=False)  # set where the processor expands videos itself
 
     def __post_init__(self):
-        if not has_image_processor(self.processor):
-            raise ValueError(f"DataCollatorForVisionLanguageModeling needs a processor with an image processor (the "
-                             f"model's AutoProcessor), got {type(self.processor).__name__}.")
+        self.image_token, self.image_token_id = processor_image_token(self.processor, type(self).__name__)
         if self.truncation_mode not in TRUNCATION_MODES:
             raise ValueError(f"Unknown truncation_mode {self.truncation_mode!r}; use one of {TRUNCATION_MODES}.")
         self.tokenizer = self.processor.tokenizer
-        self.image_token = getattr(self.processor, "image_token", None)
-        self.image_token_id = getattr(self.processor, "image_token_id", None)
-        if self.image_token is None or self.image_token_id is None:
-            raise ValueError(f"{type(self.processor).__name__} declares no image token (`image_token`, "
-                             "`image_token_id`), so posttrain cannot tell image tokens from text.")
         if self.eos_token_id is None:
             self.eos_token_id = self.tokenizer.eos_token_id
         self.video_token = getattr(self.processor, "video_token", None) or VIDEO_TOKEN
@@ -301,20 +406,10 @@ class DataCollatorForVisionLanguageModeling:
                 f"Vision SFT trains on language-modeling or prompt-completion rows, got {fmt} rows.")
         return fmt
 
-    def _template_kwargs(self, fmt: DatasetFormat) -> dict[str, Any]:
-        if not fmt.conversational:
-            return {}
-        template = processor_chat_template(self.processor)
-        if template is None:
-            raise DatasetFormatError(
-                f"The rows are conversational but the processor {type(self.processor).__name__} has no chat template "
-                "(neither it nor its tokenizer). Set `processor.chat_template`, or pass `chat_template_path`.")
-        return {"chat_template": template}
-
     def text_row(self, example: Mapping[str, Any], fmt: DatasetFormat, row: int) -> _TextRow:
         """Step 1 for one row (raises :class:`DatasetFormatError` naming ``row``)."""
-        kwargs = self._template_kwargs(fmt)
-        try:
+        kwargs = template_kwargs(self.processor, fmt.conversational)
+        with rendering(row, fmt.conversational):
             out = tokenize_sft_example(
                 example, row, tokenizer=self.tokenizer, fmt=fmt, text_field=self.dataset_text_field,
                 eos_token_id=self.eos_token_id, max_length=None, assistant_only_loss=self.assistant_only_loss,
@@ -326,12 +421,6 @@ class DataCollatorForVisionLanguageModeling:
             else:
                 text = render_messages(self.tokenizer, example["messages"], **kwargs) if fmt.conversational \
                     else example[self.dataset_text_field]
-        except (TypeError, AttributeError) as err:  # jinja: a template written for string content only
-            if not fmt.conversational:
-                raise
-            raise DatasetFormatError(
-                f"Row {row}: the chat template cannot render this row ({type(err).__name__}: {err}). Vision rows need "
-                "a template that renders content lists ({'type': 'image'} / {'type': 'text'} parts).") from err
         return _TextRow(text, list(out["input_ids"]), _label_ids(out, self.completion_only_loss))
 
     def _media_key(self, fmt: DatasetFormat) -> str:
@@ -451,35 +540,25 @@ class DataCollatorForVisionLanguageModeling:
             images.append(imgs)
             videos += [_video_array(v) for v in vids]
             rows.append(self.text_row(ex, fmt, i))
-        media = {"images": images if any(images) else None}
-        if videos:
-            media["videos"] = videos
-        enc = self.processor(text=[r.vision_text for r in rows], **media,
-                             padding=True, return_tensors="pt", add_special_tokens=not fmt.conversational)
-        ids, attention = enc.pop("input_ids"), enc.pop("attention_mask")
-        per_token = [k for k, v in enc.items() if torch.is_tensor(v) and v.shape == ids.shape]
-        seqs: dict[str, list[list[int]]] = {k: [] for k in ("input_ids", "labels", *per_token)}
+        proc = process_images(self.processor, [r.vision_text for r in rows], images, [r.ids for r in rows],
+                              [r.labels for r in rows], self.media_token_ids, add_special_tokens=not fmt.conversational,
+                              videos=videos)
+        seqs: dict[str, list[list[int]]] = {k: [] for k in ("input_ids", "labels", *proc.per_token)}
         for i, row in enumerate(rows):
-            keep = attention[i].bool()
-            proc_ids = ids[i][keep].tolist()
-            try:
-                labels, used = carry_over(proc_ids, row.ids, row.labels, self.media_token_ids)
-            except ValueError as err:
-                raise ValueError(f"Example {i} of the batch: {err}. The processor must tokenize the text as its "
-                                 "tokenizer does, apart from expanding image (and video) tokens.") from err
+            proc_ids, labels, used = proc.ids[i], proc.values[i], proc.used[i]
             tail = len(row.ids) - used
             window = self._window(proc_ids + row.ids[used:], i)
             seqs["input_ids"].append((proc_ids + row.ids[used:])[window])
             seqs["labels"].append(self._first_ignored((labels + row.labels[used:])[window], i))
-            for k in per_token:
-                seqs[k].append((enc[k][i][keep].tolist() + [0] * tail)[window])
+            for k, per_row in proc.per_token.items():
+                seqs[k].append((per_row[i] + [0] * tail)[window])
         batch = {k: pad_sequences(v, self.tokenizer.pad_token_id if k == "input_ids" else
                                   IGNORE_INDEX if k == "labels" else 0, multiple_of=self.pad_to_multiple_of)
                  for k, v in seqs.items()}
         batch["attention_mask"] = pad_sequences([[1] * len(s) for s in seqs["input_ids"]], 0,
                                                 multiple_of=self.pad_to_multiple_of)
         batch["labels"][torch.isin(batch["input_ids"], torch.tensor(self.media_token_ids))] = IGNORE_INDEX
-        batch.update({k: v for k, v in enc.items() if k not in per_token})
+        batch.update(proc.extras)
         return batch
 
     def _window(self, ids: list[int], example: int) -> slice:

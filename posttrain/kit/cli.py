@@ -6,6 +6,7 @@ Examples::
     posttrain kit build-model --arch llava --output_dir runs/tiny-llava      # vision-language model + processor
     posttrain kit make-data --task colors --format prompt_completion --conversational --n 300 --output colors.parquet
     posttrain kit make-data --task motion --format prompt_completion --conversational --n 400 --output motion.parquet
+    posttrain kit make-data --task colors --format preference --conversational --n 300 --output pairs.parquet  # DPO
     posttrain kit make-data --task addition --format prompt_completion --n 1000 --seed 0 --output data/train.jsonl
     posttrain kit make-data --task addition --format prompt_only --n 100 --seed 1 \
         --exclude data/train.jsonl --output data/test.jsonl

@@ -15,6 +15,11 @@ conversational messages whose content is a list of parts, ``{"type": "image"}`` 
 Standard (plain text) rows mark the image with the kit VLM's image token instead:
 ``{"images": [...], "prompt": "<image>What color is this?\\n", "completion": "red"}``.
 
+The ``preference`` format (TRL's vision preference layout, for DPO) has ``chosen`` = the image's colour and
+``rejected`` = another colour, drawn uniformly from the other five:
+``{"images": [...], "prompt": [...], "chosen": [<assistant message "red">], "rejected": [<assistant message
+"blue">], "answer": "red"}`` (standard rows: ``"chosen": "red", "rejected": "blue"``).
+
 ``motion``: a video task. Each row holds one clip of ``frames`` (default 4) ``size`` x ``size`` frames: a bright square
 on a noisy dark background moves left, right, up or down by the same step from frame to frame; the question "Which
 way does the square move?" is answered with the direction. The square's position in any one frame has the same
@@ -46,7 +51,7 @@ VIDEO_TASKS: tuple[str, ...] = ("motion",)
 VISION_TASKS: tuple[str, ...] = ("colors", *VIDEO_TASKS)
 """Task names of :func:`make_vision_rows` (also accepted by :func:`posttrain.kit.make_dataset`)."""
 
-VISION_FORMATS: tuple[str, ...] = ("language_modeling", "prompt_only", "prompt_completion")
+VISION_FORMATS: tuple[str, ...] = ("language_modeling", "prompt_only", "prompt_completion", "preference")
 """Dataset formats of the vision tasks."""
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -146,7 +151,8 @@ def make_vision_rows(
     Args:
         task: a name in :data:`VISION_TASKS`.
         format: one of :data:`VISION_FORMATS`: ``language_modeling`` (``messages``), ``prompt_only``
-            (``prompt``) or ``prompt_completion`` (``prompt``, ``completion``); all with ``images`` and, except
+            (``prompt``), ``prompt_completion`` (``prompt``, ``completion``) or ``preference``
+            (``prompt``, ``chosen``: the right colour, ``rejected``: a wrong one); all with ``images`` and, except
             ``language_modeling``, ``answer``. Video tasks have ``videos`` (one clip per row) instead of ``images``.
         n: number of rows, each answer (colour, direction) equally often (up to one).
         seed: sampling seed (different seeds give different images: one for training, another for held-out rows).
@@ -162,6 +168,7 @@ def make_vision_rows(
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     rng = random.Random(f"posttrain.kit/{task}/{seed}")
+    rejected_rng = random.Random(f"posttrain.kit/{task}/{seed}/rejected")
     system = [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] if system_prompt else []
     names = sorted(DIRECTIONS if task in VIDEO_TASKS else COLORS)
     answers = [names[i % len(names)] for i in range(n)]  # balanced: chance is exactly 1 in len(names)
@@ -178,6 +185,10 @@ def make_vision_rows(
             row["prompt"] = prompt
             if format == "prompt_completion":
                 row["completion"] = _completion(answer, conversational)
+            elif format == "preference":  # a stream of its own: the images are the other formats' of this seed
+                wrong = rejected_rng.choice([name for name in names if name != answer])
+                row["chosen"] = _completion(answer, conversational)
+                row["rejected"] = _completion(wrong, conversational)
             row["answer"] = answer
         rows.append(row)
     return rows

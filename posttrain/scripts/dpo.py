@@ -8,7 +8,8 @@
 MODEL is a hub id or a local folder; the reference policy is a frozen copy of it (or, with ``--use_peft``,
 the model with its adapter disabled; ``--precompute_ref_log_probs`` computes the reference log-probs once).
 DATA is a hub id, a local json/jsonl/parquet/csv file or a saved dataset folder with preference pairs
-(``prompt``/``chosen``/``rejected`` or ``chosen``/``rejected``, standard or conversational).
+(``prompt``/``chosen``/``rejected`` or ``chosen``/``rejected``, standard or conversational); with an ``images``
+column and a vision-language MODEL, its processor handles the images (docs/dpo.md, "Vision-language models").
 """
 
 from __future__ import annotations

@@ -50,10 +50,13 @@ from ..data import DatasetFormatError, detect_format, pad_sequences, require_kin
 from ..data.formats import PREFERENCE, PREFERENCE_IMPLICIT, UNPAIRED_PREFERENCE, DatasetFormat
 from ..data.collators import padding_free_rows, row_width
 from ..data.templates import extract_prompt, require_chat_template, unpair_preference
+from ..data.templates import render_messages
 from ..data.tokenize import TRUNCATION_MODES, tokenize_prompt_completion
+from ..data.vision import (check_image_parts, has_image_processor, image_column, process_images,
+                           processor_image_token, rendering, row_images, template_kwargs, text_rows)
 from ..losses.policy import entropy_from_logits
 from ..losses.preference import RunningMean
-from ..models import disable_dropout, load_pretrained, select_head_positions, unwrap
+from ..models import disable_dropout, is_vision_model, load_pretrained, select_head_positions, unwrap
 from ..models.sharding import frozen_copy, is_zero3_partitioned
 from .base import BaseTrainer, PosttrainConfig, check_choice
 
@@ -203,6 +206,41 @@ def _check_completion_tokens(ids: list[int], column: str, row: int) -> None:
                                  f"non-empty '{column}'.")
 
 
+def tokenize_preference_texts(
+    example: Mapping[str, Any],
+    row: int,
+    *,
+    tokenizer,
+    fmt: DatasetFormat,
+    eos_token_id: int | None,
+    columns: Sequence[str],
+    template_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], list[int], list[list[int]]]:
+    """Validate one row and tokenize its prompt and completion ``columns``, untruncated. Returns the row with an
+    explicit prompt (extracted from implicit-prompt rows), the prompt's ids and each column's completion ids.
+    ``template_kwargs`` (e.g. a processor's ``chat_template``) go to the chat template."""
+    template_kwargs = dict(template_kwargs or {})
+    if fmt.kind == PREFERENCE_IMPLICIT:
+        validate_example(example, fmt, row)
+        example = {**example, **extract_prompt(example, row)}
+        fmt = DatasetFormat(PREFERENCE, fmt.conversational)
+    validate_example(example, fmt, row)
+    if fmt.conversational and not template_kwargs.get("chat_template"):
+        require_chat_template(tokenizer, f"Row {row}")
+    prompt_ids = None
+    comps = []
+    for col in columns:
+        p_ids, c_ids = tokenize_prompt_completion(tokenizer, example["prompt"], example[col], fmt.conversational,
+                                                  eos_token_id, row, **template_kwargs)
+        _check_completion_tokens(c_ids, col, row)
+        if prompt_ids is None:
+            prompt_ids = p_ids
+        elif p_ids != prompt_ids:  # cannot happen with a deterministic tokenizer; guard anyway
+            raise DatasetFormatError(f"Row {row}: the prompt tokenizes differently before '{columns[0]}' and '{col}'.")
+        comps.append(c_ids)
+    return example, prompt_ids, comps
+
+
 def tokenize_preference_row(
     example: Mapping[str, Any],
     row: int,
@@ -216,24 +254,8 @@ def tokenize_preference_row(
     """Validate and tokenize one row with an explicit prompt; ``columns`` are its completion columns
     (``("chosen", "rejected")`` or ``("completion",)``). Returns ``prompt_input_ids`` and
     ``<column>_input_ids`` for each column."""
-    if fmt.kind == PREFERENCE_IMPLICIT:
-        validate_example(example, fmt, row)
-        example = {**example, **extract_prompt(example, row)}
-        fmt = DatasetFormat(PREFERENCE, fmt.conversational)
-    validate_example(example, fmt, row)
-    if fmt.conversational:
-        require_chat_template(tokenizer, f"Row {row}")
-    prompt_ids = None
-    comps = []
-    for col in columns:
-        p_ids, c_ids = tokenize_prompt_completion(tokenizer, example["prompt"], example[col], fmt.conversational,
-                                                  eos_token_id, row)
-        _check_completion_tokens(c_ids, col, row)
-        if prompt_ids is None:
-            prompt_ids = p_ids
-        elif p_ids != prompt_ids:  # cannot happen with a deterministic tokenizer; guard anyway
-            raise DatasetFormatError(f"Row {row}: the prompt tokenizes differently before '{columns[0]}' and '{col}'.")
-        comps.append(c_ids)
+    _, prompt_ids, comps = tokenize_preference_texts(example, row, tokenizer=tokenizer, fmt=fmt,
+                                                     eos_token_id=eos_token_id, columns=columns)
     prompt_ids, comps = fit_lengths(prompt_ids, comps, row=row, **lengths)
     out = {"prompt_input_ids": prompt_ids}
     for col, ids in zip(columns, comps):
@@ -285,6 +307,13 @@ def build_rows(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[
     }
 
 
+def _no_padding_free(what: str) -> ValueError:
+    return ValueError(
+        f"padding_free=True is not supported with {what}: vision batches are padded (a row's image tokens must stay "
+        "with its images, and packed sequences of a vision-language model are not kept apart by position_ids). "
+        "Leave padding_free unset (padded batches).")
+
+
 def _float_column(examples, name):
     if name in examples[0] and examples[0][name] is not None:
         return torch.tensor([float(ex[name]) for ex in examples], dtype=torch.float32)
@@ -318,6 +347,144 @@ class DataCollatorForPreference:
             if col is not None:
                 batch[name] = col
         return batch
+
+
+@dataclass
+class DataCollatorForVisionPreference:
+    """Collate raw paired rows with images into one padded batch of 2B sequences (the B chosen rows, then the B
+    rejected rows), like :class:`DataCollatorForPreference`, plus what the processor returns for the images.
+
+    Rows: TRL's vision preference layout, an ``images`` (or ``image``) column beside ``prompt``/``chosen``/
+    ``rejected`` (or implicit-prompt ``chosen``/``rejected``), standard (the processor's image token in the prompt)
+    or conversational (``{"type": "image"}`` parts in the prompt's messages). Each row's text is tokenized as for
+    text-only DPO (one image token per image); the processor then reads each prompt with its images **once**
+    (:func:`~posttrain.data.vision.process_images`: image tokens expanded, ``pixel_values``, ...), and the chosen and
+    rejected rows are built on the expanded prompt. The processor's image outputs are repeated for the two halves;
+    its per-token outputs (e.g. ``token_type_ids``) follow the prompt's tokens (0 on completions and padding).
+    Image tokens are never in ``completion_mask``.
+
+    Truncation never cuts an image token: ``max_prompt_length`` counts the prompt's text tokens and cuts text before
+    the first image only; ``max_length`` (``truncation_mode``) applies to the expanded rows as in
+    :func:`fit_lengths`. A row that cannot fit without cutting an image is a ValueError naming the example.
+    """
+
+    processor: Any
+    max_length: int | None = None
+    max_prompt_length: int | None = None
+    max_completion_length: int | None = None
+    truncation_mode: str = "keep_end"
+    pad_to_multiple_of: int | None = None
+    padding_value: int | None = None
+    eos_token_id: int | None = None
+    padding_free: bool = field(default=False, init=False)  # vision batches are always padded
+    tokenizer: Any = field(init=False, repr=False)
+    image_token: str = field(init=False)
+    image_token_id: int = field(init=False)
+
+    def __post_init__(self):
+        self.image_token, self.image_token_id = processor_image_token(self.processor, type(self).__name__)
+        check_choice("truncation_mode", self.truncation_mode, TRUNCATION_MODES)
+        self.tokenizer = self.processor.tokenizer
+        if self.padding_value is None:
+            self.padding_value = self.tokenizer.pad_token_id
+        if self.eos_token_id is None:
+            self.eos_token_id = self.tokenizer.eos_token_id
+
+    # -- rows -----------------------------------------------------------------------------------
+    @staticmethod
+    def format_of(example: Mapping[str, Any]) -> DatasetFormat:
+        fmt = detect_format(example.keys(), example)
+        require_kind(fmt, (PREFERENCE, PREFERENCE_IMPLICIT), "Vision preference training")
+        return fmt
+
+    def text_row(self, example: Mapping[str, Any], fmt: DatasetFormat, row: int):
+        """``(row with an explicit prompt, prompt text for the processor, prompt ids, [chosen ids, rejected ids])``,
+        the ids with one image token per image; raises :class:`DatasetFormatError` naming ``row``."""
+        kwargs = template_kwargs(self.processor, fmt.conversational)
+        with rendering(row, fmt.conversational):
+            example, prompt_ids, comps = tokenize_preference_texts(
+                example, row, tokenizer=self.tokenizer, fmt=fmt, eos_token_id=self.eos_token_id,
+                columns=("chosen", "rejected"), template_kwargs=kwargs)
+            text = (render_messages(self.tokenizer, example["prompt"], add_generation_prompt=True, **kwargs)
+                    if fmt.conversational else example["prompt"])
+        return example, text, prompt_ids, comps
+
+    def check_images(self, example: Mapping[str, Any], conversational: bool, num_images: int, row: int,
+                     column: str = "images") -> None:
+        """The prompt's image placeholders match the row's images; the completions have none."""
+        check_image_parts(example, row, num_images, image_token=self.image_token, conversational=conversational,
+                          key="prompt", image_free=("chosen", "rejected"), column=column)
+
+    def validate(self, dataset, split: str = "train") -> None:
+        """Check every row before training (format, text, image placeholders against images); errors name the
+        row. No image is decoded."""
+        fmt = None
+        for row, example, count, column in text_rows(dataset, split):
+            fmt = fmt or self.format_of(example)
+            explicit = self.text_row(example, fmt, row)[0]
+            self.check_images(explicit, fmt.conversational, count, row, column)
+
+    # -- batches --------------------------------------------------------------------------------
+    def __call__(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        fmt = self.format_of(examples[0])
+        rows = [self.text_row(ex, fmt, i) for i, ex in enumerate(examples)]
+        images = [row_images(ex) for ex in examples]
+        for i, (row, imgs) in enumerate(zip(rows, images)):
+            self.check_images(row[0], fmt.conversational, len(imgs), i)
+        proc = process_images(self.processor, [r[1] for r in rows], images, [r[2] for r in rows],
+                              [r[2] for r in rows], self.image_token_id, add_special_tokens=not fmt.conversational)
+        prompts, chosen, rejected, kept = [], [], [], []
+        for i, row in enumerate(rows):
+            if proc.used[i] != len(row[2]):
+                raise ValueError(f"Example {i} of the batch: the processor's tokens cover {proc.used[i]} of the "
+                                 f"prompt's {len(row[2])} tokens; it must tokenize the prompt as its tokenizer does.")
+            prompt, (c, r) = self.fit(proc.ids[i], row[3], i)
+            prompts.append(prompt)
+            chosen.append(c)
+            rejected.append(r)
+            kept.append(len(prompt))
+        batch = build_rows(prompts + prompts, chosen + rejected, pad_token_id=self.padding_value,
+                           pad_to_multiple_of=self.pad_to_multiple_of)
+        batch["completion_mask"][batch["input_ids"] == self.image_token_id] = 0
+        width = batch["input_ids"].shape[1]
+        for key, per_row in proc.per_token.items():  # along the (truncated) prompts, 0 on completions and padding
+            values = [per_row[i][len(per_row[i]) - kept[i]:] for i in range(len(rows))]
+            values = [v + [0] * len(c) for v, c in zip(values + values, chosen + rejected)]
+            batch[key] = pad_sequences([v + [0] * (width - len(v)) for v in values], 0)
+        for key, value in proc.extras.items():  # per image (or per row), in row order: once per half
+            batch[key] = torch.cat([value, value]) if torch.is_tensor(value) and value.dim() > 0 else value
+        for name in ("ref_chosen_logps", "ref_rejected_logps"):
+            col = _float_column(examples, name)
+            if col is not None:
+                batch[name] = col
+        return batch
+
+    def fit(self, prompt: list[int], completions: list[list[int]], example: int):
+        """Truncate one expanded prompt and its completions (see the class docstring), never through an image."""
+        images = sum(t == self.image_token_id for t in prompt)
+        if self.max_prompt_length is not None:
+            excess = len(prompt) - images - self.max_prompt_length  # text tokens over the limit
+            if excess > 0:
+                first = prompt.index(self.image_token_id) if images else len(prompt)
+                if excess > first:
+                    raise ValueError(
+                        f"Example {example} of the batch: the prompt has {len(prompt) - images} text tokens, and "
+                        f"max_prompt_length={self.max_prompt_length} would cut text after its first image; images and "
+                        "the text between them cannot be cut. Use a larger max_prompt_length or shorter prompts.")
+                prompt = prompt[excess:]
+        try:
+            prompt, completions = fit_lengths(prompt, completions, max_prompt_length=None,
+                                              max_completion_length=self.max_completion_length,
+                                              max_length=self.max_length, truncation_mode=self.truncation_mode)
+        except DatasetFormatError as err:
+            raise DatasetFormatError(f"Example {example} of the batch: {err}") from None
+        if sum(t == self.image_token_id for t in prompt) != images:
+            raise ValueError(
+                f"Example {example} of the batch: its prompt is {len(prompt)} tokens ({images} image tokens), and "
+                f"max_length={self.max_length} (truncation_mode='{self.truncation_mode}') would cut its image "
+                "tokens; images cannot be cut. Use a larger max_length, smaller or fewer images, or "
+                "truncation_mode='keep_start' (which cuts the completions' ends).")
+        return prompt, completions
 
 
 @dataclass
@@ -451,9 +618,14 @@ def sequence_sums(values: torch.Tensor, token_seq: torch.Tensor, num_rows: int) 
     return values.new_zeros(num_rows, dtype=acc).index_add(0, token_seq, values.to(acc)).to(values.dtype)
 
 
+ROW_KEYS = ("input_ids", "attention_mask", "position_ids", "completion_mask", "sequence_index")
+"""The keys of :func:`build_rows`; any other key of a row batch is an input of the model (images)."""
+
+
 def completion_logps(model, rows: Mapping[str, torch.Tensor], *, with_log_sum_sq_probs: bool = False,
                      with_token_stats: bool = False) -> SequenceLogps:
-    """Run ``model`` on ``rows`` (from :func:`build_rows`) and gather the completion log-probs.
+    """Run ``model`` on ``rows`` (from :func:`build_rows`, plus a vision-language model's image inputs) and gather
+    the completion log-probs.
 
     The output head projects only the positions whose next token is a completion token, and the
     log-probs are ``logit[target] - logsumexp(logits)`` in float32, so neither the (R, L, V) logits nor a
@@ -482,6 +654,8 @@ def completion_logps(model, rows: Mapping[str, torch.Tensor], *, with_log_sum_sq
         token_seq = head_mask.nonzero(as_tuple=True)[0]
         num_rows = input_ids.shape[0]
         model_inputs = {"input_ids": input_ids, "attention_mask": rows["attention_mask"]}
+    # a vision-language model's image inputs (pixel_values, image_sizes, token_type_ids, ...): every other key
+    model_inputs.update({k: v for k, v in rows.items() if k not in ROW_KEYS})
     with select_head_positions(model, head_mask):
         logits = model(**model_inputs, use_cache=False).logits[0]  # (N, V)
     logits32 = logits.float()
@@ -570,6 +744,8 @@ class PreferenceTrainer(BaseTrainer):
     _ref_columns: tuple[str, ...] = ()
     _input_columns = ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids", "ref_chosen_logps",
                       "ref_rejected_logps")
+    _vision = False  # the data has images: raw rows, collated by DataCollatorForVisionPreference
+    _not_model_inputs = ("ref_chosen_logps", "ref_rejected_logps")
 
     def __init__(self, model, ref_model=None, args: PreferenceConfig | None = None, data_collator=None,
                  train_dataset=None, eval_dataset=None, processing_class=None, compute_metrics=None, callbacks=None,
@@ -596,7 +772,14 @@ class PreferenceTrainer(BaseTrainer):
             callbacks=callbacks, optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
-        if data_collator is None:
+        if is_vision_model(self.model) and self.args.padding_free:
+            raise _no_padding_free("a vision-language model")
+        if self._vision and not is_vision_model(self.model):
+            raise ValueError(
+                f"The dataset has images but {type(unwrap(self.model)).__name__} is a text-only model: it cannot see "
+                "them. Train a vision-language model (loaded with AutoModelForImageTextToText), or drop the image "
+                "column.")
+        if data_collator is None and not self._vision:
             # variable-length kernels take one (1, N) row; sdpa/eager (a dense N x N mask for one row) get bin-packed
             # rows no longer than the longest sequence. Models that cannot keep packed sequences apart stay padded.
             supported = self.settle_padding_free(self.data_collator, self.args.padding_free)
@@ -618,6 +801,11 @@ class PreferenceTrainer(BaseTrainer):
     def make_collator(self, processing_class, args):
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         pad = args.padding_value if args.padding_value is not None else tokenizer.pad_token_id
+        if self._vision:
+            return DataCollatorForVisionPreference(
+                processing_class, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
+                max_completion_length=args.max_completion_length, truncation_mode=args.truncation_mode,
+                pad_to_multiple_of=args.pad_to_multiple_of, padding_value=pad)
         if self._paired:
             return DataCollatorForPreference(pad, padding_free=bool(args.padding_free),
                                              pad_to_multiple_of=args.pad_to_multiple_of)
@@ -638,6 +826,8 @@ class PreferenceTrainer(BaseTrainer):
             return dataset  # already tokenized
         if not self._paired and "prompt_input_ids" in columns and "completion_input_ids" in columns:
             return dataset
+        if image_column(columns) is not None:
+            return self.prepare_vision_dataset(dataset, processing_class, args, split)
         if len(dataset) == 0:
             raise DatasetFormatError(f"The {split} dataset is empty.")
         self._check_columns(columns, trainer, split)
@@ -672,6 +862,27 @@ class PreferenceTrainer(BaseTrainer):
         dataset = dataset.map(fn, with_indices=True, remove_columns=dataset.column_names,
                               num_proc=args.dataset_num_proc, desc=f"Tokenizing {split} dataset")
         return self._after_tokenize(dataset, args)
+
+    def prepare_vision_dataset(self, dataset, processing_class, args: PreferenceConfig, split: str):
+        """A dataset with images stays raw: :class:`DataCollatorForVisionPreference` processes the images batch by
+        batch. Every row is checked now (format, text, image placeholders against images), and the Trainer keeps the
+        columns the collator reads."""
+        trainer = type(self).__name__
+        column = image_column(dataset.column_names)
+        if not self._paired:
+            raise ValueError(f"{trainer} does not train on image data; paired preference trainers (DPOTrainer) do.")
+        if not has_image_processor(processing_class):
+            raise DatasetFormatError(
+                f"The {split} dataset has an '{column}' column but the processing class is "
+                f"{type(processing_class).__name__}, which cannot process images: a text-only model cannot see "
+                "them. Train a vision-language model with its processor (AutoProcessor), or drop the column.")
+        if args.padding_free:
+            raise _no_padding_free("image data")
+        self._check_columns(dataset.column_names, trainer, split)
+        self._vision = True
+        self.make_collator(processing_class, args).validate(dataset, split)
+        self._input_columns = tuple(sorted(set(self._input_columns) | {column, "prompt", "chosen", "rejected"}))
+        return dataset
 
     def _after_tokenize(self, dataset, args):
         return dataset
@@ -911,10 +1122,12 @@ class PreferenceTrainer(BaseTrainer):
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
 
-    @staticmethod
-    def model_rows(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "completion_mask", "sequence_index")
-                if k in batch}
+    def model_rows(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model inputs of a collated batch: the rows, and with image data everything the processor returned."""
+        rows = {k: batch[k] for k in ROW_KEYS if k in batch}
+        if self._vision:
+            rows.update({k: v for k, v in batch.items() if k not in rows and k not in self._not_model_inputs})
+        return rows
 
     def record_pair_metrics(self, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps, policy: SequenceLogps):
         """TRL's paired metrics for one micro-batch."""
@@ -963,6 +1176,6 @@ class ReferenceFreePreferenceTrainer(PreferenceTrainer):
 __all__ = [
     "ReferenceFreePreferenceTrainer",
     "PreferenceConfig", "ReferenceConfig", "PreferenceTrainer", "DataCollatorForPreference",
-    "DataCollatorForUnpairedPreference", "SequenceLogps", "SyncRefModelCallback", "build_rows", "completion_logps",
+    "DataCollatorForUnpairedPreference", "DataCollatorForVisionPreference", "SequenceLogps", "SyncRefModelCallback", "build_rows", "completion_logps",
     "fit_lengths", "tokenize_preference_row", "eval_mode", "kl_rows", "concat_rows",
 ]
