@@ -134,3 +134,32 @@ def run_notebook(name: str, tmp_path, timeout: int = 300):
 def has_figure(nb) -> bool:
     return any("image/png" in o.get("data", {}) for cell in nb.cells if cell.cell_type == "code"
                for o in cell.get("outputs", []))
+
+
+def run_example_script(script: str, *args: str, timeout: int = 300):
+    """Run ``examples/scripts/<script>`` with ``args`` in a fresh, offline, one-thread process; the completed process."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, str(root / "examples" / "scripts" / script), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONPATH=str(root), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
+
+
+@pytest.fixture(scope="session")
+def processor():
+    """The kit's tiny vision-language processor (Llava: kit tokenizer + <image>, CLIP image processor)."""
+    from posttrain.kit.models import build_tiny_processor
+
+    return build_tiny_processor()
+
+
+@pytest.fixture(scope="session")
+def vlm_dir(tmp_path_factory):
+    """The kit's tiny Llava, saved with its processor."""
+    from posttrain.kit.models import build_tiny_vlm
+
+    return build_tiny_vlm(output_dir=tmp_path_factory.mktemp("tiny-llava"))

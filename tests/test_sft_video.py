@@ -27,11 +27,6 @@ FRAMES = 4
 ANSWERS = tuple(sorted(DIRECTIONS))
 
 
-@pytest.fixture(scope="module")
-def processor():
-    return build_tiny_processor()
-
-
 def _row(answer="left", *, videos=None, parts=("video",), seed=0):
     content = [{"type": p} for p in parts] + [{"type": "text", "text": MOTION_QUESTION}]
     return {"videos": [motion_clip(answer, random.Random(seed))] if videos is None else videos,

@@ -16,21 +16,11 @@ from posttrain.kit import build_tiny_model, make_dataset, tokenizer_path, write_
 from posttrain.kit.images import COLORS, QUESTION, color_image
 from posttrain.kit.models import build_tiny_processor, build_tiny_vlm
 from posttrain.trainers.base import bf16_supported
-from tests.conftest import PRECISIONS, train_args, use_precision
+from tests.conftest import PRECISIONS, run_example_script, train_args, use_precision
 
 IGNORE = -100
 IMAGE_ID = 1024
 IMAGE_TOKENS = 16  # (32 / 8) ** 2 patches
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return build_tiny_processor()
-
-
-@pytest.fixture(scope="module")
-def vlm_dir(tmp_path_factory):
-    return build_tiny_vlm(output_dir=tmp_path_factory.mktemp("tiny-llava"))
 
 
 @pytest.fixture(scope="module")
@@ -319,19 +309,10 @@ def test_sft_command_on_a_vlm_folder_and_parquet_file(vlm_dir, colors, tmp_path)
 
 
 def test_sft_vlm_example_script(vlm_dir, colors, tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parents[1]
     data = write_dataset(colors, tmp_path / "colors")
     out = tmp_path / "example"
-    proc = subprocess.run(
-        [sys.executable, str(root / "examples" / "scripts" / "sft_vlm.py"), "--model_name_or_path", vlm_dir,
-         "--dataset_name", data, "--output_dir", str(out), "--max_steps", "2", "--report_to", "none",
-         "--save_strategy", "no", "--per_device_train_batch_size", "4"],
-        capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, PYTHONPATH=str(root), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"),
-    )
+    proc = run_example_script("sft_vlm.py", "--model_name_or_path", vlm_dir, "--dataset_name", data, "--output_dir", out,
+                              "--max_steps", "2", "--report_to", "none", "--save_strategy", "no",
+                              "--per_device_train_batch_size", "4")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "model.safetensors").exists() and (out / "processor_config.json").exists()
