@@ -16,7 +16,10 @@
 # * trl 0.21.0 (the last release with PPO, Nash-MD, XPO, PRM and BCO): it predates transformers 5 (its
 #   trainers pass arguments transformers 5 removed), so it gets the transformers/accelerate/datasets releases
 #   of its own time (below), plus scikit-learn and joblib (its "bco" extra: BCO's density-ratio classifier).
-#   Only torch is shared with posttrain then.
+#   Only torch is shared with posttrain then. Also diffusers (DDPO and AlignProp, which TRL 0.21 still ships):
+#   posttrain's venv has diffusers 0.42.1, which requires huggingface-hub>=1.32, while transformers 4.56.2 requires
+#   huggingface-hub<1.0, so the two cannot share a venv; 0.39.0 is the newest diffusers release that installs next
+#   to transformers 4.56.2 (DIFFUSERS_LEGACY overrides it), and huggingface-hub stays below 1.0.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -27,7 +30,7 @@ EXTRA=()
 case "$TRL" in
   0.*)
     TF_DEFAULT=4.56.2; ACC=1.10.1; DS=4.0.0
-    EXTRA=(scikit-learn joblib)
+    EXTRA=(scikit-learn joblib "diffusers==${DIFFUSERS_LEGACY:-0.39.0}" "huggingface-hub<1.0")
     ;;
   *)
     TF_DEFAULT="$(ver transformers)"; ACC="$(ver accelerate)"; DS="$(ver datasets)"
