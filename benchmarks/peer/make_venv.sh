@@ -9,7 +9,7 @@
 #
 # * trl 1.x: transformers, accelerate and datasets are pinned to the versions in posttrain's own venv, so
 #   the two libraries run on the same stack and only the trainer code differs.
-# * both: peft and bitsandbytes at the versions in posttrain's venv. transformers' Trainer imports peft when it
+# * both: peft, bitsandbytes and Pillow at the versions in posttrain's venv. transformers' Trainer imports peft when it
 #   is installed, and peft imports bitsandbytes (which imports torch._inductor): about 170 MB of RSS and 2-3 s
 #   at start-up that a posttrain run pays in posttrain's venv. Without them in the peer venv too, peak-memory
 #   ratios would count that import against posttrain (NOTES.md, "Fifth batch").
@@ -24,7 +24,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 TRL="${1:-1.16.0}"
-PT_PY="$ROOT/.venv/bin/python"
+PT_PY="${PT_PY:-$ROOT/.venv/bin/python}"  # posttrain's venv (the versions to share); PT_PY overrides it
 ver() { "$PT_PY" -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null || true; }
 EXTRA=()
 case "$TRL" in
@@ -36,7 +36,8 @@ case "$TRL" in
     TF_DEFAULT="$(ver transformers)"; ACC="$(ver accelerate)"; DS="$(ver datasets)"
     ;;
 esac
-for pkg in peft bitsandbytes; do
+# Pillow: image processors (sft-vlm's Llava processor; diffusers) need it; the version of posttrain's venv
+for pkg in peft bitsandbytes pillow; do
   v="$(ver $pkg)"; [ -n "$v" ] && EXTRA+=("$pkg==$v")
 done
 TF="${2:-$TF_DEFAULT}"
