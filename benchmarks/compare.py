@@ -465,7 +465,8 @@ def speed_table(results, a) -> str:
     stacks = sorted({tuple(r["trl"][0]["versions"].get(k) for k in ("trl", "torch", "transformers", "accelerate"))
                      for r in results.values()}, key=str)
     peers = "; ".join(f"TRL {t} (torch {to}, transformers {tf}, accelerate {ac})" for t, to, tf, ac in stacks)
-    head = (f"Model: kit qwen2 '{a.size}', batch {a.batch_size}, {a.steps} steps, tokens/s over steps {a.warmup_steps + 1}-{a.steps} "
+    warmup = min(a.warmup_steps, max(a.steps - 1, 0))  # as base_config caps it
+    head = (f"Model: kit qwen2 '{a.size}', batch {a.batch_size}, {a.steps} steps, tokens/s over steps {warmup + 1}-{a.steps} "
             f"(real tokens of the collated examples, same count for both), {a.threads} torch threads, {a.repeats} runs per library "
             f"alternating (A B, B A, ...), fresh process per run, medians. Versions: posttrain {vp.get('posttrain')}, "
             f"torch {vp.get('torch')}, transformers {vp.get('transformers')}; {peers}. "
