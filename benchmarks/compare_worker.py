@@ -554,9 +554,10 @@ def diffusion_run(cfg: dict, L, torch) -> dict:
     else:  # TRL's default (fp16) cannot run on a CPU; posttrain's is bf16 where native: both fp32 ("no")
         precision = "no"
     kwargs = dict(num_epochs=steps, seed=cfg.get("seed", 0), mixed_precision=precision, train_batch_size=B,
-                  train_learning_rate=0.0 if mode == "check" else cfg.get("learning_rate", 3e-4),
                   save_freq=10**9,  # no checkpoints inside the run (TRL saves the accelerator state every save_freq epochs)
                   project_kwargs={"project_dir": f"/tmp/posttrain-compare-{lib}-{scenario}-{os.getpid()}"})
+    if mode == "check" or "learning_rate" in cfg:  # else each trainer's default (the same in both: 3e-4, AlignProp 1e-3)
+        kwargs["train_learning_rate"] = 0.0 if mode == "check" else cfg["learning_rate"]
     if scenario == "ddpo":
         kwargs.update(sample_batch_size=B, sample_num_batches_per_epoch=1)
     if "output_dir" in fields:
