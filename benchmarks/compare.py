@@ -27,14 +27,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.compare_data import OUT, model_dir, prepare  # noqa: E402
+from benchmarks.compare_data import OUT, model_dir, prepare, prepare_diffusion, prepare_vision  # noqa: E402
 
 WORKER = str(Path(__file__).with_name("compare_worker.py"))
 # The peer: TRL 1.16.0 for the trainers it ships; TRL 0.21.0 (the last release with them) for PPO, XPO, Nash-MD, PRM and
 # BCO. Each runs from its own venv, benchmarks/.venv-trl-<version>, created by benchmarks/peer/make_venv.sh when missing.
 PEER_VERSION = os.environ.get("TRL_VERSION", "1.16.0")
 LEGACY_PEER_VERSION = os.environ.get("TRL_LEGACY_VERSION", "0.21.0")
-LEGACY = ("bco", "prm", "ppo", "xpo", "nash_md")  # trainers TRL 1.16 no longer ships (trl.experimental has none of them)
+# trainers TRL 1.16 no longer ships (trl.experimental has none of them)
+LEGACY = ("bco", "prm", "ppo", "xpo", "nash_md", "ddpo", "alignprop")
 LIBS = ("posttrain", "trl")
 TOLERANCE = 1e-4  # |a - b| <= TOLERANCE * max(1, |a|, |b|): relative for large values, absolute for small ones
 LOADED = 0.25  # other processes busy on more than this many cores on average: the run is "under load"
@@ -92,9 +93,23 @@ SCENARIOS = {
     "gkd-forward-kl": ("gkd", "distill", "causal-lm", {"lmbda": 0.0, "temperature": 1.0, "beta": 0.0}),
     "gkd-reverse-kl": ("gkd", "distill", "causal-lm", {"lmbda": 0.0, "temperature": 1.0, "beta": 1.0}),
     "gkd-temperature-0.9": ("gkd", "distill", "causal-lm", {"lmbda": 0.0}),
+    # SFT on a vision-language model (TRL 1.16): the kit's tiny Llava folder (model + processor) and the kit's colors
+    # rows (one image each, prompt-completion conversations) from one parquet file; padded batches in both (neither
+    # packs image rows)
+    "sft-vlm": ("sft", "colors", "vlm", {}),
+    # diffusion RL (TRL 0.21): the kit's tiny Stable Diffusion folder, compare_worker's fixed prompts and colour reward;
+    # one step = one epoch of the trainers' own loop (batch_size images); LoRA rank 4 on the UNet in both
+    "ddpo": ("ddpo", "diffusion", "diffusion", {"sample_num_steps": 10, "per_prompt_stat_tracking": False,
+                                                 "use_lora": True}),
+    # AlignProp: gradients through the last 5 of 10 denoising steps, fixed (the random cutoff draws from each library's
+    # own RNG: different work per step)
+    "alignprop": ("alignprop", "diffusion", "diffusion", {"sample_num_steps": 10, "truncated_backprop_rand": False,
+                                                           "truncated_backprop_timestep": 5, "use_lora": True}),
 }
+VISION = ("sft-vlm",)  # scenarios whose model is the tiny Llava (compare_data.prepare_vision)
 MAX_LENGTH = {"sft": 512, "dpo": 1024, "reward": 1024, "kto": 1024, "bco": 1024, "prm": 1024, "grpo": None, "rloo": None,
-              "ppo": None, "online_dpo": 512, "xpo": 512, "nash_md": 512, "cpo": 1024, "orpo": 1024, "gkd": 1024}
+              "ppo": None, "online_dpo": 512, "xpo": 512, "nash_md": 512, "cpo": 1024, "orpo": 1024, "gkd": 1024,
+              "ddpo": None, "alignprop": None}
 # Mismatches that are explained (NOTES.md: "KTO", "GRPO", "Third batch"); the table still says FAIL, with the reason.
 KNOWN = {
     "kto-native-pairing": "KL pairs differ by design (TRL: completion i-1, posttrain: i+1)",
@@ -133,7 +148,7 @@ KNOWN["online-dpo sigmoid, temperature 0.9 (default)"] = KNOWN["online-dpo sigmo
 KNOWN["xpo sigmoid, alpha 0.1, temperature 0.9 (default)"] = KNOWN["xpo sigmoid, alpha 0.1, temperature 1"]
 CHECKS = ["sft", "sft-packing", "dpo", "reward", "kto", "kto-native-pairing", "bco", "bco-native-tokens", "prm", "grpo-loss", "online",
           "cpo", "cpo-hinge", "cpo-ipo", "cpo-simpo", "cpo-simpo-nll", "cpo-alphapo", "cpo-sigmoid-alpha", "cpo-native-tokens",
-          "orpo", "gkd", "gkd-forward-kl", "gkd-reverse-kl", "gkd-temperature-0.9"]
+          "orpo", "gkd", "gkd-forward-kl", "gkd-reverse-kl", "gkd-temperature-0.9", "sft-vlm", "ddpo"]
 # GRPO loss on fixed completions (compare_worker.grpo_loss_check): each loss type both libraries share, with and without KL
 GRPO_LOSS_CASES = [{"loss_type": t, "beta": b} for t in ("grpo", "bnpo", "dr_grpo", "dapo") for b in (0.0, 0.04)] + [
     {"loss_type": "grpo", "beta": 0.04, "importance_sampling_level": "sequence"},
@@ -200,14 +215,28 @@ def run_worker(cfg: dict, timeout: int = 3600) -> dict:
     raise RuntimeError(f"no result line:\n{proc.stdout[-2000:]}")
 
 
+def all_paths(size: str, examples: int, scenarios) -> dict[str, str]:
+    """Model folders and data files of the scenarios (the vision and diffusion inputs only when asked for)."""
+    paths = prepare(size, examples, examples)
+    if any(s in VISION for s in scenarios):
+        paths.update(prepare_vision(size, examples))
+    if any(SCENARIOS.get(s, ("",))[0] in ("ddpo", "alignprop") for s in scenarios):
+        paths.update(prepare_diffusion())
+    return paths
+
+
 def base_config(scenario: str, size: str, paths: dict, args) -> dict:
     trainer, kind, head, overrides = SCENARIOS[scenario]
+    # at least one timed step: warm-up capped below the step count (a smoke run with --steps 2 times step 2)
+    warmup = min(getattr(args, "warmup_steps", 0), max(args.steps - 1, 0))
     cfg = dict(scenario=trainer, model=paths[head], data=paths[f"{kind}_data"], steps=args.steps,
-               warmup_steps=getattr(args, "warmup_steps", 0), batch_size=args.batch_size, max_length=MAX_LENGTH[trainer],
+               warmup_steps=warmup, batch_size=args.batch_size, max_length=MAX_LENGTH[trainer],
                threads=args.threads, seed=0, overrides=dict(overrides), completion_tokens=COMPLETION_TOKENS,
                value_model=paths["seq-cls"], peer_version=getattr(args, "peer", None) or peer_version(scenario))
     if trainer == "gkd":  # the teacher, in speed runs too
         cfg["ref_model"] = str(ref_model_dir(size))
+    if scenario in VISION:
+        cfg["vision"] = True
     return cfg
 
 
@@ -288,7 +317,7 @@ def check(argv=None) -> str:
                    help=f"any of {sorted(SCENARIOS)}, grpo-loss, online (every ONLINE_CHECKS case) or names of ONLINE_CHECKS")
     p.add_argument("--peer", default=None, help="TRL version for every scenario (default: per scenario, see LEGACY)")
     a = p.parse_args(argv)
-    paths = prepare(a.size, a.examples, a.examples)
+    paths = all_paths(a.size, a.examples, a.scenarios)
     ref = ref_model_dir(a.size)
     out = ["| check | TRL | posttrain first loss | TRL first loss | rel. diff | shared metrics within tol. | all steps | "
            "same first batch | result |", "|---|---|---|---|---|---|---|---|---|"]
@@ -305,6 +334,11 @@ def check(argv=None) -> str:
             cfg["kto_pairing"] = "native"
         if scenario == "bco":
             cfg["bco_tokens"] = "trl"
+        if SCENARIOS[scenario][0] == "ddpo":  # both train on one recorded chain (compare_diffusion)
+            from benchmarks.compare_diffusion import record
+
+            cfg["chain"] = record(paths["diffusion"], str(OUT / "data" / f"ddpo-chain-b{a.batch_size}.pt"), a.batch_size,
+                                  SCENARIOS[scenario][3]["sample_num_steps"])
         if SCENARIOS[scenario][0] in ("cpo", "orpo") and not scenario.endswith("native-tokens"):
             cfg["pref_tokens"] = "trl"  # TRL's tokens (a second EOS after each answer's end of turn) for posttrain too
         runs = {lib: run_worker(dict(cfg, lib=lib)) for lib in LIBS}
@@ -374,14 +408,15 @@ def speed(argv=None) -> str:
     p.add_argument("--examples", type=int, default=400)
     p.add_argument("--settings", nargs="+", default=["default", "best"], choices=["default", "best"])
     p.add_argument("--scenarios", nargs="+", default=["sft", "dpo", "kto", "reward", "grpo", "rloo", "online-dpo", "ppo",
-                                                      "xpo", "nash-md", "bco", "prm", "cpo", "orpo", "gkd"],
+                                                      "xpo", "nash-md", "bco", "prm", "cpo", "orpo", "gkd",
+                                                      "sft-vlm", "ddpo", "alignprop"],
                    help=f"any of {sorted(SCENARIOS)}")
     p.add_argument("--peer", default=None, help="TRL version for every scenario (default: per scenario, see LEGACY)")
     p.add_argument("--posttrain_args", default=None, type=json.loads,
                    help='JSON of config fields for the posttrain runs only, e.g. \'{"gradient_checkpointing": true}\' '
                         "(the table then says so in its setting column)")
     a = p.parse_args(argv)
-    paths = prepare(a.size, a.examples, a.examples)
+    paths = all_paths(a.size, a.examples, a.scenarios)
     results: dict[tuple[str, str], dict[str, list[dict]]] = {}
     for scenario in a.scenarios:
         for setting in a.settings:
@@ -430,14 +465,18 @@ def speed_table(results, a) -> str:
     stacks = sorted({tuple(r["trl"][0]["versions"].get(k) for k in ("trl", "torch", "transformers", "accelerate"))
                      for r in results.values()}, key=str)
     peers = "; ".join(f"TRL {t} (torch {to}, transformers {tf}, accelerate {ac})" for t, to, tf, ac in stacks)
-    head = (f"Model: kit qwen2 '{a.size}', batch {a.batch_size}, {a.steps} steps, tokens/s over steps {a.warmup_steps + 1}-{a.steps} "
+    warmup = min(a.warmup_steps, max(a.steps - 1, 0))  # as base_config caps it
+    head = (f"Model: kit qwen2 '{a.size}', batch {a.batch_size}, {a.steps} steps, tokens/s over steps {warmup + 1}-{a.steps} "
             f"(real tokens of the collated examples, same count for both), {a.threads} torch threads, {a.repeats} runs per library "
             f"alternating (A B, B A, ...), fresh process per run, medians. Versions: posttrain {vp.get('posttrain')}, "
             f"torch {vp.get('torch')}, transformers {vp.get('transformers')}; {peers}. "
             f"Machine: {os.cpu_count()} CPUs. 'speed ratio' is the ratio of medians; '(pairs: x)' the median of the per-repeat ratios. samples/s counts collated "
             f"examples: sequences (SFT; packed rows with packing), preference pairs (DPO, reward), unpaired rows (KTO, BCO), "
             f"stepwise rows (PRM) or completions (online trainers; there tokens/s = completion tokens; batch = completions "
-            f"for GRPO/RLOO, prompts with 2 completions each for Online DPO/XPO/Nash-MD, prompts with 1 for PPO).")
+            f"for GRPO/RLOO, prompts with 2 completions each for Online DPO/XPO/Nash-MD, prompts with 1 for PPO). sft-vlm: the "
+            f"kit's tiny Llava of the size; tokens = attended tokens of the collated rows, image tokens included. DDPO, "
+            f"AlignProp: the kit's tiny Stable Diffusion pipeline; one step = one epoch of batch images, timed after one "
+            f"warm-up epoch; samples/s = images/s, tokens/s = denoising transitions/s (images x sample_num_steps).")
     return head + "\n\n" + "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,10 @@ load *the same bytes*: a saved model folder (weights + tokenizer) and a JSON-lin
   independent log-normal lengths. Lengths are capped so that no row is truncated or dropped under either
   library's default limits (prompt <= ~400 tokens, prompt + answer <= ~1000 tokens), so both see the same tokens.
 * Distillation data (GKD): each preference row's prompt and chosen answer as one ``messages`` conversation.
+* Vision-language SFT: the kit's tiny Llava (``build_tiny_vlm``: CLIP vision tower + the kit qwen2 of the size) and
+  the kit's ``colors`` task (prompt-completion conversations with one image each) as a parquet file (images cannot
+  go into JSON lines).
+* Diffusion (DDPO, AlignProp): the kit's tiny Stable Diffusion pipeline folder (``build_tiny_diffusion``; one size).
 """
 
 from __future__ import annotations
@@ -69,8 +73,41 @@ def model_dir(size: str, head: str) -> Path:
     return OUT / "models" / f"qwen2-{size}-{head}"
 
 
-def data_file(kind: str, n: int) -> Path:
-    return OUT / "data" / f"{kind}-{n}.jsonl"
+def data_file(kind: str, n: int, suffix: str = ".jsonl") -> Path:
+    return OUT / "data" / f"{kind}-{n}{suffix}"
+
+
+def vlm_dir(size: str) -> Path:
+    return OUT / "models" / f"llava-{size}"
+
+
+def diffusion_dir() -> Path:
+    return OUT / "models" / "tiny-sd"
+
+
+def prepare_vision(size: str, n: int) -> dict[str, str]:
+    """The tiny Llava folder (model + processor) and ``n`` rows of the kit's colors task (parquet); built when missing."""
+    from posttrain.kit import make_dataset, write_dataset
+    from posttrain.kit.models import build_tiny_vlm
+
+    d = vlm_dir(size)
+    if not (d / "config.json").exists():
+        build_tiny_vlm(size=size, seed=0, output_dir=d)
+    f = data_file("colors", n, ".parquet")
+    if not f.exists():
+        f.parent.mkdir(parents=True, exist_ok=True)
+        write_dataset(make_dataset("colors", "prompt_completion", n=n, seed=0, conversational=True), f)
+    return {"vlm": str(d), "colors_data": str(f)}
+
+
+def prepare_diffusion() -> dict[str, str]:
+    """The kit's tiny Stable Diffusion pipeline folder (seed 0); built when missing."""
+    from posttrain.kit.diffusion import build_tiny_diffusion
+
+    d = diffusion_dir()
+    if not (d / "model_index.json").exists():
+        build_tiny_diffusion(seed=0, output_dir=d)
+    return {"diffusion": str(d), "diffusion_data": ""}
 
 
 def prepare(size: str, sft_examples: int, pref_examples: int) -> dict[str, str]:

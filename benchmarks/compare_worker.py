@@ -31,6 +31,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Mapping
 
 T0 = time.perf_counter()
 
@@ -204,8 +205,9 @@ class BatchRecorder:
         # counted: the trained rows (not KTO's KL rows, which only one library carries in its examples)
         tokens = sum(len(s) for ex in examples for s in example_sequences(ex, with_kl=False))
         batch = self.collator(examples)
-        if not seqs and isinstance(batch, dict) and "attention_mask" in batch:
-            # untokenized examples (TRL's GKD tokenizes in its collator): the collated rows' attended tokens
+        if not seqs and isinstance(batch, Mapping) and "attention_mask" in batch:
+            # untokenized examples (TRL's GKD and both libraries' vision collators tokenize in the collator): the
+            # collated rows' attended tokens (vision: image tokens included; a BatchFeature is a Mapping, not a dict)
             seqs = [row[m.bool()].tolist() for row, m in zip(batch["input_ids"], batch["attention_mask"])]
             tokens = sum(len(s) for s in seqs)
         self.tokens.append(tokens)
@@ -340,8 +342,32 @@ def build_trainer(cfg: dict, L, lib: str, scenario: str, mode: str, torch, fixed
     trainer_cls, config_cls = trainer_classes(L, lib, scenario)
     auto = {"reward": AutoModelForSequenceClassification, "prm": AutoModelForTokenClassification}.get(
         scenario, AutoModelForCausalLM)
-    tokenizer = load_tokenizer(cfg["model"])
     dtype = getattr(torch, cfg.get("dtype", "float32"))
+    if cfg.get("vision"):  # SFT on a vision-language model: the model folder's processor, the parquet rows with images
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(cfg["model"])
+        model = AutoModelForImageTextToText.from_pretrained(cfg["model"], dtype=dtype)
+        data = Dataset.from_parquet(cfg["data"])
+        kwargs = dict(output_dir=cfg.get("output_dir", f"/tmp/posttrain-compare-{lib}-{scenario}-vlm-{os.getpid()}"),
+                      max_steps=cfg["steps"], per_device_train_batch_size=cfg["batch_size"], logging_steps=1,
+                      report_to=[], save_strategy="no", disable_tqdm=True, seed=cfg.get("seed", 0),
+                      max_length=cfg["max_length"], learning_rate=cfg.get("learning_rate", 1e-5), dataloader_num_workers=0)
+        if lib == "trl" and not torch.cuda.is_available():
+            kwargs["use_cpu"] = True
+        if mode == "check":
+            kwargs.update(bf16=False, gradient_checkpointing=False, learning_rate=0.0)
+        if mode == "best":
+            native_bf16 = torch.cuda.is_available() or (torch.cpu._is_avx512_bf16_supported()
+                                                         or torch.cpu._is_amx_tile_supported())
+            kwargs.update(bf16=native_bf16, gradient_checkpointing=False)  # no packing: neither packs image rows
+        overrides = dict(cfg.get("overrides", {}))
+        lib_overrides = overrides.pop(lib, {})
+        overrides.pop("posttrain" if lib == "trl" else "trl", None)
+        kwargs.update(overrides)
+        kwargs.update(lib_overrides)
+        return trainer_cls(model=model, args=config_cls(**kwargs), train_dataset=data, processing_class=processor)
+    tokenizer = load_tokenizer(cfg["model"])
     model = auto.from_pretrained(cfg["model"], dtype=dtype)
     rows = _read_jsonl(cfg["data"])
     if cfg.get("num_prompts"):  # the fixed-completion checks: exactly one step's prompts
@@ -452,6 +478,196 @@ def build_trainer(cfg: dict, L, lib: str, scenario: str, mode: str, torch, fixed
     return trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, **extra)
 
 
+# -- diffusion (DDPO, AlignProp): their own loop, no transformers Trainer -------------------------------------------
+
+DIFFUSION = ("ddpo", "alignprop")
+DIFFUSION_PROMPTS = ("a red square", "a green field", "a blue sky at noon", "a yellow sun")
+TARGET_COLOR = (0.9, 0.2, 0.1)  # the reward's colour (RGB in [0, 1])
+
+
+class CyclePrompts:
+    """The prompt function of the diffusion scenarios: the same fixed prompts in the same order in both libraries
+    (``prompt_function() -> (prompt, metadata)``)."""
+
+    def __init__(self):
+        self.i = 0
+
+    def __call__(self):
+        p = DIFFUSION_PROMPTS[self.i % len(DIFFUSION_PROMPTS)]
+        self.i += 1
+        return p, {}
+
+
+def color_reward(images, prompts=None, metadata=None):
+    """The reward of the diffusion scenarios, identical (harness code) and differentiable in both libraries: minus the
+    mean squared distance of the image's pixels ((N, 3, H, W) in [0, 1]) to ``TARGET_COLOR``."""
+    import torch
+
+    target = torch.tensor(TARGET_COLOR, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    return -((images.float() - target) ** 2).mean(dim=(1, 2, 3)), {}
+
+
+def _floats(d: dict) -> dict:
+    """The scalar entries of a logged dict as floats (tensors, numpy scalars; arrays such as TRL's ``reward`` dropped)."""
+    out = {}
+    for k, v in d.items():
+        try:
+            if hasattr(v, "numel") and v.numel() != 1:
+                continue
+            if hasattr(v, "size") and not hasattr(v, "numel") and getattr(v, "size", 1) != 1:
+                continue
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            pass
+    return out
+
+
+def diffusion_run(cfg: dict, L, torch) -> dict:
+    """One DDPO or AlignProp run: both libraries' trainers on the same pipeline folder, prompts, reward and config.
+
+    One "step" is one epoch of the trainers' own loop (``trainer.step(epoch, global_step)``): DDPO samples
+    ``batch_size`` images (one sampling batch) and trains on every recorded transition of them (one optimizer step,
+    gradients accumulated over the denoising steps); AlignProp samples ``batch_size`` images with gradients through the
+    last denoising steps and takes one optimizer step. The epochs after the first (warm-up) are timed; samples/s are
+    images per second, "tokens"/s denoising transitions (images x sample_num_steps) per second."""
+    import dataclasses
+    import importlib.metadata as md
+
+    lib, scenario, mode = cfg["lib"], cfg["scenario"], cfg["mode"]
+    overrides = dict(cfg.get("overrides", {}))
+    lib_overrides = overrides.pop(lib, {})
+    overrides.pop("posttrain" if lib == "trl" else "trl", None)
+    overrides.update(lib_overrides)
+    use_lora = overrides.pop("use_lora", True)
+    config_cls = getattr(L, "DDPOConfig" if scenario == "ddpo" else "AlignPropConfig")
+    trainer_cls = getattr(L, "DDPOTrainer" if scenario == "ddpo" else "AlignPropTrainer")
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    steps = cfg["steps"]
+    warmup = min(max(cfg.get("warmup_steps", 1), 1), steps - 1) if steps > 1 else 0
+    B = cfg["batch_size"]
+    if mode == "check":
+        precision = "no"
+    elif mode == "best":
+        native_bf16 = torch.cuda.is_available() or (torch.cpu._is_avx512_bf16_supported()
+                                                     or torch.cpu._is_amx_tile_supported())
+        precision = "bf16" if native_bf16 else "no"
+    else:  # TRL's default (fp16) cannot run on a CPU; posttrain's is bf16 where native: both fp32 ("no")
+        precision = "no"
+    kwargs = dict(num_epochs=steps, seed=cfg.get("seed", 0), mixed_precision=precision, train_batch_size=B,
+                  save_freq=10**9,  # no checkpoints inside the run (TRL saves the accelerator state every save_freq epochs)
+                  project_kwargs={"project_dir": f"/tmp/posttrain-compare-{lib}-{scenario}-{os.getpid()}"})
+    if mode == "check" or "learning_rate" in cfg:  # else each trainer's default (the same in both: 3e-4, AlignProp 1e-3)
+        kwargs["train_learning_rate"] = 0.0 if mode == "check" else cfg["learning_rate"]
+    if scenario == "ddpo":
+        kwargs.update(sample_batch_size=B, sample_num_batches_per_epoch=1)
+    if "output_dir" in fields:
+        kwargs["output_dir"] = kwargs["project_kwargs"]["project_dir"]
+    kwargs.update(overrides)
+    dropped = sorted(k for k in kwargs if k not in fields)
+    config = config_cls(**{k: v for k, v in kwargs.items() if k in fields})
+    init_start = time.perf_counter()  # pipeline loading included (posttrain loads the folder in its constructor)
+    if lib == "trl":
+        import transformers
+
+        if int(transformers.__version__.split(".")[0]) < 5:
+            # the folder's tokenizer was saved by transformers 5 (class TokenizersBackend), which transformers 4 (TRL 0.21's
+            # venv) cannot load by name: the pipeline gets the same tokenizer loaded as in load_tokenizer
+            import trl.models.modeling_sd_base as sd_base
+
+            if not hasattr(transformers, "TokenizersBackend"):  # diffusers checks a passed component against that name
+                transformers.TokenizersBackend = transformers.PreTrainedTokenizerFast
+
+            pipeline_cls = sd_base.StableDiffusionPipeline
+
+            class FolderPipeline:
+                @staticmethod
+                def from_pretrained(path, **kw):
+                    kw.setdefault("tokenizer", load_tokenizer(os.path.join(path, "tokenizer")))
+                    return pipeline_cls.from_pretrained(path, **kw)
+
+            sd_base.StableDiffusionPipeline = FolderPipeline
+        pipeline = L.DefaultDDPOStableDiffusionPipeline(cfg["model"], use_lora=use_lora)
+    else:
+        config.use_lora = use_lora
+        pipeline = cfg["model"]
+    trainer = trainer_cls(config, color_reward, CyclePrompts(), pipeline)
+    init_s = time.perf_counter() - init_start
+
+    logs: dict[int, dict] = {}
+    if lib == "trl":  # TRL 0.21 logs only through accelerate's trackers: record what it logs
+        log = trainer.accelerator.log
+
+        def recording_log(values, step=None, **kw):
+            logs.setdefault(step, {}).update(_floats(values))
+            return log(values, step=step, **kw)
+
+        trainer.accelerator.log = recording_log
+    marks: list[tuple[float, tuple[float, float]]] = []
+    step_fn = trainer.step
+
+    def timed_step(epoch, global_step):
+        if epoch == warmup:
+            marks.append((time.perf_counter(), cpu_snapshot()))
+        out = step_fn(epoch, global_step)
+        if epoch == steps - 1:
+            marks.append((time.perf_counter(), cpu_snapshot()))
+        return out
+
+    trainer.step = timed_step
+    if mode == "check" and scenario == "ddpo":
+        from benchmarks.compare_diffusion import install_fixed_chain
+
+        install_fixed_chain(trainer, lib, cfg)
+    train_start = time.perf_counter()
+    trainer.train(epochs=steps)
+    train_s = time.perf_counter() - train_start
+    if lib == "posttrain":
+        for h in trainer.log_history:
+            logs.setdefault(int(h["step"]), {}).update({k: float(v) for k, v in h.items() if k != "step"})
+    rows = [dict(logs[k], step=k) for k in sorted(k for k in logs if k is not None) if "loss" in logs[k]]
+    if scenario == "alignprop" and lib == "trl":
+        for h in rows:  # TRL logs 10 - mean(reward), posttrain -mean(reward): the same objective up to the constant
+            h["loss (as logged)"] = h["loss"]
+            h["loss"] = h["loss"] - 10.0
+    (t0, c0), (t1, c1) = marks[0], marks[-1]
+    timed = t1 - t0
+    images = B * (steps - warmup)
+    transitions = images * config.sample_num_steps
+    versions = {}
+    for p in ("torch", "transformers", "accelerate", "diffusers", "peft", lib):
+        try:
+            versions[p] = md.version(p)
+        except Exception:  # noqa: BLE001
+            pass
+    fixed = getattr(trainer, "_fixed_chain_fingerprint", None)
+    return {
+        "lib": lib, "scenario": scenario, "mode": mode, "versions": versions,
+        "losses": [h["loss"] for h in rows],
+        "completion_lengths": None,
+        "first_log": rows[0] if rows else {},
+        "first_batch": fixed or fingerprint([list(DIFFUSION_PROMPTS), [B, config.sample_num_steps]]),
+        "first_batch_tokens": B * config.sample_num_steps,
+        "dataset_rows": 0,
+        "tokens_per_s": transitions / timed,
+        "samples_per_s": images / timed,
+        "timed_tokens": transitions,
+        "timed_s": timed,
+        "train_s": train_s,
+        "init_s": init_s,
+        "wall_s": time.perf_counter() - T0,
+        "peak_rss_mb": _peak_rss_mb(),
+        "bf16": precision == "bf16",
+        "gradient_checkpointing": scenario == "alignprop",  # both checkpoint the UNet calls with gradients
+        "other_cpu_cores": other_cpu_cores(c0, c1, timed),
+        "own_cpu_s": c1[1] - c0[1],
+        "tokens_per_cpu_s": transitions / max(c1[1] - c0[1], 1e-9),
+        "load_start": cfg["_load_start"],
+        "load_end": os.getloadavg(),
+        "config_not_in_library": dropped,
+        "timed_epochs": steps - warmup,
+    }
+
+
 def main(cfg: dict) -> dict:
     import torch
 
@@ -468,6 +684,8 @@ def main(cfg: dict) -> dict:
 
     if mode == "loss_check":
         return grpo_loss_check(cfg, L, torch)
+    if scenario in DIFFUSION:
+        return diffusion_run(dict(cfg, _load_start=load_start), L, torch)
     fixed = None
     if mode == "check" and scenario in ONLINE:  # both libraries train on the same (fixed) completions
         from benchmarks.compare_online import FixedCompletions

@@ -92,8 +92,8 @@ def test_each_scenario_has_its_peer():
     from benchmarks.compare import LEGACY_PEER_VERSION, PEER_VERSION, SCENARIOS, peer_version
 
     assert {s for s in SCENARIOS if peer_version(s) == LEGACY_PEER_VERSION} == {
-        "bco", "bco-native-tokens", "prm", "ppo", "xpo", "nash-md"}
-    assert peer_version("online-dpo") == peer_version("grpo") == PEER_VERSION
+        "bco", "bco-native-tokens", "prm", "ppo", "xpo", "nash-md", "ddpo", "alignprop"}
+    assert peer_version("online-dpo") == peer_version("grpo") == peer_version("sft-vlm") == PEER_VERSION
 
 
 def test_metrics_defined_apart_are_shown_but_not_compared():
@@ -117,3 +117,26 @@ def test_batch_recorder_reads_untokenized_examples_from_the_collated_batch():
     rec = BatchRecorder(lambda examples: batch)
     rec([{"messages": []}, {"messages": []}])
     assert rec.first == [[5, 6], [7, 8, 9]] and rec.tokens == [5]
+
+
+def test_batch_recorder_reads_a_batch_feature():
+    """Vision collators return a transformers BatchFeature (a Mapping, not a dict)."""
+    from collections import UserDict
+
+    import torch
+
+    batch = UserDict({"input_ids": torch.tensor([[0, 5, 6]]), "attention_mask": torch.tensor([[0, 1, 1]])})
+    rec = BatchRecorder(lambda examples: batch)
+    rec([{"prompt": [], "completion": [], "images": []}])
+    assert rec.first == [[5, 6]] and rec.tokens == [2]
+
+
+def test_smoke_runs_time_at_least_one_step():
+    from types import SimpleNamespace
+
+    from benchmarks.compare import base_config
+
+    paths = {"causal-lm": "m", "sft_data": "d", "seq-cls": "v"}
+    args = SimpleNamespace(steps=2, warmup_steps=2, batch_size=8, threads=2, peer=None)
+    assert base_config("sft", "small", paths, args)["warmup_steps"] == 1
+    assert base_config("sft", "small", paths, SimpleNamespace(**dict(vars(args), steps=8)))["warmup_steps"] == 2

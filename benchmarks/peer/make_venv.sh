@@ -9,31 +9,35 @@
 #
 # * trl 1.x: transformers, accelerate and datasets are pinned to the versions in posttrain's own venv, so
 #   the two libraries run on the same stack and only the trainer code differs.
-# * both: peft and bitsandbytes at the versions in posttrain's venv. transformers' Trainer imports peft when it
+# * both: peft, bitsandbytes and Pillow at the versions in posttrain's venv. transformers' Trainer imports peft when it
 #   is installed, and peft imports bitsandbytes (which imports torch._inductor): about 170 MB of RSS and 2-3 s
 #   at start-up that a posttrain run pays in posttrain's venv. Without them in the peer venv too, peak-memory
 #   ratios would count that import against posttrain (NOTES.md, "Fifth batch").
 # * trl 0.21.0 (the last release with PPO, Nash-MD, XPO, PRM and BCO): it predates transformers 5 (its
 #   trainers pass arguments transformers 5 removed), so it gets the transformers/accelerate/datasets releases
 #   of its own time (below), plus scikit-learn and joblib (its "bco" extra: BCO's density-ratio classifier).
-#   Only torch is shared with posttrain then.
+#   Only torch is shared with posttrain then. Also diffusers (DDPO and AlignProp, which TRL 0.21 still ships):
+#   posttrain's venv has diffusers 0.42.1, which requires huggingface-hub>=1.32, while transformers 4.56.2 requires
+#   huggingface-hub<1.0, so the two cannot share a venv; 0.39.0 is the newest diffusers release that installs next
+#   to transformers 4.56.2 (DIFFUSERS_LEGACY overrides it), and huggingface-hub stays below 1.0.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 TRL="${1:-1.16.0}"
-PT_PY="$ROOT/.venv/bin/python"
+PT_PY="${PT_PY:-$ROOT/.venv/bin/python}"  # posttrain's venv (the versions to share); PT_PY overrides it
 ver() { "$PT_PY" -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null || true; }
 EXTRA=()
 case "$TRL" in
   0.*)
     TF_DEFAULT=4.56.2; ACC=1.10.1; DS=4.0.0
-    EXTRA=(scikit-learn joblib)
+    EXTRA=(scikit-learn joblib "diffusers==${DIFFUSERS_LEGACY:-0.39.0}" "huggingface-hub<1.0")
     ;;
   *)
     TF_DEFAULT="$(ver transformers)"; ACC="$(ver accelerate)"; DS="$(ver datasets)"
     ;;
 esac
-for pkg in peft bitsandbytes; do
+# Pillow: image processors (sft-vlm's Llava processor; diffusers) need it; the version of posttrain's venv
+for pkg in peft bitsandbytes pillow; do
   v="$(ver $pkg)"; [ -n "$v" ] && EXTRA+=("$pkg==$v")
 done
 TF="${2:-$TF_DEFAULT}"
