@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .base import _has_accelerator, bf16_supported
+from .base import _has_accelerator, bf16_supported, raise_mmap_threshold
 
 LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -103,6 +103,7 @@ class DiffusionTrainerBase:
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration, set_seed
 
+        raise_mmap_threshold()
         self.config = config
         self.reward_fn = reward_function
         self.prompt_fn = prompt_function
