@@ -332,6 +332,27 @@ def force_completion_length(trainer, lib: str, scenario: str, n: int) -> None:
         trainer.generation_config.min_new_tokens = n
 
 
+def shared_training_kwargs(cfg: dict, lib: str, name: str, mode: str, torch, best: dict | None = None) -> dict:
+    """The config fields both libraries get for a Trainer-based scenario (``name`` in the output folder), with
+    ``mode``'s changes: ``check`` fp32 without checkpointing at learning rate 0, ``best`` bf16 where native, without
+    checkpointing, plus the scenario's ``best`` options."""
+    kwargs = dict(output_dir=cfg.get("output_dir", f"/tmp/posttrain-compare-{lib}-{name}-{os.getpid()}"),
+                  max_steps=cfg["steps"], per_device_train_batch_size=cfg["batch_size"], logging_steps=1, report_to=[],
+                  save_strategy="no", disable_tqdm=True, seed=cfg.get("seed", 0), max_length=cfg["max_length"],
+                  learning_rate=cfg.get("learning_rate", 1e-5), dataloader_num_workers=0)
+    if lib == "trl" and not torch.cuda.is_available():
+        # TRL's bf16 default (on unless fp16) makes TrainingArguments refuse to start on a machine without a GPU unless
+        # use_cpu=True is given; posttrain sets it by itself. The least a TRL user must add to run on CPU.
+        kwargs["use_cpu"] = True
+    if mode == "check":
+        kwargs.update(bf16=False, gradient_checkpointing=False, learning_rate=0.0)
+    if mode == "best":
+        native_bf16 = torch.cuda.is_available() or (torch.cpu._is_avx512_bf16_supported()
+                                                     or torch.cpu._is_amx_tile_supported())
+        kwargs.update(bf16=native_bf16, gradient_checkpointing=False, **(best or {}))
+    return kwargs
+
+
 def build_trainer(cfg: dict, L, lib: str, scenario: str, mode: str, torch, fixed=None):
     """The library's trainer for ``scenario`` with the shared settings (``cfg['overrides']``) and the per-library
     arguments each trainer needs (model heads, reference, reward, judge, value model, PPO's step accounting)."""
@@ -349,18 +370,8 @@ def build_trainer(cfg: dict, L, lib: str, scenario: str, mode: str, torch, fixed
         processor = AutoProcessor.from_pretrained(cfg["model"])
         model = AutoModelForImageTextToText.from_pretrained(cfg["model"], dtype=dtype)
         data = Dataset.from_parquet(cfg["data"])
-        kwargs = dict(output_dir=cfg.get("output_dir", f"/tmp/posttrain-compare-{lib}-{scenario}-vlm-{os.getpid()}"),
-                      max_steps=cfg["steps"], per_device_train_batch_size=cfg["batch_size"], logging_steps=1,
-                      report_to=[], save_strategy="no", disable_tqdm=True, seed=cfg.get("seed", 0),
-                      max_length=cfg["max_length"], learning_rate=cfg.get("learning_rate", 1e-5), dataloader_num_workers=0)
-        if lib == "trl" and not torch.cuda.is_available():
-            kwargs["use_cpu"] = True
-        if mode == "check":
-            kwargs.update(bf16=False, gradient_checkpointing=False, learning_rate=0.0)
-        if mode == "best":
-            native_bf16 = torch.cuda.is_available() or (torch.cpu._is_avx512_bf16_supported()
-                                                         or torch.cpu._is_amx_tile_supported())
-            kwargs.update(bf16=native_bf16, gradient_checkpointing=False)  # no packing: neither packs image rows
+        # no packing in "best": neither library packs image rows
+        kwargs = shared_training_kwargs(cfg, lib, f"{scenario}-vlm", mode, torch)
         overrides = dict(cfg.get("overrides", {}))
         lib_overrides = overrides.pop(lib, {})
         overrides.pop("posttrain" if lib == "trl" else "trl", None)
@@ -401,22 +412,9 @@ def build_trainer(cfg: dict, L, lib: str, scenario: str, mode: str, torch, fixed
     lib_overrides = overrides.pop(lib, {})  # e.g. {"trl": {"use_bias_correction_kl": False}}
     overrides.pop("posttrain" if lib == "trl" else "trl", None)
 
-    kwargs = dict(output_dir=cfg.get("output_dir", f"/tmp/posttrain-compare-{lib}-{scenario}-{os.getpid()}"),
-                  max_steps=cfg["steps"], per_device_train_batch_size=cfg["batch_size"], logging_steps=1, report_to=[],
-                  save_strategy="no", disable_tqdm=True, seed=cfg.get("seed", 0), max_length=cfg["max_length"],
-                  learning_rate=cfg.get("learning_rate", 1e-5), dataloader_num_workers=0)
+    kwargs = shared_training_kwargs(cfg, lib, scenario, mode, torch, best=BEST[scenario])
     if scenario in ONLINE and scenario not in PAIRWISE:
         del kwargs["max_length"]  # GRPO, RLOO, PPO: completion budgets only (shared overrides)
-    if lib == "trl" and not torch.cuda.is_available():
-        # TRL's bf16 default (on unless fp16) makes TrainingArguments refuse to start on a machine without a GPU unless
-        # use_cpu=True is given; posttrain sets it by itself. The least a TRL user must add to run on CPU.
-        kwargs["use_cpu"] = True
-    if mode == "check":
-        kwargs.update(bf16=False, gradient_checkpointing=False, learning_rate=0.0)
-    if mode == "best":
-        native_bf16 = torch.cuda.is_available() or (torch.cpu._is_avx512_bf16_supported()
-                                                     or torch.cpu._is_amx_tile_supported())
-        kwargs.update(bf16=native_bf16, gradient_checkpointing=False, **BEST[scenario])
     if fixed is not None and "shuffle_dataset" in {f.name for f in dataclasses.fields(config_cls)}:
         kwargs["shuffle_dataset"] = False
     kwargs.update(overrides)
