@@ -29,12 +29,11 @@ between frames), and the frames go to the processor as images.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-
-import re
 
 import torch
 
@@ -140,15 +139,20 @@ def row_videos(example: Mapping[str, Any]) -> list[list]:
     return [] if video is None else [list(video)]
 
 
+def _open_frame(frame: Mapping[str, Any]):
+    """An undecoded image entry (``{"bytes", "path"}``) opened with PIL (lazily: only the header is read)."""
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(frame["bytes"]) if frame.get("bytes") else frame["path"])
+
+
 def decode_frame(frame: Any) -> Any:
     """A frame as the processors take it: a PIL image or an array (an undecoded ``{"bytes", "path"}`` dict is
     opened, nested lists become a uint8 array)."""
     if isinstance(frame, Mapping):
-        import io
-
-        from PIL import Image
-
-        return Image.open(io.BytesIO(frame["bytes"]) if frame.get("bytes") else frame["path"]).convert("RGB")
+        return _open_frame(frame).convert("RGB")
     if isinstance(frame, (list, tuple)):
         import numpy as np
 
@@ -160,11 +164,7 @@ def frame_size(frame: Any) -> tuple[int, int]:
     """(width, height) of a frame: a PIL image, an HxWxC array or nested lists, or an undecoded ``{"bytes",
     "path"}`` dict (only the file header is read)."""
     if isinstance(frame, Mapping):
-        import io
-
-        from PIL import Image
-
-        with Image.open(io.BytesIO(frame["bytes"]) if frame.get("bytes") else frame["path"]) as image:
+        with _open_frame(frame) as image:
             return image.size
     if isinstance(frame, (list, tuple)):
         return (len(frame[0]) if len(frame) else 0, len(frame))
@@ -192,11 +192,6 @@ def _count_parts(value: Any, part_type: str, token: str) -> int:
 def count_image_parts(value: Any, image_token: str) -> int:
     """Image placeholders in a text (image tokens) or a list of messages (``{"type": "image"}`` parts)."""
     return _count_parts(value, "image", image_token)
-
-
-def count_video_parts(value: Any, video_token: str) -> int:
-    """Video placeholders in a text (video tokens) or a list of messages (``{"type": "video"}`` parts)."""
-    return _count_parts(value, "video", video_token)
 
 
 def image_counts(dataset, column: str) -> list[int]:
@@ -235,7 +230,7 @@ def carry_over(proc_ids: Sequence[int], text_ids: Sequence[int], values: Sequenc
     out: list[int] = []
     i = j = 0
     while j < len(proc_ids):
-        if i >= len(text_ids) or (proc_ids[j] in media) != (text_ids[i] in media) or proc_ids[j] != text_ids[i]:
+        if i >= len(text_ids) or proc_ids[j] != text_ids[i]:
             raise ValueError(f"the processor's token {j} ({proc_ids[j]}) is not the tokenizer's "
                              f"({text_ids[i] if i < len(text_ids) else 'none'})")
         token = proc_ids[j]
@@ -271,21 +266,42 @@ def processor_image_token(processor, user: str) -> tuple[str, int]:
     return token, token_id
 
 
+def check_no_media(example: Mapping[str, Any], row: int, columns: Sequence[str], kind: str, token: str) -> None:
+    """Raise :class:`DatasetFormatError` naming ``row`` if any of ``columns`` (completions) holds a ``kind``
+    ("image" or "video") placeholder."""
+    for col in columns:
+        if _count_parts(example.get(col), kind, token):
+            raise DatasetFormatError(f"Row {row}, column '{col}': {kind}s in the {col} are not supported; put them "
+                                     "in the prompt.")
+
+
+def check_media_count(example: Mapping[str, Any], row: int, count: int, *, kind: str, token: str,
+                      conversational: bool, key: str, column: str) -> None:
+    """Raise :class:`DatasetFormatError` naming ``row`` unless column ``key`` holds ``count`` ``kind`` placeholders
+    (``{"type": kind}`` parts, or ``token`` in standard text), one for each of column ``column``'s items."""
+    parts = _count_parts(example.get(key), kind, token)
+    if parts != count:
+        what = f"{kind} part(s) ({{'type': '{kind}'}})" if conversational else f"{kind} token(s) ('{token}')"
+        raise DatasetFormatError(
+            f"Row {row}: column '{key}' has {parts} {what} but column '{column}' holds {count} {kind}(s). Every "
+            f"{kind} placeholder takes one {kind}, in order: add the missing "
+            f"{kind + 's' if parts > count else 'placeholders'}.")
+
+
 def check_image_parts(example: Mapping[str, Any], row: int, num_images: int, *, image_token: str,
                       conversational: bool, key: str, image_free: Sequence[str] = (), column: str = "images") -> None:
     """Raise :class:`DatasetFormatError` naming ``row`` unless the image placeholders of column ``key`` match the
     row's ``num_images`` and the columns ``image_free`` (completions) have none."""
-    for col in image_free:
-        if count_image_parts(example.get(col), image_token):
-            raise DatasetFormatError(f"Row {row}, column '{col}': images in the {col} are not supported; put them "
-                                     "in the prompt.")
-    parts = count_image_parts(example.get(key), image_token)
-    if parts != num_images:
-        what = "image part(s) ({'type': 'image'})" if conversational else f"image token(s) ('{image_token}')"
-        raise DatasetFormatError(
-            f"Row {row}: column '{key}' has {parts} {what} but column '{column}' holds {num_images} "
-            f"image(s). Every image placeholder takes one image, in order: add the missing "
-            f"{'images' if parts > num_images else 'placeholders'}.")
+    check_no_media(example, row, image_free, "image", image_token)
+    check_media_count(example, row, num_images, kind="image", token=image_token, conversational=conversational,
+                      key=key, column=column)
+
+
+def padded_only_error(option: str, what: str, fix: str) -> ValueError:
+    """The error for packing / padding-free batches asked for with images (``option``: the setting given)."""
+    return ValueError(
+        f"{option} is not supported with {what}: vision batches are padded (a row's image tokens must stay with "
+        f"its images, and packed sequences of a vision-language model are not kept apart by position_ids). {fix}")
 
 
 @dataclass
@@ -434,22 +450,13 @@ class DataCollatorForVisionLanguageModeling:
         """Raise :class:`DatasetFormatError` unless the row's image placeholders match its ``num_images`` and its
         video placeholders its videos (``frames``: each video's frame sizes), every video has frames, all of one
         size."""
-        media = (("image", self.image_token, num_images, column, "images"),
-                 ("video", self.video_token, len(frames), video_col, "videos"))
+        media = (("image", self.image_token, num_images, column), ("video", self.video_token, len(frames), video_col))
         if fmt.kind == PROMPT_COMPLETION:
             for kind, token, *_ in media:
-                if _count_parts(example.get("completion"), kind, token):
-                    raise DatasetFormatError(f"Row {row}, column 'completion': {kind}s in the completion are not "
-                                             "supported; put them in the prompt.")
-        key = self._media_key(fmt)
-        for kind, token, count, col, plural in media:
-            parts = _count_parts(example.get(key), kind, token)
-            if parts != count:
-                what = f"{kind} part(s) ({{'type': '{kind}'}})" if fmt.conversational else f"{kind} token(s) ('{token}')"
-                raise DatasetFormatError(
-                    f"Row {row}: column '{key}' has {parts} {what} but column '{col}' holds {count} {kind}(s). Every "
-                    f"{kind} placeholder takes one {kind}, in order: add the missing "
-                    f"{plural if parts > count else 'placeholders'}.")
+                check_no_media(example, row, ("completion",), kind, token)
+        for kind, token, count, col in media:
+            check_media_count(example, row, count, kind=kind, token=token, conversational=fmt.conversational,
+                              key=self._media_key(fmt), column=col)
         for k, sizes in enumerate(frames):
             if not sizes:
                 raise DatasetFormatError(f"Row {row}: video {k} of column '{video_col}' has no frames; a video is a "

@@ -19,6 +19,7 @@ recomputation must take the same path as the forward.
 
 from __future__ import annotations
 
+import functools
 import threading
 import warnings
 from contextlib import contextmanager
@@ -141,8 +142,10 @@ def _windowed(config) -> bool:
     return layer_types is None or "sliding_attention" in layer_types
 
 
+@functools.lru_cache(maxsize=32)
 def _band_mask(n: int, window: int, device) -> torch.Tensor:
-    """(n, n) boolean mask: query i sees keys i - window < j <= i."""
+    """(n, n) boolean mask: query i sees keys i - window < j <= i. Cached: ``n`` is a bucket length, so every layer
+    and step of a run asks for the same few (read-only) masks."""
     i = torch.arange(n, device=device)
     offset = i[:, None] - i[None, :]
     return (offset >= 0) & (offset < window)

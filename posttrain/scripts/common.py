@@ -47,15 +47,11 @@ def load_splits(script_args, training_args):
 
 def save_run(trainer, output_dir: str) -> None:
     """Save the final model and tokenizer, and the log history as ``train_log.jsonl`` (one JSON object a line)."""
-    import json
-    import os
+    from ..trainers.base import write_log
 
     trainer.save_model(output_dir)
     if trainer.is_world_process_zero():
-        os.makedirs(output_dir, exist_ok=True)
-        with open(os.path.join(output_dir, "train_log.jsonl"), "w", encoding="utf-8") as f:
-            for row in trainer.state.log_history:
-                f.write(json.dumps(row) + "\n")
+        write_log(trainer.state.log_history, output_dir)
 
 
 def parse(config_class, argv: list[str] | None, prog: str, script_class=None):

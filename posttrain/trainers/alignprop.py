@@ -54,8 +54,6 @@ class AlignPropTrainer(DiffusionTrainerBase):
     ``images`` ((N, 3, H, W) in [0, 1]); ``prompt_function() -> (prompt, prompt_metadata)``. Logs TRL's names
     ``reward_mean``, ``reward_std``, ``loss`` (here minus the mean reward) and ``epoch``."""
 
-    _tag = "alignprop"
-
     def __init__(self, config: AlignPropConfig, reward_function: Callable, prompt_function: Callable,
                  sd_pipeline: Any, image_samples_hook: Optional[Callable] = None):
         super().__init__(config, reward_function, prompt_function, sd_pipeline, image_samples_hook,

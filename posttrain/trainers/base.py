@@ -63,6 +63,16 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def write_log(rows, output_dir: str) -> str:
+    """Write a log history as ``output_dir/train_log.jsonl`` (one JSON object a line); return the path."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "train_log.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
 MALLOC_PRIME_MB = 16
 """glibc's dynamic mmap threshold that training starts from (:func:`raise_mmap_threshold`)."""
 

@@ -67,8 +67,6 @@ class DDPOTrainer(DiffusionTrainerBase):
     ``clipfrac``, ``epoch`` (also kept in ``trainer.log_history``).
     """
 
-    _tag = "ddpo"
-
     def __init__(self, config: DDPOConfig, reward_function: Callable, prompt_function: Callable, sd_pipeline: Any,
                  image_samples_hook: Optional[Callable] = None):
         super().__init__(config, reward_function, prompt_function, sd_pipeline, image_samples_hook,

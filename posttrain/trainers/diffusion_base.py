@@ -9,7 +9,6 @@ trainers run their own loop (as TRL's do). Needs ``diffusers`` (``pip install po
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -18,7 +17,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .base import _has_accelerator, bf16_supported, raise_mmap_threshold
+from .base import _has_accelerator, bf16_supported, raise_mmap_threshold, write_log
 
 LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -95,8 +94,6 @@ def load_pipeline(sd_pipeline: Any) -> Any:
 
 class DiffusionTrainerBase:
     """Accelerator, pipeline, LoRA, optimizer, logging and saving for the diffusion trainers."""
-
-    _tag = "diffusion"
 
     def __init__(self, config: DiffusionConfig, reward_function: Callable, prompt_function: Callable,
                  sd_pipeline: Any, image_samples_hook: Optional[Callable] = None, gradient_accumulation_steps: int = 1):
@@ -211,9 +208,7 @@ class DiffusionTrainerBase:
                 self._checkpoint(epoch)
         self.save_model(self.config.output_dir)
         if self.accelerator.is_main_process:
-            with open(os.path.join(self.config.output_dir, "train_log.jsonl"), "w") as f:
-                for row in self.log_history:
-                    f.write(json.dumps(row) + "\n")
+            write_log(self.log_history, self.config.output_dir)
         self.accelerator.end_training()
 
     def step(self, epoch: int, global_step: int) -> int:  # pragma: no cover - abstract
@@ -244,9 +239,6 @@ class DiffusionTrainerBase:
                                                       unet_lora_layers=get_peft_model_state_dict(unet))
         else:
             unet.save_pretrained(os.path.join(save_directory, "unet"))
-
-    def _repr_extra(self) -> str:
-        return ""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(use_lora={self.config.use_lora}, device={self.accelerator.device})"

@@ -49,11 +49,10 @@ from transformers import TrainerCallback
 from ..data import DatasetFormatError, detect_format, pad_sequences, require_kind, validate_example
 from ..data.formats import PREFERENCE, PREFERENCE_IMPLICIT, UNPAIRED_PREFERENCE, DatasetFormat
 from ..data.collators import padding_free_rows, row_width
-from ..data.templates import extract_prompt, require_chat_template, unpair_preference
-from ..data.templates import render_messages
+from ..data.templates import extract_prompt, render_messages, require_chat_template, unpair_preference
 from ..data.tokenize import TRUNCATION_MODES, tokenize_prompt_completion
-from ..data.vision import (check_image_parts, has_image_processor, image_column, process_images,
-                           processor_image_token, rendering, row_images, template_kwargs, text_rows)
+from ..data.vision import (check_image_parts, has_image_processor, image_column, padded_only_error,
+                           process_images, processor_image_token, rendering, row_images, template_kwargs, text_rows)
 from ..losses.policy import entropy_from_logits
 from ..losses.preference import RunningMean
 from ..models import disable_dropout, is_vision_model, load_pretrained, select_head_positions, unwrap
@@ -308,10 +307,7 @@ def build_rows(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[
 
 
 def _no_padding_free(what: str) -> ValueError:
-    return ValueError(
-        f"padding_free=True is not supported with {what}: vision batches are padded (a row's image tokens must stay "
-        "with its images, and packed sequences of a vision-language model are not kept apart by position_ids). "
-        "Leave padding_free unset (padded batches).")
+    return padded_only_error("padding_free=True", what, "Leave padding_free unset (padded batches).")
 
 
 def _float_column(examples, name):

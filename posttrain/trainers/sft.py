@@ -26,6 +26,7 @@ from ..data import (
     video_column,
 )
 from ..data.formats import LANGUAGE_MODELING, PROMPT_COMPLETION
+from ..data.vision import padded_only_error
 from ..data.tokenize import TRUNCATION_MODES
 from ..losses.policy import entropy_from_logits
 from ..losses.sft import SFT_LOSS_TYPES, sft_token_loss
@@ -264,11 +265,8 @@ class SFTTrainer(BaseTrainer):
 
 
 def _no_padding_free(args: SFTConfig, what: str) -> ValueError:
-    option = "packing=True" if args.packing else "padding_free=True"
-    return ValueError(
-        f"{option} is not supported with {what}: vision batches are padded (a row's image tokens must stay with "
-        "its images, and packed sequences of a vision-language model are not kept apart by position_ids). Leave "
-        "packing=False and padding_free unset.")
+    return padded_only_error("packing=True" if args.packing else "padding_free=True", what,
+                             "Leave packing=False and padding_free unset.")
 
 
 def _check_sft_format(fmt, args: SFTConfig, name: str) -> None:
