@@ -13,7 +13,6 @@ Trainers differ only in how they prepare data and compute the loss.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import warnings
@@ -28,6 +27,7 @@ from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from ..models import (disable_dropout, ensure_pad_token, load_pretrained, load_processing_class,
                       packed_sequences_supported, prepare_peft_model, set_chat_template, unwrap, varlen_attention)
+from ..allocator import raise_mmap_threshold
 from ..models.attention import call_cost, per_sequence_rows, use_per_sequence_attention
 from ..models.sharding import check_launch, destroy_process_group_at_exit, prepare_frozen
 from ..models.loading import store_linears_in
@@ -71,37 +71,6 @@ def write_log(rows, output_dir: str) -> str:
         for row in rows:
             f.write(json.dumps(row) + "\n")
     return path
-
-
-MALLOC_PRIME_MB = 16
-"""glibc's dynamic mmap threshold that training starts from (:func:`raise_mmap_threshold`)."""
-
-
-@functools.cache
-def raise_mmap_threshold() -> bool:
-    """Start glibc's dynamic mmap threshold at :data:`MALLOC_PRIME_MB` (once per process): allocate and free one block
-    of that size. glibc serves every allocation above the threshold (128 KB at start) with fresh pages from the kernel
-    and returns them on free, and raises the threshold only when it frees a larger mapped block, so whether a process
-    ever gets there depends on its allocation history. A training step allocates the same tensors over and over
-    (under mixed precision, a bf16 copy of every weight at every forward); below the threshold they reuse heap memory,
-    above it each one faults in its pages anew: 1.3x the speed of a small vision-language SFT step
-    (``benchmarks/NOTES.md``, "Ninth batch"). This is the state glibc reaches by itself after one large free.
-    ``POSTTRAIN_MALLOC_PRIME=0`` leaves the allocator alone; a no-op off glibc. Returns whether it primed."""
-    if os.environ.get("POSTTRAIN_MALLOC_PRIME", "1") == "0":
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc.restype = ctypes.c_void_p
-        libc.free.argtypes = [ctypes.c_void_p]
-    except (OSError, AttributeError):  # not glibc
-        return False
-    block = libc.malloc(MALLOC_PRIME_MB << 20)
-    if not block:
-        return False
-    libc.free(block)
-    return True
 
 
 def bf16_supported() -> bool:

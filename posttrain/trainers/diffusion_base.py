@@ -17,7 +17,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .base import _has_accelerator, bf16_supported, raise_mmap_threshold, write_log
+from ..allocator import raise_mmap_threshold
+from .base import _has_accelerator, bf16_supported, write_log
 
 LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 
