@@ -148,7 +148,8 @@ KNOWN["online-dpo sigmoid, temperature 0.9 (default)"] = KNOWN["online-dpo sigmo
 KNOWN["xpo sigmoid, alpha 0.1, temperature 0.9 (default)"] = KNOWN["xpo sigmoid, alpha 0.1, temperature 1"]
 CHECKS = ["sft", "sft-packing", "dpo", "reward", "kto", "kto-native-pairing", "bco", "bco-native-tokens", "prm", "grpo-loss", "online",
           "cpo", "cpo-hinge", "cpo-ipo", "cpo-simpo", "cpo-simpo-nll", "cpo-alphapo", "cpo-sigmoid-alpha", "cpo-native-tokens",
-          "orpo", "gkd", "gkd-forward-kl", "gkd-reverse-kl", "gkd-temperature-0.9", "sft-vlm", "ddpo"]
+          "orpo", "gkd", "gkd-forward-kl", "gkd-reverse-kl", "gkd-temperature-0.9", "sft-vlm", "ddpo",
+          "alignprop"]
 # GRPO loss on fixed completions (compare_worker.grpo_loss_check): each loss type both libraries share, with and without KL
 GRPO_LOSS_CASES = [{"loss_type": t, "beta": b} for t in ("grpo", "bnpo", "dr_grpo", "dapo") for b in (0.0, 0.04)] + [
     {"loss_type": "grpo", "beta": 0.04, "importance_sampling_level": "sequence"},

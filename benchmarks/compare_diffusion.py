@@ -91,6 +91,41 @@ def install_fixed_chain(trainer, lib: str, cfg: dict) -> None:
         trainer._generate_samples = _generate_samples
 
 
+def install_shared_noise(trainer, cfg: dict) -> None:
+    """Make every ``torch.randn`` draw during training come from one private generator seeded with ``cfg['seed']``.
+
+    AlignProp's step is the sampling itself, so equal numbers need equal noise. Both libraries draw their noise with
+    ``torch.randn`` (posttrain in ``rollout.diffusion.sample``; TRL 0.21 through diffusers' and its own
+    ``randn_tensor``): the initial latents, then one draw per denoising step (``eta`` > 0), in the same order and
+    shapes. Served from the same seeded stream, they draw the same values; the sequence of shapes drawn is the run's
+    first-batch fingerprint, so a difference in what was drawn shows as a fingerprint mismatch. The gradient norm
+    each step clips (``accelerator.clip_grad_norm_``, called by both) is recorded as ``grad_norm``: the gradient
+    through the sampler is compared too."""
+    import torch
+
+    original = torch.randn
+    stream = torch.Generator().manual_seed(cfg.get("seed", 0))
+    shapes: list = []
+
+    def randn(*size, generator=None, dtype=None, device=None, **kw):  # noqa: ARG001 - the caller's generator is replaced
+        shape = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else tuple(size)
+        shapes.append(list(shape))
+        x = original(shape, generator=stream, dtype=torch.float32)
+        return x.to(dtype=dtype or torch.get_default_dtype(), device=device or "cpu")
+
+    torch.randn = randn
+    trainer._noise_shapes = shapes
+    trainer._grad_norms = []
+    clip = trainer.accelerator.clip_grad_norm_
+
+    def recording_clip(*a, **k):
+        norm = clip(*a, **k)
+        trainer._grad_norms.append(float(norm))
+        return norm
+
+    trainer.accelerator.clip_grad_norm_ = recording_clip
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("cmd", choices=["record"])

@@ -520,6 +520,22 @@ def _floats(d: dict) -> dict:
     return out
 
 
+def clip_text_encoder_v4(path: str):
+    """The folder's CLIP text encoder for transformers 4 (TRL 0.21's venv).
+
+    transformers 5 saves ``CLIPTextModel``'s weights without the ``text_model.`` prefix that transformers 4 expects;
+    loaded by name, transformers 4 would initialise a fresh random text encoder (with a warning only), so TRL would
+    sample from other prompt embeddings than posttrain. Loaded strictly here, with the prefix put back."""
+    import transformers
+    from safetensors.torch import load_file
+
+    model = transformers.CLIPTextModel(transformers.CLIPTextConfig.from_pretrained(path))
+    weights = load_file(os.path.join(path, "model.safetensors"))
+    model.load_state_dict({k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in weights.items()},
+                          strict=True)
+    return model.eval()
+
+
 def diffusion_run(cfg: dict, L, torch) -> dict:
     """One DDPO or AlignProp run: both libraries' trainers on the same pipeline folder, prompts, reward and config.
 
@@ -581,6 +597,7 @@ def diffusion_run(cfg: dict, L, torch) -> dict:
                 @staticmethod
                 def from_pretrained(path, **kw):
                     kw.setdefault("tokenizer", load_tokenizer(os.path.join(path, "tokenizer")))
+                    kw.setdefault("text_encoder", clip_text_encoder_v4(os.path.join(path, "text_encoder")))
                     return pipeline_cls.from_pretrained(path, **kw)
 
             sd_base.StableDiffusionPipeline = FolderPipeline
@@ -616,6 +633,10 @@ def diffusion_run(cfg: dict, L, torch) -> dict:
         from benchmarks.compare_diffusion import install_fixed_chain
 
         install_fixed_chain(trainer, lib, cfg)
+    if mode == "check" and scenario == "alignprop":
+        from benchmarks.compare_diffusion import install_shared_noise
+
+        install_shared_noise(trainer, cfg)
     train_start = time.perf_counter()
     trainer.train(epochs=steps)
     train_s = time.perf_counter() - train_start
@@ -627,6 +648,10 @@ def diffusion_run(cfg: dict, L, torch) -> dict:
         for h in rows:  # TRL logs 10 - mean(reward), posttrain -mean(reward): the same objective up to the constant
             h["loss (as logged)"] = h["loss"]
             h["loss"] = h["loss"] - 10.0
+    for h, norm in zip(rows, getattr(trainer, "_grad_norms", [])):  # check mode (compare_diffusion.install_shared_noise)
+        h["grad_norm"] = norm
+    if hasattr(trainer, "_noise_shapes"):
+        trainer._fixed_chain_fingerprint = fingerprint(trainer._noise_shapes)
     (t0, c0), (t1, c1) = marks[0], marks[-1]
     timed = t1 - t0
     images = B * (steps - warmup)
@@ -757,12 +782,14 @@ def main(cfg: dict) -> dict:
         if len(step_losses) + 1 == profile_step:
             from torch.profiler import ProfilerActivity, profile
 
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+            shapes = os.environ.get("COMPARE_PROFILE_SHAPES") == "1"  # the op table grouped by input shapes
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=shapes) as prof:
                 cpu = time.process_time()
                 loss = training_step(*a, **k)
                 cpu = time.process_time() - cpu
             print(f"profiled step {profile_step}: {cpu:.3f} CPU s (profiler included)", file=sys.stderr)
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), file=sys.stderr)
+            print(prof.key_averages(group_by_input_shape=shapes).table(sort_by="self_cpu_time_total", row_limit=30,
+                                                                       max_name_column_width=60), file=sys.stderr)
         else:
             loss = training_step(*a, **k)
         step_losses.append(float(loss))

@@ -8,6 +8,8 @@ import torch
 
 pytest.importorskip("diffusers")
 
+from diffusers import DDIMScheduler  # noqa: E402
+
 from posttrain.kit.diffusion import build_tiny_diffusion  # noqa: E402
 from posttrain.losses.diffusion import PerPromptStatTracker, ddpo_loss, whiten_rewards  # noqa: E402
 from posttrain.rollout.diffusion import (  # noqa: E402
@@ -75,6 +77,17 @@ def test_transition_log_prob_is_the_gaussian_density_of_the_ddim_step():
         ref = scheduler.step(eps, t, x, eta=0.7, variance_noise=z).prev_sample
         mean, std = ddim_step_mean_std(scheduler, eps, t.expand(3), x, 0.7)
         torch.testing.assert_close(mean + std * z, ref, atol=1e-5, rtol=1e-5)
+    # with clip_sample (DDIMScheduler's default), x0_hat is clipped: large inputs make the clip bite at every step
+    clipped = DDIMScheduler.from_config(scheduler.config, clip_sample=True, clip_sample_range=0.5)
+    clipped.set_timesteps(10)
+    for t in clipped.timesteps:
+        ref = clipped.step(eps, t, 3 * x, eta=0.7, variance_noise=z).prev_sample
+        mean, std = ddim_step_mean_std(clipped, eps, t.expand(3), 3 * x, 0.7)
+        torch.testing.assert_close(mean + std * z, ref, atol=1e-5, rtol=1e-5)
+        unclipped, _ = ddim_step_mean_std(scheduler, eps, t.expand(3), 3 * x, 0.7)
+        assert (unclipped - mean).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="thresholding"):
+        ddim_step_mean_std(DDIMScheduler.from_config(scheduler.config, thresholding=True), eps, t.expand(3), x, 0.7)
     # the recorded log-probs of a sampled chain, recomputed under the same UNet and against the formula
     out = sample(pipe, ["a", "b"], num_steps=5, eta=1.0, guidance_scale=3.0, generator=torch.Generator().manual_seed(0))
     assert out.log_probs.shape == (2, 5) and out.latents.shape == (2, 5, 4, 8, 8)

@@ -84,6 +84,9 @@ def ddim_step_mean_std(
     ``timesteps`` is (N,) (or a scalar); returns ``mean`` like ``latents`` and ``std`` broadcastable to it, both
     float32.
     """
+    if getattr(scheduler.config, "thresholding", False):
+        raise ValueError("the scheduler's `thresholding=True` (dynamic thresholding) is not supported by the DDIM "
+                         "step with log-probabilities; load the scheduler with `thresholding=False`")
     x = latents.float()
     out = model_output.float()
     t = torch.as_tensor(timesteps, device=x.device).reshape(-1).expand(x.shape[0])
@@ -99,6 +102,9 @@ def ddim_step_mean_std(
         eps = alpha_t.sqrt() * out + (1 - alpha_t).sqrt() * x
     else:
         raise ValueError(f"prediction_type {prediction_type!r} is not supported; use 'epsilon' or 'v_prediction'")
+    if getattr(scheduler.config, "clip_sample", False):  # as DDIMScheduler.step: x0_hat clipped, eps_hat the model's
+        limit = scheduler.config.clip_sample_range
+        x0 = x0.clamp(-limit, limit)
     variance = (1 - alpha_prev) / (1 - alpha_t) * (1 - alpha_t / alpha_prev)
     std = eta * variance.clamp(min=0).sqrt()
     mean = alpha_prev.sqrt() * x0 + (1 - alpha_prev - std**2).clamp(min=0).sqrt() * eps
