@@ -778,6 +778,8 @@ def main(cfg: dict) -> dict:
     profile_step = int(os.environ.get("COMPARE_PROFILE_STEP", "0"))  # profile that step: op table on stderr
     trace_rss = os.environ.get("COMPARE_TRACE_RSS") == "1"  # each step's resident memory on stderr
 
+    step_cpu: list[float] = []  # CPU seconds of each training_step call (the rest of a step: data, optimizer, logging)
+
     def recorded_step(*a, **k):
         if len(step_losses) + 1 == profile_step:
             from torch.profiler import ProfilerActivity, profile
@@ -791,7 +793,10 @@ def main(cfg: dict) -> dict:
             print(prof.key_averages(group_by_input_shape=shapes).table(sort_by="self_cpu_time_total", row_limit=30,
                                                                        max_name_column_width=60), file=sys.stderr)
         else:
+            cpu = time.process_time()
             loss = training_step(*a, **k)
+            cpu = time.process_time() - cpu
+        step_cpu.append(cpu)
         step_losses.append(float(loss))
         if trace_rss:  # memory over the run: resident now and the peak so far, after each step
             print(f"step {len(step_losses)}: rss {_rss_now_mb():.0f} MB, peak {_peak_rss_mb():.0f} MB, "
@@ -859,6 +864,8 @@ def main(cfg: dict) -> dict:
         # processes than tokens per wall-second (but counts OpenMP spin-waiting as work)
         "own_cpu_s": clock["cpu_stop"][1] - clock["cpu_start"][1],
         "tokens_per_cpu_s": timed_tokens / max(clock["cpu_stop"][1] - clock["cpu_start"][1], 1e-9),
+        # of own_cpu_s, the part inside training_step (forward, backward); the rest is data, optimizer and logging
+        "training_step_cpu_s": sum(step_cpu[warmup:steps]),
         "load_start": load_start,
         "load_end": os.getloadavg(),
     }

@@ -204,3 +204,24 @@ def test_reward_model_object_shares_the_policys_tokenizer(give_tokenizer, tiny_m
     want = score_with_model(reward, tokenizer, [s["prompt"] for s in samples], [s["completion"] for s in samples])
     got = torch.tensor([s["reward"] for s in samples])
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_checkpointing_reaches_both_models_without_the_deprecated_name(tiny_model_dir, value_dir):
+    """The Trainer turns checkpointing on through `activation_checkpointing_enable` (transformers 5); the policy-and-
+    value pair and the value-head wrapper define it, so both models get it and nothing falls back to the deprecated
+    `gradient_checkpointing_enable` (which warns)."""
+    import warnings
+
+    from posttrain.models.policy_value import PolicyAndValue
+    from posttrain.models.value_head import AutoModelForCausalLMWithValueHead
+
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    value = AutoModelForSequenceClassification.from_pretrained(value_dir, num_labels=1)
+    with_head = AutoModelForCausalLMWithValueHead(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        PolicyAndValue(policy, value).activation_checkpointing_enable(every_n_layers=1)
+        with_head.activation_checkpointing_enable()
+    assert not [w for w in caught if "gradient_checkpointing" in str(w.message)], [str(w.message) for w in caught]
+    for model in (policy, value, with_head.pretrained_model):
+        assert model.is_gradient_checkpointing, type(model).__name__

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from posttrain.models.value_head import enable_checkpointing
+
 
 def token_values(value_model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """Per-position values ``(B, L)`` (float32) of a one-output sequence-classification model: its score head
@@ -52,9 +54,12 @@ class PolicyAndValue(nn.Module):
         self.last_values = token_values(self.value_model, input_ids, attention_mask) if self.with_values else None
         return out
 
-    def gradient_checkpointing_enable(self, **kwargs):
-        self.policy.gradient_checkpointing_enable(**kwargs)
-        self.value_model.gradient_checkpointing_enable(**kwargs)
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs):
+        for model in (self.policy, self.value_model):
+            enable_checkpointing(model, activation_checkpointing_kwargs, **kwargs)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):  # transformers 4's name
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
 
 __all__ = ["PolicyAndValue", "token_values"]

@@ -64,6 +64,17 @@ class ValueHead(nn.Module):
         return self.summary(self.dropout(hidden_states)).squeeze(-1)
 
 
+def enable_checkpointing(model: nn.Module, checkpoint_kwargs: dict | None = None, **kwargs) -> None:
+    """Turn on activation checkpointing of a transformers model by the name its version has: transformers 5's
+    ``activation_checkpointing_enable`` (the old ``gradient_checkpointing_enable`` warns there), else transformers
+    4's. Wrappers (value heads, the policy-and-value pair) define both names and forward here, so the Trainer finds
+    the new one and never falls back to the deprecated one."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint_kwargs, **kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs, **kwargs)
+
+
 class _PreTrainedModelWithValueHead(nn.Module):
     """Shared implementation; subclasses set ``transformers_parent_class`` and ``_last_hidden_state``."""
 
@@ -105,8 +116,11 @@ class _PreTrainedModelWithValueHead(nn.Module):
         """Generate with the wrapped model (the value head plays no part)."""
         return self.pretrained_model.generate(*args, **kwargs)
 
-    def gradient_checkpointing_enable(self, *args, **kwargs):
-        return self.pretrained_model.gradient_checkpointing_enable(*args, **kwargs)
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs):
+        enable_checkpointing(self.pretrained_model, activation_checkpointing_kwargs, **kwargs)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):  # transformers 4's name
+        enable_checkpointing(self.pretrained_model, gradient_checkpointing_kwargs, **kwargs)
 
     def get_input_embeddings(self):
         return self.pretrained_model.get_input_embeddings()
