@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from posttrain.models.value_head import enable_checkpointing
+from .checkpointing import enable_checkpointing
 
 
 def token_values(value_model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -27,6 +27,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from .checkpointing import enable_checkpointing
+
 VALUE_HEAD_FILE = "value_head.safetensors"
 _HEAD_KWARGS = ("summary_dropout_prob", "v_head_initializer_range", "v_head_init_strategy")
 
@@ -62,17 +64,6 @@ class ValueHead(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = hidden_states.to(self.summary.weight.dtype)
         return self.summary(self.dropout(hidden_states)).squeeze(-1)
-
-
-def enable_checkpointing(model: nn.Module, checkpoint_kwargs: dict | None = None, **kwargs) -> None:
-    """Turn on activation checkpointing of a transformers model by the name its version has: transformers 5's
-    ``activation_checkpointing_enable`` (the old ``gradient_checkpointing_enable`` warns there), else transformers
-    4's. Wrappers (value heads, the policy-and-value pair) define both names and forward here, so the Trainer finds
-    the new one and never falls back to the deprecated one."""
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint_kwargs, **kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs, **kwargs)
 
 
 class _PreTrainedModelWithValueHead(nn.Module):

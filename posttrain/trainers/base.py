@@ -29,6 +29,7 @@ from ..models import (disable_dropout, ensure_pad_token, load_pretrained, load_p
                       packed_sequences_supported, prepare_peft_model, set_chat_template, unwrap, varlen_attention)
 from ..allocator import raise_mmap_threshold
 from ..models.attention import call_cost, per_sequence_rows, use_per_sequence_attention
+from ..models.checkpointing import keep_attention_outputs
 from ..models.sharding import check_launch, destroy_process_group_at_exit, prepare_frozen
 from ..models.loading import store_linears_in
 
@@ -214,6 +215,7 @@ class BaseTrainer(Trainer):
         self._local_tokens = 0
         self._seen_tokens = 0.0
         self._per_sequence = False  # per_sequence_attention in effect (settle_padding_free)
+        self._attention_kept = False  # checkpointed layers keep attention's outputs (training_step)
         super().__init__(model=model, args=args, processing_class=processing_class, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, data_collator=data_collator, **kwargs)
         # Have the Trainer count the loss items of the whole (accumulated, all-process) batch for us.
@@ -258,6 +260,11 @@ class BaseTrainer(Trainer):
         return per_sequence_rows(one_row)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.args.gradient_checkpointing and not self._attention_kept:
+            # the Trainer turned checkpointing on at the start of train(): the recomputation keeps attention's
+            # outputs instead of running it again (models.checkpointing)
+            keep_attention_outputs(model)
+            self._attention_kept = True
         # the whole step: gradient checkpointing recomputes the forward inside backward (models.attention)
         with self.sequence_rows(inputs):
             return super().training_step(model, inputs, num_items_in_batch)
