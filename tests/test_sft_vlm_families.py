@@ -228,6 +228,17 @@ def test_dpo_collator_keeps_expansions_whole(arch, processors):
         DataCollatorForVisionPreference(processor, max_prompt_length=text_tokens - 5)([row])
 
 
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_without_replacement_offsets_such_processors_are_refused(arch, processors, monkeypatch):
+    """Where the processor cannot say what it replaced (older transformers, a slow tokenizer), the collator keeps
+    Llava's rule, runs of image tokens only, and refuses these processors naming the example."""
+    import posttrain.data.vision as vision
+
+    monkeypatch.setattr(vision, "expansion_offsets_supported", lambda processor: False)
+    with pytest.raises(ValueError, match="Example 0 of the batch: the processor's token .* apart from expanding image"):
+        DataCollatorForVisionLanguageModeling(processors[arch])([_row("red")])
+
+
 def test_character_alignment_on_its_own():
     """carry_over_expanded with hand-made offsets. Text 'ab' <I> 'cd' (tokens a, b, <I>, c, d at characters 0-1,
     1-2, 2-5, 5-6, 6-7); the processor wrote 'X!X' for <I> and read 'bX' as one token: that token, made of text and

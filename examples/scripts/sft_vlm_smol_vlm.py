@@ -6,13 +6,14 @@ downscaled copy of the whole image, and writes each one as `<fake_token_around_i
 `<global-img>`) and its image tokens, with newlines between rows of tiles. posttrain's collator takes those tokens as
 the processor writes them and never trains on them, nor on padding; the loss masks (completion-only, assistant-only)
 apply to the text around them, and `--max_length` cuts text only, never an image (docs/sft.md, "Vision-language
-models"). Large images make long rows: lower the processor's `size` (longest edge) to bound the number of tiles.
-Batches are padded: no `--packing`, no `--padding_free`.
+models"). Tiles make long rows (a 640x480 photo: 12 tiles plus the whole image, over a thousand tokens), hence
+`--max_length 2048` below; the processor's `size` (longest edge) bounds the number of tiles. Batches are padded: no
+`--packing`, no `--padding_free`.
 
 One device (default dataset: HuggingFaceH4/llava-instruct-mix-vsft, conversations with images):
     python examples/scripts/sft_vlm_smol_vlm.py --model_name_or_path HuggingFaceTB/SmolVLM-Instruct \
         --dtype bfloat16 --output_dir SmolVLM-Instruct-sft --learning_rate 2e-5 --per_device_train_batch_size 2 \
-        --gradient_accumulation_steps 8 --gradient_checkpointing --num_train_epochs 1
+        --gradient_accumulation_steps 8 --gradient_checkpointing --max_length 2048 --num_train_epochs 1
 
 LoRA: add `--use_peft --lora_r 16 --lora_alpha 32 --lora_target_modules q_proj k_proj v_proj o_proj`.
 
