@@ -17,9 +17,9 @@ prepared: a prepared vision dataset keeps its raw columns. Each row is read in t
    tokens) and ``pixel_values``; the rest of the step-1 tokens (the completion) follow. The processor's tokens are
    taken as they are: an expansion may be a run of image tokens (Llava) or hold text the processor writes around
    them (Gemma 3's ``<start_of_image>`` ... ``<end_of_image>`` between blank lines, Idefics3/SmolVLM's tiles with
-   their ``<fake_token_around_image>`` and row/column tags). Each token is lined up with step 1's by its characters
-   (:func:`carry_over_expanded`, with the processor's ``text_replacement_offsets``), so the loss masks carry over
-   to the text around the images.
+   their ``<fake_token_around_image>`` and row/column tags). Runs are lined up with step 1's tokens token by token
+   (:func:`carry_over`), anything else by characters (:func:`carry_over_expanded`, with the processor's
+   ``text_replacement_offsets``), so the loss masks carry over to the text around the images.
 
 ``labels`` are ``-100`` on padding, on every token of an image's expansion, on the first token, and on the tokens
 step 1's masks exclude. ``max_length`` cuts text only: never an expansion, nor the text between two images.
@@ -400,12 +400,12 @@ def process_images(processor, texts: Sequence[str], images: Sequence[Sequence[An
     ``text_ids``) with their ``images``, and line its tokens up with ``text_ids``: ``values`` (one per text token)
     are carried over to the processor's tokens. The images are processed once per text.
 
-    Where the processor reports where it expanded each placeholder (:func:`expansion_offsets_supported`), its tokens
-    are taken as they are and lined up by character (:func:`carry_over_expanded`): an expansion may hold any tokens
-    (Gemma 3's begin/end-of-image tokens and newlines, Idefics3's tile tags), all of them media tokens. Otherwise the
-    processor must tokenize the text as its tokenizer does, each placeholder expanded into a run of itself
-    (:func:`carry_over`; ``image_token_id``: the ids of those runs). Raises ValueError naming the example where the
-    two tokenizations cannot be lined up."""
+    A row whose processor tokens are its text tokens with each placeholder expanded into a run of itself (Llava) is
+    lined up token by token (:func:`carry_over`; ``image_token_id``: the ids of those runs). Any other is lined up by
+    character, where the processor reports where it expanded each placeholder (:func:`expansion_offsets_supported`):
+    its tokens are taken as they are, and an expansion may hold any tokens (Gemma 3's begin/end-of-image tokens and
+    newlines, Idefics3's tile tags), all of them media tokens (:func:`carry_over_expanded`). Raises ValueError naming
+    the example where the two tokenizations cannot be lined up."""
     media_inputs = {"images": list(images) if any(images) else None}
     if videos:  # (native video processors: every video token expanded by the processor, ``image_token_id`` lists it)
         media_inputs["videos"] = list(videos)
@@ -415,10 +415,8 @@ def process_images(processor, texts: Sequence[str], images: Sequence[Sequence[An
                     add_special_tokens=add_special_tokens, **offsets_kwargs)
     ids, attention = enc.pop("input_ids"), enc.pop("attention_mask")
     offsets, replacements = enc.pop("offset_mapping", None), enc.pop("text_replacement_offsets", None)
-    if offsets is None or replacements is None:  # a processor that does not report its replacements
-        expanded = False
-    elif expanded:
-        own = processor.tokenizer(list(texts), add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    expanded = expanded and offsets is not None and replacements is not None  # else: no report of its replacements
+    own = None  # the texts' tokens with their offsets, for the rows lined up by character
     media_ids = {image_token_id} if isinstance(image_token_id, int) else set(image_token_id)
     per_token_keys = [k for k, v in enc.items() if torch.is_tensor(v) and v.shape == ids.shape]
     out = ProcessedImages([], [], [], [], {k: [] for k in per_token_keys},
@@ -427,16 +425,21 @@ def process_images(processor, texts: Sequence[str], images: Sequence[Sequence[An
         keep = attention[i].bool()
         proc_ids = ids[i][keep].tolist()
         try:
-            if expanded:
+            try:
+                carried, used = carry_over(proc_ids, text_ids[i], values[i], media_ids, fill)
+                media = [t in media_ids for t in proc_ids]
+            except ValueError:
+                if not expanded:
+                    raise
+                if own is None:
+                    own = processor.tokenizer(list(texts), add_special_tokens=add_special_tokens,
+                                              return_offsets_mapping=True)
                 own_ids = list(own["input_ids"][i])
                 if list(text_ids[i][:len(own_ids)]) != own_ids:
                     raise ValueError("the tokenizer reads the processor's text differently from the row's tokens")
                 carried, media = carry_over_expanded(proc_ids, offsets[i][keep].tolist(), replacements[i], own_ids,
                                                      own["offset_mapping"][i], values[i], fill)
                 used = len(own_ids)
-            else:
-                carried, used = carry_over(proc_ids, text_ids[i], values[i], media_ids, fill)
-                media = [t in media_ids for t in proc_ids]
         except ValueError as err:
             raise ValueError(f"Example {i} of the batch: {err}. The processor must tokenize the text as its "
                              "tokenizer does, apart from expanding image (and video) placeholders.") from err
