@@ -13,10 +13,16 @@ prepared: a prepared vision dataset keeps its raw columns. Each row is read in t
    one image token per image and the same loss masks (prompt and completion tokenized separately, assistant
    tokens found through the chat template's ``{% generation %}`` markers);
 2. the processor turns the part of the text that holds the images (the rendered prompt, or the whole text of
-   language-modeling rows) and the images into ``input_ids`` (each image token expanded to the image's tokens)
-   and ``pixel_values``; the rest of the step-1 tokens (the completion) follow.
+   language-modeling rows) and the images into ``input_ids`` (each image placeholder expanded into the image's
+   tokens) and ``pixel_values``; the rest of the step-1 tokens (the completion) follow. The processor's tokens are
+   taken as they are: an expansion may be a run of image tokens (Llava) or hold text the processor writes around
+   them (Gemma 3's ``<start_of_image>`` ... ``<end_of_image>`` between blank lines, Idefics3/SmolVLM's tiles with
+   their ``<fake_token_around_image>`` and row/column tags). Runs are lined up with step 1's tokens token by token
+   (:func:`carry_over`), anything else by characters (:func:`carry_over_expanded`, with the processor's
+   ``text_replacement_offsets``), so the loss masks carry over to the text around the images.
 
-``labels`` are ``-100`` on padding, image tokens, the first token, and on the tokens step 1's masks exclude.
+``labels`` are ``-100`` on padding, on every token of an image's expansion, on the first token, and on the tokens
+step 1's masks exclude. ``max_length`` cuts text only: never an expansion, nor the text between two images.
 
 **Videos.** A row may also carry a ``videos`` column (a list of videos per row) or a ``video`` column (one video);
 a video is a list of frames (PIL images or HxWx3 uint8 arrays, all of one size). ``{"type": "video"}`` parts (or
@@ -304,13 +310,85 @@ def padded_only_error(option: str, what: str, fix: str) -> ValueError:
         f"its images, and packed sequences of a vision-language model are not kept apart by position_ids). {fix}")
 
 
+def expansion_offsets_supported(processor) -> bool:
+    """True for a processor that can say where it expanded each image (or video) placeholder: a transformers
+    processor that reports its replacements (``return_text_replacement_offsets``) and has a fast tokenizer (token
+    offsets)."""
+    tokenizer = getattr(processor, "tokenizer", None)
+    return callable(getattr(processor, "get_text_with_replacements", None)) and bool(getattr(tokenizer, "is_fast", False))
+
+
+def carry_over_expanded(proc_ids: Sequence[int], proc_offsets: Sequence[Sequence[int]],
+                        replacements: Sequence[Mapping[str, Any]], text_ids: Sequence[int],
+                        text_offsets: Sequence[Sequence[int]], values: Sequence[int],
+                        fill: int = IGNORE_INDEX) -> tuple[list[int], list[bool]]:
+    """Carry per-token ``values`` of a text (``text_ids``, tokenized with one placeholder per image or video, at the
+    character spans ``text_offsets``) over to the processor's tokens of that text (``proc_ids``, at ``proc_offsets``
+    in the text as the processor expanded it), where the processor replaced each placeholder with text of its own:
+    ``replacements`` gives each placeholder's ``span`` in the text and its replacement's ``new_span`` in the expanded
+    text (the processor's ``text_replacement_offsets`` for the row).
+
+    A processor token that overlaps a replacement belongs to an image's (or video's) expansion: the image tokens
+    and whatever the processor writes around them (begin/end-of-image tokens, tile tags, newlines). It is a media
+    token and gets ``fill``. Any other token lies in the text and takes the value of the text token with the same
+    characters and id, or ``fill`` where there is none (text the tokenizer splits differently beside an expansion).
+    Returns the values and the media flags along ``proc_ids``. Raises ValueError where the two tokenizations differ
+    away from the images."""
+    spans = sorted((tuple(r["new_span"]), tuple(r["span"])) for r in replacements)
+    index: dict[tuple[int, int, int], list[int]] = {}
+    for j, (token, (start, end)) in enumerate(zip(text_ids, text_offsets)):
+        index.setdefault((start, end, token), []).append(j)
+    out: list[int] = []
+    media: list[bool] = []
+    proc_matched: list[bool] = []
+    text_matched = [False] * len(text_ids)
+    for token, (x, y) in zip(proc_ids, proc_offsets):
+        shift, inside = 0, False
+        for (a, b), (s, e) in spans:
+            if x < b and y > a:  # overlaps the replacement (a zero-width token, e.g. an added BOS, never does)
+                inside = True
+                break
+            if b <= x:
+                shift += (b - a) - (e - s)
+        candidates = None if inside else index.get((x - shift, y - shift, token))
+        j = candidates.pop(0) if candidates else None
+        if j is not None:
+            text_matched[j] = True
+        media.append(inside)
+        proc_matched.append(j is not None)
+        out.append(fill if j is None else values[j])
+    # away from the images both tokenizations agree: a token left over on either side is in a run of left-over
+    # tokens that touches an expansion (processor side) or a placeholder (text side)
+    placeholder = [any(start < e and end > s for _, (s, e) in spans) for start, end in text_offsets]
+    for side, ids, matched, anchor in (("processor", proc_ids, proc_matched, media),
+                                       ("tokenizer", text_ids, text_matched, placeholder)):
+        for run in _runs([not m for m in matched]):
+            if not any(anchor[max(run.start - 1, 0):run.stop + 1]):
+                raise ValueError(f"the {side}'s token {run.start} ({ids[run.start]}) has no counterpart in the "
+                                 f"{'tokenizer' if side == 'processor' else 'processor'}'s tokens, away from any "
+                                 "image")
+    return out, media
+
+
+def _runs(flags: Sequence[bool]) -> Iterator[range]:
+    """The maximal runs of True in ``flags``, as ranges of positions."""
+    start = None
+    for k, flag in enumerate([*flags, False]):
+        if flag and start is None:
+            start = k
+        elif not flag and start is not None:
+            yield range(start, k)
+            start = None
+
+
 @dataclass
 class ProcessedImages:
     """What :func:`process_images` returns for a batch of texts, row by row (no padding)."""
 
-    ids: list[list[int]]  # the processor's tokens of each text: every image token expanded to the image's tokens
-    values: list[list[int]]  # the caller's per-token values carried over to ``ids`` (image tokens: ``fill``)
+    ids: list[list[int]]  # the processor's tokens of each text: every placeholder expanded to the image's tokens
+    values: list[list[int]]  # the caller's per-token values carried over to ``ids`` (media tokens: ``fill``)
     used: list[int]  # how many of the caller's text tokens each row of ``ids`` covers
+    media: list[list[bool]]  # along ``ids``: True on the tokens of an image's (video's) expansion
     per_token: dict[str, list[list[int]]]  # processor outputs with one value per token (e.g. token_type_ids)
     extras: dict[str, torch.Tensor]  # the rest, for the images (pixel_values, image_sizes, image_grid_thw, ...)
 
@@ -320,27 +398,55 @@ def process_images(processor, texts: Sequence[str], images: Sequence[Sequence[An
                    fill: int = IGNORE_INDEX, videos: Sequence[Any] | None = None) -> ProcessedImages:
     """Run the processor on ``texts`` (each a prefix of a text tokenized with one image token per image,
     ``text_ids``) with their ``images``, and line its tokens up with ``text_ids``: ``values`` (one per text token)
-    are carried over to the processor's tokens (:func:`carry_over`). The images are processed once per text.
-    Raises ValueError naming the example where the processor tokenizes the text differently."""
-    media = {"images": list(images) if any(images) else None}
+    are carried over to the processor's tokens. The images are processed once per text.
+
+    A row whose processor tokens are its text tokens with each placeholder expanded into a run of itself (Llava) is
+    lined up token by token (:func:`carry_over`; ``image_token_id``: the ids of those runs). Any other is lined up by
+    character, where the processor reports where it expanded each placeholder (:func:`expansion_offsets_supported`):
+    its tokens are taken as they are, and an expansion may hold any tokens (Gemma 3's begin/end-of-image tokens and
+    newlines, Idefics3's tile tags), all of them media tokens (:func:`carry_over_expanded`). Raises ValueError naming
+    the example where the two tokenizations cannot be lined up."""
+    media_inputs = {"images": list(images) if any(images) else None}
     if videos:  # (native video processors: every video token expanded by the processor, ``image_token_id`` lists it)
-        media["videos"] = list(videos)
-    enc = processor(text=list(texts), **media, padding=True, return_tensors="pt", add_special_tokens=add_special_tokens)
+        media_inputs["videos"] = list(videos)
+    expanded = expansion_offsets_supported(processor)
+    offsets_kwargs = {"return_offsets_mapping": True, "return_text_replacement_offsets": True} if expanded else {}
+    enc = processor(text=list(texts), **media_inputs, padding=True, return_tensors="pt",
+                    add_special_tokens=add_special_tokens, **offsets_kwargs)
     ids, attention = enc.pop("input_ids"), enc.pop("attention_mask")
+    offsets, replacements = enc.pop("offset_mapping", None), enc.pop("text_replacement_offsets", None)
+    expanded = expanded and offsets is not None and replacements is not None  # else: no report of its replacements
+    own = None  # the texts' tokens with their offsets, for the rows lined up by character
+    media_ids = {image_token_id} if isinstance(image_token_id, int) else set(image_token_id)
     per_token_keys = [k for k, v in enc.items() if torch.is_tensor(v) and v.shape == ids.shape]
-    out = ProcessedImages([], [], [], {k: [] for k in per_token_keys},
+    out = ProcessedImages([], [], [], [], {k: [] for k in per_token_keys},
                           {k: v for k, v in enc.items() if k not in per_token_keys})
     for i in range(len(texts)):
         keep = attention[i].bool()
         proc_ids = ids[i][keep].tolist()
         try:
-            carried, used = carry_over(proc_ids, text_ids[i], values[i], image_token_id, fill)
+            try:
+                carried, used = carry_over(proc_ids, text_ids[i], values[i], media_ids, fill)
+                media = [t in media_ids for t in proc_ids]
+            except ValueError:
+                if not expanded:
+                    raise
+                if own is None:
+                    own = processor.tokenizer(list(texts), add_special_tokens=add_special_tokens,
+                                              return_offsets_mapping=True)
+                own_ids = list(own["input_ids"][i])
+                if list(text_ids[i][:len(own_ids)]) != own_ids:
+                    raise ValueError("the tokenizer reads the processor's text differently from the row's tokens")
+                carried, media = carry_over_expanded(proc_ids, offsets[i][keep].tolist(), replacements[i], own_ids,
+                                                     own["offset_mapping"][i], values[i], fill)
+                used = len(own_ids)
         except ValueError as err:
             raise ValueError(f"Example {i} of the batch: {err}. The processor must tokenize the text as its "
-                             "tokenizer does, apart from expanding image (and video) tokens.") from err
+                             "tokenizer does, apart from expanding image (and video) placeholders.") from err
         out.ids.append(proc_ids)
         out.values.append(carried)
         out.used.append(used)
+        out.media.append(media)
         for k in per_token_keys:
             out.per_token[k].append(enc[k][i][keep].tolist())
     return out
@@ -357,7 +463,7 @@ class DataCollatorForVisionLanguageModeling:
         completion_only_loss: prompt-completion rows train on the completion only.
         assistant_only_loss: conversational rows train on assistant tokens only.
         max_length: cut longer rows to this many tokens (``truncation_mode``), never through an image: a row whose
-            image tokens would be cut is an error.
+            image tokens (or the tokens its processor writes around them) would be cut is an error.
         pad_to_multiple_of: pad the batch length to a multiple of this.
         dataset_text_field: the text column of standard language-modeling rows.
         eos_token_id: appended to standard completions and texts (default: the tokenizer's EOS).
@@ -554,7 +660,7 @@ class DataCollatorForVisionLanguageModeling:
         for i, row in enumerate(rows):
             proc_ids, labels, used = proc.ids[i], proc.values[i], proc.used[i]
             tail = len(row.ids) - used
-            window = self._window(proc_ids + row.ids[used:], i)
+            window = self._window(proc.media[i] + [False] * tail, i)
             seqs["input_ids"].append((proc_ids + row.ids[used:])[window])
             seqs["labels"].append(self._first_ignored((labels + row.labels[used:])[window], i))
             for k, per_row in proc.per_token.items():
@@ -568,17 +674,17 @@ class DataCollatorForVisionLanguageModeling:
         batch.update(proc.extras)
         return batch
 
-    def _window(self, ids: list[int], example: int) -> slice:
-        """The ``max_length`` tokens kept of a row (``truncation_mode``); an error where they would cut an image."""
-        if self.max_length is None or len(ids) <= self.max_length:
-            return slice(0, len(ids))
-        start = 0 if self.truncation_mode == "keep_start" else len(ids) - self.max_length
+    def _window(self, media: list[bool], example: int) -> slice:
+        """The ``max_length`` tokens kept of a row (``truncation_mode``; ``media``: True on the tokens of the images'
+        expansions); an error where they would cut an image, or the text between two images."""
+        if self.max_length is None or len(media) <= self.max_length:
+            return slice(0, len(media))
+        start = 0 if self.truncation_mode == "keep_start" else len(media) - self.max_length
         stop = start + self.max_length
-        media = set(self.media_token_ids)
-        positions = [p for p, t in enumerate(ids) if t in media]
+        positions = [p for p, m in enumerate(media) if m]
         if positions and (positions[0] < start or positions[-1] >= stop):
             raise ValueError(
-                f"Example {example} of the batch is {len(ids)} tokens, and max_length={self.max_length} "
+                f"Example {example} of the batch is {len(media)} tokens, and max_length={self.max_length} "
                 f"({self.truncation_mode}) would cut its image tokens (positions {positions[0]}-{positions[-1]}); "
                 "images (and videos) cannot be cut. Use max_length=None, a larger max_length, or smaller/fewer "
                 "images.")

@@ -11,6 +11,7 @@ models the project builds itself::
     test = make_dataset("addition", "prompt_only", n=100, seed=1, exclude=train)
 
     vlm, processor = build_tiny_vlm(), build_tiny_processor()   # a tiny Llava and its processor
+    gemma3 = build_tiny_vlm(arch="gemma3-vlm")                  # also "smolvlm" (Idefics3); processors alike
     colors = make_dataset("colors", "prompt_completion", n=300, conversational=True)  # rows with images
     motion = make_dataset("motion", "prompt_completion", n=400, conversational=True)  # rows with 4-frame videos
 

@@ -4,6 +4,8 @@ Examples::
 
     posttrain kit build-model --arch qwen2 --head causal-lm --size tiny --seed 0 --output_dir runs/tiny-qwen2
     posttrain kit build-model --arch llava --output_dir runs/tiny-llava      # vision-language model + processor
+    posttrain kit build-model --arch gemma3-vlm --output_dir runs/tiny-gemma3-vlm   # Gemma 3 VLM + Gemma3Processor
+    posttrain kit build-model --arch smolvlm --output_dir runs/tiny-smolvlm  # SmolVLM (Idefics3) + Idefics3Processor
     posttrain kit make-data --task colors --format prompt_completion --conversational --n 300 --output colors.parquet
     posttrain kit make-data --task motion --format prompt_completion --conversational --n 400 --output motion.parquet
     posttrain kit make-data --task colors --format preference --conversational --n 300 --output pairs.parquet  # DPO
@@ -27,7 +29,7 @@ __all__ = ["build_parser", "main"]
 
 # Kept in sync with posttrain.kit.models / posttrain.kit.datasets (not imported here to keep --help fast).
 _ARCHS = ("qwen2", "llama", "gpt2", "gemma3")
-_VLM_ARCHS = ("llava",)
+_VLM_ARCHS = ("llava", "gemma3-vlm", "smolvlm")
 _HEADS = ("causal-lm", "seq-cls", "token-cls")
 _SIZES = ("tiny", "small", "bench")
 _FORMATS = (
@@ -61,9 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     model = sub.add_parser("build-model", help="build a randomly initialised tiny model and save it with the tokenizer "
-                           "(llava: a vision-language model, saved with its processor)")
+                           "(llava, gemma3-vlm, smolvlm: a vision-language model, saved with its processor)")
     model.add_argument("--arch", choices=_ARCHS + _VLM_ARCHS, default="qwen2")
-    model.add_argument("--head", choices=_HEADS, default="causal-lm", help="text models only (llava: causal-lm)")
+    model.add_argument("--head", choices=_HEADS, default="causal-lm", help="text models only (vision-language models: causal-lm)")
     model.add_argument("--size", choices=_SIZES, default="tiny")
     model.add_argument("--seed", type=int, default=0)
     model.add_argument("--output_dir", "--output-dir", dest="output_dir", required=True)
@@ -109,7 +111,8 @@ def _build_model(args: argparse.Namespace) -> int:
     if args.arch in _VLM_ARCHS:
         if args.head != "causal-lm":
             raise ValueError(f"--arch {args.arch} builds a vision-language model; --head {args.head} does not apply")
-        path = build_tiny_vlm(args.size, seed=args.seed, output_dir=args.output_dir, **dict(args.overrides))
+        path = build_tiny_vlm(args.size, seed=args.seed, output_dir=args.output_dir, arch=args.arch,
+                              **dict(args.overrides))
         print(f"saved {args.arch} ({args.size}) and its processor to {path}")
         return 0
     path = build_tiny_model(

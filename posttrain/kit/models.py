@@ -2,9 +2,19 @@
 
 Models are created from a config (no hub access), with a seeded initialisation, and use the
 shipped tokenizer's vocabulary and special token ids. :func:`build_tiny_vlm` builds a tiny
-vision-language model (Llava: a CLIP vision tower, a projector and the tiny Qwen2 language model)
-and :func:`build_tiny_processor` its processor (the kit tokenizer plus an ``<image>`` token, a CLIP
-image processor and a chat template that renders image parts).
+vision-language model and :func:`build_tiny_processor` its processor (the kit tokenizer plus the
+family's image tokens, an image processor for 32x32 images and a chat template that renders image
+parts), in three families (:data:`VLM_ARCHS`):
+
+* ``llava``: Llava, a CLIP vision tower, a projector and the tiny Qwen2 language model; each image
+  becomes a run of ``<image>`` tokens;
+* ``gemma3-vlm``: Gemma 3 (``Gemma3ForConditionalGeneration``), a SigLIP vision tower and the tiny
+  ``gemma3`` language model; ``Gemma3Processor`` writes each image as ``<start_of_image>``, its
+  image tokens and ``<end_of_image>``, between blank lines;
+* ``smolvlm``: SmolVLM's architecture, Idefics3 (``Idefics3ForConditionalGeneration``), a SigLIP
+  vision tower and the tiny ``llama`` language model; ``Idefics3Processor`` splits each image into
+  tiles (2x2 here) plus the whole image, each written as ``<fake_token_around_image>``, a tag
+  (``<row_1_col_1>`` ... or ``<global-img>``) and its image tokens.
 """
 
 from __future__ import annotations
@@ -32,8 +42,8 @@ ARCHS: tuple[str, ...] = ("qwen2", "llama", "gpt2", "gemma3")
 """Supported architectures (``gemma3``: Gemma 3's text model, sliding-window layers with one full-attention layer
 in six, as in Gemma 3; no token-classification head)."""
 
-VLM_ARCHS: tuple[str, ...] = ("llava",)
-"""Supported architectures of :func:`build_tiny_vlm`."""
+VLM_ARCHS: tuple[str, ...] = ("llava", "gemma3-vlm", "smolvlm")
+"""Supported architectures of :func:`build_tiny_vlm` (see the module docstring)."""
 
 HEADS: dict[str, int | None] = {"causal-lm": None, "seq-cls": 1, "token-cls": 2}
 """Supported heads and their number of labels: language modelling, sequence classification
@@ -73,6 +83,25 @@ IMAGE_TOKEN = "<image>"
 """The image token the tiny VLM's processor adds to the kit tokenizer."""
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
+
+GEMMA3_TOKENS = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+"""The tokens the ``gemma3-vlm`` processor adds to the kit tokenizer (ids 1024, 1025, 1026; Gemma3Processor finds
+them by these names), then its turn tokens ``<start_of_turn>`` and ``<end_of_turn>`` (1027, 1028; the latter is its
+EOS, as in Gemma 3's chat models)."""
+GEMMA3_IMAGE_TOKENS = 4
+"""Image tokens per image of the ``gemma3-vlm`` model: the (32 / 8) ** 2 = 16 patch features average-pooled 2x2, as
+Gemma 3 pools its 64x64 patches to 256 tokens."""
+SMOLVLM_TOKENS = ("<fake_token_around_image>", IMAGE_TOKEN, "<end_of_utterance>", "<global-img>",
+                  *(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)))
+"""The tokens the ``smolvlm`` processor adds to the kit tokenizer (ids 1024-1063), as SmolVLM's vocabulary has them;
+``<end_of_utterance>`` is its EOS."""
+SMOLVLM_SCALE_FACTOR = 2
+"""Idefics3's pixel shuffle: each image (or tile) of (32 / 8) ** 2 = 16 patch features becomes 16 / 2 ** 2 = 4 image
+tokens."""
+SMOLVLM_GRID = 2
+"""The ``smolvlm`` processor resizes an image's longest edge to ``SMOLVLM_GRID * image_size`` and splits it into
+tiles of ``image_size`` (2x2 for 32x32 images), plus the whole image: 5 sub-images, as SmolVLM splits its inputs
+into 384-pixel tiles. Set ``processor.image_processor.do_image_splitting = False`` for the whole image only."""
 
 
 def _load_tokenizer(tokenizer: PreTrainedTokenizerBase | str | os.PathLike[str] | None) -> PreTrainedTokenizerBase:
@@ -215,18 +244,43 @@ def _save(output_dir: str | os.PathLike[str], *objects: Any) -> str:
     return path
 
 
-def vision_chat_template() -> str:
-    """The kit's ChatML template extended to content lists with image parts (``vision_chat_template.jinja``)."""
+def vision_chat_template(arch: str = "llava") -> str:
+    """The chat template of the ``arch`` family's tiny processor: for ``llava`` the kit's ChatML template extended to
+    content lists with image parts (``vision_chat_template.jinja``); Gemma's turns for ``gemma3-vlm``
+    (``gemma3_vision_chat_template.jinja``); SmolVLM's layout for ``smolvlm`` (``smolvlm_chat_template.jinja``)."""
     from pathlib import Path
 
-    return (Path(__file__).resolve().parent / "vision_chat_template.jinja").read_text(encoding="utf-8")
+    name = {"llava": "vision_chat_template", "gemma3-vlm": "gemma3_vision_chat_template",
+            "smolvlm": "smolvlm_chat_template"}[_vlm_arch(arch)]
+    return (Path(__file__).resolve().parent / f"{name}.jinja").read_text(encoding="utf-8")
 
 
-def build_tiny_processor(image_size: int = IMAGE_SIZE, patch_size: int = PATCH_SIZE):
-    """The processor of :func:`build_tiny_vlm`: a ``LlavaProcessor`` with the kit tokenizer plus the special token
-    :data:`IMAGE_TOKEN` (id 1024), a CLIP image processor that resizes and crops to ``image_size`` pixels (its
-    pure-PIL backend: no torchvision needed) and :func:`vision_chat_template`. Each image becomes
-    ``(image_size // patch_size) ** 2`` image tokens."""
+def _vlm_arch(arch: str) -> str:
+    if arch not in VLM_ARCHS:
+        raise ValueError(f"unknown vision-language arch {arch!r}; choose one of {list(VLM_ARCHS)}")
+    return arch
+
+
+def build_tiny_processor(image_size: int = IMAGE_SIZE, patch_size: int = PATCH_SIZE, *, arch: str = "llava"):
+    """The processor of :func:`build_tiny_vlm` for the ``arch`` family (:data:`VLM_ARCHS`), built offline from the kit
+    tokenizer, with a pure-PIL image processor (no torchvision needed) for ``image_size`` pixels and
+    :func:`vision_chat_template`:
+
+    * ``llava``: a ``LlavaProcessor``, the kit tokenizer plus the special token :data:`IMAGE_TOKEN` (id 1024), a CLIP
+      image processor that resizes and crops to ``image_size``; each image becomes ``(image_size // patch_size) ** 2``
+      image tokens;
+    * ``gemma3-vlm``: a ``Gemma3Processor``, the kit tokenizer plus :data:`GEMMA3_TOKENS` and Gemma's turn tokens
+      (EOS ``<end_of_turn>``); each image (resized to ``image_size`` square) becomes ``\n\n<start_of_image>``,
+      ``(image_size // patch_size // 2) ** 2`` image tokens and ``<end_of_image>\n\n``;
+    * ``smolvlm``: an ``Idefics3Processor``, the kit tokenizer plus :data:`SMOLVLM_TOKENS` (EOS
+      ``<end_of_utterance>``); each image is split into :data:`SMOLVLM_GRID` x :data:`SMOLVLM_GRID` tiles of
+      ``image_size`` plus the whole image, each written as ``<fake_token_around_image>``, its tag and
+      ``(image_size // patch_size // 2) ** 2`` image tokens."""
+    arch = _vlm_arch(arch)
+    if arch == "gemma3-vlm":
+        return _gemma3_processor(image_size, patch_size)
+    if arch == "smolvlm":
+        return _smolvlm_processor(image_size, patch_size)
     from transformers import LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -245,6 +299,50 @@ def build_tiny_processor(image_size: int = IMAGE_SIZE, patch_size: int = PATCH_S
                           chat_template=template, image_token=IMAGE_TOKEN)
 
 
+def _kit_tokenizer(**kwargs):
+    from transformers import AutoTokenizer
+
+    from posttrain.kit import tokenizer_path
+
+    return AutoTokenizer.from_pretrained(tokenizer_path(), **kwargs)
+
+
+def _gemma3_processor(image_size: int, patch_size: int):
+    from transformers import Gemma3Processor
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    patches = image_size // patch_size
+    if patches % 2:
+        raise ValueError(f"gemma3-vlm pools 2x2 patches: image_size // patch_size must be even, got {patches}")
+    tok = _kit_tokenizer(extra_special_tokens=dict(GEMMA3_TOKENS))  # named: tok.boi_token, tok.image_token_id, ...
+    tok.add_tokens(["<start_of_turn>", "<end_of_turn>"], special_tokens=True)
+    tok.eos_token = "<end_of_turn>"
+    template = vision_chat_template("gemma3-vlm")
+    tok.chat_template = template
+    image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
+    return Gemma3Processor(image_processor=image_processor, tokenizer=tok, chat_template=template,
+                           image_seq_length=(patches // 2) ** 2)
+
+
+def _smolvlm_processor(image_size: int, patch_size: int):
+    from transformers import Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    patches = image_size // patch_size
+    if patches % SMOLVLM_SCALE_FACTOR:
+        raise ValueError(f"smolvlm's pixel shuffle needs image_size // patch_size divisible by "
+                         f"{SMOLVLM_SCALE_FACTOR}, got {patches}")
+    tok = _kit_tokenizer()
+    tok.add_tokens(list(SMOLVLM_TOKENS), special_tokens=True)
+    tok.eos_token = "<end_of_utterance>"
+    template = vision_chat_template("smolvlm")
+    tok.chat_template = template
+    image_processor = Idefics3ImageProcessorPil(size={"longest_edge": SMOLVLM_GRID * image_size},
+                                                max_image_size={"longest_edge": image_size}, do_image_splitting=True)
+    return Idefics3Processor(image_processor=image_processor, tokenizer=tok, chat_template=template,
+                             image_seq_len=(patches // SMOLVLM_SCALE_FACTOR) ** 2)
+
+
 def build_tiny_vlm(
     size: str = "tiny",
     seed: int = 0,
@@ -252,17 +350,21 @@ def build_tiny_vlm(
     *,
     image_size: int = IMAGE_SIZE,
     patch_size: int = PATCH_SIZE,
+    arch: str = "llava",
     **text_overrides: Any,
 ) -> PreTrainedModel | str:
-    """Build a randomly initialised Llava vision-language model (float32) for :func:`build_tiny_processor`.
+    """Build a randomly initialised vision-language model (float32) for :func:`build_tiny_processor`.
 
     Args:
         size: a key of :data:`SIZES`; the vision tower follows :data:`VISION_SIZES`, the language model is
-            :func:`build_tiny_model`'s ``qwen2`` of that size (tiny: ~0.17M parameters in all).
+            :func:`build_tiny_model`'s of that size: ``qwen2`` for ``llava`` (tiny: ~0.17M parameters in all),
+            ``gemma3`` for ``gemma3-vlm`` (~0.17M), ``llama`` for ``smolvlm`` (~0.17M).
         seed: initialisation seed (the global torch RNG state is left untouched).
         output_dir: if given, save the model and the processor there (loadable offline with
             ``AutoModelForImageTextToText`` / ``AutoProcessor``) and return the path.
         image_size, patch_size: the vision tower's input size and patch size.
+        arch: the family, one of :data:`VLM_ARCHS`: ``llava`` (``LlavaForConditionalGeneration``), ``gemma3-vlm``
+            (``Gemma3ForConditionalGeneration``) or ``smolvlm`` (``Idefics3ForConditionalGeneration``).
         **text_overrides: fields of the language model's config, e.g. ``num_hidden_layers=1``.
 
     Returns:
@@ -273,8 +375,16 @@ def build_tiny_vlm(
 
     if size not in VISION_SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {list(VISION_SIZES)}")
-    processor = build_tiny_processor(image_size, patch_size)
+    processor = build_tiny_processor(image_size, patch_size, arch=arch)
     tok = processor.tokenizer
+    if arch != "llava":
+        build = _gemma3_vlm if arch == "gemma3-vlm" else _smolvlm
+        config, model_cls = build(tok, size, image_size, patch_size, text_overrides)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = model_cls(config)
+        _finish(model, config.text_config)
+        return model if output_dir is None else _save(output_dir, model, processor)
     text_config = build_tiny_config("qwen2", size=size, tokenizer=tok, **text_overrides)  # vocabulary with <image>
     vision_config = CLIPVisionConfig(image_size=image_size, patch_size=patch_size, projection_dim=32,
                                      attention_dropout=0.0, **VISION_SIZES[size])
@@ -292,3 +402,33 @@ def build_tiny_vlm(
         model = LlavaForConditionalGeneration(config)
     _finish(model, text_config)
     return model if output_dir is None else _save(output_dir, model, processor)
+
+
+def _gemma3_vlm(tok, size: str, image_size: int, patch_size: int, text_overrides: dict[str, Any]):
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
+
+    text_config = build_tiny_config("gemma3", size=size, tokenizer=tok, **text_overrides)
+    vision_config = SiglipVisionConfig(image_size=image_size, patch_size=patch_size, attention_dropout=0.0,
+                                       vision_use_head=False, **VISION_SIZES[size])
+    config = Gemma3Config(
+        text_config=text_config, vision_config=vision_config,
+        mm_tokens_per_image=(image_size // patch_size // 2) ** 2,
+        boi_token_index=tok.boi_token_id, eoi_token_index=tok.convert_tokens_to_ids(GEMMA3_TOKENS["eoi_token"]),
+        image_token_index=tok.image_token_id, pad_token_id=text_config.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    return config, Gemma3ForConditionalGeneration
+
+
+def _smolvlm(tok, size: str, image_size: int, patch_size: int, text_overrides: dict[str, Any]):
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3VisionConfig
+
+    text_config = build_tiny_config("llama", size=size, tokenizer=tok, **text_overrides)
+    vision_config = Idefics3VisionConfig(image_size=image_size, patch_size=patch_size, attention_dropout=0.0,
+                                         **VISION_SIZES[size])
+    config = Idefics3Config(
+        vision_config=vision_config, text_config=text_config, scale_factor=SMOLVLM_SCALE_FACTOR,
+        image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN), pad_token_id=text_config.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    return config, Idefics3ForConditionalGeneration

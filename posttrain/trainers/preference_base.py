@@ -434,7 +434,7 @@ class DataCollatorForVisionPreference:
             if proc.used[i] != len(row[2]):
                 raise ValueError(f"Example {i} of the batch: the processor's tokens cover {proc.used[i]} of the "
                                  f"prompt's {len(row[2])} tokens; it must tokenize the prompt as its tokenizer does.")
-            prompt, (c, r) = self.fit(proc.ids[i], row[3], i)
+            prompt, (c, r) = self.fit(proc.ids[i], row[3], i, proc.media[i])
             prompts.append(prompt)
             chosen.append(c)
             rejected.append(r)
@@ -455,26 +455,30 @@ class DataCollatorForVisionPreference:
                 batch[name] = col
         return batch
 
-    def fit(self, prompt: list[int], completions: list[list[int]], example: int):
-        """Truncate one expanded prompt and its completions (see the class docstring), never through an image."""
-        images = sum(t == self.image_token_id for t in prompt)
+    def fit(self, prompt: list[int], completions: list[list[int]], example: int, media: list[bool] | None = None):
+        """Truncate one expanded prompt and its completions (see the class docstring), never through an image
+        (``media``: True on the prompt's image tokens and the tokens its processor wrote around them; default: the
+        image token's)."""
+        if media is None:
+            media = [t == self.image_token_id for t in prompt]
+        images = sum(media)
         if self.max_prompt_length is not None:
             excess = len(prompt) - images - self.max_prompt_length  # text tokens over the limit
             if excess > 0:
-                first = prompt.index(self.image_token_id) if images else len(prompt)
+                first = media.index(True) if images else len(prompt)
                 if excess > first:
                     raise ValueError(
                         f"Example {example} of the batch: the prompt has {len(prompt) - images} text tokens, and "
                         f"max_prompt_length={self.max_prompt_length} would cut text after its first image; images and "
                         "the text between them cannot be cut. Use a larger max_prompt_length or shorter prompts.")
-                prompt = prompt[excess:]
+                prompt, media = prompt[excess:], media[excess:]
         try:
             prompt, completions = fit_lengths(prompt, completions, max_prompt_length=None,
                                               max_completion_length=self.max_completion_length,
                                               max_length=self.max_length, truncation_mode=self.truncation_mode)
         except DatasetFormatError as err:
             raise DatasetFormatError(f"Example {example} of the batch: {err}") from None
-        if sum(t == self.image_token_id for t in prompt) != images:
+        if sum(media[len(media) - len(prompt):]) != images:  # the prompt is cut from its start, if at all
             raise ValueError(
                 f"Example {example} of the batch: its prompt is {len(prompt)} tokens ({images} image tokens), and "
                 f"max_length={self.max_length} (truncation_mode='{self.truncation_mode}') would cut its image "
