@@ -6,7 +6,8 @@ kernel runs far below the matrix-product rate at head size 64; ``benchmarks/NOTE
 outputs are small (the attention output and a log-sum-exp per head and position). :func:`keep_attention_outputs`
 makes the recomputation reuse them instead of running attention again (PyTorch's selective checkpointing): the
 step is faster (CPU, benchmark model: about +3.5% SFT, +4% DPO) for a few MB of memory per layer, with the same
-loss and gradients. The trainers apply it whenever checkpointing is non-reentrant (transformers' default) and the
+loss and gradients. The trainers apply it whenever checkpointing is non-reentrant (transformers' default), outside
+ZeRO-3 and FSDP (their parameter gathers inside the checkpointed region cannot be replayed op by op), and the
 user has given no ``context_fn`` of their own.
 """
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainingArguments
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from ..models import (disable_dropout, ensure_pad_token, load_pretrained, load_processing_class,
@@ -262,8 +263,11 @@ class BaseTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.args.gradient_checkpointing and not self._attention_kept:
             # the Trainer turned checkpointing on at the start of train(): the recomputation keeps attention's
-            # outputs instead of running it again (models.checkpointing)
-            keep_attention_outputs(model)
+            # outputs instead of running it again (models.checkpointing). Not under ZeRO-3 or FSDP: they gather
+            # parameters inside the checkpointed region, with collectives that selective checkpointing's op-by-op
+            # replay cannot match ("encountered during backward but not found in storage")
+            if not (self.is_fsdp_enabled or (self.is_deepspeed_enabled and is_deepspeed_zero3_enabled())):
+                keep_attention_outputs(model)
             self._attention_kept = True
         # the whole step: gradient checkpointing recomputes the forward inside backward (models.attention)
         with self.sequence_rows(inputs):
