@@ -113,14 +113,15 @@ def test_collator_truncates_text_never_images(processor):
 # --------------------------------------------------------------------------- learning
 
 
-def _answer_accuracy(model, collator, rows, answers=tuple(sorted(COLORS))):
+def _answer_accuracy(model, collator, rows, answers=tuple(sorted(COLORS)), first=None):
     """(choice, exact) over ``rows``. choice: among the ``answers``' first tokens (all different: the colours by
-    default), the one with the highest logit at the answer's first position is the right answer's; exact: the argmax
-    at every completion position is the completion's token, i.e. greedy decoding writes exactly the answer and its
-    end of turn."""
-    tok = collator.tokenizer
-    first = torch.tensor([tok(name)["input_ids"][0] for name in answers])
-    assert len(set(first.tolist())) == len(answers)
+    default; or the token ids ``first``), the one with the highest logit at the answer's first position is the right
+    answer's; exact: the argmax at every completion position is the completion's token, i.e. greedy decoding writes
+    exactly the answer and its end of turn."""
+    if first is None:
+        first = [collator.tokenizer(name)["input_ids"][0] for name in answers]
+    first = torch.tensor(first)
+    assert len(set(first.tolist())) == len(first)
     batch = collator(list(rows))
     labels = batch.pop("labels")
     model.eval()

@@ -22,6 +22,8 @@ from posttrain.kit.models import build_tiny_processor, build_tiny_vlm
 from posttrain.trainers.preference_base import DataCollatorForVisionPreference
 from posttrain.trainers.base import bf16_supported
 from tests.conftest import PRECISIONS, run_example_script, train_args, use_precision
+from tests.test_sft_vlm import _answer_accuracy as vlm_answer_accuracy
+from tests.test_sft_vlm import _other_images
 
 IGNORE = -100
 FAMILIES = ("gemma3-vlm", "smolvlm")
@@ -270,33 +272,13 @@ def test_character_alignment_on_its_own():
 
 def _answer_accuracy(model, collator, rows):
     """(choice, exact) over ``rows``, as in tests/test_sft_vlm.py, with each colour's first completion token read in
-    context (SmolVLM's answers start with a space): choice, the colour whose first token has the highest logit at the
-    answer's first position is right; exact, greedy decoding writes exactly the answer and its end of turn."""
+    context (SmolVLM's answers start with a space)."""
     rows = list(rows)
     first = []
     for name in sorted(COLORS):
         labels = collator([{**rows[0], "completion": _row(name)["completion"]}])["labels"][0]
         first.append(labels[labels != IGNORE][0].item())
-    first = torch.tensor(first)
-    assert len(set(first.tolist())) == len(COLORS)
-    batch = collator(rows)
-    labels = batch.pop("labels")
-    model.eval()
-    with torch.no_grad():
-        logits = model(**batch).logits.float()
-    preds, targets = logits[:, :-1].argmax(-1), labels[:, 1:]
-    exact = ((preds == targets) | (targets == IGNORE)).all(-1)
-    start = (targets != IGNORE).int().argmax(-1)
-    at_start = logits[torch.arange(len(rows)), start]
-    choice = first[at_start[:, first].argmax(-1)] == targets[torch.arange(len(rows)), start]
-    return choice.float().mean().item(), exact.float().mean().item()
-
-
-def _other_images(rows):
-    """Each row with the image of the next row whose colour differs."""
-    rows = list(rows)
-    return [{**row, "images": next(rows[k % len(rows)]["images"] for k in range(i + 1, i + len(rows))
-                                   if rows[k % len(rows)]["answer"] != row["answer"])} for i, row in enumerate(rows)]
+    return vlm_answer_accuracy(model, collator, rows, first=first)
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
