@@ -147,6 +147,23 @@ def _other_images(rows):
     return out
 
 
+def learn_colors(model, processor, tmp_path, max_steps: int, score=_answer_accuracy):
+    """Train ``model`` with SFT on 300 rows of the kit's colors task (batches of 16, lr 3e-3, cosine) and score it
+    (``score``: (choice, exact)) on 120 held-out rows before and after, and after with other colours' images.
+    Returns (trainer, train rows, before, after, choice with other images)."""
+    train = make_dataset("colors", "prompt_completion", n=300, seed=0, conversational=True)
+    test = make_dataset("colors", "prompt_completion", n=120, seed=1, conversational=True)
+    collator = DataCollatorForVisionLanguageModeling(processor)
+    before = score(model, collator, test)
+    args = train_args(SFTConfig, tmp_path, max_steps=max_steps, per_device_train_batch_size=16, learning_rate=3e-3,
+                      lr_scheduler_type="cosine", warmup_steps=10, logging_steps=10)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=processor)
+    trainer.train()
+    after = score(model, collator, test)
+    other_choice, _ = score(model, collator, _other_images(test))
+    return trainer, train, before, after, other_choice
+
+
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_tiny_vlm_learns_to_read_the_image(precision, processor, monkeypatch, tmp_path):
     """The tiny Llava learns the colour of held-out images. Every prompt is the same question, so above-chance
@@ -157,21 +174,12 @@ def test_tiny_vlm_learns_to_read_the_image(precision, processor, monkeypatch, tm
     image, the trained model names that colour: the choice accuracy falls to 0.00. Eight other model/data seeds
     (fp32): before 0.17-0.36, after 1.00 and 1.00, other images 0.00."""
     use_precision(monkeypatch, precision)
-    train = make_dataset("colors", "prompt_completion", n=300, seed=0, conversational=True)
-    test = make_dataset("colors", "prompt_completion", n=120, seed=1, conversational=True)
-    model = build_tiny_vlm(seed=0)
-    collator = DataCollatorForVisionLanguageModeling(processor)
-    before_choice, before_exact = _answer_accuracy(model, collator, test)
-
-    args = train_args(SFTConfig, tmp_path, max_steps=120, per_device_train_batch_size=16, learning_rate=3e-3,
-                      lr_scheduler_type="cosine", warmup_steps=10, logging_steps=10)
+    trainer, train, (before_choice, before_exact), (after_choice, after_exact), swapped_choice = learn_colors(
+        build_tiny_vlm(seed=0), processor, tmp_path, max_steps=120)
+    args = trainer.args
     assert args.bf16 == (precision == "default" and bf16_supported())
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=processor)
     assert isinstance(trainer.data_collator, DataCollatorForVisionLanguageModeling)
     assert trainer.train_dataset is train  # raw rows: images are processed batch by batch
-    trainer.train()
-    after_choice, after_exact = _answer_accuracy(model, collator, test)
-    swapped_choice, _ = _answer_accuracy(model, collator, _other_images(test))
     print(f"VLM colors ({precision}, bf16={args.bf16}): choice {before_choice:.2f} -> {after_choice:.2f}, exact "
           f"{before_exact:.2f} -> {after_exact:.2f}, with other images {swapped_choice:.2f}")
     assert before_choice <= 0.5 and before_exact <= 0.05

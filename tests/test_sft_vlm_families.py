@@ -13,7 +13,6 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from posttrain import SFTConfig, SFTTrainer
 from posttrain.data import DataCollatorForVisionLanguageModeling
 from posttrain.data.vision import carry_over_expanded
 from posttrain.kit import make_dataset, write_dataset
@@ -21,9 +20,9 @@ from posttrain.kit.images import COLORS, QUESTION, color_image
 from posttrain.kit.models import build_tiny_processor, build_tiny_vlm
 from posttrain.trainers.preference_base import DataCollatorForVisionPreference
 from posttrain.trainers.base import bf16_supported
-from tests.conftest import PRECISIONS, run_example_script, train_args, use_precision
+from tests.conftest import PRECISIONS, run_example_script, use_precision
 from tests.test_sft_vlm import _answer_accuracy as vlm_answer_accuracy
-from tests.test_sft_vlm import _other_images
+from tests.test_sft_vlm import learn_colors
 
 IGNORE = -100
 FAMILIES = ("gemma3-vlm", "smolvlm")
@@ -293,18 +292,9 @@ def test_tiny_family_learns_to_read_the_image(arch, precision, processors, monke
     model names that colour (choice 0.00). Other model/data seeds, both families (1-4 at 80 steps, 0-4 at 60 steps):
     before 0.00-0.17, after 1.00 and 1.00, other images 0.00."""
     use_precision(monkeypatch, precision)
-    train = make_dataset("colors", "prompt_completion", n=300, seed=0, conversational=True)
-    test = make_dataset("colors", "prompt_completion", n=120, seed=1, conversational=True)
-    processor = processors[arch]
-    model = build_tiny_vlm(arch=arch, seed=0)
-    collator = DataCollatorForVisionLanguageModeling(processor)
-    before_choice, before_exact = _answer_accuracy(model, collator, test)
-    args = train_args(SFTConfig, tmp_path, max_steps=80, per_device_train_batch_size=16, learning_rate=3e-3,
-                      lr_scheduler_type="cosine", warmup_steps=10, logging_steps=10)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=processor)
-    trainer.train()
-    after_choice, after_exact = _answer_accuracy(model, collator, test)
-    other_choice, _ = _answer_accuracy(model, collator, _other_images(test))
+    trainer, _, (before_choice, before_exact), (after_choice, after_exact), other_choice = learn_colors(
+        build_tiny_vlm(arch=arch, seed=0), processors[arch], tmp_path, max_steps=80, score=_answer_accuracy)
+    args = trainer.args
     assert args.bf16 == (precision == "default" and bf16_supported())
     print(f"{arch} colors ({precision}): choice {before_choice:.2f} -> {after_choice:.2f}, exact {before_exact:.2f} -> "
           f"{after_exact:.2f}, with other images {other_choice:.2f}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import enable_full_determinism, set_seed
 
@@ -168,6 +168,16 @@ def _training_autocast(args):
     return torch.autocast(args.device.type, dtype=dtype)
 
 
+class KeepAttentionOutputs(TrainerCallback):
+    """At the start of every ``train()``, after the Trainer has turned checkpointing on (with fresh checkpointing
+    functions), make the checkpointed layers keep attention's outputs (:func:`models.checkpointing.
+    keep_attention_outputs`)."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            keep_attention_outputs(model)
+
+
 class BaseTrainer(Trainer):
     """Base of every posttrain trainer; see the module docstring.
 
@@ -216,11 +226,16 @@ class BaseTrainer(Trainer):
         self._local_tokens = 0
         self._seen_tokens = 0.0
         self._per_sequence = False  # per_sequence_attention in effect (settle_padding_free)
-        self._attention_kept = False  # checkpointed layers keep attention's outputs (training_step)
         super().__init__(model=model, args=args, processing_class=processing_class, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, data_collator=data_collator, **kwargs)
         # Have the Trainer count the loss items of the whole (accumulated, all-process) batch for us.
         self.model_accepts_loss_kwargs = True
+        # The recomputation keeps attention's outputs instead of running it again (models.checkpointing). Not under
+        # ZeRO-3 or FSDP: they gather parameters inside the checkpointed region, with collectives that selective
+        # checkpointing's op-by-op replay cannot match ("encountered during backward but not found in storage")
+        if args.gradient_checkpointing and not (self.is_fsdp_enabled or (self.is_deepspeed_enabled
+                                                                         and is_deepspeed_zero3_enabled())):
+            self.add_callback(KeepAttentionOutputs())
         if (problem := check_launch(self.accelerator)) is not None:
             warnings.warn(problem, stacklevel=2)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -261,14 +276,6 @@ class BaseTrainer(Trainer):
         return per_sequence_rows(one_row)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.args.gradient_checkpointing and not self._attention_kept:
-            # the Trainer turned checkpointing on at the start of train(): the recomputation keeps attention's
-            # outputs instead of running it again (models.checkpointing). Not under ZeRO-3 or FSDP: they gather
-            # parameters inside the checkpointed region, with collectives that selective checkpointing's op-by-op
-            # replay cannot match ("encountered during backward but not found in storage")
-            if not (self.is_fsdp_enabled or (self.is_deepspeed_enabled and is_deepspeed_zero3_enabled())):
-                keep_attention_outputs(model)
-            self._attention_kept = True
         # the whole step: gradient checkpointing recomputes the forward inside backward (models.attention)
         with self.sequence_rows(inputs):
             return super().training_step(model, inputs, num_items_in_batch)
