@@ -48,10 +48,25 @@ SCENARIOS = {
     "sft": ("sft", "sft", "causal-lm", {}),
     "sft-packing": ("sft", "sft", "causal-lm", {"packing": True}),
     "dpo": ("dpo", "pref", "causal-lm", {"loss_type": ["sigmoid"]}),
+    # the other DPO loss types both libraries share, one check each (DPO_CHECKS), and the options that change the loss
+    **{f"dpo-{name}": ("dpo", "pref", "causal-lm", overrides) for name, overrides in {
+        **{t: {"loss_type": [t]} for t in ("hinge", "ipo", "nca_pair", "bco_pair", "sppo_hard", "aot_unpaired",
+                                           "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")},
+        **{t: {"loss_type": [t], "label_smoothing": 0.1} for t in ("exo_pair", "robust", "aot")},
+        "mpo": {"loss_type": ["sigmoid", "ipo", "sft"], "loss_weights": [0.8, 0.2, 1.0]},
+        "forward_kl": {"loss_type": ["sigmoid"], "f_divergence_type": "forward_kl"},
+        "js_divergence": {"loss_type": ["sigmoid"], "f_divergence_type": "js_divergence"},
+        "alpha_divergence": {"loss_type": ["sigmoid"], "f_divergence_type": "alpha_divergence"},
+        "alpha_divergence-0.3-ipo": {"loss_type": ["ipo"], "f_divergence_type": "alpha_divergence",
+                                     "f_alpha_divergence_coef": 0.3},
+        "wpo": {"loss_type": ["sigmoid"], "use_weighting": True},
+        "ld": {"loss_type": ["sigmoid"], "ld_alpha": 0.5},
+    }.items()},
     "reward": ("reward", "pref", "seq-cls", {}),
     # KTO on the preference rows made unpaired (compare_data: same length spread as DPO); check mode gives posttrain
     # TRL's KL pairing (compare_worker.BatchRecorder)
     "kto": ("kto", "unpaired_long", "causal-lm", {}),
+    "kto-apo_zero_unpaired": ("kto", "unpaired_long", "causal-lm", {"loss_type": "apo_zero_unpaired"}),
     # the same with each library's own KL pairing (TRL: prompt i with completion i-1; posttrain: i+1): information only
     "kto-native-pairing": ("kto", "unpaired_long", "causal-lm", {}),
     # KTO on the kit's short unpaired rows (~22 tokens; the scenario until 2026-11-25): per-op overhead, not compute
@@ -122,6 +137,15 @@ KNOWN = {
     "xpo sigmoid, alpha 0.1, temperature 1": "logps/*, objective/kl, objective/entropy: TRL 0.21 XPO averages over the "
                                              "policy's and the reference's completions (logps/*: policy + reference "
                                              "log-prob), posttrain over the policy's",
+    "dpo-forward_kl": "float32 rounding: the scores 1 - exp(-h) turn both libraries' ~1e-4 errors in the summed "
+                      "log-ratios h into ~1e-4 relative in the loss; against the float64 oracle (details) posttrain's "
+                      "loss is the closer one",
+    "dpo-alpha_divergence": "float32 rounding, as dpo-forward_kl: exp(-h/2) amplifies the errors in h; against the "
+                            "float64 oracle (details) posttrain's loss is the closer one",
+    "dpo-alpha_divergence-0.3-ipo": "float32 rounding, as dpo-forward_kl: the loss agrees, the gradient norm (through "
+                                    "exp(-0.7 h)) to 3e-4",
+    "dpo-bco_pair": "posttrain subtracts the running reward mean (the BCO paper's delta, as TRL 0.2x did); TRL 1.16 "
+                    "subtracts nothing (docs/differences.md)",
     "ppo k1, completions 4-24 tokens with EOS": "value loss: TRL 0.21 puts the score on the position after EOS and trains "
                                                 "the value there too (padding_mask_p1); objective/entropy: TRL counts -1 "
                                                 "per padding position (INVALID_LOGPROB)",
@@ -146,7 +170,8 @@ KNOWN.update({
 KNOWN["online-dpo ipo, temperature 1"] = KNOWN["online-dpo sigmoid, temperature 1"]
 KNOWN["online-dpo sigmoid, temperature 0.9 (default)"] = KNOWN["online-dpo sigmoid, temperature 1"]
 KNOWN["xpo sigmoid, alpha 0.1, temperature 0.9 (default)"] = KNOWN["xpo sigmoid, alpha 0.1, temperature 1"]
-CHECKS = ["sft", "sft-packing", "dpo", "reward", "kto", "kto-native-pairing", "bco", "bco-native-tokens", "prm", "grpo-loss", "online",
+DPO_CHECKS = [s for s in SCENARIOS if s.startswith("dpo-")]
+CHECKS = ["sft", "sft-packing", "dpo", *DPO_CHECKS, "reward", "kto", "kto-apo_zero_unpaired", "kto-native-pairing", "bco", "bco-native-tokens", "prm", "grpo-loss", "online",
           "cpo", "cpo-hinge", "cpo-ipo", "cpo-simpo", "cpo-simpo-nll", "cpo-alphapo", "cpo-sigmoid-alpha", "cpo-native-tokens",
           "orpo", "gkd", "gkd-forward-kl", "gkd-reverse-kl", "gkd-temperature-0.9", "sft-vlm", "ddpo",
           "alignprop"]
@@ -374,14 +399,20 @@ def check(argv=None) -> str:
         c = compare_runs(runs["posttrain"], runs["trl"])
         out.append(check_row(name, runs, c, KNOWN.get(name), steps=False))
         details += check_details(name, runs, c)
-    if "dpo" in raw:  # each library against an exact (float64) computation of the same first step
+    oracle = {"dpo": None, "dpo-forward_kl": "forward_kl", "dpo-alpha_divergence": "alpha_divergence"}
+    if any(name in raw for name in oracle):  # each library against an exact (float64) computation of the same step
         from benchmarks import dpo_oracle
 
         exact = dpo_oracle.main(["--size", a.size, "--batch_size", str(a.batch_size), "--examples", str(a.examples)])
-        details.append("dpo vs a float64 oracle (benchmarks/dpo_oracle.py), error = library - exact:")
-        for k, v in exact.items():
-            errs = ", ".join(f"{lib} {raw['dpo'][lib]['first_log'][k] - v:+.2e}" for lib in LIBS)
-            details.append(f"  {k}: exact {v:.8g}; {errs}")
+        for name, divergence in oracle.items():
+            if name not in raw:
+                continue
+            details.append(f"{name} vs a float64 oracle (benchmarks/dpo_oracle.py), error = library - exact:")
+            keys = [k for k in exact if not k.startswith("loss")] + ["loss"]
+            for k in keys:
+                v = exact[f"loss ({divergence})" if k == "loss" and divergence else k]
+                errs = ", ".join(f"{lib} {raw[name][lib]['first_log'][k] - v:+.2e}" for lib in LIBS)
+                details.append(f"  {k}: exact {v:.8g}; {errs}")
     header = (f"Model: kit qwen2 '{a.size}', {a.dtype}, dropout off, learning rate 0, sequential data order, batch "
               f"{a.batch_size}, {a.steps} steps; tolerance |a-b| <= {TOLERANCE:g} * max(1, |a|, |b|). DPO: sigmoid loss, beta 0.1, "
               "reference = a second kit model (seed 1). Online trainers: one step on fixed completions (compare_online).")

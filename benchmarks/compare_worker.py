@@ -732,7 +732,8 @@ def main(cfg: dict) -> dict:
         force_completion_length(trainer, lib, scenario, cfg["completion_tokens"])
     # KTO pairing: TRL pairs prompt i with completion i-1 of its batch for the KL term, posttrain with completion i+1.
     # "trl" (default in check mode) makes posttrain use TRL's pairing through its fixed-KL-row input; "native" keeps it.
-    kl_shift = lib == "posttrain" and scenario == "kto" and cfg.get("kto_pairing", "trl" if mode == "check" else "native") == "trl"
+    kl_shift = (lib == "posttrain" and scenario == "kto" and cfg.get("overrides", {}).get("loss_type", "kto") == "kto"
+                and cfg.get("kto_pairing", "trl" if mode == "check" else "native") == "trl")  # apo_zero_unpaired: no KL
     recorder = BatchRecorder(trainer.data_collator, kl_shift=kl_shift)
     trainer.data_collator = recorder
     # same order in both libraries, whatever their samplers do: in checks, and in KTO speed runs (TRL's KTO samples in

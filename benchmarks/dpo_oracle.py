@@ -57,6 +57,12 @@ def main(argv=None) -> dict:
         "rewards/margins": (rc - rr).mean().item(), "rewards/accuracies": (rc > rr).double().mean().item(),
         "logps/chosen": t["pc"].mean().item(), "logps/rejected": t["pr"].mean().item(),
     }
+    # the f-divergence variants' first-step losses (checks dpo-forward_kl, dpo-alpha_divergence): exp(-h) turns a
+    # float32 error of 1e-4 in h into a relative error of 1e-4 in the loss, so these are compared with the exact value
+    hw, hl = t["pc"] - t["rc"], t["pr"] - t["rr"]
+    for name, score in (("forward_kl", lambda h: 1 - torch.exp(-h)),
+                        ("alpha_divergence", lambda h: (torch.exp(-0.5 * h) - 1) / -0.5)):
+        res[f"loss ({name})"] = (-torch.nn.functional.logsigmoid(a.beta * (score(hw) - score(hl)))).mean().item()
     print(json.dumps(res))
     return res
 

@@ -4,6 +4,8 @@ import gc
 import os
 import time
 
+import math
+
 import pytest
 import torch
 from datasets import Dataset
@@ -436,15 +438,45 @@ def test_loss_type_list_with_weights(tiny_model_dir, tmp_path):
     with torch.no_grad():
         loss = trainer.compute_loss(trainer.model, batch)
         rows = trainer.model_rows(batch)
-        pol = completion_logps(trainer.model, rows).sum
+        policy = completion_logps(trainer.model, rows)
+        pol, count = policy.sum, policy.count
         ref = completion_logps(trainer.ref_model, rows).sum
     sig = dpo_loss(pol[:8], pol[8:], ref[:8], ref[8:], loss_type="sigmoid").losses
-    torch.testing.assert_close(loss, (sig - 0.5 * pol[:8]).mean(), rtol=1e-5, atol=1e-5)
+    # "sft": the chosen completions' token-mean NLL (TRL's definition), not the per-sequence sum
+    torch.testing.assert_close(loss, sig.mean() - 0.5 * pol[:8].sum() / count[:8].sum(), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="one weight per loss type"):
         DPOConfig(output_dir=str(tmp_path), loss_type=["sigmoid", "sft"], loss_weights=[1.0])
     assert DPOConfig(output_dir=str(tmp_path), loss_type="ipo").loss_type == ["ipo"]
     with pytest.raises(ValueError, match="Unknown loss_type"):
         DPOConfig(output_dir=str(tmp_path), loss_type="nope")
+
+
+@pytest.mark.parametrize("precompute", [False, True])
+def test_ld_dpo_desensitizes_the_reference_too(tiny_model_dir, tmp_path, precompute):
+    """LD-DPO weighs the tokens past the shorter answer by ld_alpha in the policy's and the reference's log-probs
+    alike, so at the first step (policy = its frozen copy) every implicit reward is 0 and the loss is log 2."""
+    trainer = dpo(tiny_model_dir, tmp_path, pref_data(8), ld_alpha=0.3, max_steps=1, learning_rate=0.0,
+                  precompute_ref_log_probs=precompute)
+    trainer.train()
+    first = trainer.state.log_history[0]
+    assert first["rewards/chosen"] == pytest.approx(0.0, abs=1e-5)
+    assert first["rewards/rejected"] == pytest.approx(0.0, abs=1e-5)
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_ipo_logs_summed_log_ratios(tiny_model_dir, tmp_path):
+    """IPO's loss takes per-token log-ratios; the logged rewards and log-probs stay the summed ones (as TRL logs)."""
+    trainer = dpo(tiny_model_dir, tmp_path, pref_data(8), loss_type="ipo", beta=0.1, max_steps=1, learning_rate=0.0)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    trainer.model.eval()  # (metrics go to the eval store)
+    with torch.no_grad():
+        policy = completion_logps(trainer.model, trainer.model_rows(batch))
+        loss = trainer.compute_loss(trainer.model, batch)
+    logged = {k: sum(v) / len(v) for k, v in trainer._metrics["eval"].items()}
+    assert policy.count[:8].min() > 1  # summed and averaged log-probs differ
+    assert logged["logps/chosen"] == pytest.approx(policy.sum[:8].mean().item(), rel=1e-5)
+    assert logged["logps/rejected"] == pytest.approx(policy.sum[8:].mean().item(), rel=1e-5)
+    assert loss.item() == pytest.approx((1 / (2 * 0.1)) ** 2, rel=1e-5)  # reference = policy: (0 - 1/(2 beta))^2
 
 
 @pytest.mark.parametrize("options", [

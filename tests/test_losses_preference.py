@@ -187,29 +187,70 @@ def test_sft_is_chosen_nll():
 
 
 def test_f_divergence_logits():
-    # u = pi / pi_ref = exp(h)
+    # u = pi / pi_ref = exp(h); the margin is f'(u_w) - f'(u_l)
     fwd = [math.exp(-l) - math.exp(-w) for w, l in zip(HW, HL)]  # f'(u) = -1/u
     js = [
         math.log(2 * math.exp(w) / (1 + math.exp(w))) - math.log(2 * math.exp(l) / (1 + math.exp(l)))
         for w, l in zip(HW, HL)
     ]
-    a = 0.5
-    alpha = [(math.exp(l) ** -a - math.exp(w) ** -a) / a for w, l in zip(HW, HL)]
+
+    def alpha_margin(a):  # f'(u) = (u^(a-1) - 1) / (a - 1): the f-DPO paper's alpha-divergence with alpha = 1 - a
+        return [(math.exp(w) ** (a - 1) - math.exp(l) ** (a - 1)) / (a - 1) for w, l in zip(HW, HL)]
+
     close(run_dpo("sigmoid", f_divergence_type="reverse_kl").losses, [-logsig(BETA * h) for h in H])
     close(run_dpo("sigmoid", f_divergence_type="forward_kl").losses, [-logsig(BETA * x) for x in fwd])
     close(run_dpo("sigmoid", f_divergence_type="js_divergence").losses, [-logsig(BETA * x) for x in js])
-    close(
-        run_dpo("sigmoid", f_divergence_type="alpha_divergence", f_alpha_divergence_coef=a).losses,
-        [-logsig(BETA * x) for x in alpha],
-    )
-    # alpha = 1 is forward KL; f-divergence also reaches the other margin losses
-    close(
-        run_dpo("hinge", f_divergence_type="alpha_divergence").losses,
-        [max(0.0, 1 - BETA * x) for x in fwd],
-    )
+    for a in (0.5, 0.3, 2.0):
+        close(run_dpo("sigmoid", f_divergence_type="alpha_divergence", f_alpha_divergence_coef=a).losses,
+              [-logsig(BETA * x) for x in alpha_margin(a)])
+    # the default coefficient is 0.5 (where both conventions agree); a = 1 is reverse KL, a = 0 forward KL, and the
+    # f-divergence reaches the other margin losses
+    close(run_dpo("sigmoid", f_divergence_type="alpha_divergence").losses, [-logsig(BETA * x) for x in alpha_margin(0.5)])
+    close(run_dpo("sigmoid", f_divergence_type="alpha_divergence", f_alpha_divergence_coef=1.0).losses,
+          [-logsig(BETA * h) for h in H])
+    close(run_dpo("hinge", f_divergence_type="alpha_divergence", f_alpha_divergence_coef=0.0).losses,
+          [max(0.0, 1 - BETA * x) for x in fwd])
     # large ratios stay finite
     out = P.dpo_loss(t([0.0]), t([-2000.0]), t([0.0]), t([0.0]), f_divergence_type="forward_kl")
     assert torch.isfinite(out.losses).all()
+
+
+def test_f_divergence_is_refused_for_losses_on_the_log_ratios():
+    for loss in ("nca_pair", "bco_pair", "sppo_hard", "aot", "apo_zero"):
+        with pytest.raises(ValueError, match="reverse_kl"):
+            run_dpo(loss, f_divergence_type="js_divergence", bco_delta=0.0)
+    run_dpo(["sigmoid", "sft"], f_divergence_type="js_divergence")  # sft may come along
+
+
+NW, NL = [4, 10, 2], [5, 3, 8]  # completion lengths (tokens)
+
+
+def test_ipo_and_sigmoid_norm_on_per_token_scores():
+    per_token = [w / nw - l / nl for w, l, nw, nl in zip(HW, HL, NW, NL)]
+    lengths = dict(chosen_lengths=t(NW), rejected_lengths=t(NL))
+    out = run_dpo("ipo", **lengths)
+    close(out.losses, [(m - 1 / (2 * BETA)) ** 2 for m in per_token])
+    close(out.chosen_rewards, [BETA * x for x in HW])  # the rewards stay the summed log-ratios
+    close(run_dpo("sigmoid_norm", **lengths).losses, [-logsig(BETA * m) for m in per_token])
+    # integer counts, and a zero count taken as 1
+    out = run_dpo("sigmoid_norm", chosen_lengths=torch.tensor([4, 0, 2]), rejected_lengths=torch.tensor(NL))
+    close(out.losses, [-logsig(BETA * (w / max(nw, 1) - l / nl)) for w, l, nw, nl in zip(HW, HL, [4, 0, 2], NL)])
+    # per-side f-divergence scores, each divided by its own length: forward KL's score is 1 - 1/u
+    fwd_tok = [(1 - math.exp(-w)) / nw - (1 - math.exp(-l)) / nl for w, l, nw, nl in zip(HW, HL, NW, NL)]
+    close(run_dpo("ipo", f_divergence_type="forward_kl", **lengths).losses,
+          [(m - 1 / (2 * BETA)) ** 2 for m in fwd_tok])
+    with pytest.raises(ValueError, match="sigmoid_norm"):
+        run_dpo("sigmoid_norm")
+    with pytest.raises(ValueError, match="both"):
+        run_dpo("ipo", chosen_lengths=t(NW))
+
+
+def test_sft_with_lengths_is_the_token_mean_nll():
+    nll = -sum(C) / sum(NW)
+    close(run_dpo("sft", chosen_lengths=t(NW), rejected_lengths=t(NL)).losses, [nll] * 3)
+    sig_l = [-logsig(BETA * h) for h in H]
+    out = run_dpo(["sigmoid", "sft"], loss_weights=[1.0, 0.5], chosen_lengths=t(NW), rejected_lengths=t(NL))
+    close(out.losses, [a + 0.5 * nll for a in sig_l])
 
 
 # --------------------------------------------------------------------------
@@ -295,7 +336,8 @@ def test_dpo_gradients_flow_and_match_analytic():
     close(r.grad, [BETA * sig(-BETA * h) for h in H])
     for name in P.DPO_LOSS_TYPES:
         c = t(C, grad=True)
-        out = P.dpo_loss(c, t(R), t(RC), t(RR), beta=BETA, loss_type=name, bco_delta=0.0)
+        out = P.dpo_loss(c, t(R), t(RC), t(RR), beta=BETA, loss_type=name, bco_delta=0.0, chosen_lengths=t(NW),
+                         rejected_lengths=t(NL))
         out.losses.mean().backward()
         assert c.grad is not None and torch.isfinite(c.grad).all(), name
 

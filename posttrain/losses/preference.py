@@ -15,9 +15,9 @@ metrics (``rewards/chosen``, ``rewards/rejected``, ``log_odds_ratio``, ...).
 Summary of what each entry point expects from the caller
 --------------------------------------------------------
 =====================  =====================================================
-``dpo_loss``           summed logps (policy and reference); ``ipo`` wants
-                       length-averaged logps; ``sft`` reads only
-                       ``chosen_logps``.
+``dpo_loss``           summed logps (policy and reference), plus the
+                       completion lengths for ``ipo``/``sigmoid_norm``
+                       (per-token scores) and ``sft`` (token-mean NLL).
 ``cpo_loss``           summed logps for ``sigmoid``/``hinge``/``ipo``;
                        length-averaged for ``simpo``/``alphapo``.
 ``orpo_loss``          length-averaged logps (must be <= 0).
@@ -48,6 +48,7 @@ __all__ = [
     "ORPOLossOutput",
     "UnpairedLossOutput",
     "dpo_loss",
+    "check_f_divergence",
     "dpo_implicit_rewards",
     "cpo_loss",
     "orpo_loss",
@@ -79,6 +80,7 @@ DPO_LOSS_TYPES: tuple[str, ...] = (
     "apo_down",
     "discopop",
     "sft",
+    "sigmoid_norm",
 )
 """Valid ``loss_type`` values for :func:`dpo_loss`.
 
@@ -89,10 +91,12 @@ CPO_LOSS_TYPES: tuple[str, ...] = ("sigmoid", "hinge", "ipo", "simpo", "alphapo"
 KTO_LOSS_TYPES: tuple[str, ...] = ("kto", "apo_zero_unpaired")
 F_DIVERGENCE_TYPES: tuple[str, ...] = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 
-# Loss types whose value is a function of the f-divergence "logits" (the
-# chosen-minus-rejected margin); the remaining types look at the chosen and
-# rejected log-ratios separately and ignore ``f_divergence_type``.
-_MARGIN_LOSS_TYPES = frozenset({"sigmoid", "hinge", "ipo", "exo_pair", "robust", "discopop"})
+# Loss types whose value is a function of the f-divergence scores f'(pi/pi_ref) of the two completions (their
+# margin, or for ipo/sigmoid_norm their per-token margin). The others look at the log-ratios themselves, so an
+# f-divergence other than reverse KL is refused for them (the f-DPO reparameterisation leaves a beta*log Z(x) term
+# that only cancels in a chosen-minus-rejected difference). ``sft`` ignores both and may be combined with either.
+_MARGIN_LOSS_TYPES = frozenset({"sigmoid", "hinge", "ipo", "exo_pair", "robust", "discopop", "sigmoid_norm"})
+_PER_TOKEN_LOSS_TYPES = frozenset({"ipo", "sigmoid_norm"})
 
 _EXO_DEFAULT_EPSILON = 1e-3
 
@@ -145,7 +149,7 @@ def _check_1d(**tensors: torch.Tensor | None) -> None:
             continue
         if not isinstance(t, torch.Tensor) or t.dim() != 1:
             got = getattr(t, "shape", type(t))
-            raise ValueError(f"{name} must be a 1-D tensor of per-sequence log-probabilities, got {got}")
+            raise ValueError(f"{name} must be a 1-D tensor of per-sequence values, got {got}")
         if shape is None:
             shape = t.shape
         elif t.shape != shape:
@@ -211,29 +215,22 @@ def dpo_implicit_rewards(
     )
 
 
-def _f_divergence_logits(
-    chosen_logratios: torch.Tensor,
-    rejected_logratios: torch.Tensor,
-    f_divergence_type: str,
-    alpha: float,
-) -> torch.Tensor:
-    """Chosen-minus-rejected margin ``f'(u_w) - f'(u_l)`` with ``u = pi/pi_ref`` (f-DPO)."""
-    if f_divergence_type == "reverse_kl":
-        # f(u) = u log u, f'(u) = log u + 1.
-        return chosen_logratios - rejected_logratios
-    if f_divergence_type == "forward_kl":
-        # f(u) = -log u, f'(u) = -1/u.
-        return _capped_exp(-rejected_logratios) - _capped_exp(-chosen_logratios)
-    if f_divergence_type == "js_divergence":
-        # f'(u) = log(2u / (1 + u)) = log 2 + log u - softplus(log u).
-        return (chosen_logratios - rejected_logratios) - (
-            F.softplus(chosen_logratios) - F.softplus(rejected_logratios)
-        )
+def _f_divergence_scores(logratios: torch.Tensor, f_divergence_type: str, alpha: float) -> torch.Tensor:
+    """Per-completion score ``f'(u)`` with ``u = pi/pi_ref = exp(logratios)`` (f-DPO, Wang et al. 2023, Thm. 1), up
+    to the additive constant that cancels in a margin (chosen as TRL does, which matters only for the per-token
+    margins of ``ipo``/``sigmoid_norm``)."""
+    if f_divergence_type == "reverse_kl":  # f(u) = u log u: f'(u) = log u + 1
+        return logratios
+    if f_divergence_type == "forward_kl":  # f(u) = -log u: f'(u) = -1/u
+        return 1.0 - _capped_exp(-logratios)
+    if f_divergence_type == "js_divergence":  # f'(u) = log(2u / (1 + u))
+        return math.log(2.0) + F.logsigmoid(logratios)
     if f_divergence_type == "alpha_divergence":
-        # f'(u) = (1 - u^-alpha) / alpha; alpha -> 0 recovers reverse KL.
-        if alpha == 0:
-            return chosen_logratios - rejected_logratios
-        return (_capped_exp(-alpha * rejected_logratios) - _capped_exp(-alpha * chosen_logratios)) / alpha
+        # f'(u) = (u^(a-1) - 1) / (a - 1) with a = f_alpha_divergence_coef (TRL's convention); the paper's alpha is 1 - a
+        # (its f'(u) = (1 - u^-alpha) / alpha). a -> 1 is reverse KL, a = 0 forward KL, a = 0.5 the same in both.
+        if abs(alpha - 1.0) < 1e-6:
+            return logratios
+        return (_capped_exp((alpha - 1.0) * logratios) - 1.0) / (alpha - 1.0)
     raise _unknown("f_divergence_type", f_divergence_type, F_DIVERGENCE_TYPES)
 
 
@@ -246,6 +243,8 @@ def _single_dpo_loss(
     rejected_logratios: torch.Tensor,
     ref_margin: torch.Tensor,
     logits: torch.Tensor | None,
+    token_logits: torch.Tensor | None,
+    chosen_nll: torch.Tensor | None,
     beta: float,
     label_smoothing: float,
     bco_delta: float | torch.Tensor | None,
@@ -274,8 +273,11 @@ def _single_dpo_loss(
         # SLiC / RSO hinge; 1/beta is the margin.
         return torch.relu(1.0 - beta * logits)
     if loss_type == "ipo":
-        # IPO (Azar et al. 2023, Eq. 17); beta plays the role of tau.
-        return (logits - 1.0 / (2.0 * beta)) ** 2
+        # IPO (Azar et al. 2023, Eq. 17) on per-token scores; beta plays the role of tau.
+        return (token_logits - 1.0 / (2.0 * beta)) ** 2
+    if loss_type == "sigmoid_norm":
+        # DPO on per-token scores (length-normalised DPO).
+        return -F.logsigmoid(beta * token_logits)
     if loss_type == "discopop":
         # DiscoPOP (Chris Lu et al. 2024, Eq. 5): log-ratio modulated blend of logistic and exponential.
         z = beta * logits
@@ -318,7 +320,7 @@ def _single_dpo_loss(
             1.0 - torch.sigmoid(beta * (chosen_logratios - rejected_logratios))
         )
     if loss_type == "sft":
-        return -chosen_logps
+        return chosen_nll
     raise _unknown("loss_type", loss_type, DPO_LOSS_TYPES)
 
 
@@ -333,28 +335,34 @@ def dpo_loss(
     loss_weights: Sequence[float] | None = None,
     label_smoothing: float = 0.0,
     f_divergence_type: str = "reverse_kl",
-    f_alpha_divergence_coef: float = 1.0,
+    f_alpha_divergence_coef: float = 0.5,
     reference_free: bool = False,
     bco_delta: float | torch.Tensor | None = None,
     discopop_tau: float = 0.05,
     weights: torch.Tensor | None = None,
+    chosen_lengths: torch.Tensor | None = None,
+    rejected_lengths: torch.Tensor | None = None,
 ) -> PreferenceLossOutput:
     """DPO sigmoid loss and its variants — Rafailov et al. 2023, 'Direct Preference Optimization', Eq. 7.
 
     Inputs are per-sequence log-probabilities of shape ``(B,)``, **summed**
     over completion tokens, for the policy (``chosen_logps``,
-    ``rejected_logps``) and the frozen reference (``ref_*``). Exception:
-    ``loss_type="ipo"`` expects **length-averaged** log-probs (IPO's
-    convention; TRL averages for IPO). The caller does the reduction.
+    ``rejected_logps``) and the frozen reference (``ref_*``), and optionally
+    the completions' token counts ``chosen_lengths``/``rejected_lengths``
+    (``(B,)``), which ``ipo``, ``sigmoid_norm`` and ``sft`` use.
 
-    Write ``h_w = chosen_logps - ref_chosen_logps``, ``h_l`` likewise, and
-    ``logits = h_w - h_l`` (reverse KL; see ``f_divergence_type``). Loss types
-    (TRL names):
+    Write ``h_w = chosen_logps - ref_chosen_logps``, ``h_l`` likewise, ``s =
+    f'(exp(h))`` the f-divergence score of each side (``s = h`` for the default
+    reverse KL), ``logits = s_w - s_l`` and the per-token margin ``m = s_w/n_w -
+    s_l/n_l`` (``n`` the lengths; without lengths ``m = logits``, i.e. the
+    caller passed length-averaged log-probs). Loss types (TRL names):
 
     * ``sigmoid`` -- ``-log σ(β·logits)``; with ``label_smoothing=ε`` the
       conservative DPO (cDPO) mixture ``-(1-ε) log σ(β·logits) - ε log σ(-β·logits)``.
     * ``hinge`` -- SLiC/RSO ``relu(1 - β·logits)``.
-    * ``ipo`` -- IPO (Azar et al. 2023, Eq. 17) ``(logits - 1/(2β))²``.
+    * ``ipo`` -- IPO (Azar et al. 2023, Eq. 17) ``(m - 1/(2β))²``: per-token
+      log-ratios, as the IPO authors and TRL use it.
+    * ``sigmoid_norm`` -- DPO on the per-token margin, ``-log σ(β·m)``.
     * ``exo_pair`` -- pairwise EXO (Ji et al. 2024, Eq. 16),
       ``σ(z)(log σ(z) - log(1-ε)) + σ(-z)(log σ(-z) - log ε)`` with ``z = β·logits``;
       ``ε = label_smoothing``, or ``1e-3`` when it is 0.
@@ -379,17 +387,20 @@ def dpo_loss(
     * ``apo_down`` -- APO-down (Eq. 8) ``σ(βh_w) + 1 - σ(β(h_w - h_l))``.
     * ``discopop`` -- DiscoPOP (Lu et al. 2024, Eq. 5): with ``z = β·logits``
       and ``m = σ(z/τ)``, ``(1-m)(-log σ(z)) + m·exp(-z)``, ``τ = discopop_tau``.
-    * ``sft`` -- ``-chosen_logps`` (NLL of the chosen completion; per-token
-      mean if the caller passes averaged logps).
+    * ``sft`` -- the chosen completions' negative log-likelihood: with lengths
+      the token mean over the batch, ``-Σ chosen_logps / Σ n_w`` (the same value
+      for every pair), without them ``-chosen_logps``.
 
-    f-divergences (f-DPO, Wang et al. 2023) change how ``logits`` is formed
-    from the per-side ratios ``u = π/π_ref`` as ``f'(u_w) - f'(u_l)``:
-    ``reverse_kl`` (standard DPO), ``forward_kl`` (``1/u_l - 1/u_w``),
-    ``js_divergence`` (``log(2u/(1+u))``) and ``alpha_divergence``
-    (``(u_l^-α - u_w^-α)/α`` with ``α = f_alpha_divergence_coef``; α=1 equals
-    forward KL). Only the margin-based types (``sigmoid``, ``hinge``,
-    ``ipo``, ``exo_pair``, ``robust``, ``discopop``) use it; the others work
-    on ``h_w``/``h_l`` directly.
+    f-divergences (f-DPO, Wang et al. 2023) set the score ``s = f'(u)``,
+    ``u = π/π_ref``: ``reverse_kl`` (``log u``, standard DPO), ``forward_kl``
+    (``1 - 1/u``), ``js_divergence`` (``log(2u/(1+u))``) and
+    ``alpha_divergence`` (``(u^(a-1) - 1)/(a-1)``, ``a =
+    f_alpha_divergence_coef``: TRL's convention, which is the paper's α-divergence
+    with α = 1 - a; a → 1 is reverse KL, a = 0 forward KL). Only the margin
+    types (``sigmoid``, ``sigmoid_norm``, ``hinge``, ``ipo``, ``exo_pair``,
+    ``robust``, ``discopop``; ``sft`` alongside) accept another f-divergence
+    than reverse KL: the reparameterisation's ``β log Z(x)`` cancels only in a
+    chosen-minus-rejected difference, so the others raise ``ValueError``.
 
     Multiple loss types (TRL's ``loss_type=[...]`` with ``loss_weights``, e.g.
     MPO = ``["sigmoid", "bco_pair", "sft"]`` with ``[0.8, 0.2, 1.0]``): pass a
@@ -421,6 +432,7 @@ def dpo_loss(
             raise _unknown("loss_type", name, DPO_LOSS_TYPES)
     if f_divergence_type not in F_DIVERGENCE_TYPES:
         raise _unknown("f_divergence_type", f_divergence_type, F_DIVERGENCE_TYPES)
+    check_f_divergence(types, f_divergence_type)
     if loss_weights is None:
         loss_weights = [1.0] * len(types)
     elif len(loss_weights) != len(types):
@@ -429,12 +441,18 @@ def dpo_loss(
         raise ValueError("ref_chosen_logps and ref_rejected_logps are required unless reference_free=True")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if (chosen_lengths is None) != (rejected_lengths is None):
+        raise ValueError("give both chosen_lengths and rejected_lengths, or neither")
+    if "sigmoid_norm" in types and chosen_lengths is None:
+        raise ValueError("loss_type='sigmoid_norm' needs chosen_lengths and rejected_lengths (completion token counts)")
     _check_1d(
         chosen_logps=chosen_logps,
         rejected_logps=rejected_logps,
         ref_chosen_logps=None if reference_free else ref_chosen_logps,
         ref_rejected_logps=None if reference_free else ref_rejected_logps,
         weights=weights,
+        chosen_lengths=chosen_lengths,
+        rejected_lengths=rejected_lengths,
     )
 
     if reference_free:
@@ -445,9 +463,19 @@ def dpo_loss(
         rejected_logratios = rejected_logps - ref_rejected_logps
         ref_margin = ref_chosen_logps - ref_rejected_logps
 
-    logits = None
+    logits = token_logits = chosen_nll = None
     if any(t in _MARGIN_LOSS_TYPES for t in types):
-        logits = _f_divergence_logits(chosen_logratios, rejected_logratios, f_divergence_type, f_alpha_divergence_coef)
+        chosen_scores = _f_divergence_scores(chosen_logratios, f_divergence_type, f_alpha_divergence_coef)
+        rejected_scores = _f_divergence_scores(rejected_logratios, f_divergence_type, f_alpha_divergence_coef)
+        logits = chosen_scores - rejected_scores
+        token_logits = logits
+        if chosen_lengths is not None:
+            token_logits = (chosen_scores / chosen_lengths.clamp(min=1)
+                            - rejected_scores / rejected_lengths.clamp(min=1))
+    if "sft" in types:
+        chosen_nll = -chosen_logps
+        if chosen_lengths is not None:
+            chosen_nll = (-chosen_logps.sum() / chosen_lengths.sum().clamp(min=1)).expand_as(chosen_logps)
 
     total = None
     for name, w in zip(types, loss_weights):
@@ -459,6 +487,8 @@ def dpo_loss(
             rejected_logratios=rejected_logratios,
             ref_margin=ref_margin,
             logits=logits,
+            token_logits=token_logits,
+            chosen_nll=chosen_nll,
             beta=beta,
             label_smoothing=label_smoothing,
             bco_delta=bco_delta,
@@ -475,6 +505,19 @@ def dpo_loss(
         (beta * chosen_logratios).detach(),
         (beta * rejected_logratios).detach(),
     )
+
+
+def check_f_divergence(loss_types: Sequence[str], f_divergence_type: str) -> None:
+    """Refuse an f-divergence other than reverse KL with a DPO loss type that has no f-divergence form."""
+    if f_divergence_type == "reverse_kl":
+        return
+    others = [t for t in loss_types if t not in _MARGIN_LOSS_TYPES and t != "sft"]
+    if others:
+        raise ValueError(
+            f"f_divergence_type={f_divergence_type!r} only applies to the loss types "
+            f"{sorted(_MARGIN_LOSS_TYPES | {'sft'})}; {others} work on the log-ratios themselves (the f-DPO "
+            "reparameterisation cancels only in a chosen-minus-rejected margin). Use f_divergence_type='reverse_kl' "
+            "with them.")
 
 
 # ---------------------------------------------------------------------------
@@ -828,8 +871,10 @@ def ld_dpo_pair_logps(
     The public length of pair ``i`` is ``min(len_chosen_i, len_rejected_i)``
     (completion tokens counted from the masks). Returns ``(chosen_logps,
     rejected_logps)`` from :func:`ld_dpo_logps`, to feed :func:`dpo_loss`.
-    TRL (``ld_alpha``) applies this to the *policy* log-probs only and keeps
-    plain sums for the reference.
+    The DPO trainer (``ld_alpha``) applies it to the policy's and the
+    reference's log-probs alike, as TRL 1.x does (TRL 0.2x kept plain sums
+    for the reference), so the implicit rewards are 0 while the policy equals
+    the reference.
     """
     public = torch.minimum(chosen_mask.sum(-1), rejected_mask.sum(-1))
     return (

@@ -15,6 +15,7 @@ from ..losses.preference import (
     DPO_LOSS_TYPES,
     F_DIVERGENCE_TYPES,
     RunningMean,
+    check_f_divergence,
     dpo_implicit_rewards,
     dpo_loss,
     ld_dpo_pair_logps,
@@ -40,13 +41,16 @@ class DPOConfig(ReferenceConfig):
     label_smoothing: float = field(default=0.0, metadata={"help": "Label noise rate (cDPO / robust / exo_pair)."})
     rpo_alpha: float | None = field(default=None, metadata={"help": "RPO: add rpo_alpha * NLL(chosen) to the loss."})
     ld_alpha: float | None = field(
-        default=None, metadata={"help": "LD-DPO: weight of the policy's completion tokens beyond the shorter answer."}
+        default=None, metadata={"help": "LD-DPO: weight of the completion tokens beyond the shorter answer of the pair "
+                                        "(policy and reference log-probs alike)."}
     )
     use_weighting: bool = field(default=False, metadata={"help": "WPO: weight each pair by its policy probability."})
     f_divergence_type: str = field(
         default="reverse_kl", metadata={"help": "f-DPO divergence.", "choices": list(F_DIVERGENCE_TYPES)}
     )
-    f_alpha_divergence_coef: float = field(default=1.0, metadata={"help": "alpha of the alpha-divergence."})
+    f_alpha_divergence_coef: float = field(
+        default=0.5, metadata={"help": "a of the alpha-divergence, f'(u) = (u^(a-1) - 1)/(a-1) (TRL's convention; the "
+                                       "f-DPO paper's alpha is 1 - a): 1 is reverse KL, 0 forward KL."})
     reference_free: bool = field(default=False, metadata={"help": "Use a uniform reference (no reference model)."})
     discopop_tau: float = field(default=0.05, metadata={"help": "Temperature of the DiscoPOP loss."})
 
@@ -66,6 +70,7 @@ class DPOConfig(ReferenceConfig):
                 raise ValueError(f"loss_weights has {len(self.loss_weights)} entries for {len(self.loss_type)} loss "
                                  f"types {self.loss_type}; give one weight per loss type.")
         check_choice("f_divergence_type", self.f_divergence_type, F_DIVERGENCE_TYPES)
+        check_f_divergence(self.loss_type, self.f_divergence_type)
         if self.reference_free and (self.precompute_ref_log_probs or self.sync_ref_model):
             raise ValueError("reference_free=True uses no reference model; precompute_ref_log_probs and "
                              "sync_ref_model do not apply.")
@@ -103,8 +108,21 @@ class DPOTrainer(PreferenceTrainer):
 
     def _reference_columns(self, batch):
         ref = self.reference_logps(self.model_rows(batch))
-        n = ref.sum.shape[0] // 2
-        return {"ref_chosen_logps": ref.sum[:n], "ref_rejected_logps": ref.sum[n:]}
+        chosen, rejected = self._pair_logps(ref)
+        return {"ref_chosen_logps": chosen, "ref_rejected_logps": rejected}
+
+    def _pair_logps(self, logps) -> tuple[torch.Tensor, torch.Tensor]:
+        """The summed log-probs of the chosen and rejected halves, or with ``ld_alpha`` their LD-DPO form (the same
+        for the policy and the reference, so the implicit reward is 0 while the policy equals the reference)."""
+        n = logps.sum.shape[0] // 2
+        if self.args.ld_alpha is None:
+            return logps.sum[:n], logps.sum[n:]
+        tok, mask = logps.per_token()
+        return ld_dpo_pair_logps(tok[:n], mask[:n], tok[n:], mask[n:], self.args.ld_alpha)
+
+    def _dataset_key(self, dataset) -> str:
+        key = super()._dataset_key(dataset)
+        return key if self.args.ld_alpha is None else f"{key}-ld{self.args.ld_alpha:g}"
 
     def _compute_loss(self, model, batch) -> torch.Tensor:
         args: DPOConfig = self.args
@@ -114,16 +132,7 @@ class DPOTrainer(PreferenceTrainer):
         ref_c = ref_r = None
         if not args.reference_free:  # precomputed, or computed before the policy's forward (compute_loss)
             ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-        average = "ipo" in args.loss_type  # IPO's convention: length-averaged log-probs
-        if average:
-            chosen, rejected = policy.mean[:n], policy.mean[n:]
-            if ref_c is not None:
-                ref_c, ref_r = ref_c / policy.count[:n].clamp(min=1), ref_r / policy.count[n:].clamp(min=1)
-        elif args.ld_alpha is not None:
-            tok, mask = policy.per_token()
-            chosen, rejected = ld_dpo_pair_logps(tok[:n], mask[:n], tok[n:], mask[n:], args.ld_alpha)
-        else:
-            chosen, rejected = policy.sum[:n], policy.sum[n:]
+        chosen, rejected = self._pair_logps(policy)
 
         weights = None
         if args.use_weighting:
@@ -142,7 +151,7 @@ class DPOTrainer(PreferenceTrainer):
                        loss_weights=args.loss_weights, label_smoothing=args.label_smoothing,
                        f_divergence_type=args.f_divergence_type, f_alpha_divergence_coef=args.f_alpha_divergence_coef,
                        reference_free=args.reference_free, bco_delta=bco_delta, discopop_tau=args.discopop_tau,
-                       weights=weights)
+                       weights=weights, chosen_lengths=policy.count[:n], rejected_lengths=policy.count[n:])
         loss = out.losses.mean()
         if args.rpo_alpha is not None:
             nll = self.chosen_nll(policy, n)
