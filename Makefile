@@ -8,7 +8,7 @@ DS_STAMP := $(VENV)/.posttrain-deepspeed-installed
 PYTEST := $(BIN)/python -m pytest
 OUT    ?= outputs/demo
 
-.PHONY: install demo test test-slow test-distributed test-all bench bench-trl trl-venv clean
+.PHONY: install demo test test-slow test-distributed test-all bench bench-packing bench-trl trl-venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,14 +44,27 @@ test-distributed: install $(DS_STAMP)
 test-all: install
 	$(PYTEST) -q
 
+# posttrain side by side with TRL (issue 8): first-step checks, then speed and memory of the headline scenarios at both
+# libraries' defaults and best settings. Each peer runs from its own venv, benchmarks/.venv-trl-<version> (TRL 1.16,
+# and 0.21 for the trainers 1.16 no longer ships), created on first use. About 1.5 h on 2 cores; BENCH_SCENARIOS narrows
+# it, e.g. `make bench BENCH_SCENARIOS="sft dpo"`. Online DPO is measured against both peers (its target is TRL 0.21's). Results: benchmarks/out/compare/*-latest.md (RESULTS.md: the record).
+TRL_VERSION ?= 1.16.0
+BENCH_SCENARIOS ?= sft dpo kto grpo rloo online-dpo ppo
 bench: install
+	TRL_VERSION=$(TRL_VERSION) $(BIN)/python benchmarks/compare.py check --size small
+	TRL_VERSION=$(TRL_VERSION) $(BIN)/python benchmarks/compare.py speed --size bench --steps 4 --warmup_steps 1 \
+		--repeats 2 --settings default best --scenarios $(BENCH_SCENARIOS)
+	$(if $(filter online-dpo,$(BENCH_SCENARIOS)),$(BIN)/python benchmarks/compare.py speed --size bench --steps 4 \
+		--warmup_steps 1 --repeats 2 --settings default best --scenarios online-dpo --peer 0.21.0)
+
+# posttrain alone: SFT with packing off and on (RESULTS.md, first section)
+bench-packing: install
 	$(BIN)/python benchmarks/run.py
 
-# posttrain side by side with TRL (issue 8): the peer gets its own venv, benchmarks/.venv-trl-$(TRL_VERSION).
-TRL_VERSION ?= 1.16.0
 trl-venv:
 	PYTHON=$(PYTHON) benchmarks/peer/make_venv.sh $(TRL_VERSION)
 
+# the whole side-by-side suite: every scenario (some hours)
 bench-trl: install trl-venv
 	TRL_VERSION=$(TRL_VERSION) $(BIN)/python benchmarks/compare.py check --size small
 	TRL_VERSION=$(TRL_VERSION) $(BIN)/python benchmarks/compare.py speed --size bench

@@ -47,6 +47,7 @@ FORCE_LENGTH = {"generation_kwargs": {"min_new_tokens": COMPLETION_TOKENS}}
 SCENARIOS = {
     "sft": ("sft", "sft", "causal-lm", {}),
     "sft-packing": ("sft", "sft", "causal-lm", {"packing": True}),
+    "sft-dft": ("sft", "sft", "causal-lm", {"loss_type": "dft"}),  # Dynamic Fine-Tuning (TRL 1.16's other loss type)
     "dpo": ("dpo", "pref", "causal-lm", {"loss_type": ["sigmoid"]}),
     # the other DPO loss types both libraries share, one check each (DPO_CHECKS), and the options that change the loss
     **{f"dpo-{name}": ("dpo", "pref", "causal-lm", overrides) for name, overrides in {
@@ -170,8 +171,9 @@ KNOWN.update({
 KNOWN["online-dpo ipo, temperature 1"] = KNOWN["online-dpo sigmoid, temperature 1"]
 KNOWN["online-dpo sigmoid, temperature 0.9 (default)"] = KNOWN["online-dpo sigmoid, temperature 1"]
 KNOWN["xpo sigmoid, alpha 0.1, temperature 0.9 (default)"] = KNOWN["xpo sigmoid, alpha 0.1, temperature 1"]
+KNOWN["xpo ipo, alpha 0.1, temperature 1"] = KNOWN["xpo sigmoid, alpha 0.1, temperature 1"]
 DPO_CHECKS = [s for s in SCENARIOS if s.startswith("dpo-")]
-CHECKS = ["sft", "sft-packing", "dpo", *DPO_CHECKS, "reward", "kto", "kto-apo_zero_unpaired", "kto-native-pairing", "bco", "bco-native-tokens", "prm", "grpo-loss", "online",
+CHECKS = ["sft", "sft-packing", "sft-dft", "dpo", *DPO_CHECKS, "reward", "kto", "kto-apo_zero_unpaired", "kto-native-pairing", "bco", "bco-native-tokens", "prm", "grpo-loss", "online",
           "cpo", "cpo-hinge", "cpo-ipo", "cpo-simpo", "cpo-simpo-nll", "cpo-alphapo", "cpo-sigmoid-alpha", "cpo-native-tokens",
           "orpo", "gkd", "gkd-forward-kl", "gkd-reverse-kl", "gkd-temperature-0.9", "sft-vlm", "ddpo",
           "alignprop"]
@@ -202,6 +204,8 @@ ONLINE_CHECKS = {
     "xpo sigmoid, alpha 0.1, temperature 1": ("xpo", {"max_new_tokens": 24, "temperature": 1.0, "alpha": [0.1]},
                                               {"batch": 4}),
     "xpo sigmoid, alpha 0.1, temperature 0.9 (default)": ("xpo", {"max_new_tokens": 24, "alpha": [0.1]}, {"batch": 4}),
+    "xpo ipo, alpha 0.1, temperature 1": ("xpo", {"max_new_tokens": 24, "temperature": 1.0, "alpha": [0.1],
+                                                  "loss_type": "ipo"}, {"batch": 4}),
     "nash-md mixture_coef 0.5, temperature 1": ("nash_md", {"max_new_tokens": 24, "temperature": 1.0}, {"batch": 4}),
     "nash-md mixture_coef 0.5, temperature 0.9 (default)": ("nash_md", {"max_new_tokens": 24}, {"batch": 4}),
     "ppo k1, full-length completions": ("ppo", {"response_length": 24, "num_ppo_epochs": 1}, {"batch": 8, "full_length": True}),
