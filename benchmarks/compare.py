@@ -181,7 +181,10 @@ CHECKS = ["sft", "sft-packing", "sft-dft", "dpo", *DPO_CHECKS, "reward", "kto", 
 GRPO_LOSS_CASES = [{"loss_type": t, "beta": b} for t in ("grpo", "bnpo", "dr_grpo", "dapo") for b in (0.0, 0.04)] + [
     {"loss_type": "grpo", "beta": 0.04, "importance_sampling_level": "sequence"},
     {"loss_type": "grpo", "beta": 0.0, "temperature": 0.7},
-] + [  # the KL term without the importance-ratio factor (both libraries default to use_bias_correction_kl=True)
+] + [  # CISPO (epsilon_high is its cap) and SAPO (default gate temperatures), with and without KL
+    {"loss_type": "cispo", "beta": b, "epsilon_high": 5.0} for b in (0.0, 0.04)
+] + [{"loss_type": "sapo", "beta": b} for b in (0.0, 0.04)] + [
+    # the KL term without the importance-ratio factor (both libraries default to use_bias_correction_kl=True)
     {"loss_type": t, "beta": 0.04, "use_bias_correction_kl": False} for t in ("grpo", "bnpo", "dr_grpo", "dapo")
 ]
 # Whole first steps of the online trainers on fixed completions (compare_online): name -> (scenario, overrides, options).

@@ -246,6 +246,61 @@ def test_grpo_loss_normalizations(loss_type, beta):
         assert out.kl is None and "kl" not in out.metrics
 
 
+def test_cispo_caps_detached_weights_and_keeps_every_token_gradient():
+    """CISPO: L_t = -sg(min(r_t, cap)) * A * logp_t, normalised over the tokens (as dapo)."""
+    cap = 1.1
+    ratios = [[math.exp(LOGP[b][j] - OLD[b][j]) for j in range(3)] for b in range(2)]
+    toks = [(b, j) for b in range(2) for j in range(sum(MASK[b]))]
+    expected = sum(-min(ratios[b][j], cap) * ADV[b] * LOGP[b][j] for b, j in toks) / 5
+    logp = t(LOGP).requires_grad_(True)
+    out = grpo_loss(logp, t(OLD), t(ADV), t(MASK), loss_type="cispo", epsilon_high=cap)
+    close(out.loss, expected)
+    out.loss.backward()
+    for b, j in toks:  # d/dlogp_t = -min(r_t, cap) * A / N: nonzero even where the weight is capped
+        close(logp.grad[b, j], -min(ratios[b][j], cap) * ADV[b] / 5)
+    assert logp.grad[1, 2].item() == 0  # padding
+    capped = [1.0 if ratios[b][j] > cap and ADV[b] > 0 else 0.0 for b, j in toks]
+    assert sum(capped) == 1  # exercised: token (0, 0) has r = e^0.1 > 1.1 and A > 0
+    close(out.cispo_clip_ratio, sum(capped) / 5)
+    assert set(out.metrics) == {"cispo_clip_ratio"}
+    # the global token count of dapo applies
+    out = grpo_loss(t(LOGP), t(OLD), t(ADV), t(MASK), loss_type="cispo", epsilon_high=cap, num_items_in_batch=20,
+                    num_processes=4)
+    close(out.loss, expected)  # 20 tokens over 4 processes: 5 per process, as here
+
+
+@pytest.mark.parametrize("taus", [(1.0, 1.05), (2.0, 0.5)])
+def test_sapo_soft_gate(taus):
+    """SAPO: L_t = -sigmoid(tau (r_t - 1)) * 4 / tau * A, tau by the advantage's sign; per-sequence mean (as grpo)."""
+    tau_pos, tau_neg = taus
+    rows, grads = [], []
+    for b in range(2):
+        tau = tau_pos if ADV[b] > 0 else tau_neg
+        row, grow = [], []
+        for j in range(sum(MASK[b])):
+            r = math.exp(LOGP[b][j] - OLD[b][j])
+            s = 1 / (1 + math.exp(-tau * (r - 1)))
+            row.append(-s * 4 / tau * ADV[b])
+            grow.append(-4 * s * (1 - s) * r * ADV[b])  # d/dlogp of -sigmoid(tau (r - 1)) 4/tau A, r = e^(logp - old)
+        rows.append(row)
+        grads.append(grow)
+    expected = sum(sum(r) / len(r) for r in rows) / 2
+    logp = t(LOGP).requires_grad_(True)
+    out = grpo_loss(logp, t(OLD), t(ADV), t(MASK), loss_type="sapo", sapo_temperature_pos=tau_pos,
+                    sapo_temperature_neg=tau_neg)
+    close(out.loss, expected)
+    out.loss.backward()
+    for b in range(2):
+        for j, g in enumerate(grads[b]):
+            close(logp.grad[b, j], g / (len(grads[b]) * 2))
+    assert out.metrics == {}
+    # on-policy (r = 1) the gate's gradient is the policy gradient: sigmoid'(0) * 4 = 1
+    logp = t(LOGP).requires_grad_(True)
+    grpo_loss(logp, None, t(ADV), t(MASK), loss_type="sapo").loss.backward()
+    close(logp.grad[0, 0], -ADV[0] / (3 * 2))
+    close(logp.grad[1, 0], -ADV[1] / (2 * 2))
+
+
 def test_grpo_gradient_accumulation_scaling():
     kw = dict(max_completion_length=8, num_items_in_batch=20, num_processes=4)
     for lt in ["grpo", "bnpo", "dr_grpo"]:

@@ -46,7 +46,7 @@ __all__ = [
     "top_entropy_mask",
 ]
 
-GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
 SCALE_REWARDS = ("group", "batch", "none")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
@@ -294,28 +294,27 @@ class GRPOLossOutput:
     ``loss`` is the scalar to back-propagate. ``kl`` is the masked token mean of the k3 KL (None
     when ``beta == 0``). ``clip_ratio_*`` are fractions of active tokens (of sequences, for
     ``importance_sampling_level="sequence"``) whose ratio was clipped from below with A < 0,
-    from above with A > 0, or either. ``per_token_loss`` is the (B, T) loss before
-    normalisation (padding included, so mask it before use).
+    from above with A > 0, or either (None for ``cispo`` and ``sapo``, which do not clip the
+    surrogate); ``cispo_clip_ratio`` the fraction of tokens with A > 0 whose CISPO weight was
+    capped (``cispo`` only). ``per_token_loss`` is the (B, T) loss before normalisation (padding
+    included, so mask it before use).
     """
 
     loss: torch.Tensor
     kl: Optional[torch.Tensor]
-    clip_ratio_low: torch.Tensor
-    clip_ratio_high: torch.Tensor
-    clip_ratio_region: torch.Tensor
+    clip_ratio_low: Optional[torch.Tensor]
+    clip_ratio_high: Optional[torch.Tensor]
+    clip_ratio_region: Optional[torch.Tensor]
     per_token_loss: torch.Tensor
+    cispo_clip_ratio: Optional[torch.Tensor] = None
 
     @property
     def metrics(self) -> dict[str, torch.Tensor]:
         """Detached metrics keyed by TRL's GRPO logging names."""
-        out = {
-            "clip_ratio/low_mean": self.clip_ratio_low.detach(),
-            "clip_ratio/high_mean": self.clip_ratio_high.detach(),
-            "clip_ratio/region_mean": self.clip_ratio_region.detach(),
-        }
-        if self.kl is not None:
-            out["kl"] = self.kl.detach()
-        return out
+        named = {"clip_ratio/low_mean": self.clip_ratio_low, "clip_ratio/high_mean": self.clip_ratio_high,
+                 "clip_ratio/region_mean": self.clip_ratio_region, "cispo_clip_ratio": self.cispo_clip_ratio,
+                 "kl": self.kl}
+        return {name: value.detach() for name, value in named.items() if value is not None}
 
 
 def grpo_loss(
@@ -338,6 +337,8 @@ def grpo_loss(
     entropy_mask: Optional[torch.Tensor] = None,
     importance_weights: Optional[torch.Tensor] = None,
     use_bias_correction_kl: bool = False,
+    sapo_temperature_pos: float = 1.0,
+    sapo_temperature_neg: float = 1.05,
 ) -> GRPOLossOutput:
     """GRPO clipped surrogate — Shao et al. 2024, 'DeepSeekMath: Pushing the Limits of
     Mathematical Reasoning in Open Language Models', Eq. 3 (with the loss normalisations of
@@ -345,7 +346,18 @@ def grpo_loss(
     Zheng et al. 2025, 'Group Sequence Policy Optimization', Eq. 7).
 
     Per token: ``L_t = -min(ratio_t * A, clip(ratio_t, 1 - eps_low, 1 + eps_high) * A)
-    + beta * KL3_t`` where ``KL3_t = exp(ref - logp) - (ref - logp) - 1`` (Eq. 4).
+    + beta * KL3_t`` where ``KL3_t = exp(ref - logp) - (ref - logp) - 1`` (Eq. 4). Two loss
+    types replace the clipped surrogate:
+
+    * ``"cispo"`` -- CISPO (MiniMax-M1, arXiv 2506.13585, Eq. 4; ScaleRL's form, arXiv
+      2510.13786): ``L_t = -sg(min(ratio_t, eps_high)) * A * logp_t``: the importance weight
+      is capped (``epsilon_high`` is the cap itself, e.g. 5.0, not ``1 + eps``) and
+      detached, so every token keeps a gradient; normalised as ``"dapo"``.
+    * ``"sapo"`` -- SAPO (Soft Adaptive Policy Optimization, arXiv 2511.20347):
+      ``L_t = -f(ratio_t) * A`` with the soft gate ``f(r) = sigmoid(tau (r - 1)) * 4 / tau``
+      (``tau = sapo_temperature_pos`` for A > 0, ``sapo_temperature_neg`` otherwise), whose
+      gradient is the policy gradient at r = 1 and fades smoothly away from it; normalised
+      as ``"grpo"``.
 
     Args:
         logps: (B, T) log-probs of the sampled tokens under the current policy (with grad).
@@ -357,7 +369,8 @@ def grpo_loss(
         beta: KL coefficient.
         epsilon_low / epsilon_high: clip range ``[1 - epsilon_low, 1 + epsilon_high]``;
             ``epsilon_high=None`` means ``epsilon_low`` (symmetric).
-        loss_type: normalisation of the masked per-token loss sum S = sum_{b,t} m_bt L_bt:
+        loss_type: the surrogate (``"cispo"``, ``"sapo"``: see above) and the normalisation of the
+            masked per-token loss sum S = sum_{b,t} m_bt L_bt:
 
             * ``"grpo"``: mean over sequences of each sequence's token mean
               (sum_t m L / max(sum_t m, 1)), Shao et al. Eq. 3;
@@ -386,6 +399,8 @@ def grpo_loss(
             importance ratio, DeepSeek-V3.2 (arXiv 2512.02556) Sec. 3.1 Eq. 7: equal in value on-policy,
             but its gradient is ``(logp - ref_logp) * grad logp``, whose expectation is the gradient of
             the reverse KL(pi || pi_ref); plain k3's is ``(1 - pi_ref / pi) * grad logp``.
+        sapo_temperature_pos / sapo_temperature_neg: SAPO's gate temperatures for positive and
+            non-positive advantages.
 
     Returns:
         :class:`GRPOLossOutput`.
@@ -411,9 +426,16 @@ def grpo_loss(
 
     adv = advantages if advantages.dim() == 2 else advantages.unsqueeze(-1)
     ratio = torch.exp(log_iw)
-    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
-    unclipped = ratio if delta is None else torch.clamp(ratio, max=float(delta))
-    per_token_loss = -torch.min(unclipped * adv, clipped * adv)
+    if loss_type == "cispo":
+        per_token_loss = -torch.clamp(ratio, max=eps_high).detach() * adv * logps
+    elif loss_type == "sapo":
+        taus = ratio.new_tensor([float(sapo_temperature_neg), float(sapo_temperature_pos)])
+        tau = taus[(adv > 0).long()]
+        per_token_loss = -torch.sigmoid(tau * (ratio - 1.0)) * (4.0 / tau) * adv
+    else:
+        clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
+        unclipped = ratio if delta is None else torch.clamp(ratio, max=float(delta))
+        per_token_loss = -torch.min(unclipped * adv, clipped * adv)
     if entropy_mask is not None:
         per_token_loss = per_token_loss * entropy_mask.to(per_token_loss.dtype)
     if importance_weights is not None:
@@ -429,7 +451,7 @@ def grpo_loss(
     per_token_loss = per_token_loss.expand_as(w) if per_token_loss.shape != w.shape else per_token_loss
 
     total = masked_sum(per_token_loss, w)
-    if loss_type == "grpo":
+    if loss_type in ("grpo", "sapo"):
         seq_loss = masked_sum(per_token_loss, w, dim=-1) / w.sum(dim=-1).clamp(min=1.0)
         loss = seq_loss.mean() / gradient_accumulation_steps
     elif loss_type == "bnpo":
@@ -437,7 +459,7 @@ def grpo_loss(
     elif loss_type == "dr_grpo":
         L = int(max_completion_length) if max_completion_length is not None else w.shape[1]
         loss = total / (w.shape[0] * L) / gradient_accumulation_steps
-    else:  # dapo
+    else:  # dapo, cispo
         if num_items_in_batch is None:
             normalizer = w.sum().clamp(min=1.0)
         else:
@@ -445,12 +467,22 @@ def grpo_loss(
             normalizer = normalizer.clamp(min=1.0)
         loss = total / normalizer
 
+    per_sequence = importance_sampling_level == "sequence" and adv.shape[-1] == 1
+    if loss_type in ("cispo", "sapo"):
+        capped = None
+        if loss_type == "cispo":
+            with torch.no_grad():
+                is_capped = ((ratio.detach() > eps_high) & (adv > 0)).to(w.dtype)
+                capped = is_capped.mean() if per_sequence else masked_mean(is_capped.expand_as(w), w)
+        return GRPOLossOutput(loss=loss, kl=kl_mean, clip_ratio_low=None, clip_ratio_high=None,
+                              clip_ratio_region=None, per_token_loss=per_token_loss, cispo_clip_ratio=capped)
+
     with torch.no_grad():
         r = ratio.detach()
         is_low = ((r < 1.0 - eps_low) & (adv < 0)).to(w.dtype)
         is_high = ((r > 1.0 + eps_high) & (adv > 0)).to(w.dtype)
         is_region = torch.clamp(is_low + is_high, max=1.0)
-        if importance_sampling_level == "sequence" and adv.shape[-1] == 1:
+        if per_sequence:
             # one ratio per sequence: average over sequences (as TRL does)
             low, high, region = is_low.mean(), is_high.mean(), is_region.mean()
         else:

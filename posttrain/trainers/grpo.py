@@ -36,9 +36,15 @@ class GRPOConfig(OnlineConfig):
     loss_type: str = field(
         default="dapo",
         metadata={"help": "Loss normalisation: 'grpo' (per-sequence mean), 'bnpo' (tokens of the micro-batch), "
-                  "'dr_grpo' (batch size x max_completion_length), 'dapo' (tokens of the whole accumulated batch).",
+                  "'dr_grpo' (batch size x max_completion_length), 'dapo' (tokens of the whole accumulated batch); "
+                  "or another surrogate: 'cispo' (capped, detached importance weights times log-probs; epsilon_high "
+                  "is the cap, e.g. 5.0), 'sapo' (a soft sigmoid gate instead of the clip).",
                   "choices": list(GRPO_LOSS_TYPES)},
     )
+    sapo_temperature_pos: float = field(
+        default=1.0, metadata={"help": "SAPO: gate temperature for tokens with a positive advantage."})
+    sapo_temperature_neg: float = field(
+        default=1.05, metadata={"help": "SAPO: gate temperature for tokens with a non-positive advantage."})
     importance_sampling_level: str = field(
         default="token", metadata={"help": "'token' ratios, or one length-normalised ratio per 'sequence' (GSPO).",
                                    "choices": list(IMPORTANCE_SAMPLING_LEVELS)},
@@ -70,6 +76,13 @@ class GRPOConfig(OnlineConfig):
         check_choice("vllm_importance_sampling_mode", self.vllm_importance_sampling_mode, SAMPLER_IS_MODES)
         if self.vllm_importance_sampling_cap <= 0:
             raise ValueError(f"vllm_importance_sampling_cap must be > 0, got {self.vllm_importance_sampling_cap}.")
+        if self.loss_type == "cispo" and self.epsilon_high is None:
+            raise ValueError("loss_type='cispo' caps the importance weights at epsilon_high itself (ScaleRL's eps_max, "
+                             "not 1 + eps): give it, e.g. epsilon_high=5.0 (the ScaleRL paper's value). Left to default "
+                             "to epsilon (0.2), every weight would be capped at 0.2.")
+        if self.sapo_temperature_pos <= 0 or self.sapo_temperature_neg <= 0:
+            raise ValueError(f"sapo_temperature_pos and sapo_temperature_neg must be > 0, got "
+                             f"{self.sapo_temperature_pos} and {self.sapo_temperature_neg}.")
         if self.epsilon_high is None:
             self.epsilon_high = self.epsilon
         if self.epsilon < 0 or self.epsilon_high < 0:
@@ -88,7 +101,8 @@ class GRPOTrainer(OnlineTrainer):
 
     Logs TRL's names: ``reward``, ``reward_std`` (the std of the rewards of the whole generation batch),
     ``rewards/<name>/mean|std``, ``frac_reward_zero_std`` (the share of groups whose rewards all coincide), ``kl``
-    (``beta > 0``), ``entropy``, ``clip_ratio/low_mean|high_mean|region_mean``, ``completions/*`` and
+    (``beta > 0``), ``entropy``, ``clip_ratio/low_mean|high_mean|region_mean`` (``cispo_clip_ratio`` with
+    ``loss_type="cispo"``, neither with ``"sapo"``), ``completions/*`` and
     ``num_tokens``.
     """
 
@@ -144,7 +158,8 @@ class GRPOTrainer(OnlineTrainer):
             num_processes=self.accelerator.num_processes if training else 1,
             gradient_accumulation_steps=self.current_gradient_accumulation_steps if training else 1,
             delta=args.delta, entropy_mask=entropy_mask, importance_weights=self.sampler_weights(inputs, logps, mask),
-            use_bias_correction_kl=args.use_bias_correction_kl,
+            use_bias_correction_kl=args.use_bias_correction_kl, sapo_temperature_pos=args.sapo_temperature_pos,
+            sapo_temperature_neg=args.sapo_temperature_neg,
         )
         for name, value in out.metrics.items():
             self.record(name, value)
