@@ -476,10 +476,19 @@ def speed(argv=None) -> str:
     return text
 
 
+def first_last_loss(runs: list[dict]) -> str:
+    """The first and the last logged loss of a library's runs (medians over the runs; each run logs every step)."""
+    logged = [r["losses"] for r in runs if r.get("losses")]
+    if not logged:
+        return "-"
+    return f"{med([x[0] for x in logged]):.4g} -> {med([x[-1] for x in logged]):.4g}"
+
+
 def speed_table(results, a) -> str:
     lines = ["| scenario | TRL | setting | posttrain tokens/s | TRL tokens/s | speed ratio (pt/TRL) | posttrain peak RSS MB | "
-             "TRL peak RSS MB | memory ratio | posttrain samples/s | TRL samples/s | other-process CPU (cores) | load | runs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "TRL peak RSS MB | memory ratio | posttrain samples/s | TRL samples/s | loss first -> last (posttrain; TRL) | "
+             "other-process CPU (cores) | load | runs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (scenario, setting), runs in results.items():
         pt, tr = runs["posttrain"], runs["trl"]
         tps = [med([r["tokens_per_s"] for r in x]) for x in (pt, tr)]
@@ -497,7 +506,8 @@ def speed_table(results, a) -> str:
         if a.posttrain_args:
             setting_name += f" (posttrain: {json.dumps(a.posttrain_args)})"
         lines.append(f"| {scenario} | {tr[0]['versions'].get('trl', '?')} | {setting_name} | {tps[0]:.0f} | {tps[1]:.0f} | {tps[0] / tps[1]:.2f} (pairs: {med(pair):.2f}) | "
-                     f"{rss[0]:.0f} | {rss[1]:.0f} | {rss[0] / rss[1]:.2f} | {sps[0]:.2f} | {sps[1]:.2f} | {other:.2f} ({label}) | "
+                     f"{rss[0]:.0f} | {rss[1]:.0f} | {rss[0] / rss[1]:.2f} | {sps[0]:.2f} | {sps[1]:.2f} | "
+                     f"{first_last_loss(pt)}; {first_last_loss(tr)} | {other:.2f} ({label}) | "
                      f"{load:.2f} | {len(pt)}+{len(tr)} |")
     v = next(iter(results.values()))
     vp = v["posttrain"][0]["versions"]

@@ -140,3 +140,11 @@ def test_smoke_runs_time_at_least_one_step():
     args = SimpleNamespace(steps=2, warmup_steps=2, batch_size=8, threads=2, peer=None)
     assert base_config("sft", "small", paths, args)["warmup_steps"] == 1
     assert base_config("sft", "small", paths, SimpleNamespace(**dict(vars(args), steps=8)))["warmup_steps"] == 2
+
+
+def test_first_last_loss_is_the_median_over_runs():
+    from benchmarks.compare import first_last_loss
+
+    runs = [{"losses": [2.0, 1.5, 1.0]}, {"losses": [2.2, 1.4, 0.8]}, {"losses": [2.1, 1.6, 0.9]}]
+    assert first_last_loss(runs) == "2.1 -> 0.9"
+    assert first_last_loss([{"losses": []}]) == "-"
