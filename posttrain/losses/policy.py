@@ -467,37 +467,24 @@ def grpo_loss(
             normalizer = normalizer.clamp(min=1.0)
         loss = total / normalizer
 
-    per_sequence = importance_sampling_level == "sequence" and adv.shape[-1] == 1
-    if loss_type in ("cispo", "sapo"):
-        capped = None
-        if loss_type == "cispo":
-            with torch.no_grad():
-                is_capped = ((ratio.detach() > eps_high) & (adv > 0)).to(w.dtype)
-                capped = is_capped.mean() if per_sequence else masked_mean(is_capped.expand_as(w), w)
-        return GRPOLossOutput(loss=loss, kl=kl_mean, clip_ratio_low=None, clip_ratio_high=None,
-                              clip_ratio_region=None, per_token_loss=per_token_loss, cispo_clip_ratio=capped)
+    def share(flags: torch.Tensor) -> torch.Tensor:
+        """Fraction of active tokens where ``flags`` holds; with one ratio per sequence, of sequences (as TRL)."""
+        flags = flags.to(w.dtype)
+        if importance_sampling_level == "sequence" and adv.shape[-1] == 1:
+            return flags.mean()
+        return masked_mean(flags.expand_as(w), w)
 
+    low = high = region = capped = None
     with torch.no_grad():
         r = ratio.detach()
-        is_low = ((r < 1.0 - eps_low) & (adv < 0)).to(w.dtype)
-        is_high = ((r > 1.0 + eps_high) & (adv > 0)).to(w.dtype)
-        is_region = torch.clamp(is_low + is_high, max=1.0)
-        if per_sequence:
-            # one ratio per sequence: average over sequences (as TRL does)
-            low, high, region = is_low.mean(), is_high.mean(), is_region.mean()
-        else:
-            low = masked_mean(is_low.expand_as(w), w)
-            high = masked_mean(is_high.expand_as(w), w)
-            region = masked_mean(is_region.expand_as(w), w)
+        if loss_type == "cispo":
+            capped = share((r > eps_high) & (adv > 0))
+        elif loss_type != "sapo":
+            is_low, is_high = (r < 1.0 - eps_low) & (adv < 0), (r > 1.0 + eps_high) & (adv > 0)
+            low, high, region = share(is_low), share(is_high), share(is_low | is_high)
 
-    return GRPOLossOutput(
-        loss=loss,
-        kl=kl_mean,
-        clip_ratio_low=low,
-        clip_ratio_high=high,
-        clip_ratio_region=region,
-        per_token_loss=per_token_loss,
-    )
+    return GRPOLossOutput(loss=loss, kl=kl_mean, clip_ratio_low=low, clip_ratio_high=high, clip_ratio_region=region,
+                          per_token_loss=per_token_loss, cispo_clip_ratio=capped)
 
 
 # ---------------------------------------------------------------------------------------------
