@@ -1,21 +1,27 @@
 # Every target sets up what it needs: a .venv with torch==2.13.0 (CPU wheel on these machines;
-# a looser pin drags in several GB of CUDA packages) and then posttrain with its test extras.
+# a looser pin drags in several GB of CUDA packages) and then posttrain with its test extras, every package at the
+# version requirements/lock.txt pins (pip constraints), so a fresh machine builds the environment CI last passed on.
+# `make lock` refreshes the lock from the newest releases (after the suites pass on them); `make test-newest` runs
+# the suite on the newest releases without touching it (docs/reliability.md, "Reproducible installs").
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
+LOCK   := requirements/lock.txt
+CONSTRAINTS ?= -c $(LOCK)
+PIP    = $(BIN)/pip install -q --disable-pip-version-check $(CONSTRAINTS)
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.posttrain-installed
 DS_STAMP := $(VENV)/.posttrain-deepspeed-installed
 PYTEST := $(BIN)/python -m pytest
 OUT    ?= outputs/demo
 
-.PHONY: install demo test test-slow test-distributed test-all bench bench-packing bench-trl trl-venv clean
+.PHONY: install demo test test-slow test-distributed test-all test-seeds test-newest lock bench bench-packing bench-trl trl-venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
+$(STAMP): $(BIN)/python pyproject.toml $(LOCK)
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[dev]"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -33,7 +39,7 @@ test-slow: install
 # shared-memory communication op the first time it starts, and its CPU Adam for offload (~3 and ~5 min on 2 cores,
 # cached in ~/.cache/torch_extensions); they are built here once, so the tests' own timings do not include them.
 $(DS_STAMP): $(STAMP)
-	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0 -e ".[deepspeed]"
+	$(PIP) torch==2.13.0 -e ".[deepspeed]"
 	DS_ACCELERATOR=cpu $(BIN)/python -c "from deepspeed.accelerator import get_accelerator as a; \
 		[b is None or b.load() for b in map(a().create_op_builder, ('ShareMemCommBuilder', 'CPUAdamBuilder'))]"
 	@touch $(DS_STAMP)
@@ -43,6 +49,29 @@ test-distributed: install $(DS_STAMP)
 
 test-all: install
 	$(PYTEST) -q
+
+# The learning tests (-m learning) with training seeds 0, 1 and 2; each seed's output in outputs/seeds/, and the lines
+# the tests print about what they measured (their margins) shown here. Their docstrings record these margins.
+test-seeds: install
+	@mkdir -p outputs/seeds
+	@for s in 0 1 2; do echo "== seed $$s"; POSTTRAIN_TEST_SEED=$$s $(PYTEST) -q -s -m "learning and not distributed" \
+		-p no:cacheprovider > outputs/seeds/seed-$$s.log 2>&1; \
+		grep -E " -> |^(FAILED|ERROR)|passed|failed" outputs/seeds/seed-$$s.log | grep -v "^{"; done
+
+# The newest releases of the day, in a fresh .venv-newest (no constraints): the suite, then what moved against the lock.
+test-newest:
+	rm -rf .venv-newest
+	$(MAKE) test VENV=.venv-newest CONSTRAINTS=
+	$(PYTHON) tools/lockfile.py freeze .venv-newest .venv-newest/versions.txt
+	@echo "newest releases against $(LOCK):"; $(PYTHON) tools/lockfile.py diff $(LOCK) .venv-newest/versions.txt --common
+
+# Refresh the lock: both suites on the newest releases, and only if they pass, the lock rewritten (and what moved).
+lock:
+	rm -rf .venv-newest
+	$(MAKE) test test-distributed VENV=.venv-newest CONSTRAINTS=
+	$(PYTHON) tools/lockfile.py freeze .venv-newest $(LOCK).new
+	@echo "moved:"; $(PYTHON) tools/lockfile.py diff $(LOCK) $(LOCK).new
+	mv $(LOCK).new $(LOCK)
 
 # posttrain side by side with TRL (issue 8): first-step checks, then speed and memory of the headline scenarios at both
 # libraries' defaults and best settings. Each peer runs from its own venv, benchmarks/.venv-trl-<version> (TRL 1.16,

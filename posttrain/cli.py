@@ -140,7 +140,11 @@ def relaunch(command: str, args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("POSTTRAIN_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -162,7 +166,32 @@ def main(argv: list[str] | None = None) -> int:
     if command != "kit" and any(a == "--accelerate_config" or a.startswith("--accelerate_config=") for a in rest):
         return relaunch(command, rest)
     module = importlib.import_module(COMMANDS[command][0])
-    return leave_deepspeed_worker(int(module.main(rest) or 0))
+    return leave_deepspeed_worker(run_reporting_errors(f"posttrain {command}", module.main, rest, debug))
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The errors that are about the user's input or environment, not a bug: configuration and data errors
+    (``ValueError``, among them ``DatasetFormatError``), files and folders (``OSError``), missing extras
+    (``ImportError``), and a run's own refusals (output folder, checkpoint write, divergence)."""
+    from .trainers.base import TrainingDivergedError
+    from .trainers.run_dir import CheckpointWriteError, OutputDirError
+
+    return (ValueError, OSError, ImportError, OutputDirError, CheckpointWriteError, TrainingDivergedError)
+
+
+def run_reporting_errors(prog: str, fn, args: list[str], debug: bool) -> int:
+    """``fn(args)``; a user error (:func:`user_errors`) is printed as its message alone, exit code 2; ``--debug``
+    (or ``POSTTRAIN_DEBUG=1``) shows the traceback instead. Other exceptions are bugs and keep theirs."""
+    try:
+        return int(fn(args) or 0)
+    except user_errors() as err:
+        if debug:
+            raise
+        text = str(err).strip() or type(err).__name__
+        if type(err) in (OSError, PermissionError, ImportError):  # their messages do not say what they are
+            text = f"{type(err).__name__}: {text}"
+        print(f"{prog}: error: {text}\n(run with --debug for the traceback)", file=sys.stderr, flush=True)
+        return 2
 
 
 def leave_deepspeed_worker(code: int) -> int:

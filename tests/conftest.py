@@ -15,8 +15,20 @@ os.environ.setdefault("ACCELERATE_MIXED_PRECISION", "no")
 import pytest
 import torch
 
+SEED = int(os.environ.get("POSTTRAIN_TEST_SEED", "0"))
+"""The training seed of the learning tests (train_args, the shared SFT'd model). `make test-seeds` runs them with
+seeds 0, 1 and 2; each learning test's docstring records its three margins, and its asserted margin is one all
+three clear (docs/reliability.md, "Learning tests")."""
+
 # Tiny models train fastest on one thread, and one thread does not thrash a busy 2-core machine.
 torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items):
+    """A test whose name says it learns ("learns" in it) is a learning test: `-m learning` selects them all."""
+    for item in items:
+        if "learns" in item.name:
+            item.add_marker(pytest.mark.learning)
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +66,7 @@ def use_precision(monkeypatch, precision: str) -> None:
 def train_args(cls, tmp_path, **overrides):
     """Small, quiet, deterministic training arguments for tests."""
     defaults = dict(output_dir=str(tmp_path / "out"), report_to=[], save_strategy="no", disable_tqdm=True,
-                    logging_steps=1, per_device_train_batch_size=8, learning_rate=1e-3, seed=0,
+                    logging_steps=1, per_device_train_batch_size=8, learning_rate=1e-3, seed=SEED,
                     dataloader_num_workers=0)
     defaults.update(overrides)
     return cls(**defaults)
@@ -80,7 +92,7 @@ def sft_reverse_dir(tmp_path_factory):
     sft = reverse_sft_data()
     rows = [{"prompt": p, "completion": task.wrong_answer(rng, p) if rng.random() < 0.4 else c}
             for p, c in zip(sft["prompt"], sft["completion"])]
-    model = build_tiny_model("qwen2", size="small", seed=0)
+    model = build_tiny_model("qwen2", size="small", seed=SEED)
     args = train_args(SFTConfig, out, max_steps=300, per_device_train_batch_size=32, learning_rate=2e-3,
                       lr_scheduler_type="cosine", warmup_steps=20, logging_steps=50, padding_free=True)
     SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok).train()

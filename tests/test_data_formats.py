@@ -44,13 +44,13 @@ def test_custom_text_field():
 @pytest.mark.parametrize(
     "rows, message",
     [
-        ([{"prompt": "a", "completion": "b"}, {"prompt": "a", "completion": ""}], r"Row 1, column 'completion'.*empty"),
-        ([{"prompt": 3, "completion": "b"}], r"Row 0, column 'prompt': expected a string, got int"),
-        ([{"prompt": CONV, "completion": "b"}], r"Row 0, column 'completion': expected a non-empty list of messages"),
-        ([{"prompt": "a", "completion": "b", "label": "yes"}], r"Row 0, column 'label': expected a bool"),
-        ([{"prompt": "a", "completions": ["x", "y"], "labels": [True]}], r"Row 0: 'completions' has 2 steps but 'labels' has 1"),
+        ([{"prompt": "a", "completion": "b"}, {"prompt": "a", "completion": ""}], r"Row 1 \(0-based\), column 'completion'.*empty"),
+        ([{"prompt": 3, "completion": "b"}], r"Row 0 \(0-based\), column 'prompt': expected a string, got int"),
+        ([{"prompt": CONV, "completion": "b"}], r"Row 0 \(0-based\), column 'completion': expected a non-empty list of messages"),
+        ([{"prompt": "a", "completion": "b", "label": "yes"}], r"Row 0 \(0-based\), column 'label': expected a bool"),
+        ([{"prompt": "a", "completions": ["x", "y"], "labels": [True]}], r"Row 0 \(0-based\): 'completions' has 2 steps but 'labels' has 1"),
         ([{"messages": [{"role": "robot", "content": "x"}]}], r"unknown role 'robot'"),
-        ([{"messages": [{"content": "x"}]}], r"Row 0, column 'messages', message 0: expected a dict with 'role' and 'content'"),
+        ([{"messages": [{"content": "x"}]}], r"Row 0 \(0-based\), column 'messages', message 0: expected a dict with 'role' and 'content'"),
     ],
 )
 def test_bad_rows_name_row_and_column(rows, message):

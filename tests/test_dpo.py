@@ -85,10 +85,10 @@ def test_unpaired_data_to_dpo_is_an_error(tiny_model_dir, tmp_path):
 def test_empty_or_missing_completion_names_row(tiny_model_dir, tmp_path):
     rows = pref_data(4).to_list()
     rows[2]["rejected"] = ""
-    with pytest.raises(DatasetFormatError, match=r"Row 2, column 'rejected'"):
+    with pytest.raises(DatasetFormatError, match=r"Row 2 \(0-based\), column 'rejected'"):
         dpo(tiny_model_dir, tmp_path, Dataset.from_list(rows))
     rows[2]["rejected"] = None
-    with pytest.raises(DatasetFormatError, match=r"Row 2, column 'rejected'"):
+    with pytest.raises(DatasetFormatError, match=r"Row 2 \(0-based\), column 'rejected'"):
         dpo(tiny_model_dir, tmp_path, Dataset.from_list(rows))
 
 
@@ -96,7 +96,7 @@ def test_prompt_longer_than_max_length(tiny_model_dir, tmp_path, tokenizer):
     rows = pref_data(3).to_list()
     rows[1]["prompt"] = "Sort: " + " ".join(["3"] * 80) + "\n"
     data = Dataset.from_list(rows)
-    with pytest.raises(DatasetFormatError, match=r"Row 1: the prompt is \d+ tokens but max_length=32"):
+    with pytest.raises(DatasetFormatError, match=r"Row 1 \(0-based\): the prompt is \d+ tokens but max_length=32"):
         dpo(tiny_model_dir, tmp_path, data, max_length=32, max_prompt_length=None, truncation_mode="keep_start")
     # keep_end (the default) cuts the start of the prompt and keeps the whole completions
     ds = dpo(tiny_model_dir, tmp_path, data, max_length=32, max_prompt_length=None).train_dataset

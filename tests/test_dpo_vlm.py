@@ -218,12 +218,12 @@ def test_precomputed_reference_log_probs_with_images(vlm_dir, processor, pairs, 
 
 
 @pytest.mark.parametrize("rows, match", [
-    ([_row("red", "blue"), _row("blue", "red", images=[])], r"Row 1: column 'prompt' has 1 image .* holds 0 image"),
-    ([_row("red", "blue", image=False)], r"Row 0: column 'prompt' has 0 image .* holds 1 image"),
+    ([_row("red", "blue"), _row("blue", "red", images=[])], r"Row 1 \(0-based\): column 'prompt' has 1 image .* holds 0 image"),
+    ([_row("red", "blue", image=False)], r"Row 0 \(0-based\): column 'prompt' has 0 image .* holds 1 image"),
     ([{**_row("red", "blue"), "chosen": [{"role": "assistant", "content": [{"type": "image"}]}]}],
-     r"Row 0, column 'chosen': images in the chosen are not supported"),
+     r"Row 0 \(0-based\), column 'chosen': images in the chosen are not supported"),
     ([{**_row("red", "blue"), "rejected": "<image>blue", "chosen": "red", "prompt": "<image>What?"}],
-     r"Row 0, column 'rejected': images in the rejected"),
+     r"Row 0 \(0-based\), column 'rejected': images in the rejected"),
 ])
 def test_image_errors_name_the_row(rows, match, vlm_dir, processor, tmp_path):
     with pytest.raises(DatasetFormatError, match=match):

@@ -63,7 +63,7 @@ def test_assistant_only_loss_needs_generation_markers(tokenizer):
 
 
 def test_prompt_longer_than_max_length_is_a_clear_error(tokenizer):
-    with pytest.raises(DatasetFormatError, match=r"Row 0: the example is \d+ tokens and max_length=4"):
+    with pytest.raises(DatasetFormatError, match=r"Row 0 \(0-based\): the example is \d+ tokens and max_length=4"):
         _tok(tokenizer, {"prompt": "a b c d e f g h i j", "completion": "k"}, max_length=4)
 
 

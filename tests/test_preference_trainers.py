@@ -232,7 +232,7 @@ def test_kto_non_bool_labels_are_an_error(tiny_model_dir, tmp_path):
     rows = make_dataset("sort", "unpaired_preference", n=4, seed=0).to_list()
     for r in rows:
         r["label"] = int(r["label"])
-    with pytest.raises(DatasetFormatError, match=r"Row 0, column 'label': expected a bool"):
+    with pytest.raises(DatasetFormatError, match=r"Row 0 \(0-based\), column 'label': expected a bool"):
         kto(tiny_model_dir, tmp_path, Dataset.from_list(rows))
     rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
     with pytest.raises(DatasetFormatError, match="no 'label' column"):
@@ -242,7 +242,7 @@ def test_kto_non_bool_labels_are_an_error(tiny_model_dir, tmp_path):
 def test_kto_bad_pair_names_the_row(tiny_model_dir, tmp_path):
     rows = pref_data(4).to_list()
     rows[3]["rejected"] = ""
-    with pytest.raises(DatasetFormatError, match=r"Row 3, column 'rejected'"):
+    with pytest.raises(DatasetFormatError, match=r"Row 3 \(0-based\), column 'rejected'"):
         kto(tiny_model_dir, tmp_path, Dataset.from_list(rows))
 
 

@@ -101,9 +101,9 @@ def test_rows_that_lose_every_label_are_dropped_or_rejected(tokenizer, caplog):
 def test_bad_stepwise_rows_fail_clearly(tokenizer):
     args = PRMConfig(output_dir="x", report_to=[])
     bad = Dataset.from_list([ROW, {**ROW, "labels": [True, False]}])
-    with pytest.raises(DatasetFormatError, match=r"Row 1: 'completions' has 4 steps but 'labels' has 2"):
+    with pytest.raises(DatasetFormatError, match=r"Row 1 \(0-based\): 'completions' has 4 steps but 'labels' has 2"):
         prepare_stepwise_dataset(bad, tokenizer, args, "train")
-    with pytest.raises(DatasetFormatError, match=r"Row 0, column 'labels'"):
+    with pytest.raises(DatasetFormatError, match=r"Row 0 \(0-based\), column 'labels'"):
         prepare_stepwise_dataset(Dataset.from_list([{**ROW, "labels": [1, 1, 0, 1]}]), tokenizer, args, "train")
     with pytest.raises(DatasetFormatError, match="PRMTrainer needs a dataset of kind stepwise"):
         prepare_stepwise_dataset(Dataset.from_list([{"prompt": "a", "completion": "b"}]), tokenizer, args, "train")

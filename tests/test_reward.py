@@ -99,13 +99,13 @@ def test_bad_preference_rows_fail_clearly(tokenizer):
     args = RewardConfig(output_dir="x", report_to=[])
     rows = [{"prompt": "Sort: 2 1\n", "chosen": "1 2", "rejected": "2 1"},
             {"prompt": "Sort: 3 1\n", "chosen": "1 3", "rejected": ""}]
-    with pytest.raises(DatasetFormatError, match=r"Row 1, column 'rejected'.*empty"):
+    with pytest.raises(DatasetFormatError, match=r"Row 1 \(0-based\), column 'rejected'.*empty"):
         prepare_reward_dataset(Dataset.from_list(rows), tokenizer, args, "train")
     with pytest.raises(DatasetFormatError, match="RewardTrainer needs a dataset of kind preference"):
         prepare_reward_dataset(Dataset.from_list([{"prompt": "a", "completion": "b"}]), tokenizer, args, "train")
-    with pytest.raises(DatasetFormatError, match=r"Row 0, column 'chosen'.*empty"):
+    with pytest.raises(DatasetFormatError, match=r"Row 0 \(0-based\), column 'chosen'.*empty"):
         prepare_reward_dataset(Dataset.from_list([{"chosen": "", "rejected": "Sort: 2 1\n1"}]), tokenizer, args, "train")
-    with pytest.raises(DatasetFormatError, match=r"Row 0, column 'margin'"):
+    with pytest.raises(DatasetFormatError, match=r"Row 0 \(0-based\), column 'margin'"):
         prepare_reward_dataset(Dataset.from_list([{**rows[0], "margin": "big"}]), tokenizer, args, "train")
     with pytest.raises(DatasetFormatError, match="is empty"):
         prepare_reward_dataset(Dataset.from_list(rows).select([]), tokenizer, args, "train")

@@ -215,13 +215,13 @@ def _dataset(rows):
 
 
 @pytest.mark.parametrize("rows, match", [
-    ([_row("up"), _row("down", videos=[])], r"Row 1: column 'prompt' has 1 video part\(s\) .* holds 0 video\(s\)"),
-    ([_row("up", parts=())], r"Row 0: column 'prompt' has 0 video part\(s\) .* holds 1 video\(s\)"),
-    ([_row("up"), _row("up", videos=[[]])], r"Row 1: video 0 of column 'videos' has no frames"),
+    ([_row("up"), _row("down", videos=[])], r"Row 1 \(0-based\): column 'prompt' has 1 video part\(s\) .* holds 0 video\(s\)"),
+    ([_row("up", parts=())], r"Row 0 \(0-based\): column 'prompt' has 0 video part\(s\) .* holds 1 video\(s\)"),
+    ([_row("up"), _row("up", videos=[[]])], r"Row 1 \(0-based\): video 0 of column 'videos' has no frames"),
     ([_row("up", videos=[[*motion_clip("up", random.Random(0))[:2], motion_clip("up", random.Random(0), size=16)[0]]])],
-     r"Row 0: the frames of video 0 in column 'videos' differ in size \(frame 0 is 32x32, frame 2 16x16\)"),
+     r"Row 0 \(0-based\): the frames of video 0 in column 'videos' differ in size \(frame 0 is 32x32, frame 2 16x16\)"),
     ([{**_row("up"), "completion": [{"role": "assistant", "content": [{"type": "video"}]}]}],
-     r"Row 0, column 'completion': videos in the completion"),
+     r"Row 0 \(0-based\), column 'completion': videos in the completion"),
 ])
 def test_bad_video_rows_name_the_row(rows, match, processor, tmp_path):
     with pytest.raises(DatasetFormatError, match=match):
@@ -232,7 +232,7 @@ def test_bad_video_rows_name_the_row(rows, match, processor, tmp_path):
 def test_collator_checks_frames_too(processor):
     """Rows the trainer never validated (a custom pipeline) are checked batch by batch, naming the example."""
     frames = [np.zeros((32, 32, 3), np.uint8), np.zeros((24, 32, 3), np.uint8)]
-    with pytest.raises(DatasetFormatError, match=r"Row 1: the frames of video 0 .* frame 1 32x24"):
+    with pytest.raises(DatasetFormatError, match=r"Row 1 \(0-based\): the frames of video 0 .* frame 1 32x24"):
         DataCollatorForVisionLanguageModeling(processor)([_row("up"), _row("up", videos=[frames])])
 
 

@@ -200,10 +200,10 @@ def _trainer(model, data, tmp_path, processor, **overrides):
 
 
 @pytest.mark.parametrize("rows, match", [
-    ([_row("red"), _row("blue", images=[])], r"Row 1: column 'prompt' has 1 image .* holds 0 image"),
-    ([_row("red", image=False)], r"Row 0: column 'prompt' has 0 image .* holds 1 image"),
+    ([_row("red"), _row("blue", images=[])], r"Row 1 \(0-based\): column 'prompt' has 1 image .* holds 0 image"),
+    ([_row("red", image=False)], r"Row 0 \(0-based\): column 'prompt' has 0 image .* holds 1 image"),
     ([{**_row("red"), "completion": [{"role": "assistant", "content": [{"type": "image"}]}]}],
-     r"Row 0, column 'completion': images in the completion"),
+     r"Row 0 \(0-based\), column 'completion': images in the completion"),
 ])
 def test_image_count_errors_name_the_row(rows, match, vlm_dir, processor, tmp_path):
     with pytest.raises(DatasetFormatError, match=match):
@@ -228,7 +228,7 @@ def test_processor_without_a_usable_chat_template(vlm_dir, colors, tmp_path):
     text_only = build_tiny_processor()  # the kit's text template: string content only
     kit_template = (Path(tokenizer_path()) / "chat_template.jinja").read_text()
     text_only.chat_template = text_only.tokenizer.chat_template = kit_template
-    with pytest.raises(DatasetFormatError, match="Row 0: the chat template cannot render"):
+    with pytest.raises(DatasetFormatError, match="Row 0 \(0-based\): the chat template cannot render"):
         _trainer(vlm_dir, colors, tmp_path, text_only)
 
 

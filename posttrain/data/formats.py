@@ -140,26 +140,26 @@ def _check_text(value: Any, column: str, row: int, conversational: bool) -> None
     if conversational:
         if not isinstance(value, list) or not value:
             raise DatasetFormatError(
-                f"Row {row}, column '{column}': expected a non-empty list of messages "
+                f"Row {row} (0-based), column '{column}': expected a non-empty list of messages "
                 f'[{{"role": ..., "content": ...}}], got {_short(value)}.'
             )
         for j, msg in enumerate(value):
             if not isinstance(msg, Mapping) or "role" not in msg or "content" not in msg:
                 raise DatasetFormatError(
-                    f"Row {row}, column '{column}', message {j}: expected a dict with 'role' and 'content', "
+                    f"Row {row} (0-based), column '{column}', message {j}: expected a dict with 'role' and 'content', "
                     f"got {_short(msg)}."
                 )
             if msg["role"] not in ("system", "user", "assistant", "tool"):
                 raise DatasetFormatError(
-                    f"Row {row}, column '{column}', message {j}: unknown role {msg['role']!r}; "
+                    f"Row {row} (0-based), column '{column}', message {j}: unknown role {msg['role']!r}; "
                     "use system, user, assistant or tool."
                 )
             if msg["content"] is None:
-                raise DatasetFormatError(f"Row {row}, column '{column}', message {j}: 'content' is empty (None).")
+                raise DatasetFormatError(f"Row {row} (0-based), column '{column}', message {j}: 'content' is empty (None).")
     else:
         if not isinstance(value, str):
             raise DatasetFormatError(
-                f"Row {row}, column '{column}': expected a string, got {type(value).__name__} {_short(value)}. "
+                f"Row {row} (0-based), column '{column}': expected a string, got {type(value).__name__} {_short(value)}. "
                 "(Mixing standard strings and conversational message lists in one dataset is not supported.)"
             )
 
@@ -177,7 +177,7 @@ def validate_example(example: Mapping[str, Any], fmt: DatasetFormat, row: int, t
         col = "messages" if conv else text_field
         _check_text(example.get(col), col, row, conv)
         if not conv and not example[col]:
-            raise DatasetFormatError(f"Row {row}, column '{col}': the text is empty.")
+            raise DatasetFormatError(f"Row {row} (0-based), column '{col}': the text is empty.")
         return
     text_columns = {
         PROMPT_ONLY: ("prompt",),
@@ -192,21 +192,21 @@ def validate_example(example: Mapping[str, Any], fmt: DatasetFormat, row: int, t
     for col in ("completion", "chosen", "rejected"):
         if col in text_columns and not conv and not example[col]:
             raise DatasetFormatError(
-                f"Row {row}, column '{col}': the completion is empty; every row needs a non-empty '{col}'."
+                f"Row {row} (0-based), column '{col}': the completion is empty; every row needs a non-empty '{col}'."
             )
     if kind == UNPAIRED_PREFERENCE and not isinstance(example.get("label"), bool):
         raise DatasetFormatError(
-            f"Row {row}, column 'label': expected a bool (true = desirable completion), got {_short(example.get('label'))}."
+            f"Row {row} (0-based), column 'label': expected a bool (true = desirable completion), got {_short(example.get('label'))}."
         )
     if kind == STEPWISE:
         steps, labels = example.get("completions"), example.get("labels")
         if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps) or not steps:
-            raise DatasetFormatError(f"Row {row}, column 'completions': expected a non-empty list of step strings.")
+            raise DatasetFormatError(f"Row {row} (0-based), column 'completions': expected a non-empty list of step strings.")
         if not isinstance(labels, list) or not all(isinstance(b, bool) for b in labels):
-            raise DatasetFormatError(f"Row {row}, column 'labels': expected a list of bools, one per step.")
+            raise DatasetFormatError(f"Row {row} (0-based), column 'labels': expected a list of bools, one per step.")
         if len(steps) != len(labels):
             raise DatasetFormatError(
-                f"Row {row}: 'completions' has {len(steps)} steps but 'labels' has {len(labels)}; "
+                f"Row {row} (0-based): 'completions' has {len(steps)} steps but 'labels' has {len(labels)}; "
                 "give exactly one label per step."
             )
 

@@ -43,7 +43,7 @@ def extract_prompt(example: Mapping[str, Any], row: int | None = None) -> dict[s
     prefix, cut back to the last whitespace so that a word shared by both answers stays in the answers.
     """
     chosen, rejected = example["chosen"], example["rejected"]
-    where = f"Row {row}: " if row is not None else ""
+    where = f"Row {row} (0-based): " if row is not None else ""
     if is_conversational_value(chosen):
         n = _common_prefix_len(chosen, rejected)
         n = min(n, len(chosen) - 1, len(rejected) - 1)

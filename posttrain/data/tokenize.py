@@ -62,7 +62,7 @@ def tokenize_prompt_completion(tokenizer, prompt: Any, completion: Any, conversa
         prompt_ids = chat_template_ids(tokenizer, prompt, add_generation_prompt=True, **template_kwargs)
         full_ids = chat_template_ids(tokenizer, list(prompt) + list(completion), **template_kwargs)
         if full_ids[: len(prompt_ids)] != prompt_ids:
-            where = f"Row {row}: " if row is not None else ""
+            where = f"Row {row} (0-based): " if row is not None else ""
             raise DatasetFormatError(
                 f"{where}the chat template tokenizes the prompt differently when the completion follows it, so "
                 "the completion tokens cannot be located. Use a chat template whose generation-prompt rendering "
@@ -129,13 +129,13 @@ def tokenize_sft_example(
         if key in out and active and sum(out[key]) == 0:
             if full_len > (max_length or full_len):
                 raise DatasetFormatError(
-                    f"Row {row}: the example is {full_len} tokens and max_length={max_length} "
+                    f"Row {row} (0-based): the example is {full_len} tokens and max_length={max_length} "
                     f"({truncation_mode}) cuts away every token the loss trains on. Increase max_length, "
                     "shorten or filter long prompts, or use truncation_mode='keep_end'."
                 )
             if key == "assistant_masks":
                 raise DatasetFormatError(
-                    f"Row {row}: assistant_only_loss=True but no assistant token was found. Either the row has no "
+                    f"Row {row} (0-based): assistant_only_loss=True but no assistant token was found. Either the row has no "
                     "assistant message, or the chat template lacks the {% generation %} ... {% endgeneration %} "
                     "markers that locate assistant tokens."
                 )

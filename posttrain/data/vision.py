@@ -84,7 +84,7 @@ def rendering(row: int, conversational: bool):
         if not conversational:
             raise
         raise DatasetFormatError(
-            f"Row {row}: the chat template cannot render this row ({type(err).__name__}: {err}). Vision rows need "
+            f"Row {row} (0-based): the chat template cannot render this row ({type(err).__name__}: {err}). Vision rows need "
             "a template that renders content lists ({'type': 'image'} / {'type': 'text'} parts).") from err
 
 
@@ -125,13 +125,14 @@ def row_images(example: Mapping[str, Any]) -> list:
 
 
 def text_rows(dataset, split: str = "train") -> Iterator[tuple[int, dict[str, Any], int, str]]:
-    """``(row, text columns, number of images, image column)`` for every row of a vision dataset, without decoding
-    an image (for validating every row before training)."""
+    """``(row, text columns, number of images, image column)`` for every row of a vision dataset, for validating
+    every row before training; every image is decoded once first (:func:`check_images_open`)."""
     column = image_column(dataset.column_names)
     if column is None:
         raise DatasetFormatError(f"The {split} dataset has no image column ({' or '.join(IMAGE_COLUMNS)}).")
     if len(dataset) == 0:
         raise DatasetFormatError(f"The {split} dataset is empty.")
+    check_images_open(dataset, column, split)
     texts = dataset.select_columns([c for c in dataset.column_names if c not in IMAGE_COLUMNS])
     for row, (example, count) in enumerate(zip(texts, image_counts(dataset, column))):
         yield row, example, count, column
@@ -214,6 +215,27 @@ def image_counts(dataset, column: str) -> list[int]:
     return counts
 
 
+def check_images_open(dataset, column: str, split: str = "train") -> None:
+    """Decode every image of ``column`` once, so that a broken or truncated file is an error naming its row and
+    column before training starts, not a crash in some later batch. Images held as arrays or PIL objects pass."""
+    row = 0
+    for table in dataset.select_columns([column]).with_format("arrow").iter(batch_size=100):
+        for value in table.column(column).to_pylist():
+            for index, image in enumerate((value or []) if column == "images" else [value]):
+                if not isinstance(image, Mapping) or not (image.get("bytes") or image.get("path")):
+                    continue
+                try:
+                    with _open_frame(image) as opened:
+                        opened.load()
+                except Exception as err:  # noqa: BLE001 - PIL raises several types for broken files
+                    where = f"image {index} of " if column == "images" else ""
+                    source = f" ({image['path']})" if image.get("path") else ""
+                    raise DatasetFormatError(
+                        f"Row {row} (0-based) of the {split} dataset, column '{column}': {where}the image{source} "
+                        f"cannot be read ({type(err).__name__}: {err}). Replace or remove that row.") from None
+            row += 1
+
+
 def video_frame_sizes(dataset, column: str) -> list[list[list[tuple[int, int]]]]:
     """For every row of ``column`` (``videos`` or ``video``), each video's frame sizes, read from the Arrow data
     (image files' headers only: no frame is decoded)."""
@@ -277,7 +299,7 @@ def check_no_media(example: Mapping[str, Any], row: int, columns: Sequence[str],
     ("image" or "video") placeholder."""
     for col in columns:
         if _count_parts(example.get(col), kind, token):
-            raise DatasetFormatError(f"Row {row}, column '{col}': {kind}s in the {col} are not supported; put them "
+            raise DatasetFormatError(f"Row {row} (0-based), column '{col}': {kind}s in the {col} are not supported; put them "
                                      "in the prompt.")
 
 
@@ -289,7 +311,7 @@ def check_media_count(example: Mapping[str, Any], row: int, count: int, *, kind:
     if parts != count:
         what = f"{kind} part(s) ({{'type': '{kind}'}})" if conversational else f"{kind} token(s) ('{token}')"
         raise DatasetFormatError(
-            f"Row {row}: column '{key}' has {parts} {what} but column '{column}' holds {count} {kind}(s). Every "
+            f"Row {row} (0-based): column '{key}' has {parts} {what} but column '{column}' holds {count} {kind}(s). Every "
             f"{kind} placeholder takes one {kind}, in order: add the missing "
             f"{kind + 's' if parts > count else 'placeholders'}.")
 
@@ -565,12 +587,12 @@ class DataCollatorForVisionLanguageModeling:
                               key=self._media_key(fmt), column=col)
         for k, sizes in enumerate(frames):
             if not sizes:
-                raise DatasetFormatError(f"Row {row}: video {k} of column '{video_col}' has no frames; a video is a "
+                raise DatasetFormatError(f"Row {row} (0-based): video {k} of column '{video_col}' has no frames; a video is a "
                                          "non-empty list of frames.")
             if len(set(sizes)) > 1:
                 odd = next(f for f, size in enumerate(sizes) if size != sizes[0])
                 raise DatasetFormatError(
-                    f"Row {row}: the frames of video {k} in column '{video_col}' differ in size (frame 0 is "
+                    f"Row {row} (0-based): the frames of video {k} in column '{video_col}' differ in size (frame 0 is "
                     f"{sizes[0][0]}x{sizes[0][1]}, frame {odd} {sizes[odd][0]}x{sizes[odd][1]}); resize them to one "
                     "size.")
 
@@ -621,8 +643,8 @@ class DataCollatorForVisionLanguageModeling:
         return out, ordered
 
     def validate(self, dataset, split: str = "train") -> None:
-        """Check every row of ``dataset`` before training: its format, its text (tokenized as the batches will be)
-        and its number of images. Errors name the row. No image is decoded."""
+        """Check every row of ``dataset`` before training: its format, its text (tokenized as the batches will be),
+        its number of images, and that every image decodes (:func:`check_images_open`). Errors name the row."""
         column, video_col = image_column(dataset.column_names), video_column(dataset.column_names)
         if column is None and video_col is None:
             raise DatasetFormatError(f"The {split} dataset has no image or video column "
@@ -631,6 +653,8 @@ class DataCollatorForVisionLanguageModeling:
             raise DatasetFormatError(f"The {split} dataset is empty.")
         texts = dataset.select_columns([c for c in dataset.column_names if c not in MEDIA_COLUMNS])
         fmt = self.format_of(texts[0])
+        if column:
+            check_images_open(dataset, column, split)
         counts = image_counts(dataset, column) if column else [0] * len(dataset)
         frames = video_frame_sizes(dataset, video_col) if video_col else [[]] * len(dataset)
         for row, (example, count, sizes) in enumerate(zip(texts, counts, frames)):

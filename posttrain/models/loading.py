@@ -19,10 +19,15 @@ class ModelConfig:
     model_name_or_path: str | None = field(default=None, metadata={"help": "Hub id or local folder of the model."})
     model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a hub model."})
     dtype: str | None = field(
-        default="auto",
-        metadata={"help": "Weights dtype: 'auto' (as saved), 'float32', 'bfloat16' or 'float16'.",
+        default="float32",
+        metadata={"help": "Weights dtype. Default float32: master weights in full precision, with bf16/fp16 mixed "
+                  "precision (--bf16) doing the compute, as TRL does. 'auto' (as saved: most hub checkpoints are "
+                  "bf16), 'bfloat16' or 'float16' train low-precision weights (with a warning: updates below "
+                  "their resolution are lost).",
                   "choices": ["auto", "float32", "bfloat16", "float16"]},
     )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Hub id or local folder of the tokenizer/processor (default: the model's)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
     attn_implementation: str | None = field(default=None, metadata={"help": "e.g. 'sdpa', 'eager', 'flash_attention_2'."})
     use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights."})
@@ -140,23 +145,37 @@ def is_vision_checkpoint(name_or_path: str, **kwargs) -> bool:
         return False
 
 
-def load_pretrained(name_or_path: str, auto_class=None, **kwargs):
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def load_pretrained(name_or_path: str, auto_class=None, *, frozen: bool = False, **kwargs):
     """``auto_class.from_pretrained`` with dtype names resolved and a clear error when nothing is found. Without an
-    ``auto_class``: ``AutoModelForImageTextToText`` for a vision-language model, else ``AutoModelForCausalLM``."""
+    ``auto_class``: ``AutoModelForImageTextToText`` for a vision-language model, else ``AutoModelForCausalLM``.
+
+    Without a ``dtype`` the weights are float32 whatever the checkpoint stores (transformers 5 would keep a bf16
+    checkpoint in bf16, where an optimizer step smaller than bf16's resolution leaves a weight unchanged); mixed
+    precision does the compute. A model to be trained (not ``frozen``: a reference, reward model or teacher) that
+    ends up in bf16/fp16 anyway, because ``dtype`` asked for it, gets a warning saying so."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
+    from ..data.loading import looks_local
+
+    if not os.path.exists(os.path.expanduser(name_or_path)) and looks_local(name_or_path):
+        raise FileNotFoundError(
+            f"Model '{name_or_path}' does not exist: it looks like a local path, so it is not looked up on the Hub. "
+            f"Check the path (relative paths start from the current folder, {os.getcwd()}); `posttrain kit "
+            "build-model` writes a tiny model folder.")
     if auto_class is None:
         vision = is_vision_checkpoint(name_or_path, **kwargs)
         auto_class = AutoModelForImageTextToText if vision else AutoModelForCausalLM
     kwargs = dict(kwargs)
     if "torch_dtype" in kwargs and "dtype" not in kwargs:
         kwargs["dtype"] = kwargs.pop("torch_dtype")
-    if "dtype" in kwargs:
-        kwargs["dtype"] = resolve_dtype(kwargs["dtype"])
+    kwargs["dtype"] = resolve_dtype(kwargs["dtype"]) if kwargs.get("dtype") is not None else torch.float32
     if kwargs.get("revision") == "main":
         kwargs.pop("revision")
     try:
-        return auto_class.from_pretrained(name_or_path, **kwargs)
+        model = auto_class.from_pretrained(name_or_path, **kwargs)
     except OSError as err:
         if os.path.isdir(name_or_path):
             raise
@@ -164,6 +183,23 @@ def load_pretrained(name_or_path: str, auto_class=None, **kwargs):
             f"Could not load model '{name_or_path}': it is not a local folder and could not be fetched from the "
             f"Hub ({str(err)[:200]}). Pass a local model folder; `posttrain kit build-model` writes a tiny one."
         ) from err
+    if not frozen and "quantization_config" not in kwargs:
+        warn_low_precision_weights(model, name_or_path)
+    return model
+
+
+def warn_low_precision_weights(model, name: str) -> None:
+    """Warn when the trainable floating-point weights of ``model`` are bf16/fp16 (pure low-precision training)."""
+    import warnings
+
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    low = sorted(str(d).replace("torch.", "") for d in dtypes & set(LOW_PRECISION))
+    if low:
+        warnings.warn(
+            f"Model '{name}' is loaded with {'/'.join(low)} weights, so it trains them in {'/'.join(low)}: optimizer "
+            "updates smaller than that precision's resolution are lost (with small learning rates, many weights "
+            "never change). For float32 master weights with mixed-precision compute, leave dtype unset "
+            "(model_init_kwargs / --dtype float32) and use --bf16.", UserWarning, stacklevel=3)
 
 
 def load_tokenizer(name_or_path: str, **kwargs):
@@ -174,8 +210,36 @@ def load_tokenizer(name_or_path: str, **kwargs):
     if kwargs.get("revision") == "main":
         kwargs.pop("revision")
     tok = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    check_tokenizer(tok, name_or_path)
     ensure_pad_token(tok)
     return tok
+
+
+TOKENIZER_PROBE = "The quick brown fox jumps over the lazy dog 0123456789."
+
+
+def check_tokenizer(tokenizer, source: str, model=None) -> None:
+    """Refuse a tokenizer that cannot encode text, or whose vocabulary is a small fraction of ``model``'s embedding
+    rows: what transformers builds from a model folder without tokenizer files (an empty tokenizer that encodes
+    everything to no tokens, so training would run on empty sequences and report a loss of 0)."""
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    try:
+        ids = tok(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]
+    except Exception:  # noqa: BLE001 - a tokenizer that cannot encode at all fails the same check
+        ids = []
+    rows = None
+    if model is not None and hasattr(model, "get_input_embeddings") and model.get_input_embeddings() is not None:
+        rows = getattr(model.get_input_embeddings(), "num_embeddings", None)
+    tiny = rows is not None and len(tok) * 10 < rows
+    if ids and not tiny:
+        return
+    what = (f"encodes {TOKENIZER_PROBE!r} to no tokens" if not ids else
+            f"has {len(tok)} tokens for a model with {rows} embedding rows")
+    raise ValueError(
+        f"The tokenizer loaded from '{source}' ({type(tok).__name__}) {what}: the folder most likely has no tokenizer "
+        "files (tokenizer.json / tokenizer_config.json / vocab files). Training on it would see empty sequences. Put "
+        "the tokenizer's files in the model folder, or name where they are: --tokenizer_name_or_path PATH (scripts) "
+        "or processing_class=AutoTokenizer.from_pretrained(PATH) (Python).")
 
 
 def load_processing_class(name_or_path: str, **kwargs):

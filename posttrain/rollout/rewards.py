@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import os
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..data.formats import is_conversational_value
+
+logger = logging.getLogger("posttrain")
 
 __all__ = [
     "BUILTIN_REWARDS",
@@ -196,7 +199,10 @@ def get_reward_func(name: str, *, max_completion_length: int | None = None, soft
         raise ValueError(f"Unknown reward function {name!r}. Built-in names: {', '.join(BUILTIN_REWARDS)}; or give "
                          "a 'module:function' path to your own function.")
     module_name, _, attr = name.rpartition(":")
+    # naming code runs it: say which file or module is imported (a config that names code is code, docs/grpo.md)
     if module_name.endswith(".py"):
+        logger.warning("Reward function %r: running the Python file %s to import it.", name,
+                       os.path.abspath(module_name))
         spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(module_name))[0], module_name)
         if spec is None or spec.loader is None:
             raise ValueError(f"Cannot load reward functions from {module_name!r}.")
@@ -205,6 +211,8 @@ def get_reward_func(name: str, *, max_completion_length: int | None = None, soft
     else:
         try:
             module = importlib.import_module(module_name)
+            logger.warning("Reward function %r: imported module %s from %s.", name, module_name,
+                           getattr(module, "__file__", None) or "(built in)")
         except ImportError as err:
             raise ValueError(f"Cannot import module {module_name!r} of reward function {name!r}: {err}") from err
     func = getattr(module, attr, None)

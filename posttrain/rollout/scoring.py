@@ -249,7 +249,7 @@ def _load_reward_model(name_or_path: str, tokenizer):
 
     from ..models.loading import load_pretrained, load_tokenizer
 
-    model = load_pretrained(name_or_path, AutoModelForSequenceClassification, num_labels=1)
+    model = load_pretrained(name_or_path, AutoModelForSequenceClassification, num_labels=1, frozen=True)
     model.eval()
     return model, tokenizer if tokenizer is not None else load_tokenizer(name_or_path)
 

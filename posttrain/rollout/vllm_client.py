@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import urllib.error
 import urllib.parse
@@ -40,16 +41,17 @@ class VLLMClient:
 
     Args:
         base_url: the server's URL (``http://host:port``); when given, ``host`` and ``server_port`` are ignored.
-        host / server_port: the server's address (TRL's defaults ``0.0.0.0`` and ``8000``).
+        host / server_port: the server's address (default ``127.0.0.1`` and ``8000``: the server's own default).
+        token: the shared token the server asks for (default: ``$POSTTRAIN_VLLM_TOKEN``), sent with every request.
         group_port: the port of the NCCL weight-sync group (TRL's default 51216).
         connection_timeout: seconds to wait for the server to come up (0: one try).
         transport: ``"nccl"`` or ``"http"`` (see the module docstring).
         request_timeout: seconds a request may take (None: no limit; generation can be long).
     """
 
-    def __init__(self, base_url: str | None = None, host: str = "0.0.0.0", server_port: int = 8000,
+    def __init__(self, base_url: str | None = None, host: str = "127.0.0.1", server_port: int = 8000,
                  group_port: int = 51216, connection_timeout: float = 0.0, transport: str = "nccl",
-                 request_timeout: float | None = None, http_chunk_bytes: int = 256 * 2**20):
+                 request_timeout: float | None = None, http_chunk_bytes: int = 256 * 2**20, token: str | None = None):
         if transport not in ("nccl", "http"):
             raise ValueError(f"Unknown weight transport {transport!r}; valid values: nccl, http.")
         if base_url:
@@ -58,6 +60,7 @@ class VLLMClient:
         else:
             self.base_url, self.host = f"http://{host}:{server_port}", host
         self.group_port = group_port
+        self.token = token if token is not None else os.environ.get("POSTTRAIN_VLLM_TOKEN") or None
         self.transport = transport
         self.request_timeout = request_timeout
         self.http_chunk_bytes = http_chunk_bytes
@@ -71,8 +74,10 @@ class VLLMClient:
     def _request(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json",
                  timeout: float | None = None) -> Any:
         url = f"{self.base_url}{path}"
-        request = urllib.request.Request(url, data=body, method=method,
-                                         headers={"Content-Type": content_type} if body is not None else {})
+        headers = {"Content-Type": content_type} if body is not None else {}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(url, data=body, method=method, headers=headers)
         try:
             with self._opener.open(request, timeout=timeout or self.request_timeout) as response:
                 payload = response.read()

@@ -20,6 +20,12 @@ endpoint                               method  does
 =====================================  ======  ==========================================================
 
 An error in a background call (NCCL) is reported by the next request.
+
+Security: the server binds 127.0.0.1 unless told otherwise. Bound to any other address it needs a shared token
+(``POSTTRAIN_VLLM_TOKEN``, or ``--token_file``), and every request must carry it (``Authorization: Bearer TOKEN``;
+the client sends the same variable): whoever can reach the port could otherwise replace the served weights. Request
+bodies are capped (:data:`MAX_JSON_BYTES`, and ``max_weights_bytes`` for ``/update_weights/``). docs/vllm.md,
+"Across machines".
 """
 
 from __future__ import annotations
@@ -38,6 +44,35 @@ from .vllm_backend import load_weights_on_worker, request_output_lists, require_
 logger = logging.getLogger("posttrain")
 
 WORKER_EXTENSION = "posttrain.rollout.vllm_backend.WeightSyncWorkerExtension"
+TOKEN_ENV = "POSTTRAIN_VLLM_TOKEN"
+MAX_JSON_BYTES = 64 * 2**20
+"""The largest JSON request body (prompts of a generation, parameter lists) the server reads."""
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def read_token(token_file: str | None = None) -> str | None:
+    """The shared token: the contents of ``token_file`` if given, else ``$POSTTRAIN_VLLM_TOKEN``, else None."""
+    if token_file:
+        with open(token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+        if not token:
+            raise ValueError(f"Token file {token_file} is empty.")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK or host.startswith("127.")
+
+
+def check_exposure(host: str, token: str | None) -> None:
+    """Refuse to listen beyond loopback without a shared token."""
+    if not is_loopback(host) and not token:
+        raise ValueError(
+            f"vllm-serve on {host} (not this machine's loopback address) needs a shared token: anyone who can reach "
+            f"the port could replace the served model's weights. Set {TOKEN_ENV} (the same value where the trainer "
+            "runs) or pass --token_file FILE; or serve on 127.0.0.1 (the default) with the trainer on this machine. "
+            "docs/vllm.md, 'Across machines'.")
 
 
 class _NoEndpoint(LookupError):
@@ -93,7 +128,11 @@ class VLLMServer:
     """The HTTP server around ``llm`` (a ``vllm.LLM`` started with ``worker_extension_cls=WORKER_EXTENSION``);
     ``world_size`` is its number of workers. Port 0 picks a free port (see :attr:`port`)."""
 
-    def __init__(self, llm, host: str = "0.0.0.0", port: int = 8000, world_size: int = 1):
+    def __init__(self, llm, host: str = "127.0.0.1", port: int = 8000, world_size: int = 1, *,
+                 token: str | None = None, max_weights_bytes: int = 64 * 2**30):
+        check_exposure(host, token)
+        self.token = token
+        self.max_weights_bytes = max_weights_bytes
         self.engine = EngineLoop(llm)
         self.world_size = world_size
         self.httpd = ThreadingHTTPServer((host, port), _handler(self))
@@ -164,7 +203,32 @@ def _handler(server: VLLMServer):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
+        def _refusal(self) -> tuple[int, str] | None:
+            """(status, reason) when the request is refused before its body is read, else None."""
+            import hmac
+
+            if server.token is not None:
+                given = self.headers.get("Authorization", "")
+                if not hmac.compare_digest(given.encode(), f"Bearer {server.token}".encode()):
+                    return 401, "missing or wrong token (Authorization: Bearer $POSTTRAIN_VLLM_TOKEN)"
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                return 400, "bad Content-Length"
+            limit = server.max_weights_bytes if self.path.rstrip("/").endswith("/update_weights") else MAX_JSON_BYTES
+            if length < 0 or length > limit:
+                return 413, f"request body of {length} bytes is over this endpoint's limit of {limit}"
+            return None
+
         def _respond(self, method: str) -> None:
+            refused = self._refusal()
+            if refused is not None:
+                status, reason = refused
+                logger.warning("vLLM server: refused %s %s from %s: %s", method, self.path, self.client_address[0],
+                               reason)
+                self.close_connection = True
+                self._send(status, {"error": reason})
+                return
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             try:
@@ -174,6 +238,9 @@ def _handler(server: VLLMServer):
             except Exception as exc:  # noqa: BLE001 - the client gets the error text
                 logger.exception("vLLM server: %s %s failed", method, self.path)
                 status, result = 500, {"error": f"{type(exc).__name__}: {exc}"}
+            self._send(status, result)
+
+        def _send(self, status: int, result: Any) -> None:
             data = json.dumps(result).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -208,4 +275,4 @@ def build_llm(model: str, *, revision: str | None = None, tensor_parallel_size: 
                     worker_extension_cls=WORKER_EXTENSION, **optional, **sampler_logprobs_option())
 
 
-__all__ = ["EngineLoop", "VLLMServer", "WORKER_EXTENSION", "build_llm"]
+__all__ = ["EngineLoop", "VLLMServer", "WORKER_EXTENSION", "TOKEN_ENV", "build_llm", "check_exposure", "read_token"]

@@ -61,6 +61,12 @@ class PosttrainParser(HfArgumentParser):
             self.error(f"unrecognized arguments: {self._hints(flags)}")
         return tuple(outputs)
 
+    def error(self, message: str):
+        """A usage error in two lines (the problem, with a "did you mean" where one fits, and where to see every
+        option), exit code 2; not argparse's full usage, which lists every option of every dataclass."""
+        sys.stderr.write(f"{self.prog}: error: {message}\nRun '{self.prog} --help' for every option.\n")
+        raise SystemExit(2)
+
     def _field_names(self) -> set[str]:
         return {f.name for dc in self.dataclass_types for f in dataclasses.fields(dc) if f.init}
 

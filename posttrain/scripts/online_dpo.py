@@ -38,7 +38,7 @@ def pairwise_judge(name: str):
     if name in ("pair_rm", "hf"):
         raise SystemExit(f"error: --judge {name} (TRL's llm-blender / hub-inference judges) is not available; use "
                          "--judge openai, --judge PATH_OR_ID of a causal LM, --reward_funcs or --reward_model_path.")
-    return LLMPairwiseJudge(load_pretrained(name), load_tokenizer(name))
+    return LLMPairwiseJudge(load_pretrained(name, frozen=True), load_tokenizer(name))
 
 
 def run(config_class, trainer_class, argv: list[str] | None, prog: str) -> int:

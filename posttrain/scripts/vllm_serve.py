@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from ..rollout.vllm_server import VLLMServer, build_llm
+from ..rollout.vllm_server import VLLMServer, build_llm, check_exposure, read_token
 
 
 @dataclass
@@ -23,7 +23,11 @@ class VLLMServeArguments:
                               "policy's starting point; the trainer sends its weights)."})
     revision: str | None = field(default=None, metadata={"help": "Model revision (branch, tag or commit)."})
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs the model is split across."})
-    host: str = field(default="0.0.0.0", metadata={"help": "Address to listen on."})
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on. Default: this machine only. "
+                      "Any other address needs a shared token ($POSTTRAIN_VLLM_TOKEN or --token_file; docs/vllm.md)."})
+    token_file: str | None = field(default=None, metadata={"help": "File holding the shared token every request "
+                                   "must carry (default: $POSTTRAIN_VLLM_TOKEN)."})
+    max_weights_mb: int = field(default=65536, metadata={"help": "Largest /update_weights/ request body in MiB."})
     port: int = field(default=8000, metadata={"help": "HTTP port."})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "Fraction of each GPU's memory vLLM may "
                                           "use (weights, activations, KV cache)."})
@@ -47,12 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     (args,) = PosttrainParser((VLLMServeArguments,), prog="posttrain vllm-serve").parse_args_and_config(argv)
     if not args.model:
         raise SystemExit("error: --model is required (a hub id or a local model folder).")
+    token = read_token(args.token_file)
+    check_exposure(args.host, token)  # before the minutes of loading the engine
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=args.log_level.upper())
     try:
         llm = _build(args)
     except ImportError as exc:
         raise SystemExit(f"error: {exc}") from None
-    server = VLLMServer(llm, host=args.host, port=args.port, world_size=args.tensor_parallel_size)
+    server = VLLMServer(llm, host=args.host, port=args.port, world_size=args.tensor_parallel_size,
+                        token=token, max_weights_bytes=args.max_weights_mb * 2**20)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import shutil
 import warnings
 from collections import defaultdict
 from collections.abc import Mapping
@@ -26,13 +28,18 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import enable_full_determinism, set_seed
 
-from ..models import (disable_dropout, ensure_pad_token, load_pretrained, load_processing_class,
+from ..models import (check_tokenizer, disable_dropout, ensure_pad_token, load_pretrained, load_processing_class,
                       packed_sequences_supported, prepare_peft_model, set_chat_template, unwrap, varlen_attention)
 from ..allocator import raise_mmap_threshold
 from ..models.attention import call_cost, per_sequence_rows, use_per_sequence_attention
 from ..models.checkpointing import keep_attention_outputs
 from ..models.sharding import check_launch, destroy_process_group_at_exit, prepare_frozen
 from ..models.loading import store_linears_in
+from .run_dir import (OutputDirLock, TrainingDivergedError, check_fresh_output_dir, checkpoints, compare_settings,
+                      last_checkpoint_note, nonfinite_parameters, publish, publish_files, run_settings, save_settings,
+                      staging_dir, write_error)
+
+logger = logging.getLogger("posttrain")
 
 
 def _has_accelerator() -> bool:
@@ -114,6 +121,18 @@ class PosttrainConfig(TrainingArguments):
         metadata={"help": "Keyword arguments for `from_pretrained` when the model is given as a name or path "
                   "(JSON string on the command line)."},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start a new run in an output_dir that holds another run's checkpoints (they are replaced "
+                  "as this run saves). Without it, such a folder is refused unless the run resumes."},
+    )
+    max_nonfinite_steps: int = field(
+        default=0,
+        metadata={"help": "posttrain only: optimizer steps with a non-finite loss or gradient norm to skip (the "
+                  "update is not applied) before training stops. Default 0: the first one stops training, which then "
+                  "raises TrainingDivergedError naming the last good checkpoint; no non-finite checkpoint or model "
+                  "is ever written (docs/reliability.md)."},
+    )
     per_sequence_attention: bool = field(
         default=True,
         metadata={"help": "posttrain only: for an sdpa model with padding-free batches, a batch becomes one row "
@@ -125,6 +144,16 @@ class PosttrainConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        # values that cannot work fail here, naming the field, before anything is loaded
+        require_positive(self, "gradient_accumulation_steps", "per_device_train_batch_size",
+                         "per_device_eval_batch_size")
+        if self.max_nonfinite_steps < 0:
+            raise ValueError(f"max_nonfinite_steps must be >= 0, got {self.max_nonfinite_steps}.")
+        if self.learning_rate < 0:
+            raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}.")
+        if self.max_steps == 0 or (self.max_steps < 0 and self.num_train_epochs <= 0):
+            raise ValueError(f"Nothing to train: max_steps={self.max_steps}, num_train_epochs={self.num_train_epochs}. "
+                             "Set max_steps > 0, or leave it at -1 and set num_train_epochs > 0.")
         if self.bf16 is None:
             # `accelerate launch` passes its config's mixed_precision on; follow it, or DeepSpeed (whose config
             # takes it) and the Trainer disagree.
@@ -148,6 +177,14 @@ class PosttrainConfig(TrainingArguments):
             if hasattr(self, new) and getattr(self, new) is None and getattr(self, old) is not None:
                 setattr(self, new, getattr(self, old))
         super().__post_init__()
+
+
+def require_positive(config, *names: str) -> None:
+    """Refuse a config whose fields ``names`` (each an int/float or None) hold a value below 1, naming the field."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1 (or None where the field allows it), got {value}.")
 
 
 def check_choice(name: str, value: Any, choices) -> None:
@@ -207,6 +244,7 @@ class BaseTrainer(Trainer):
             raise ValueError("model_init_kwargs only applies when the model is given as a name or path.")
         if processing_class is None:
             processing_class = load_processing_class(model.config._name_or_path)
+        check_tokenizer(processing_class, getattr(processing_class, "name_or_path", None) or "processing_class", model)
         if getattr(args, "chat_template_path", None):
             set_chat_template(processing_class, args.chat_template_path)
         ensure_pad_token(getattr(processing_class, "tokenizer", processing_class))
@@ -278,7 +316,169 @@ class BaseTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         # the whole step: gradient checkpointing recomputes the forward inside backward (models.attention)
         with self.sequence_rows(inputs):
-            return super().training_step(model, inputs, num_items_in_batch)
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        if not bool(torch.isfinite(loss).all()):  # the Trainer syncs on this value anyway (logging_nan_inf_filter)
+            self._nonfinite_loss = True
+        return loss
+
+    # -- divergence: a non-finite loss or gradient norm is never applied, saved or hidden ----------
+    def _get_grad_norm(self, model, grad_norm=None):
+        """The Trainer's gradient norm, computed after the gradients of an optimizer step are complete and before
+        the step: where it (or the step's loss) is not finite, the step is skipped, counted, and training stops
+        once more than ``max_nonfinite_steps`` were (:class:`TrainingDivergedError` at the end of ``train()``)."""
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        bad = getattr(self, "_nonfinite_loss", False)
+        # fp16 with a gradient scaler: inf gradients are the scaler's business (it skips the step and rescales)
+        if self.accelerator.scaler is None and grad_norm is not None:
+            bad = bad or not bool(torch.isfinite(torch.as_tensor(grad_norm, dtype=torch.float64)).all())
+        if self.accelerator.num_processes > 1:  # every process must take the same decision
+            flag = torch.tensor([float(bad)], device=self.args.device)
+            bad = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+        self._nonfinite_loss = False
+        self._skip_optimizer_step = bad
+        if bad:
+            self._nonfinite_steps = getattr(self, "_nonfinite_steps", 0) + 1
+            self._guard_optimizer()
+            step = self.state.global_step + 1
+            if self._nonfinite_steps > self.args.max_nonfinite_steps:
+                self._diverged_at = step
+                self.control.should_training_stop = True
+            logger.warning(
+                "Step %d: the loss or gradient norm is not finite (grad_norm=%s); the update is skipped (%d of "
+                "max_nonfinite_steps=%d).", step, grad_norm, self._nonfinite_steps, self.args.max_nonfinite_steps)
+        return grad_norm
+
+    def _guard_optimizer(self) -> None:
+        """Make the optimizer's ``step`` a no-op while ``_skip_optimizer_step`` is set (once per optimizer). Under
+        DeepSpeed the engine steps inside backward, so a skipped step is not possible: training stops instead and
+        the save guard (:meth:`save_model`) refuses non-finite weights."""
+        opt = self.optimizer
+        if opt is None or getattr(opt, "_posttrain_guarded", False):
+            return
+        real_step = opt.step
+
+        def step(*args, **kwargs):
+            if self._skip_optimizer_step:
+                self._skip_optimizer_step = False
+                return None
+            return real_step(*args, **kwargs)
+
+        opt.step = step
+        opt._posttrain_guarded = True
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """``Trainer.train`` with the run-folder guarantees of :mod:`.run_dir`: one run per ``output_dir`` (a lock),
+        no new run over another's checkpoints unless ``overwrite_output_dir``, ``resume_from_checkpoint=True`` (or
+        the string "true", as a command line gives it) resuming from the newest complete checkpoint with a warning
+        for changed settings, and :class:`TrainingDivergedError` when training stopped on non-finite values."""
+        if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() in ("true", "false"):
+            resume_from_checkpoint = True if resume_from_checkpoint.lower() == "true" else None
+        self._diverged_at = None
+        self._nonfinite_steps = 0
+        output_dir = self.args.output_dir
+        lock = OutputDirLock(output_dir) if self.args.should_save else contextlib.nullcontext()
+        with lock:
+            if self.args.should_save:
+                check_fresh_output_dir(output_dir, bool(resume_from_checkpoint), self.args.overwrite_output_dir)
+                if resume_from_checkpoint:
+                    path = (resume_from_checkpoint if isinstance(resume_from_checkpoint, str)
+                            else (checkpoints(output_dir) or [None])[-1])
+                    if path is not None:
+                        logger.warning("Resuming from %s.", path)
+                        compare_settings(path, run_settings(self.args, self.train_dataset))
+            output = super().train(resume_from_checkpoint, *args, **kwargs)
+        if self._diverged_at is not None:
+            raise TrainingDivergedError(
+                f"Training stopped at step {self._diverged_at}: the loss or gradient norm was not finite (NaN/inf) "
+                f"{self._nonfinite_steps} time(s), more than max_nonfinite_steps={self.args.max_nonfinite_steps}; "
+                "that update was not applied and no model was saved after it. "
+                f"{last_checkpoint_note(self.args.output_dir)} Lower the learning rate, check the data, or use fp32/bf16 "
+                "instead of fp16.")
+        return output
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The Trainer's ``save_model``, refusing weights that hold NaN or inf. A final model (not a checkpoint, which
+        :meth:`_save_checkpoint` stages whole) is written into a staging folder first and its files moved into
+        ``output_dir`` when all are written, so a kill or a full disk never leaves a half-written model."""
+        target = output_dir or self.args.output_dir
+        bad = nonfinite_parameters(self.model)
+        if bad:
+            raise TrainingDivergedError(
+                f"Refusing to save to {target}: {len(bad)} parameter tensor(s) hold NaN or inf (first: {bad[0]}). "
+                f"{last_checkpoint_note(self.args.output_dir)}")
+        if _internal_call:
+            return super().save_model(output_dir, _internal_call)
+        staged = staging_dir(target) + "-model"
+        self._staged_write(lambda: super(BaseTrainer, self).save_model(staged, _internal_call), staged, target,
+                           publish_files)
+
+    def _staged_write(self, write, staged: str, target: str, move) -> None:
+        """Run ``write`` (which fills ``staged``) on every process, then have the main process ``move`` the complete
+        folder to ``target``; on failure remove ``staged`` and raise :class:`~.run_dir.CheckpointWriteError`."""
+        main = self.args.should_save
+        if main:
+            shutil.rmtree(staged, ignore_errors=True)  # left by a killed run
+        self.accelerator.wait_for_everyone()
+        try:
+            write()
+        except TrainingDivergedError:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        except (OSError, RuntimeError) as err:
+            error = write_error(err, target, staged, last_checkpoint_note(self.args.output_dir))
+            shutil.rmtree(staged, ignore_errors=True)
+            raise error from err
+        self.accelerator.wait_for_everyone()
+        if main:
+            move(staged, target)
+        self.accelerator.wait_for_everyone()
+
+    def _save_checkpoint(self, model, trial):
+        """The Trainer's checkpoint, written whole into a staging folder and renamed to ``checkpoint-N`` when complete
+        (with :data:`~.run_dir.SETTINGS_NAME`, the settings a resume compares); then older checkpoints rotate out."""
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        run_dir = self._get_output_dir(trial=trial)
+        staging = staging_dir(run_dir)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+
+        def write():
+            self._get_output_dir = lambda trial=None: staging  # the Trainer writes staging/checkpoint-N
+            try:
+                super(BaseTrainer, self)._save_checkpoint(model, trial)
+            finally:
+                del self._get_output_dir
+            if self.args.should_save:
+                save_settings(os.path.join(staging, name), run_settings(self.args, self.train_dataset))
+
+        def move(staged, target):
+            best = self.state.best_model_checkpoint
+            if best and best.startswith(staging):  # the Trainer named the staged path
+                self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
+            publish(os.path.join(staged, name), target)
+            shutil.rmtree(staged, ignore_errors=True)
+            from transformers.trainer_utils import rotate_checkpoints
+
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+
+        self._staged_write(write, staging, os.path.join(run_dir, name), move)
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """The Trainer's report of missing keys after loading a checkpoint, without the weights tied to another
+        (an output head tied to the input embedding is saved once, under the embedding's name)."""
+        model = unwrap(self.model)
+        by_tensor: dict[int, list[str]] = defaultdict(list)
+        for name, param in model.named_parameters(remove_duplicate=False):
+            by_tensor[id(param)].append(name)
+        missing = set(load_result.missing_keys)
+        tied = {n for names in by_tensor.values() if len(names) > 1 and not set(names) <= missing
+                for n in names if n in missing}
+        if tied:
+            model.tie_weights()
+            load_result = type(load_result)([k for k in load_result.missing_keys if k not in tied],
+                                            load_result.unexpected_keys)
+        super()._issue_warnings_after_load(load_result)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         with self.sequence_rows(inputs):
@@ -423,4 +623,5 @@ class BaseTrainer(Trainer):
         super().log(logs, start_time)
 
 
-__all__ = ["PosttrainConfig", "BaseTrainer", "bf16_supported", "check_choice", "cpu_has_native_bf16"]
+__all__ = ["PosttrainConfig", "BaseTrainer", "TrainingDivergedError", "bf16_supported", "check_choice",
+           "cpu_has_native_bf16", "require_positive"]

@@ -95,7 +95,7 @@ def split_last_message(example: dict[str, Any], row: int) -> dict[str, Any]:
     if not messages or len(messages) < 2 or messages[-1].get("role") != "assistant":
         roles = [m.get("role") for m in messages or []]
         raise DatasetFormatError(
-            f"Row {row}, column 'messages': GKDTrainer needs at least one message before a final assistant message "
+            f"Row {row} (0-based), column 'messages': GKDTrainer needs at least one message before a final assistant message "
             f"(the prompt to generate from, and the completion), got roles {roles}.")
     return {"prompt": list(messages[:-1]), "completion": [messages[-1]]}
 
@@ -165,7 +165,7 @@ class GKDTrainer(SFTTrainer):
         owns_teacher = isinstance(teacher_model, str)  # else the user's object: its dtype is kept
         if isinstance(teacher_model, str):
             path = teacher_model
-            teacher_model = load_pretrained(path, None, **(args.teacher_model_init_kwargs or {}))
+            teacher_model = load_pretrained(path, None, frozen=True, **(args.teacher_model_init_kwargs or {}))
             teacher_tokenizer = self._find_tokenizer(path)
         else:
             if args.teacher_model_init_kwargs:

@@ -56,7 +56,7 @@ from ..models import disable_dropout, select_head_positions, unwrap
 from ..rollout import RewardScorer
 from ..rollout.backends import make_backend
 from ..rollout.scoring import completion_for_model
-from .base import BaseTrainer, PosttrainConfig, check_choice
+from .base import BaseTrainer, PosttrainConfig, check_choice, require_positive
 from ..models.sharding import frozen_copy
 from .preference_base import _is_peft_model, build_rows, eval_mode
 
@@ -113,7 +113,8 @@ class OnlineConfig(PosttrainConfig):
     vllm_model_impl: str = field(default="vllm", metadata={"help": "vLLM model implementation: 'vllm' or 'transformers'.",
                                                            "choices": ["vllm", "transformers"]})
     vllm_server_base_url: str | None = field(default=None, metadata={"help": "Server mode: the server's URL (overrides vllm_server_host/port)."})
-    vllm_server_host: str = field(default="0.0.0.0", metadata={"help": "Server mode: the server's host."})
+    vllm_server_host: str = field(default="127.0.0.1", metadata={"help": "Server mode: the server's host (a server on "
+                                  "another machine needs $POSTTRAIN_VLLM_TOKEN on both sides, docs/vllm.md)."})
     vllm_server_port: int = field(default=8000, metadata={"help": "Server mode: the server's port."})
     vllm_server_timeout: float = field(default=240.0, metadata={"help": "Server mode: seconds to wait for the server to come up."})
     vllm_group_port: int = field(default=51216, metadata={"help": "Server mode: port of the NCCL weight-sync group."})
@@ -136,11 +137,7 @@ class OnlineConfig(PosttrainConfig):
             self.generation_kwargs = json.loads(self.generation_kwargs)
         if self.use_vllm:
             self._check_vllm()
-        for name in ("max_completion_length", "num_generations", "num_iterations"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.max_prompt_length is not None and self.max_prompt_length < 1:
-            raise ValueError(f"max_prompt_length must be a positive number of tokens or None, got {self.max_prompt_length}.")
+        require_positive(self, "max_completion_length", "num_generations", "num_iterations", "max_prompt_length")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
         if any(b < 0 for b in (self.beta if isinstance(self.beta, (list, tuple)) else [self.beta])):
@@ -339,10 +336,10 @@ class OnlineTrainer(BaseTrainer):
             elif isinstance(prompt, str):
                 ids = tokenizer(prompt)["input_ids"]
             else:
-                raise DatasetFormatError(f"Row {row}, column 'prompt': expected a string or a list of "
+                raise DatasetFormatError(f"Row {row} (0-based), column 'prompt': expected a string or a list of "
                                          f"{{'role', 'content'}} messages, got {type(prompt).__name__}.")
             if not ids:
-                raise DatasetFormatError(f"Row {row}, column 'prompt': the prompt has no tokens; every row needs a "
+                raise DatasetFormatError(f"Row {row} (0-based), column 'prompt': the prompt has no tokens; every row needs a "
                                          "non-empty prompt.")
             return {"prompt_input_ids": ids, "_prompt_truncated": bool(limit is not None and len(ids) > limit)}
 

@@ -167,7 +167,7 @@ class OnlineDPOTrainer(OnlineTrainer):
         if ref is None:
             return super()._setup_reference()
         if isinstance(ref, str):
-            ref = load_pretrained(ref, None, **(self.args.model_init_kwargs or {}))
+            ref = load_pretrained(ref, None, frozen=True, **(self.args.model_init_kwargs or {}))
         return self.frozen_reference(ref, owned=isinstance(self._given_ref, str))
 
     def per_epoch(self, values: list[float]) -> float:

@@ -151,7 +151,7 @@ class PPOTrainer(OnlineTrainer):
         if self._given_ref is not None:
             ref = self._given_ref
             if isinstance(ref, str):
-                ref = load_pretrained(ref, None, **(self.args.model_init_kwargs or {}))
+                ref = load_pretrained(ref, None, frozen=True, **(self.args.model_init_kwargs or {}))
             return self.frozen_reference(ref, owned=isinstance(self._given_ref, str))
         if self.args.beta == 0.0:
             return None

@@ -57,7 +57,7 @@ from ..losses.policy import entropy_from_logits
 from ..losses.preference import RunningMean
 from ..models import disable_dropout, is_vision_model, load_pretrained, select_head_positions, unwrap
 from ..models.sharding import frozen_copy, is_zero3_partitioned
-from .base import BaseTrainer, PosttrainConfig, check_choice
+from .base import BaseTrainer, PosttrainConfig, check_choice, require_positive
 
 logger = logging.getLogger("posttrain")
 
@@ -107,10 +107,7 @@ class PreferenceConfig(PosttrainConfig):
 
     def __post_init__(self):
         check_choice("truncation_mode", self.truncation_mode, TRUNCATION_MODES)
-        for name in ("max_length", "max_prompt_length", "max_completion_length"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be a positive number of tokens or None, got {value}.")
+        require_positive(self, "max_length", "max_prompt_length", "max_completion_length")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError("max_length must leave room for at least one prompt and one completion token (>= 2).")
         super().__post_init__()
@@ -149,6 +146,9 @@ class ReferenceConfig(PreferenceConfig):
             raise ValueError(f"ref_model_mixup_alpha must be in [0, 1], got {self.ref_model_mixup_alpha}.")
         if self.ref_model_sync_steps < 1:
             raise ValueError(f"ref_model_sync_steps must be >= 1, got {self.ref_model_sync_steps}.")
+        if not self.beta > 0:  # 0 trains nothing (or divides by zero: ipo), < 0 reverses the preference
+            raise ValueError(f"beta must be > 0, got {self.beta}: it scales the log-ratio to the reference; 0 makes "
+                             "every pair's loss constant, and a negative beta trains the rejected answers up.")
         super().__post_init__()
 
 
@@ -172,7 +172,7 @@ def fit_lengths(
     The prompt stays shared by all completions (DPO compares chosen and rejected given the *same*
     prompt), so it is fitted to the longest completion.
     """
-    where = f"Row {row}: " if row is not None else ""
+    where = f"Row {row} (0-based): " if row is not None else ""
     if not prompt:
         raise DatasetFormatError(
             f"{where}the prompt is empty after tokenization, so no token predicts the first completion token. "
@@ -201,7 +201,7 @@ def fit_lengths(
 
 def _check_completion_tokens(ids: list[int], column: str, row: int) -> None:
     if not ids:
-        raise DatasetFormatError(f"Row {row}, column '{column}': the completion has no tokens; every row needs a "
+        raise DatasetFormatError(f"Row {row} (0-based), column '{column}': the completion has no tokens; every row needs a "
                                  f"non-empty '{column}'.")
 
 
@@ -225,7 +225,7 @@ def tokenize_preference_texts(
         fmt = DatasetFormat(PREFERENCE, fmt.conversational)
     validate_example(example, fmt, row)
     if fmt.conversational and not template_kwargs.get("chat_template"):
-        require_chat_template(tokenizer, f"Row {row}")
+        require_chat_template(tokenizer, f"Row {row} (0-based)")
     prompt_ids = None
     comps = []
     for col in columns:
@@ -235,7 +235,7 @@ def tokenize_preference_texts(
         if prompt_ids is None:
             prompt_ids = p_ids
         elif p_ids != prompt_ids:  # cannot happen with a deterministic tokenizer; guard anyway
-            raise DatasetFormatError(f"Row {row}: the prompt tokenizes differently before '{columns[0]}' and '{col}'.")
+            raise DatasetFormatError(f"Row {row} (0-based): the prompt tokenizes differently before '{columns[0]}' and '{col}'.")
         comps.append(c_ids)
     return example, prompt_ids, comps
 
@@ -253,13 +253,41 @@ def tokenize_preference_row(
     """Validate and tokenize one row with an explicit prompt; ``columns`` are its completion columns
     (``("chosen", "rejected")`` or ``("completion",)``). Returns ``prompt_input_ids`` and
     ``<column>_input_ids`` for each column."""
-    _, prompt_ids, comps = tokenize_preference_texts(example, row, tokenizer=tokenizer, fmt=fmt,
-                                                     eos_token_id=eos_token_id, columns=columns)
-    prompt_ids, comps = fit_lengths(prompt_ids, comps, row=row, **lengths)
+    _, full_prompt, comps = tokenize_preference_texts(example, row, tokenizer=tokenizer, fmt=fmt,
+                                                      eos_token_id=eos_token_id, columns=columns)
+    prompt_ids, comps = fit_lengths(full_prompt, comps, row=row, **lengths)
     out = {"prompt_input_ids": prompt_ids}
     for col, ids in zip(columns, comps):
         out[f"{col}_input_ids"] = ids
+    out[PROMPT_CUT] = len(prompt_ids) < len(full_prompt)
     return out
+
+
+PROMPT_CUT = "_prompt_truncated"
+"""The column :func:`tokenize_preference_row` flags truncated prompts in; :func:`report_truncation` removes it."""
+
+
+def report_truncation(dataset, split: str, args, paired: bool):
+    """Warn how many prompts truncation shortened; for pairs, how many have identical chosen and rejected tokens
+    (in the data, or after truncation: such a pair has no preference to learn), and refuse a split where no pair
+    differs. Returns the dataset without the :data:`PROMPT_CUT` column."""
+    n = len(dataset)
+    cut = sum(dataset[PROMPT_CUT])
+    if cut:
+        logger.warning("%d of %d %s prompts were truncated (max_prompt_length=%s, max_length=%s, truncation_mode=%r): "
+                       "they keep only their last tokens. Raise the limits if the start of the prompt matters.",
+                       cut, n, split, args.max_prompt_length, args.max_length, args.truncation_mode)
+    if paired:
+        ties = sum(c == r for c, r in zip(dataset["chosen_input_ids"], dataset["rejected_input_ids"]))
+        hint = ("Check the data (chosen == rejected) and the length limits (max_length=%s, max_completion_length=%s): "
+                "truncation can cut two answers down to the same tokens." % (args.max_length, args.max_completion_length))
+        if ties == n:
+            raise DatasetFormatError(f"Every pair of the {split} dataset ({n}) has identical chosen and rejected "
+                                     f"tokens, so there is no preference to learn. {hint}")
+        if ties:
+            logger.warning("%d of %d %s pairs have identical chosen and rejected tokens and teach nothing (their "
+                           "gradient is 0). %s", ties, n, split, hint)
+    return dataset.remove_columns(PROMPT_CUT)
 
 
 # =============================================================================================
@@ -760,7 +788,7 @@ class PreferenceTrainer(BaseTrainer):
             raise ValueError(f"{type(self).__name__} is reference-free and takes no ref_model.")
         self._owns_ref = ref_model is None or isinstance(ref_model, str)  # else the user's object: dtype kept
         if isinstance(ref_model, str):
-            ref_model = load_pretrained(ref_model, None, **(ref_kwargs or {}))
+            ref_model = load_pretrained(ref_model, None, frozen=True, **(ref_kwargs or {}))
         elif ref_model is not None and ref_kwargs:
             raise ValueError("ref_model_init_kwargs only applies when ref_model is given as a name or path.")
         if ref_model is not None and ref_model is model:
@@ -861,6 +889,7 @@ class PreferenceTrainer(BaseTrainer):
 
         dataset = dataset.map(fn, with_indices=True, remove_columns=dataset.column_names,
                               num_proc=args.dataset_num_proc, desc=f"Tokenizing {split} dataset")
+        dataset = report_truncation(dataset, split, args, self._paired)
         return self._after_tokenize(dataset, args)
 
     def prepare_vision_dataset(self, dataset, processing_class, args: PreferenceConfig, split: str):
@@ -999,7 +1028,7 @@ class PreferenceTrainer(BaseTrainer):
         for folder in (checkpoint, self.args.output_dir):
             path = os.path.join(folder, f"{REFERENCE_CACHE_PREFIX}{key}.pt") if folder else None
             if path and os.path.isfile(path):
-                table = torch.load(path, map_location="cpu")
+                table = torch.load(path, map_location="cpu", weights_only=True)
                 logger.info("Loaded precomputed reference log-probs of the %s dataset from %s", name, path)
                 break
         if table is None:

@@ -31,7 +31,7 @@ import torch
 from ..data import IGNORE_INDEX, DatasetFormatError, detect_format, pad_sequences, require_kind, truncate, validate_example
 from ..data.formats import STEPWISE
 from ..losses.reward import step_accuracy, step_classification_loss
-from .base import PosttrainConfig, checkpointing_field
+from .base import PosttrainConfig, checkpointing_field, require_positive
 from .reward import ClassifierTrainer
 
 logger = logging.getLogger("posttrain")
@@ -53,10 +53,7 @@ class PRMConfig(PosttrainConfig):
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset preparation."})
 
     def __post_init__(self):
-        for name in ("max_length", "max_prompt_length", "max_completion_length"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be a positive number of tokens (or None), got {value}.")
+        require_positive(self, "max_length", "max_prompt_length", "max_completion_length")
         super().__post_init__()
 
 
@@ -78,7 +75,7 @@ def tokenize_stepwise(
     validate_example(example, fmt, row)
     if fmt.conversational:
         raise DatasetFormatError(
-            f"Row {row}: PRMTrainer takes standard (plain text) stepwise rows; got a conversational prompt. "
+            f"Row {row} (0-based): PRMTrainer takes standard (plain text) stepwise rows; got a conversational prompt. "
             "Render the prompt to text first (e.g. with tokenizer.apply_chat_template(..., tokenize=False))."
         )
     prompt_ids = list(tokenizer(example["prompt"])["input_ids"])
@@ -89,7 +86,7 @@ def tokenize_stepwise(
     for j, (step, label) in enumerate(zip(steps, step_labels)):
         ids = tokenizer(step + step_separator, add_special_tokens=False)["input_ids"]
         if not ids:
-            raise DatasetFormatError(f"Row {row}, column 'completions', step {j}: the step and the separator are both "
+            raise DatasetFormatError(f"Row {row} (0-based), column 'completions', step {j}: the step and the separator are both "
                                      "empty, so there is no token to put its label on.")
         keep = not train_on_last_step_only or j == last
         completion_ids.extend(ids)

@@ -91,7 +91,7 @@ def tokenize_preference_pair(example: Mapping[str, Any], row: int, *, tokenizer,
             prompt_ids, completion_ids = tokenize_prompt_completion(
                 tokenizer, example["prompt"], example[key], fmt.conversational, eos_token_id, row)
             if not completion_ids:
-                raise DatasetFormatError(f"Row {row}, column '{key}': the completion has no tokens; every pair needs a "
+                raise DatasetFormatError(f"Row {row} (0-based), column '{key}': the completion has no tokens; every pair needs a "
                                          "non-empty chosen and rejected completion.")
             ids = prompt_ids + completion_ids
         out[f"{key}_input_ids"] = ids
@@ -145,7 +145,7 @@ def prepare_reward_dataset(dataset, processing_class, args: RewardConfig, split:
     if "margin" in dataset.column_names:
         bad = [i for i, m in enumerate(dataset["margin"]) if not isinstance(m, (int, float)) or isinstance(m, bool)]
         if bad:
-            raise DatasetFormatError(f"Row {bad[0]}, column 'margin': expected a number (how much better 'chosen' "
+            raise DatasetFormatError(f"Row {bad[0]} (0-based), column 'margin': expected a number (how much better 'chosen' "
                                      f"is than 'rejected'), got {dataset[bad[0]]['margin']!r}.")
     if args.max_length is not None:
         lengths = [max(len(c), len(r)) for c, r in zip(dataset["chosen_input_ids"], dataset["rejected_input_ids"])]

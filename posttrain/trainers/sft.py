@@ -31,7 +31,7 @@ from ..data.tokenize import TRUNCATION_MODES
 from ..losses.policy import entropy_from_logits
 from ..losses.sft import SFT_LOSS_TYPES, sft_token_loss
 from ..models import accepts_videos, is_vision_model, select_head_positions, unwrap
-from .base import BaseTrainer, PosttrainConfig, check_choice
+from .base import BaseTrainer, PosttrainConfig, check_choice, require_positive
 
 
 @dataclass
@@ -70,6 +70,7 @@ class SFTConfig(PosttrainConfig):
         check_choice("loss_type", self.loss_type, SFT_LOSS_TYPES)
         check_choice("packing_strategy", self.packing_strategy, PACKING_STRATEGIES)
         check_choice("truncation_mode", self.truncation_mode, TRUNCATION_MODES)
+        require_positive(self, "max_length")
         if self.packing and not self.max_length:
             raise ValueError("packing=True needs max_length (the length of each packed row).")
         super().__post_init__()
