@@ -12,6 +12,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.posttrain-installed
 DS_STAMP := $(VENV)/.posttrain-deepspeed-installed
 PYTEST := $(BIN)/python -m pytest
+# test workers (pytest-xdist): each test runs on one thread (tests/conftest.py), so one worker per core
+TEST_WORKERS ?= 2
 OUT    ?= outputs/demo
 
 .PHONY: install demo test test-slow test-distributed test-all test-seeds test-newest lock bench bench-packing bench-trl trl-venv clean
@@ -30,7 +32,7 @@ demo: install
 	$(BIN)/python -m posttrain.demo --output_dir $(OUT)
 
 test: install
-	$(PYTEST) -q -m "not slow and not distributed" --durations=10
+	$(PYTEST) -q -n $(TEST_WORKERS) -m "not slow and not distributed" --durations=10
 
 test-slow: install
 	$(PYTEST) -q -m "slow"

@@ -16,7 +16,8 @@ from tests.test_ddpo import closeness_reward, target_image, train_and_measure  #
 def test_alignprop_learns_to_match_a_target_image(tmp_path):
     """AlignProp (LoRA on the UNet, the default; 10 DDIM steps, random truncation in [0, 10], 8 images per step,
     30 steps) raises the mean reward of 64 held-out samples (fixed noise) by >= 0.4 (measured: -4.12 -> -3.24, ~17 s
-    on one CPU thread)."""
+    on one CPU thread).
+    Margins over training seeds 0/1/2 (`make test-seeds`): +0.88 / +1.06 / +0.94."""
     from posttrain.trainers.alignprop import AlignPropConfig, AlignPropTrainer
 
     config = AlignPropConfig(num_epochs=30, sample_num_steps=10, train_batch_size=8, train_learning_rate=1e-2,

@@ -140,7 +140,8 @@ def test_deepspeed_workers_leave_without_interpreter_teardown(tmp_path, world_si
 def test_sft_gemma3_example_learns_on_the_kit_gemma3(tmp_path):
     """examples/scripts/sft_gemma3.py on the kit's tiny Gemma 3 (sliding-window layers, padding-free batches with
     per-sequence attention by default) and the reverse task: the logged loss falls from ~6.0 to ~3.0 in 60 steps
-    (asserted: last <= 0.65 x first)."""
+    (asserted: last <= 0.65 x first).
+    Passes with training seeds 0, 1 and 2 (`make test-seeds`)."""
     import json
     import runpy
     import sys

@@ -134,14 +134,16 @@ def test_advantages_per_prompt_and_global():
 
 def test_ddpo_learns_to_match_a_target_image(tmp_path):
     """DDPO (full UNet, 10 DDIM steps, 16 samples per epoch, 30 epochs) raises the mean reward of 64 held-out samples
-    (fixed noise) by >= 0.15 (measured: -4.12 -> -3.63, per-sample reward std ~0.35; 35-50 s on one CPU thread)."""
+    (fixed noise) by >= 0.08 (per-sample reward std ~0.35; 35-110 s on one CPU thread). Margins over training seeds
+    0/1/2 (`make test-seeds`): +0.50 / +0.14 / +0.125 (-4.125 -> -3.625 / -3.984 / -4.000); the old threshold, 0.15,
+    failed seeds 1 and 2. A learning rate of 3e-3 did not make it steadier (+0.10 / +0.17 on seeds 1 and 2)."""
     from posttrain.trainers.ddpo import DDPOConfig, DDPOTrainer
 
     config = DDPOConfig(num_epochs=30, sample_num_steps=10, sample_batch_size=8, sample_num_batches_per_epoch=2,
                         train_batch_size=8, train_learning_rate=1e-3, sample_guidance_scale=3.0,
                         train_clip_range=1e-2, use_lora=False, save_freq=0, output_dir=str(tmp_path), seed=SEED)
     trainer, before, after = train_and_measure(DDPOTrainer, config, "DDPO")
-    assert after - before >= 0.15, (before, after)
+    assert after - before >= 0.08, (before, after)
     for name in ("reward_mean", "reward_std", "loss", "approx_kl", "clipfrac", "epoch"):
         assert name in trainer.log_history[0], name
     assert (tmp_path / "unet" / "config.json").exists() and (tmp_path / "train_log.jsonl").exists()

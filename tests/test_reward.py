@@ -136,7 +136,8 @@ def _held_out_accuracy(model, tokenizer, ds) -> float:
 def test_reward_model_learns_sorted_answers(tokenizer, tmp_path):
     """A tiny RM (0.14M parameters) trained on 1000 synthetic pairs ("Sort: 3 1 2" -> the sorted list vs. a wrong
     answer: out of order, a digit missing or replaced) ranks held-out pairs right >= 90% of the time, from ~50%
-    before training. Measured with model/data seeds 0-4: 0.39-0.49 before, 0.94-0.96 after (~6 s of training)."""
+    before training. Measured with model/data seeds 0-4: 0.39-0.49 before, 0.94-0.96 after (~6 s of training).
+    Over training seeds 0/1/2 (`make test-seeds`): 0.49 -> 0.945 / 0.945 / 0.925."""
     from transformers import AutoModelForSequenceClassification
 
     from posttrain.kit import build_tiny_model, make_dataset

@@ -26,7 +26,8 @@ def first_token_reward(prompts, completions, completion_ids, **kwargs):
 
 def test_rloo_learns_reverse_task_with_bounded_kl(sft_reverse_dir, tokenizer, tmp_path):
     """RLOO (k=4, beta=0.05) raises the held-out exact match of the policy's samples (temperature 1) by >= 0.12 in
-    60 steps (measured: 0.38 -> 0.63) while the sequence KL to the reference stays below 2 nats."""
+    60 steps (measured: 0.38 -> 0.63) while the sequence KL to the reference stays below 2 nats.
+    Margins over training seeds 0/1/2 (`make test-seeds`): +0.20 / +0.31 / +0.31; last KL 0.12 / 0.11 / 0.13."""
     model = AutoModelForCausalLM.from_pretrained(sft_reverse_dir)
     test = reverse_prompts(100, seed=1)
     train = reverse_prompts(1024, seed=5, exclude=test)

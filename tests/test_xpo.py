@@ -26,19 +26,21 @@ def prompts():
 
 def test_xpo_learns_reverse_task(sft_reverse_dir, tokenizer, tmp_path):
     """XPO (policy vs reference completions ranked by the exact-answer reward) raises the held-out sampled exact
-    match (temperature 1, 4 per prompt) by >= 0.10 in 60 steps."""
+    match (temperature 1, 4 per prompt) by >= 0.15 in 100 steps. In 60 steps it gained +0.14 / +0.29 / +0.34 over
+    training seeds 0/1/2 against a 0.10 threshold here, and +0.06 on another machine (issue 18); in 100 steps:
+    +0.25 / +0.35 / +0.41 (0.253 -> 0.500, 0.455 -> 0.802, 0.407 -> 0.818), win rates 0.62 / 0.67 / 0.71."""
     model = AutoModelForCausalLM.from_pretrained(sft_reverse_dir)
     test = reverse_prompts(100, seed=1)
     train = reverse_prompts(1024, seed=5, exclude=test)
     before = sampled_accuracy(model, tokenizer, test)
-    trainer = XPOTrainer(model, reward_funcs=accuracy_reward, args=odpo_args(tmp_path, XPOConfig, **LEARNING),
-                         train_dataset=train, processing_class=tokenizer)
+    args = odpo_args(tmp_path, XPOConfig, **{**LEARNING, "max_steps": 100})
+    trainer = XPOTrainer(model, reward_funcs=accuracy_reward, args=args, train_dataset=train, processing_class=tokenizer)
     trainer.train()
     after = sampled_accuracy(model, tokenizer, test)
     wins = judged_win_rate(model, sft_reverse_dir, tokenizer, test)
     print(f"XPO reverse: sampled exact match {before:.3f} -> {after:.3f}, win rate {wins:.3f}")
     assert wins >= 0.53, wins  # the judge prefers the trained policy to the starting one
-    assert after - before >= 0.10, (before, after)
+    assert after - before >= 0.15, (before, after)
     logged = trainer.state.log_history[0]
     for name in ("loss/dpo", "loss/xpo", "objective/kl", "objective/entropy", "objective/model_scores",
                  "objective/ref_scores", "objective/scores_margin", "rewards/chosen", "rewards/accuracies",
