@@ -173,8 +173,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """The errors that are about the user's input or environment, not a bug: configuration and data errors
     (``ValueError``, among them ``DatasetFormatError``), files and folders (``OSError``), missing extras
     (``ImportError``), and a run's own refusals (output folder, checkpoint write, divergence)."""
-    from .trainers.base import TrainingDivergedError
-    from .trainers.run_dir import CheckpointWriteError, OutputDirError
+    from .trainers.run_dir import CheckpointWriteError, OutputDirError, TrainingDivergedError
 
     return (ValueError, OSError, ImportError, OutputDirError, CheckpointWriteError, TrainingDivergedError)
 

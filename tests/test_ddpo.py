@@ -1,6 +1,7 @@
 """DDPOTrainer: the DDIM transition log-prob is the Gaussian density of the scheduler's own step, the loss matches a
 hand-worked value, per-prompt advantages are standardised per prompt, and DDPO raises a reward of the decoded image."""
 
+import os
 import time
 
 import pytest
@@ -168,6 +169,29 @@ def test_ddpo_lora_trains_only_the_adapter_and_saves_it(tmp_path):
         torch.testing.assert_close(state[key], v)
     assert (tmp_path / "pytorch_lora_weights.safetensors").exists()
     assert len(trainer.log_history) == 2  # 4 samples / train_batch_size 2 = 2 optimizer steps
+
+
+def test_a_nan_loss_stops_training_and_saves_nothing(tmp_path):
+    """A reward that turns NaN makes the loss NaN: training stops with TrainingDivergedError in that epoch, and no
+    model (final or checkpoint) holding it is written (docs/reliability.md)."""
+    from posttrain.trainers.ddpo import DDPOConfig, DDPOTrainer
+    from posttrain.trainers.run_dir import TrainingDivergedError
+
+    good = closeness_reward(target_image())
+    calls = []
+
+    def nan_later(images, prompts, metadata):
+        calls.append(1)
+        rewards, meta = good(images, prompts, metadata)
+        return (rewards * float("nan") if len(calls) > 1 else rewards), meta
+
+    config = DDPOConfig(num_epochs=3, sample_num_steps=3, sample_batch_size=4, sample_num_batches_per_epoch=1,
+                        train_batch_size=2, train_learning_rate=1e-2, save_freq=1, output_dir=str(tmp_path))
+    trainer = DDPOTrainer(config, nan_later, cycling_prompts(), build_tiny_diffusion(seed=0))
+    with pytest.raises(TrainingDivergedError, match=r"epoch 1.*last good checkpoint is .*checkpoint_0"):
+        trainer.train()
+    assert os.listdir(tmp_path / "checkpoints") == ["checkpoint_0"]
+    assert not (tmp_path / "pytorch_lora_weights.safetensors").exists()
 
 
 def test_bad_settings_fail_early():

@@ -302,6 +302,31 @@ def test_a_full_disk_names_the_file_and_the_last_good_checkpoint_and_leaves_noth
     assert sorted(os.listdir(tmp_path / "out")) == [".posttrain.lock", "checkpoint-2"]  # no partial checkpoint-4
 
 
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 3 MB filesystem (tmpfs): room for one checkpoint of the tiny model (~1.7 MB) but not two."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield mount
+    done = subprocess.run(["umount", str(mount)], capture_output=True, text=True)
+    if done.returncode:  # still busy (a file held open): detach it now, the kernel frees it when released
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    assert str(mount) not in open("/proc/mounts").read(), done.stderr
+
+
+def test_a_really_full_disk_is_reported_and_leaves_no_partial_checkpoint(tiny_model_dir, sft_data, small_disk):
+    from posttrain.trainers.run_dir import CheckpointWriteError
+
+    out = small_disk / "out"
+    args = saving_args(small_disk, output_dir=str(out))
+    with pytest.raises(CheckpointWriteError, match=r"checkpoint-4 failed while writing .*: the disk is full.*last "
+                                                   r"good checkpoint is .*checkpoint-2"):
+        SFTTrainer(tiny_model_dir, args=args, train_dataset=sft_data).train()
+    assert sorted(os.listdir(out)) == [".posttrain.lock", "checkpoint-2"]
+
+
 def test_a_kill_during_a_checkpoint_leaves_only_complete_ones_and_resume_true_continues(tiny_model_dir, tmp_path):
     """A run killed (SIGKILL) while writing its second checkpoint: only the complete first one looks like a
     checkpoint, and `--resume_from_checkpoint True` (the CLI's spelling) resumes from it to the end."""

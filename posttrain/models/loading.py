@@ -154,8 +154,8 @@ def load_pretrained(name_or_path: str, auto_class=None, *, frozen: bool = False,
 
     Without a ``dtype`` the weights are float32 whatever the checkpoint stores (transformers 5 would keep a bf16
     checkpoint in bf16, where an optimizer step smaller than bf16's resolution leaves a weight unchanged); mixed
-    precision does the compute. A model to be trained (not ``frozen``: a reference, reward model or teacher) that
-    ends up in bf16/fp16 anyway, because ``dtype`` asked for it, gets a warning saying so."""
+    precision does the compute. A model to be trained that ends up in bf16/fp16 anyway, because ``dtype`` asked for
+    it, gets a warning saying so; ``frozen=True`` (a reference, reward model, teacher or judge) skips the warning."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     from ..data.loading import looks_local

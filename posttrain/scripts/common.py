@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from ..data import load_any
-from ..models import ModelConfig, check_tokenizer, load_pretrained, load_processing_class, model_init_kwargs
+from ..models import ModelConfig, load_pretrained, load_processing_class, model_init_kwargs
 
 logger = logging.getLogger("posttrain")
 
@@ -27,7 +27,6 @@ def load_model_and_tokenizer(model_args: ModelConfig, auto_class=None, **extra):
     tokenizer_path = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     tokenizer = load_processing_class(tokenizer_path, revision=model_args.model_revision,
                                       trust_remote_code=model_args.trust_remote_code)  # a processor for a VLM
-    check_tokenizer(tokenizer, tokenizer_path, model)
     return model, tokenizer
 
 

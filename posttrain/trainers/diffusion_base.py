@@ -9,6 +9,7 @@ trainers run their own loop (as TRL's do). Needs ``diffusers`` (``pip install po
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
@@ -19,6 +20,7 @@ import torch
 
 from ..allocator import raise_mmap_threshold
 from .base import _has_accelerator, bf16_supported, write_log
+from .run_dir import TrainingDivergedError, nonfinite_parameters, publish_files, write_error
 
 LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -201,7 +203,9 @@ class DiffusionTrainerBase:
         bar = tqdm(range(self.first_epoch, epochs), desc=type(self).__name__, unit="epoch",
                    disable=not self.accelerator.is_local_main_process)
         for epoch in bar:
+            logged = len(self.log_history)
             global_step = self.step(epoch, global_step)
+            self._stop_if_diverged(epoch, self.log_history[logged:])
             if self.log_history:  # the epoch's last logged metrics, on the bar
                 last = self.log_history[-1]
                 bar.set_postfix({k: f"{last[k]:.4g}" for k in ("reward_mean", "loss") if k in last})
@@ -211,6 +215,21 @@ class DiffusionTrainerBase:
         if self.accelerator.is_main_process:
             write_log(self.log_history, self.config.output_dir)
         self.accelerator.end_training()
+
+    def _stop_if_diverged(self, epoch: int, rows: list[dict[str, float]]) -> None:
+        """Raise :class:`~.run_dir.TrainingDivergedError` when a loss logged in ``epoch`` is not finite (before
+        anything of this epoch is saved), naming the newest checkpoint (docs/reliability.md)."""
+        bad = [row for row in rows if not math.isfinite(row.get("loss", 0.0))]
+        if not bad:
+            return
+        root = os.path.join(self.config.output_dir, "checkpoints")
+        found = sorted((d for d in os.listdir(root) if d.startswith("checkpoint_")),
+                       key=lambda d: int(d.split("_")[1])) if os.path.isdir(root) else []
+        note = (f"The last good checkpoint is {os.path.join(root, found[-1])}." if found
+                else "No checkpoint was written before it.")
+        raise TrainingDivergedError(f"Training stopped in epoch {epoch}: the loss was not finite at step "
+                                    f"{bad[0]['step']} ({bad[0]['loss']}); nothing of this epoch was saved. {note} "
+                                    "Lower train_learning_rate or check the reward function.")
 
     def step(self, epoch: int, global_step: int) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -230,16 +249,27 @@ class DiffusionTrainerBase:
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return
-        os.makedirs(save_directory, exist_ok=True)
         unet = self.accelerator.unwrap_model(self.unet)
-        if self.config.use_lora:
-            from diffusers import StableDiffusionPipeline
-            from peft.utils import get_peft_model_state_dict
+        if bad := nonfinite_parameters(unet):
+            raise TrainingDivergedError(f"Refusing to save to {save_directory}: {len(bad)} UNet tensor(s) hold NaN or "
+                                        f"inf (first: {bad[0]}).")
+        # written beside the target and moved into place file by file once complete
+        parent, name = os.path.split(os.path.abspath(save_directory))
+        staged = os.path.join(parent, f".{name}.posttrain-staging")
+        shutil.rmtree(staged, ignore_errors=True)
+        try:
+            if self.config.use_lora:
+                from diffusers import StableDiffusionPipeline
+                from peft.utils import get_peft_model_state_dict
 
-            StableDiffusionPipeline.save_lora_weights(save_directory,
-                                                      unet_lora_layers=get_peft_model_state_dict(unet))
-        else:
-            unet.save_pretrained(os.path.join(save_directory, "unet"))
+                StableDiffusionPipeline.save_lora_weights(staged, unet_lora_layers=get_peft_model_state_dict(unet))
+            else:
+                unet.save_pretrained(os.path.join(staged, "unet"))
+        except OSError as err:
+            error = write_error(err, save_directory, staged, "")
+            shutil.rmtree(staged, ignore_errors=True)
+            raise error from err
+        publish_files(staged, save_directory)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(use_lora={self.config.use_lora}, device={self.accelerator.device})"
