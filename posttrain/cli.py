@@ -165,8 +165,23 @@ def main(argv: list[str] | None = None) -> int:
         return print_env()
     if command != "kit" and any(a == "--accelerate_config" or a.startswith("--accelerate_config=") for a in rest):
         return relaunch(command, rest)
+    quiet_optional_kernel_notices()
     module = importlib.import_module(COMMANDS[command][0])
     return leave_deepspeed_worker(run_reporting_errors(f"posttrain {command}", module.main, rest, debug))
+
+
+def quiet_optional_kernel_notices() -> None:
+    """Keep bitsandbytes' optional-kernel notices off the command's output.
+
+    With bitsandbytes installed, importing transformers' Trainer imports it (through peft), and on a CPU with
+    AVX512-BF16 bitsandbytes then tries to fetch a faster 4-bit kernel from the hub through the ``kernels`` package.
+    Offline, or when the kernel's publisher cannot be verified, that prints one or two warnings on every command,
+    even ``--help``, whether or not the run quantizes anything; bitsandbytes falls back to its own kernel either
+    way. Real errors of both packages still print."""
+    import logging
+
+    for name in ("kernels", "bitsandbytes.backends.cpu.ops"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -64,12 +64,13 @@ def test_lock_file_pins_the_environment_make_builds():
         sys.path.pop(0)
     with open(os.path.join(ROOT, "requirements", "lock.txt")) as f:
         pins = lockfile.parse(f.read())
-    for name in ("torch", "transformers", "accelerate", "datasets", "peft", "deepspeed", "pytest", "diffusers"):
+    for name in ("torch", "transformers", "accelerate", "datasets", "peft", "deepspeed", "pytest", "diffusers",
+                 "bitsandbytes"):
         assert name in pins, name
     assert pins["torch"] == "2.13.0"  # the CPU wheel on disk; no local label, so a GPU machine takes its build
     assert "posttrain" not in pins
     makefile = open(os.path.join(ROOT, "Makefile")).read()
-    assert "CONSTRAINTS ?= -c $(LOCK)" in makefile and "$(PIP) -e \".[dev]\"" in makefile
+    assert "CONSTRAINTS ?= -c $(LOCK)" in makefile and "$(PIP) -e \".[dev,quantization]\"" in makefile
     assert "$(PIP) torch==2.13.0 -e \".[deepspeed]\"" in makefile  # the distributed extras come from the lock too
     assert lockfile.render({"torch": "2.13.0+cpu", "A_b": "1"}).endswith("torch==2.13.0\n")
     assert lockfile.diff({"a": "1", "b": "2", "c": "1"}, {"a": "1", "b": "3", "d": "4"}) == [

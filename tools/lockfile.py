@@ -17,9 +17,9 @@ import sys
 
 HEADER = """\
 # posttrain's lock file: every package of the environment that `make install` and `make test-distributed` build
-# (the dev and deepspeed extras on torch==2.13.0), pinned. pip uses it as constraints (-c), so the package's own
-# dependency ranges in pyproject.toml stay loose. Refresh with `make lock` (docs/reliability.md): it installs the
-# newest releases in a fresh venv, runs the suites there and rewrites this file only if they pass.
+# (the dev, quantization and deepspeed extras on torch==2.13.0), pinned. pip uses it as constraints (-c), so the
+# package's own dependency ranges in pyproject.toml stay loose. Refresh with `make lock` (docs/reliability.md): it
+# installs the newest releases in a fresh venv, runs the suites there and rewrites this file only if they pass.
 """
 
 _LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")

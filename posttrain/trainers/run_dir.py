@@ -50,9 +50,14 @@ class TrainingDivergedError(RuntimeError):
 
 
 def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
-    """Names of ``model``'s floating-point parameters holding a NaN or inf (this process's part of them)."""
+    """Names of ``model``'s trained parameters holding a NaN or inf (this process's part of them).
+
+    Only trainable floating-point parameters are checked: training changes nothing else, and a quantized base
+    layer's packed bytes (bitsandbytes' 4-bit ``Params4bit`` stored in a float container, which carries a
+    ``quant_state``) are not numbers at all, so reading them as floats finds "NaN" in a healthy model."""
     return [name for name, p in model.named_parameters()
-            if p.is_floating_point() and p.numel() and not bool(torch.isfinite(p.detach()).all())]
+            if p.requires_grad and p.is_floating_point() and p.numel() and getattr(p, "quant_state", None) is None
+            and not bool(torch.isfinite(p.detach()).all())]
 
 
 def last_checkpoint_note(output_dir: str) -> str:
