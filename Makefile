@@ -17,7 +17,7 @@ PYTEST := $(BIN)/python -m pytest
 TEST_WORKERS ?= 2
 OUT    ?= outputs/demo
 
-.PHONY: install demo test test-slow test-distributed test-all test-seeds test-newest lock bench bench-packing bench-trl trl-venv clean
+.PHONY: install demo test test-fast test-slow test-distributed test-all test-seeds test-newest lock bench bench-packing bench-trl trl-venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ demo: install
 
 test: install
 	$(PYTEST) -q -n $(TEST_WORKERS) -m "not slow and not distributed" --durations=10
+
+# the default suite without the learning tests (-m learning: each trains a model until a metric moves): a quick check
+# while working; `make test` is the measure
+test-fast: install
+	$(PYTEST) -q -n $(TEST_WORKERS) -m "not slow and not distributed and not learning" --durations=5
 
 test-slow: install
 	$(PYTEST) -q -m "slow"

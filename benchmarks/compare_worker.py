@@ -274,7 +274,7 @@ def grpo_loss_check(cfg: dict, L, torch) -> dict:
         if args.beta != 0.0:
             inputs["ref_per_token_logps"] = ref_logps
     else:
-        from posttrain.trainers.preference_base import build_rows
+        from posttrain.data.preference import build_rows
 
         inputs = dict(build_rows(prompts, comps, pad_token_id=pad), advantages=advantages, num_items_in_batch=n_tokens,
                       truncated=torch.zeros(B, dtype=torch.bool))

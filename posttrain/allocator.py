@@ -17,7 +17,7 @@ def raise_mmap_threshold() -> bool:
     ever gets there depends on its allocation history. A training step allocates the same tensors over and over
     (under mixed precision, a bf16 copy of every weight at every forward); below the threshold they reuse heap memory,
     above it each one faults in its pages anew: 1.3x the speed of a small vision-language SFT step
-    (``benchmarks/NOTES.md``, "Ninth batch"). This is the state glibc reaches by itself after one large free.
+    (``docs/performance.md``, "The allocator"). This is the state glibc reaches by itself after one large free.
     ``POSTTRAIN_MALLOC_PRIME=0`` leaves the allocator alone; a no-op off glibc. Returns whether it primed."""
     if os.environ.get("POSTTRAIN_MALLOC_PRIME", "1") == "0":
         return False

@@ -14,14 +14,9 @@ from conftest import train_args
 from posttrain.data import DatasetFormatError
 from posttrain.kit import make_dataset
 from posttrain.trainers.dpo import DPOConfig, DPOTrainer
-from posttrain.trainers.preference_base import (
-    REFERENCE_CACHE_PREFIX,
-    DataCollatorForPreference,
-    SyncRefModelCallback,
-    completion_logps,
-    fit_lengths,
-    sequence_sums,
-)
+from posttrain.data.preference import DataCollatorForPreference, fit_lengths
+from posttrain.trainers.logprobs import completion_logps, sequence_sums
+from posttrain.trainers.preference_base import REFERENCE_CACHE_PREFIX, SyncRefModelCallback
 
 
 
@@ -213,7 +208,7 @@ def test_bf16_reference_stores_its_linear_layers_in_bf16(tiny_model_dir, tmp_pat
     of a float32 reference under the same autocast. With TR-DPO syncing (the policy mixed into it) it stays float32;
     so does a reference the user passed as an object (they may still call it outside the region)."""
     from posttrain.trainers.base import bf16_supported
-    from posttrain.trainers.preference_base import completion_logps
+    from posttrain.trainers.logprobs import completion_logps
 
     if not bf16_supported():
         pytest.skip("no bf16 on this CPU")

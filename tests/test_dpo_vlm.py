@@ -15,7 +15,8 @@ from posttrain.data import DatasetFormatError
 from posttrain.kit import build_tiny_model, make_dataset, write_dataset
 from posttrain.kit.images import COLORS, QUESTION, color_image
 from posttrain.kit.models import build_tiny_processor, build_tiny_vlm
-from posttrain.trainers.preference_base import DataCollatorForVisionPreference, completion_logps
+from posttrain.data.preference import DataCollatorForVisionPreference
+from posttrain.trainers.logprobs import completion_logps
 from tests.conftest import PRECISIONS, run_example_script, train_args, use_precision
 
 IMAGE_ID = 1024

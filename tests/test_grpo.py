@@ -13,7 +13,7 @@ from posttrain.evaluation import exact_match_accuracy
 from posttrain.kit import make_dataset
 from posttrain.rollout import RewardFunctionError, generate
 from posttrain.rollout.rewards import accuracy_reward
-from posttrain.trainers.preference_base import build_rows
+from posttrain.data.preference import build_rows
 from posttrain.trainers.base import bf16_supported
 from tests.conftest import PRECISIONS, reverse_prompts, train_args, use_precision
 

@@ -1,16 +1,13 @@
-"""Tests for posttrain.losses.distill against values worked out with plain Python math."""
+"""Tests for posttrain.losses.distill (GKD) and posttrain.losses.online_preference (Nash-MD, XPO) against values
+worked out with plain Python math."""
 
 import math
 
 import pytest
 import torch
 
-from posttrain.losses.distill import (
-    generalized_jsd_loss,
-    geometric_mixture_logits,
-    nash_md_loss,
-    xpo_loss,
-)
+from posttrain.losses.distill import generalized_jsd_loss
+from posttrain.losses.online_preference import geometric_mixture_logits, nash_md_loss, xpo_loss
 
 
 def t(x):

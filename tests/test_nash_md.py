@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from posttrain import NashMDConfig, NashMDTrainer
 from posttrain.kit import build_tiny_model, make_dataset
-from posttrain.losses.distill import geometric_mixture_logits
+from posttrain.losses.online_preference import geometric_mixture_logits
 from posttrain.rollout import BasePairwiseJudge, generate
 from posttrain.rollout.rewards import accuracy_reward
 from tests.conftest import reverse_prompts, train_args

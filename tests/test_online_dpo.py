@@ -1,7 +1,6 @@
 """OnlineDPOTrainer: it learns (reward functions and a judge), pairs and references are right, bad judges fail
 clearly."""
 
-import json
 
 import pytest
 import torch
@@ -255,7 +254,7 @@ def test_conversational_prompts_and_evaluation(tiny_model_dir, tokenizer, tmp_pa
 def hand_batch(trainer, tokenizer, scores, completion_ids=None):
     """Two pairs (rows 0-1 and 2-3) of fixed completions of different lengths (by default rows 0 and 3 end with EOS
     (-1 below), so the rows carry padding), with the reference's log-probs and the preferences the scores give."""
-    from posttrain.trainers.preference_base import build_rows
+    from posttrain.data.preference import build_rows
 
     eos = tokenizer.eos_token_id
     prompt_ids = [trainer.train_dataset[i]["prompt_input_ids"] for i in (0, 0, 1, 1)]
@@ -332,7 +331,7 @@ def test_which_trainers_take_logps_at_the_sampling_temperature(tiny_model_dir, t
                   processing_class=tokenizer)
     batch = hand_batch(trainer, tokenizer, [1.0, 0.0, 0.0, 3.0]) if not divides else None
     if batch is None:
-        from posttrain.trainers.preference_base import build_rows
+        from posttrain.data.preference import build_rows
 
         ids = [trainer.train_dataset[i]["prompt_input_ids"] for i in (0, 1)]
         batch = build_rows(ids, [[5, 9, 11], [7]], pad_token_id=tokenizer.pad_token_id)

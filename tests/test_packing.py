@@ -70,7 +70,7 @@ def test_length_buckets_bound_the_row_widths():
     """row_width's buckets: a multiple of 1/8 of the largest power of two not above the length, at least 64; an
     explicit multiple wins. Collators with length_buckets pad the flat row's end as one ignored sequence."""
     from posttrain.data.collators import row_width
-    from posttrain.trainers.preference_base import DataCollatorForPreference
+    from posttrain.data.preference import DataCollatorForPreference
 
     assert [row_width(n, buckets=True) for n in (1, 64, 65, 150, 1000, 1024, 2600, 4097)] == \
         [64, 64, 128, 192, 1024, 1024, 2816, 4608]

@@ -16,7 +16,7 @@ from tests.conftest import train_args
 @pytest.fixture
 def no_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(base, "_has_accelerator", lambda: False)
+    monkeypatch.setattr(base, "has_accelerator", lambda: False)
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
 
 

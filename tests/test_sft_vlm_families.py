@@ -10,7 +10,6 @@ import random
 
 import pytest
 import torch
-from datasets import Dataset
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from posttrain.data import DataCollatorForVisionLanguageModeling
@@ -18,7 +17,7 @@ from posttrain.data.vision import carry_over_expanded
 from posttrain.kit import make_dataset, write_dataset
 from posttrain.kit.images import COLORS, QUESTION, color_image
 from posttrain.kit.models import build_tiny_processor, build_tiny_vlm
-from posttrain.trainers.preference_base import DataCollatorForVisionPreference
+from posttrain.data.preference import DataCollatorForVisionPreference
 from posttrain.trainers.base import bf16_supported
 from tests.conftest import PRECISIONS, run_example_script, use_precision
 from tests.test_sft_vlm import _answer_accuracy as vlm_answer_accuracy

@@ -58,7 +58,7 @@ def row_width(length: int, multiple_of: int | None = None, buckets: bool = False
     ``buckets``, a multiple of 1/8 of the largest power of two not above ``length`` (at least 64), which allows 8
     widths per doubling and pads about 3% on average. Fewer distinct widths let the CPU allocator and kernel caches
     reuse what earlier steps allocated, where every new width would otherwise leave memory behind
-    (``benchmarks/NOTES.md``, "Eighth batch")."""
+    (``docs/performance.md``, "Attention per sequence")."""
     step = multiple_of or (max(64, 1 << max(length.bit_length() - 4, 0)) if buckets else 1)
     return -(-length // step) * step
 
@@ -82,7 +82,7 @@ def padding_free_rows(lengths: Sequence[int], flatten: bool, per_sequence_cost: 
     return groups, False
 
 
-def _label_ids(example: Mapping[str, Any], completion_only_loss: bool) -> list[int]:
+def label_ids(example: Mapping[str, Any], completion_only_loss: bool) -> list[int]:
     ids = list(example["input_ids"])
     keep = [1] * len(ids)
     if completion_only_loss and "completion_mask" in example:
@@ -117,7 +117,7 @@ class DataCollatorForLanguageModeling:
         ids = [list(ex["input_ids"]) for ex in examples]
         labels = []
         for ex in examples:
-            lab = _label_ids(ex, self.completion_only_loss)
+            lab = label_ids(ex, self.completion_only_loss)
             if lab:
                 lab[0] = IGNORE_INDEX
             labels.append(lab)
@@ -153,7 +153,7 @@ class DataCollatorForLanguageModeling:
     def _row(self, ex: Mapping[str, Any]) -> tuple[list[int], list[int], list[int]]:
         """One example (or packed row): ids, labels with the first token of each sequence ignored, positions."""
         ex_ids = list(ex["input_ids"])
-        ex_labels = _label_ids(ex, self.completion_only_loss)
+        ex_labels = label_ids(ex, self.completion_only_loss)
         labels, positions, start = [], [], 0
         for n in ex.get("seq_lengths") or [len(ex_ids)]:
             if n <= 0:

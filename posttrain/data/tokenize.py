@@ -25,10 +25,15 @@ from .templates import require_chat_template
 TRUNCATION_MODES = ("keep_start", "keep_end")
 
 
+def check_truncation_mode(mode: str) -> None:
+    """Refuse a ``truncation_mode`` that is not one of :data:`TRUNCATION_MODES`."""
+    if mode not in TRUNCATION_MODES:
+        raise ValueError(f"Unknown truncation_mode {mode!r}; valid values: {', '.join(TRUNCATION_MODES)}.")
+
+
 def truncate(seq: Sequence, max_length: int | None, mode: str = "keep_start") -> list:
     """Keep the first (``keep_start``) or last (``keep_end``) ``max_length`` items."""
-    if mode not in TRUNCATION_MODES:
-        raise ValueError(f"Unknown truncation_mode {mode!r}; use one of {TRUNCATION_MODES}.")
+    check_truncation_mode(mode)
     seq = list(seq)
     if max_length is None or len(seq) <= max_length:
         return seq

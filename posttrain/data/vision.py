@@ -43,10 +43,10 @@ from typing import Any
 
 import torch
 
-from .collators import IGNORE_INDEX, _label_ids, pad_sequences
+from .collators import IGNORE_INDEX, label_ids, pad_sequences
 from .formats import LANGUAGE_MODELING, PROMPT_COMPLETION, DatasetFormat, DatasetFormatError, detect_format
 from .templates import render_messages
-from .tokenize import TRUNCATION_MODES, tokenize_sft_example
+from .tokenize import check_truncation_mode, tokenize_sft_example
 
 IMAGE_COLUMNS = ("images", "image")
 VIDEO_COLUMNS = ("videos", "video")
@@ -512,8 +512,7 @@ class DataCollatorForVisionLanguageModeling:
 
     def __post_init__(self):
         self.image_token, self.image_token_id = processor_image_token(self.processor, type(self).__name__)
-        if self.truncation_mode not in TRUNCATION_MODES:
-            raise ValueError(f"Unknown truncation_mode {self.truncation_mode!r}; use one of {TRUNCATION_MODES}.")
+        check_truncation_mode(self.truncation_mode)
         self.tokenizer = self.processor.tokenizer
         if self.eos_token_id is None:
             self.eos_token_id = self.tokenizer.eos_token_id
@@ -565,7 +564,7 @@ class DataCollatorForVisionLanguageModeling:
             else:
                 text = render_messages(self.tokenizer, example["messages"], **kwargs) if fmt.conversational \
                     else example[self.dataset_text_field]
-        return _TextRow(text, list(out["input_ids"]), _label_ids(out, self.completion_only_loss))
+        return _TextRow(text, list(out["input_ids"]), label_ids(out, self.completion_only_loss))
 
     def _media_key(self, fmt: DatasetFormat) -> str:
         """The column whose text holds the image and video placeholders."""

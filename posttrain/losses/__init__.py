@@ -1,6 +1,7 @@
 """Losses layer: pure tensor functions (log-probs / logits in, losses and metrics out). No model code here."""
 
-from .distill import generalized_jsd_loss, geometric_mixture_logits, nash_md_loss, xpo_loss
+from .distill import generalized_jsd_loss
+from .online_preference import geometric_mixture_logits, nash_md_loss, xpo_loss
 from .policy import (
     entropy_from_logits,
     gae,

@@ -8,7 +8,7 @@ the one-row layout cheap on sdpa: inside :func:`per_sequence_rows` it slices eac
 (sequences start where ``position_ids`` is 0) and runs sdpa on it with ``is_causal=True``, at its length rounded up
 by :func:`bucket_length`. Everywhere else (generation, padded batches, a forward of your own) it is transformers'
 sdpa with its mask. Measured on CPU against bin-packed rows: SFT, DPO and KTO steps 1.2-1.3x faster at 0.87-0.92x
-the peak memory, with the same loss (``benchmarks/NOTES.md``, "Eighth batch"). The model's config keeps the name
+the peak memory, with the same loss (``docs/performance.md``, "Attention per sequence"). The model's config keeps the name
 only in memory: ``config.json`` never records it. The collators lay a batch out as one row only where that saves
 more positions than the extra calls cost (:func:`call_cost`, ``data.collators.padding_free_rows``).
 
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.collators import row_width
+from .wrappers import unwrap
 
 PER_SEQUENCE_SDPA = "posttrain_per_sequence_sdpa"
 CALL_COST_PARAMETERS = 3.4e6
@@ -39,8 +40,6 @@ sequence and layer against about 0.13 ms per position and layer). :func:`call_co
 def call_cost(model) -> float:
     """The cost of running one more sequence through the per-sequence path, in positions' work of ``model``: at
     least 1, more for small layers (where a call's fixed cost weighs more than a position's products)."""
-    from .heads import unwrap
-
     base = unwrap(model)
     if hasattr(base, "get_base_model"):  # PEFT
         base = base.get_base_model()
@@ -170,8 +169,6 @@ def register() -> None:
 
 def use_per_sequence_attention(model) -> bool:
     """Switch an sdpa model to :data:`PER_SEQUENCE_SDPA`; returns whether it runs it (False for other kernels)."""
-    from .heads import unwrap
-
     base = unwrap(model)
     if hasattr(base, "get_base_model"):  # PEFT
         base = base.get_base_model()

@@ -2,7 +2,7 @@
 
 With checkpointing, every decoder layer's forward runs twice: once in the forward pass (keeping only the layer's
 input) and once more in the backward pass. Attention is the layer's slowest part per FLOP on CPUs (the fused
-kernel runs far below the matrix-product rate at head size 64; ``benchmarks/NOTES.md``, "Ninth batch"), and its
+kernel runs far below the matrix-product rate at head size 64; ``docs/performance.md``, "Gradient checkpointing"), and its
 outputs are small (the attention output and a log-sum-exp per head and position). :func:`keep_attention_outputs`
 makes the recomputation reuse them instead of running attention again (PyTorch's selective checkpointing): the
 step is faster (CPU, benchmark model: about +3.5% SFT, +4% DPO) for a few MB of memory per layer, with the same

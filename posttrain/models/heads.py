@@ -18,19 +18,7 @@ import torch
 
 from .attention import PER_SEQUENCE_SDPA
 from .loading import is_vision_config
-
-
-def unwrap(model):
-    """The innermost model under DDP/DeepSpeed (``.module``) wrappers."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
-
-
-def base_model(model):
-    """The transformers model under DDP/DeepSpeed and PEFT wrappers."""
-    base = unwrap(model)
-    return base.get_base_model() if hasattr(base, "get_base_model") else base
+from .wrappers import base_model, unwrap
 
 
 def is_vision_model(model) -> bool:

@@ -188,6 +188,21 @@ def load_pretrained(name_or_path: str, auto_class=None, *, frozen: bool = False,
     return model
 
 
+def load_frozen(model, init_kwargs: dict | None = None, *, kwargs_field: str | None = None):
+    """A model that is only evaluated (a reference, teacher, reward model or judge), given as a name/path or an object:
+    ``(model, owned)``. A name or path is loaded with ``init_kwargs`` (float32 unless they set a ``dtype``), and
+    ``owned`` is True: the trainer made it, so it may store it in the training precision
+    (:meth:`posttrain.trainers.base.BaseTrainer.prepare_frozen_model`). An object is returned as it is (``owned``
+    False: the user may still use it); when ``init_kwargs`` are this model's own config field (``kwargs_field``, e.g.
+    ``ref_model_init_kwargs``), giving them with an object is an error naming the field. ``None`` stays None (the
+    trainer copies the policy, which it then owns)."""
+    if isinstance(model, str):
+        return load_pretrained(model, None, frozen=True, **(init_kwargs or {})), True
+    if model is not None and init_kwargs and kwargs_field:
+        raise ValueError(f"{kwargs_field} only applies when the model is given as a name or path, not as an object.")
+    return model, model is None
+
+
 def warn_low_precision_weights(model, name: str) -> None:
     """Warn when the trainable floating-point weights of ``model`` are bf16/fp16 (pure low-precision training)."""
     import warnings

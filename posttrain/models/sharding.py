@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import atexit
 import copy
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import torch
 

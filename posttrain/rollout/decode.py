@@ -2,7 +2,7 @@
 :func:`posttrain.rollout.generate`.
 
 At the batch sizes of online training on CPU, a ``model.generate`` decode step costs about twice its matrix
-products (benchmarks/NOTES.md, "Generation speed"): the products themselves run at half the speed oneDNN reaches on
+products (docs/performance.md, "Generation"): the products themselves run at half the speed oneDNN reaches on
 weights reordered for it, bf16 attention kernels are slow at these sizes and re-set-up for every new key length,
 and module calls, masks, the rotary embedding and the re-concatenated KV cache add per-token work. This loop runs
 the same computation with the model's own weights: each linear layer's weight cast to the compute dtype and
@@ -125,7 +125,7 @@ def _mkldnn_usable(device: torch.device) -> bool:
 class _Linear:
     """One or several linear layers stacked into one (q/k/v, gate/up) in the compute dtype. On CPU the weight is
     reordered once for oneDNN: at decode batch sizes its matrix products take about half the time of ``F.linear``
-    on the plain weight (benchmarks/NOTES.md, "Generation speed")."""
+    on the plain weight (docs/performance.md, "Generation")."""
 
     def __init__(self, modules, dtype: torch.dtype, batch: int):
         weight = torch.cat([m.weight for m in modules]) if len(modules) > 1 else modules[0].weight

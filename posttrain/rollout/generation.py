@@ -15,7 +15,7 @@ import torch
 from ..data.collators import pad_sequences
 from ..data.formats import is_conversational_value
 from ..data.tokenize import chat_template_ids
-from ..models.heads import unwrap
+from ..models.wrappers import unwrap
 from ..models.sharding import gathered_parameters, is_zero3_partitioned
 from .decode import causal_lm, fast_decode, fast_decode_plan
 

@@ -348,7 +348,7 @@ class _LocalLMJudge:
         import torch
 
         from ..data.collators import pad_sequences
-        from ..models.heads import unwrap
+        from ..models.wrappers import unwrap
 
         choice = torch.tensor(self.choice_ids(n_choices))
         seqs = [self._encode(t) for t in texts]

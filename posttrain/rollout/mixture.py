@@ -3,7 +3,7 @@
 :func:`posttrain.rollout.generate` takes ``mixture_ref=`` and ``mixture_coef=``: it then adds a
 :class:`GeometricMixtureLogitsProcessor` to the one generation loop, which replaces the policy's next-token logits
 by the log-probabilities of the token-level geometric mixture
-``softmax((1 - c) log pi + c log pi_ref)`` (:func:`posttrain.losses.distill.geometric_mixture_logits`). The
+``softmax((1 - c) log pi + c log pi_ref)`` (:func:`posttrain.losses.online_preference.geometric_mixture_logits`). The
 reference runs alongside the policy with a KV cache of its own, one token per step. Temperature, top-k, top-p and
 min-p apply to the mixture (they come after this processor in ``model.generate``).
 """
@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..losses.distill import geometric_mixture_logits
+from ..losses.online_preference import geometric_mixture_logits
 
 
 class GeometricMixtureLogitsProcessor:

@@ -34,7 +34,7 @@ import torch
 from ..data.collators import pad_sequences
 from ..data.formats import is_conversational_value
 from ..data.tokenize import tokenize_prompt_completion
-from ..models.heads import unwrap
+from ..models.wrappers import unwrap
 
 
 class RewardFunctionError(ValueError):

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from ..models.heads import unwrap
+from ..models.wrappers import is_peft_model, unwrap
 from ..models.sharding import gathered_parameters, is_zero3_partitioned
 from .generation import Generations
 
@@ -151,20 +151,12 @@ def vllm_param_name(name: str, adapter_prefix: str = "lora_") -> str | None:
     return re.sub(r"\.modules_to_save\.[^.]+\.", ".", name)
 
 
-def _is_peft(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(model, PeftModel)
-
-
 def weight_groups(model) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """The policy's weights for vLLM, as groups of ``(name, tensor)``; a group's tensors are valid only until the
     next group is asked for (ZeRO-3 re-partitions them, PEFT unmerges). One group unless ZeRO-3 partitions the
     model (then one per module that holds parameters). See the module docstring."""
     base = unwrap(model)
-    if _is_peft(base):
+    if is_peft_model(base):
         prefix = getattr(base.base_model, "prefix", "lora_")
         with gathered_parameters(base):  # ZeRO-3: merging needs whole weights
             base.merge_adapter()

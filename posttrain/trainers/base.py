@@ -42,7 +42,7 @@ from .run_dir import (OutputDirLock, TrainingDivergedError, check_fresh_output_d
 logger = logging.getLogger("posttrain")
 
 
-def _has_accelerator() -> bool:
+def has_accelerator() -> bool:
     if torch.cuda.is_available():
         return True
     xpu = getattr(torch, "xpu", None)
@@ -87,7 +87,7 @@ def bf16_supported() -> bool:
     any accelerator, a CPU with native bf16 (see :func:`cpu_has_native_bf16`)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    return not _has_accelerator() and cpu_has_native_bf16()
+    return not has_accelerator() and cpu_has_native_bf16()
 
 
 def checkpointing_field(default: bool, why: str):
@@ -103,9 +103,9 @@ class PosttrainConfig(TrainingArguments):
     ``bf16=None`` meaning "as the launcher says" (``accelerate launch``'s ``mixed_precision``), else "on where the
     hardware runs it natively": a CUDA GPU with bf16, or a CPU-only machine whose CPU has bf16 instructions
     (measured on AVX512-BF16: 1.67x the fp32 tokens/s and 0.84x the memory for SFT, same loss curve;
-    ``benchmarks/NOTES.md``). Pass ``bf16=False`` for fp32. ``gradient_checkpointing=True``, as in TRL 1.x's
+    ``docs/performance.md``, "bf16 by default"). Pass ``bf16=False`` for fp32. ``gradient_checkpointing=True``, as in TRL 1.x's
     configs (PPO, XPO, Nash-MD, BCO and PRM keep TRL 0.21's ``False``): measured side by side with TRL, it costs
-    posttrain 2-10% of its speed and saves 30-40% of its peak memory (``benchmarks/NOTES.md``, "Fifth batch");
+    posttrain 2-10% of its speed and saves 30-40% of its peak memory (``docs/performance.md``, "Gradient checkpointing");
     ``gradient_checkpointing=False`` is faster where memory is not the limit."""
 
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps (or a fraction of the run if < 1)."})
@@ -139,7 +139,7 @@ class PosttrainConfig(TrainingArguments):
                   "without padding whose attention runs sequence by sequence (as with flash attention), where that "
                   "saves more positions than the extra attention calls cost; else rows bin-packed within its longest "
                   "sequence. Measured on CPU: SFT 1.1-1.2x faster at 0.91x the peak memory, unchanged on short or "
-                  "equal-length sequences (benchmarks/NOTES.md, 'Eighth batch'). False: always bin-packed rows. "
+                  "equal-length sequences (docs/performance.md, 'Attention per sequence'). False: always bin-packed rows. "
                   "Other attention kernels ignore it."},
     )
 
@@ -163,7 +163,7 @@ class PosttrainConfig(TrainingArguments):
                 self.fp16 = self.fp16 or launcher == "fp16"
             else:
                 self.bf16 = bf16_supported() and not self.fp16
-        if not _has_accelerator():
+        if not has_accelerator():
             self.dataloader_pin_memory = False  # pinning needs an accelerator; avoid the warning on CPU
             # Without `use_cpu`, accelerate does not set up multi-process CPU training (gloo) under
             # torchrun/accelerate launch: every process would silently train alone on the same data.
@@ -380,13 +380,17 @@ class BaseTrainer(Trainer):
         with lock:
             if self.args.should_save:
                 check_fresh_output_dir(output_dir, bool(resume_from_checkpoint), self.args.overwrite_output_dir)
-                if resume_from_checkpoint:
-                    path = (resume_from_checkpoint if isinstance(resume_from_checkpoint, str)
-                            else (checkpoints(output_dir) or [None])[-1])
-                    if path is not None:
-                        logger.warning("Resuming from %s.", path)
-                        compare_settings(path, run_settings(self.args, self.train_dataset))
-            output = super().train(resume_from_checkpoint, *args, **kwargs)
+            checkpoint = None
+            if resume_from_checkpoint:
+                checkpoint = (resume_from_checkpoint if isinstance(resume_from_checkpoint, str)
+                              else (checkpoints(output_dir) or [None])[-1])
+                if checkpoint is None:
+                    raise ValueError(f"No valid checkpoint found in output directory ({output_dir}).")
+                if self.args.should_save:
+                    logger.warning("Resuming from %s.", checkpoint)
+                    compare_settings(checkpoint, run_settings(self.args, self.train_dataset))
+            self._before_train(checkpoint)
+            output = super().train(checkpoint, *args, **kwargs)
         if self._diverged_at is not None:
             raise TrainingDivergedError(
                 f"Training stopped at step {self._diverged_at}: the loss or gradient norm was not finite (NaN/inf) "
@@ -395,6 +399,10 @@ class BaseTrainer(Trainer):
                 f"{last_checkpoint_note(self.args.output_dir)} Lower the learning rate, check the data, or use fp32/bf16 "
                 "instead of fp16.")
         return output
+
+    def _before_train(self, checkpoint: str | None) -> None:
+        """Called by :meth:`train` once the checkpoint to resume from (or None) is known, before the Trainer's loop:
+        where a trainer restores state of its own or prepares data that needs the untrained model."""
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """The Trainer's ``save_model``, refusing weights that hold NaN or inf. A final model (not a checkpoint, which

@@ -16,7 +16,8 @@ import torch
 
 from ..losses.preference import CPO_LOSS_TYPES, cpo_loss
 from .base import check_choice
-from .preference_base import PreferenceConfig, ReferenceFreePreferenceTrainer, completion_logps
+from .logprobs import completion_logps
+from .preference_base import PreferenceConfig, PreferenceTrainer
 
 
 @dataclass
@@ -39,7 +40,7 @@ class CPOConfig(PreferenceConfig):
         super().__post_init__()
 
 
-class CPOTrainer(ReferenceFreePreferenceTrainer):
+class CPOTrainer(PreferenceTrainer):
     """CPO / SimPO / AlphaPO on paired preference data; no reference model.
 
     Logs ``rewards/chosen``, ``rewards/rejected``, ``rewards/accuracies``, ``rewards/margins``,

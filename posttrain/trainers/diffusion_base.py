@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..allocator import raise_mmap_threshold
-from .base import _has_accelerator, bf16_supported, write_log
+from .base import has_accelerator, bf16_supported, write_log
 from .run_dir import TrainingDivergedError, nonfinite_parameters, publish_files, write_error
 
 LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -114,7 +114,7 @@ class DiffusionTrainerBase:
         accelerator_kwargs = dict(config.accelerator_kwargs)
         # without cpu=True accelerate sets up no process group on a CPU-only machine: under `accelerate launch` /
         # torchrun every process would train alone on its own samples
-        accelerator_kwargs.setdefault("cpu", not _has_accelerator())
+        accelerator_kwargs.setdefault("cpu", not has_accelerator())
         self.accelerator = Accelerator(
             log_with=config.log_with,
             mixed_precision=config.mixed_precision,

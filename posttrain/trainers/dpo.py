@@ -22,7 +22,7 @@ from ..losses.preference import (
     wpo_weights,
 )
 from .base import check_choice
-from .preference_base import PreferenceTrainer, ReferenceConfig
+from .preference_base import ReferenceConfig, ReferencePreferenceTrainer
 
 
 @dataclass
@@ -77,7 +77,7 @@ class DPOConfig(ReferenceConfig):
         super().__post_init__()
 
 
-class DPOTrainer(PreferenceTrainer):
+class DPOTrainer(ReferencePreferenceTrainer):
     """DPO and its variants on paired preference data (explicit or implicit prompt, standard or conversational).
 
     Reference policy: ``ref_model`` (a model or a name/path); by default a frozen copy of the initial
@@ -93,7 +93,6 @@ class DPOTrainer(PreferenceTrainer):
     config_class = DPOConfig
     _run_suffix = "DPO"
     _paired = True
-    _uses_reference = True
     _ref_columns = ("ref_chosen_logps", "ref_rejected_logps")
 
     def __init__(self, model, ref_model=None, args: DPOConfig | None = None, data_collator=None, train_dataset=None,
@@ -105,6 +104,9 @@ class DPOTrainer(PreferenceTrainer):
                          preprocess_logits_for_metrics, peft_config)
         if "bco_pair" in self.args.loss_type:
             self.running = RunningMean()
+
+    def _wants_reference(self) -> bool:
+        return not self.args.reference_free
 
     def _reference_columns(self, batch):
         ref = self.reference_logps(self.model_rows(batch))
@@ -161,7 +163,7 @@ class DPOTrainer(PreferenceTrainer):
         return loss
 
     def _policy_logps(self, model, rows):
-        from .preference_base import completion_logps
+        from .logprobs import completion_logps
 
         return completion_logps(model, rows, with_log_sum_sq_probs=self.args.use_weighting, with_token_stats=True)
 

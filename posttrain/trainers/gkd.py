@@ -27,9 +27,9 @@ import torch
 
 from ..data import IGNORE_INDEX, DatasetFormatError
 from ..losses.distill import generalized_jsd_loss
-from ..models import disable_dropout, load_pretrained, load_tokenizer, output_head, select_head_positions, unwrap
+from ..models import disable_dropout, load_frozen, load_tokenizer, output_head, select_head_positions, unwrap
 from ..rollout import generate
-from .preference_base import build_rows
+from ..data.preference import build_rows
 from .sft import SFTConfig, SFTTrainer
 
 
@@ -162,14 +162,13 @@ class GKDTrainer(SFTTrainer):
         args = self.args
         teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
         teacher_tokenizer = None
-        owns_teacher = isinstance(teacher_model, str)  # else the user's object: its dtype is kept
-        if isinstance(teacher_model, str):
-            path = teacher_model
-            teacher_model = load_pretrained(path, None, frozen=True, **(args.teacher_model_init_kwargs or {}))
-            teacher_tokenizer = self._find_tokenizer(path)
+        given = teacher_model
+        # owned: loaded here from a name or path; else the user's object, whose dtype is kept
+        teacher_model, owns_teacher = load_frozen(given, args.teacher_model_init_kwargs,
+                                                  kwargs_field="teacher_model_init_kwargs")
+        if isinstance(given, str):
+            teacher_tokenizer = self._find_tokenizer(given)
         else:
-            if args.teacher_model_init_kwargs:
-                raise ValueError("teacher_model_init_kwargs only applies when the teacher is given as a name or path.")
             name = getattr(getattr(teacher_model, "config", None), "_name_or_path", "")
             if name and os.path.isdir(name):
                 teacher_tokenizer = self._find_tokenizer(name)

@@ -135,6 +135,13 @@ class GRPOTrainer(OnlineTrainer):
         self.record("frac_reward_zero_std", adv.frac_reward_zero_std)
         return {"advantages": adv.advantages}
 
+    def loss_items(self, lengths: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
+        """A completion's tokens; none for a truncated one with ``mask_truncated_completions`` (not trained on)."""
+        items = super().loss_items(lengths, truncated)
+        if self.args.mask_truncated_completions:
+            items[truncated] = 0
+        return items
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args = self.args
         logps, mask, entropies = self.token_logps(model, inputs, with_entropy=True)

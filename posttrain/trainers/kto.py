@@ -22,13 +22,9 @@ import torch
 
 from ..losses.preference import RunningMean, bco_loss, kto_kl_estimate, kto_loss
 from .base import check_choice
-from .preference_base import (
-    PreferenceTrainer,
-    ReferenceConfig,
-    completion_logps,
-    concat_rows,
-    kl_rows,
-)
+from ..data.preference import concat_rows, kl_rows
+from .logprobs import completion_logps
+from .preference_base import ReferenceConfig, ReferencePreferenceTrainer
 
 logger = logging.getLogger("posttrain")
 
@@ -48,7 +44,7 @@ class KTOConfig(ReferenceConfig):
         super().__post_init__()
 
 
-class KTOTrainer(PreferenceTrainer):
+class KTOTrainer(ReferencePreferenceTrainer):
     """KTO (and unpaired APO-zero, BCO) on unpaired or paired preference data.
 
     Reference policy strategies are those of :class:`~posttrain.trainers.dpo.DPOTrainer` (frozen copy,
@@ -63,7 +59,6 @@ class KTOTrainer(PreferenceTrainer):
     config_class = KTOConfig
     _run_suffix = "KTO"
     _paired = False
-    _uses_reference = True
     _input_columns = ("prompt_input_ids", "completion_input_ids", "label", "kl_completion_input_ids",
                       "reference_logps", "reference_KL_logps")
 

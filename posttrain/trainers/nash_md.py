@@ -4,7 +4,7 @@ For every prompt the policy samples one completion and its opponent, the token-l
 policy and the reference (``pi^(1 - c) * pi_ref^c``, ``c = mixture_coef``; sampled by
 :func:`posttrain.rollout.generate` with ``mixture_ref``), another. The judge's probability that the policy's
 completion wins (or ``sigmoid`` of the score difference) drives the REINFORCE surrogate of
-:func:`posttrain.losses.distill.nash_md_loss` (Munos et al. 2023). Built on
+:func:`posttrain.losses.online_preference.nash_md_loss` (Munos et al. 2023). Built on
 :class:`~posttrain.trainers.online_dpo.OnlineDPOTrainer`.
 """
 
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..losses.distill import nash_md_loss
+from ..losses.online_preference import nash_md_loss
 from ..models import unwrap
 from ..rollout import generate
 from ..rollout.mixture import adapter_disabled
 from .base import checkpointing_field
-from .online_dpo import OnlineDPOConfig, OnlineDPOTrainer, _as_list
+from .online_dpo import OnlineDPOConfig, OnlineDPOTrainer, as_float_list
 
 
 @dataclass
@@ -33,7 +33,7 @@ class NashMDConfig(OnlineDPOConfig):
                   "policy, 1: the reference); a list gives one value per epoch."})
 
     def __post_init__(self):
-        self.mixture_coef = _as_list(self.mixture_coef, "mixture_coef")
+        self.mixture_coef = as_float_list(self.mixture_coef, "mixture_coef")
         if any(not 0.0 <= c <= 1.0 for c in self.mixture_coef):
             raise ValueError(f"mixture_coef must be in [0, 1], got {self.mixture_coef}.")
         super().__post_init__()

@@ -20,8 +20,9 @@ being trained, score them with reward functions, and train on the samples.
   :class:`~posttrain.rollout.RewardScorer` (callables get ``prompts``,
   ``completions``, ``completion_ids``, ``trainer_state`` and the dataset columns), splits the slice into
   ``steps_per_generation`` micro-batches, lets the subclass shape this process's rewards with the batches'
-  log-probs (:meth:`OnlineTrainer.shape_rewards`: RLOO's KL penalty), gathers them from all processes and lets the
-  subclass turn them into per-completion tensors (:meth:`OnlineTrainer.process_rewards`: GRPO's group
+  log-probs (:meth:`OnlineTrainer.shape_rewards`: RLOO's KL penalty) and add per-token signals to them
+  (:meth:`OnlineTrainer.add_token_signals`: PPO's GAE advantages), gathers the rewards from all processes and lets
+  the subclass turn them into per-completion tensors (:meth:`OnlineTrainer.process_rewards`: GRPO's group
   advantages). Log-probs of the
   sampling policy (``old_logps``) are computed once per generation batch only when some micro-batch is trained
   after an optimizer step (``num_iterations > 1`` or ``gradient_accumulation_steps`` not a multiple of
@@ -39,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -50,15 +50,16 @@ from torch.utils.data import Sampler
 from ..data import DatasetFormatError
 from ..data.formats import is_conversational_value
 from ..data.templates import require_chat_template
+from ..data.preference import build_rows
 from ..data.tokenize import chat_template_ids
 from ..losses.policy import entropy_from_logits, selective_log_softmax
-from ..models import disable_dropout, select_head_positions, unwrap
+from ..models import disable_dropout, is_peft_model, load_frozen, select_head_positions, unwrap
+from ..models.sharding import frozen_copy
 from ..rollout import RewardScorer
 from ..rollout.backends import make_backend
 from ..rollout.scoring import completion_for_model
 from .base import BaseTrainer, PosttrainConfig, check_choice, require_positive
-from ..models.sharding import frozen_copy
-from .preference_base import _is_peft_model, build_rows, eval_mode
+from .reference import ReferencePolicy
 
 logger = logging.getLogger("posttrain")
 
@@ -140,10 +141,13 @@ class OnlineConfig(PosttrainConfig):
         require_positive(self, "max_completion_length", "num_generations", "num_iterations", "max_prompt_length")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
-        if any(b < 0 for b in (self.beta if isinstance(self.beta, (list, tuple)) else [self.beta])):
-            raise ValueError(f"beta must be >= 0, got {self.beta}.")
+        self._check_beta()
         super().__post_init__()
         self._resolve_generation_batch()
+
+    def _check_beta(self) -> None:
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}.")
 
     def _check_vllm(self) -> None:
         from ..rollout.vllm_backend import VLLM_MODES, WEIGHT_SYNC_TRANSPORTS, require_vllm
@@ -260,8 +264,9 @@ class OnlineTrainer(BaseTrainer):
 
     Subclasses implement :meth:`process_rewards` (rewards of the whole generation batch to per-completion
     tensors) and ``compute_loss``; they may override :meth:`sample_completions` (who generates),
-    :meth:`score_completions` (reward functions, or e.g. a judge), :meth:`loss_items` (what the loss is averaged
-    over) and :meth:`uses_reference`.
+    :meth:`score_completions` (reward functions, or e.g. a judge), :meth:`shape_rewards`,
+    :meth:`add_token_signals`, :meth:`loss_items` (what the loss is averaged over), :meth:`uses_reference` and
+    :meth:`reference_source`; ``ref_model`` (given to ``__init__``) is the reference to use instead of a copy.
     """
 
     requires_reward_funcs = True
@@ -271,7 +276,7 @@ class OnlineTrainer(BaseTrainer):
 
     def __init__(self, model, reward_funcs, args: OnlineConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, reward_processing_classes=None, callbacks=None, optimizers=(None, None),
-                 peft_config=None):
+                 peft_config=None, ref_model=None):
         no_funcs = reward_funcs is None or (isinstance(reward_funcs, (list, tuple)) and not reward_funcs)
         if no_funcs and self.requires_reward_funcs:
             raise ValueError(f"{type(self).__name__} needs reward_funcs: a reward function, a reward model (object, "
@@ -292,7 +297,8 @@ class OnlineTrainer(BaseTrainer):
                 for f, g in zip(self.scorer.reward_funcs, given)]
         if args.disable_dropout:
             disable_dropout(self.model)
-        self.ref_model = self._setup_reference()
+        self.reference = ReferencePolicy.for_policy(lambda: self.model, self._setup_reference(ref_model),
+                                                    autocast=self.autocast_region)
         self.rollout_backend = make_backend(args, lambda: self.model, self.tokenizer_, self.accelerator)
         prompts_per_batch = args.generation_batch_size // args.num_generations
         if self.train_dataset is not None and hasattr(self.train_dataset, "__len__") and len(self.train_dataset) < prompts_per_batch:
@@ -376,6 +382,11 @@ class OnlineTrainer(BaseTrainer):
                              False)
 
     # -- reference policy ----------------------------------------------------------------------------
+    @property
+    def ref_model(self) -> torch.nn.Module | None:
+        """The separate reference model kept in memory, or None (the policy with its adapter disabled, or none)."""
+        return self.reference.model
+
     def uses_reference(self) -> bool:
         """Whether reference log-probs are computed (a KL term): ``beta != 0``."""
         return self.args.beta != 0.0
@@ -383,10 +394,20 @@ class OnlineTrainer(BaseTrainer):
     # whether the reference model also samples completions (XPO, Nash-MD); else it only scores, in reference_logps
     _reference_samples = False
 
-    def _setup_reference(self):
-        if not self.uses_reference() or _is_peft_model(self.model):
+    def _setup_reference(self, ref_model=None) -> torch.nn.Module | None:
+        """The separate reference model to keep in memory (prepared with :meth:`frozen_reference`), or None: the
+        ``ref_model`` given (an object, or a name/path loaded with ``model_init_kwargs``), else a frozen copy of
+        the policy (:meth:`reference_source`) when there is a KL term and no adapter to disable."""
+        if ref_model is not None:
+            ref, owned = load_frozen(ref_model, self.args.model_init_kwargs)
+            return self.frozen_reference(ref, owned=owned)
+        if not self.uses_reference() or is_peft_model(self.model):
             return None  # no KL term, or the policy with its adapter disabled is the reference
-        return self.frozen_reference(frozen_copy(unwrap(self.model)))
+        return self.frozen_reference(frozen_copy(self.reference_source()))
+
+    def reference_source(self) -> torch.nn.Module:
+        """The module a default reference is copied from: the policy."""
+        return unwrap(self.model)
 
     def frozen_reference(self, model, owned: bool = True):
         """``model`` prepared as the frozen reference; when it only scores (under :meth:`autocast_region`) and the
@@ -397,14 +418,10 @@ class OnlineTrainer(BaseTrainer):
 
     @torch.no_grad()
     def reference_logps(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        if self.ref_model is not None:
-            # in the training precision, as the policy's log-probs it is compared with (a separate reference is not
-            # wrapped by accelerate: without the region it ran in float32 under bf16, ~2x the CPU time)
-            with eval_mode(self.ref_model), self.autocast_region():
-                return self.token_logps(self.ref_model, batch)[0]
-        policy = unwrap(self.model)
-        with policy.disable_adapter(), eval_mode(policy):
-            return self.token_logps(policy, batch)[0]
+        # a separate reference runs in the training precision, as the policy's log-probs it is compared with
+        # (accelerate wraps only the trained model: without the region it ran in float32 under bf16, ~2x the time)
+        with self.reference.active() as ref:
+            return self.token_logps(ref, batch)[0]
 
     # -- log-probs ---------------------------------------------------------------------------------------
     def logps_temperature(self) -> float:
@@ -472,6 +489,10 @@ class OnlineTrainer(BaseTrainer):
         / ``ref_logps`` when computed). Default: unchanged (return the same tensor)."""
         return rewards
 
+    def add_token_signals(self, rewards: torch.Tensor, batches: list[dict[str, Any]]) -> None:
+        """Per-token training signals a method computes from this process's rewards (n,) on its micro-batches, written
+        into them (PPO: values, GAE advantages and returns). Default: none."""
+
     def process_rewards(self, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-completion tensors (N,) from the rewards (N,) of the whole generation batch (all processes, group
         layout); e.g. ``{"advantages": ...}``. Record metrics here."""
@@ -522,12 +543,8 @@ class OnlineTrainer(BaseTrainer):
         return rewards
 
     def loss_items(self, lengths: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
-        """What each completion of this process adds to ``num_items_in_batch`` (the loss normaliser): its tokens
-        (none when truncated and ``mask_truncated_completions``)."""
-        items = lengths.clone()
-        if getattr(self.args, "mask_truncated_completions", False):
-            items[truncated] = 0
-        return items
+        """What each completion of this process adds to ``num_items_in_batch`` (the loss normaliser): its tokens."""
+        return lengths.clone()
 
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.args.device)
@@ -590,6 +607,7 @@ class OnlineTrainer(BaseTrainer):
         local_rewards = rewards[start : start + n]
         local_rewards = local_rewards.to(args.device)
         shaped = self.shape_rewards(local_rewards, batches)
+        self.add_token_signals(shaped, batches)
         all_shaped = rewards if shaped is local_rewards else self._gather(shaped)
         extra = self.process_rewards(all_shaped)
         local = {k: v[start : start + n] for k, v in extra.items()}

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..losses.preference import dpo_implicit_rewards, dpo_loss
-from ..models import load_pretrained, unwrap
+from ..models import unwrap
 from ..rollout import Generations, generate
 from .base import check_choice
 from .online_base import OnlineConfig, OnlineTrainer
@@ -35,7 +35,7 @@ logger = logging.getLogger("posttrain")
 ONLINE_DPO_LOSS_TYPES = ("sigmoid", "ipo")
 
 
-def _as_list(value, name: str) -> list[float]:
+def as_float_list(value, name: str) -> list[float]:
     values = [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
     if not values:
         raise ValueError(f"{name} must be a number or a non-empty list of numbers (one per epoch).")
@@ -80,7 +80,7 @@ class OnlineDPOConfig(OnlineConfig):
     disable_dropout: bool = field(default=True, metadata={"help": "Set every dropout probability of the model(s) to 0."})
 
     def __post_init__(self):
-        self.beta = _as_list(self.beta, "beta")
+        self.beta = as_float_list(self.beta, "beta")
         check_choice("loss_type", self.loss_type, ONLINE_DPO_LOSS_TYPES)
         if self.num_generations != 2:
             raise ValueError(f"{type(self).__name__} samples exactly 2 completions per prompt (a pair); got "
@@ -94,6 +94,11 @@ class OnlineDPOConfig(OnlineConfig):
                                  f"max_new_tokens={self.max_new_tokens}; raise max_length or set max_prompt_length.")
             self.max_prompt_length = self.max_length - self.max_new_tokens
         super().__post_init__()
+
+    def _check_beta(self) -> None:
+        """``beta`` is a list here, one value per epoch (TRL's Online DPO, XPO and Nash-MD)."""
+        if any(b < 0 for b in self.beta):
+            raise ValueError(f"beta must be >= 0, got {self.beta}.")
 
 
 class OnlineDPOTrainer(OnlineTrainer):
@@ -143,11 +148,9 @@ class OnlineDPOTrainer(OnlineTrainer):
             raise ValueError("ref_model must be a different object than model; pass ref_model=None to get a frozen "
                              "copy of the initial policy.")
         self.judge = judge
-        self._given_ref = ref_model
         super().__init__(model, funcs or None, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, reward_processing_classes=reward_processing_classes,
-                         callbacks=callbacks, optimizers=optimizers, peft_config=peft_config)
-        self._given_ref = None
+                         callbacks=callbacks, optimizers=optimizers, peft_config=peft_config, ref_model=ref_model)
         if isinstance(getattr(judge, "model", None), torch.nn.Module):  # a local LM judge's model is a frozen model
             judge.model = self.prepare_frozen_model(judge.model)  # (ZeRO-3: partitioned, an inference engine)
 
@@ -161,14 +164,6 @@ class OnlineDPOTrainer(OnlineTrainer):
 
     def uses_reference(self) -> bool:
         return True
-
-    def _setup_reference(self):
-        ref = self._given_ref
-        if ref is None:
-            return super()._setup_reference()
-        if isinstance(ref, str):
-            ref = load_pretrained(ref, None, frozen=True, **(self.args.model_init_kwargs or {}))
-        return self.frozen_reference(ref, owned=isinstance(self._given_ref, str))
 
     def per_epoch(self, values: list[float]) -> float:
         """The value of a per-epoch list for the current epoch (the last one once the list is used up)."""

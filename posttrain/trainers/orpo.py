@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from ..losses.preference import orpo_loss
-from .preference_base import PreferenceConfig, ReferenceFreePreferenceTrainer, completion_logps
+from .logprobs import completion_logps
+from .preference_base import PreferenceConfig, PreferenceTrainer
 
 
 @dataclass
@@ -22,7 +23,7 @@ class ORPOConfig(PreferenceConfig):
     (``beta`` is the weight λ of the odds-ratio term)."""
 
 
-class ORPOTrainer(ReferenceFreePreferenceTrainer):
+class ORPOTrainer(PreferenceTrainer):
     """ORPO on paired preference data; no reference model.
 
     Logs ``rewards/*``, ``logps/*``, ``logits/*`` (TRL's names), ``nll_loss``, ``log_odds_ratio`` and

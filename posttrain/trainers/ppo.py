@@ -26,13 +26,9 @@ from ..losses.policy import gae, kl_penalty, masked_mean, masked_whiten, ppo_pol
 from ..models import unwrap
 from ..models.loading import load_pretrained, load_tokenizer
 from ..models.policy_value import PolicyAndValue, token_values
-from ..models.sharding import frozen_copy
 from .base import check_choice, checkpointing_field
 from .online_base import OnlineConfig, OnlineTrainer, completion_layout
-from .preference_base import eval_mode
-
-_WHITEN_EPS = 1e-8
-
+from ..models import eval_mode
 
 @dataclass
 class PPOConfig(OnlineConfig):
@@ -136,7 +132,6 @@ class PPOTrainer(OnlineTrainer):
 
             value_model = load_pretrained(str(value_model), AutoModelForSequenceClassification, num_labels=1,
                                           **init_kwargs)
-        self._given_ref = ref_model
         # TRL's PPO takes a reward model object with no tokenizer of its own: it shares the policy's
         reward_tokenizer = None
         if isinstance(reward_model, torch.nn.Module):
@@ -144,18 +139,12 @@ class PPOTrainer(OnlineTrainer):
                 policy.config._name_or_path)
         super().__init__(PolicyAndValue(policy, value_model), funcs, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
-                         optimizers=optimizers, reward_processing_classes=[reward_tokenizer] + [None] * (len(funcs) - 1))
+                         optimizers=optimizers, reward_processing_classes=[reward_tokenizer] + [None] * (len(funcs) - 1),
+                         ref_model=ref_model)
 
     # -- reference: the policy alone, never the value model -------------------------------------------------------
-    def _setup_reference(self):
-        if self._given_ref is not None:
-            ref = self._given_ref
-            if isinstance(ref, str):
-                ref = load_pretrained(ref, None, frozen=True, **(self.args.model_init_kwargs or {}))
-            return self.frozen_reference(ref, owned=isinstance(self._given_ref, str))
-        if self.args.beta == 0.0:
-            return None
-        return self.frozen_reference(frozen_copy(unwrap(self.model).policy))
+    def reference_source(self) -> torch.nn.Module:
+        return unwrap(self.model).policy
 
     # -- rollout: per-token rewards, values, GAE ---------------------------------------------------------------
     def _needs_old_logps_for_rewards(self) -> bool:
@@ -169,7 +158,7 @@ class PPOTrainer(OnlineTrainer):
         return completion_layout(full[:, :-1][nxt], nxt)[0]
 
     @torch.no_grad()
-    def shape_rewards(self, rewards, batches):
+    def add_token_signals(self, rewards, batches):
         args = self.args
         value_model = unwrap(self.model).value_model
         scores = rewards.clone()
@@ -177,7 +166,7 @@ class PPOTrainer(OnlineTrainer):
         if args.missing_eos_penalty is not None:
             scores[truncated] -= args.missing_eos_penalty
         start, per_seq = 0, {"kl": [], "non_score": [], "entropy": []}
-        all_adv, all_masks = [], []
+        all_adv = []
         for b in batches:
             n = b["input_ids"].shape[0]
             mask = self.completion_token_mask(b)
@@ -202,11 +191,13 @@ class PPOTrainer(OnlineTrainer):
             per_seq["entropy"].append((-b["old_logps"] * mask).sum(dim=1))
             all_adv.append(adv[mask])
             start += n
-        # whiten the advantages over this process's whole rollout (all its micro-batches)
+        # whiten the advantages over this process's whole rollout (all its micro-batches' completion tokens)
         flat = torch.cat(all_adv)
-        mean, std = flat.mean(), (flat.var() + _WHITEN_EPS).sqrt() if flat.numel() > 1 else flat.new_ones(())
-        for b in batches:
-            b["advantages"] = ((b["advantages"] - mean) / std) * b["loss_mask"]
+        flat = masked_whiten(flat, torch.ones_like(flat, dtype=torch.bool)) if flat.numel() > 1 else flat - flat.mean()
+        for b, part in zip(batches, flat.split([int(a.numel()) for a in all_adv])):
+            advantages = torch.zeros_like(b["advantages"])
+            advantages[b["loss_mask"].bool()] = part
+            b["advantages"] = advantages
         kl_seq, non_score = torch.cat(per_seq["kl"]), torch.cat(per_seq["non_score"])
         self.record("objective/kl", self._gather(kl_seq).mean())
         self.record("objective/entropy", self._gather(torch.cat(per_seq["entropy"])).mean())
@@ -214,10 +205,9 @@ class PPOTrainer(OnlineTrainer):
         self.record("objective/rlhf_reward", self._gather(scores + non_score.to(scores.device)).mean())
         self.record("objective/scores", self._gather(scores).mean())
         self.record("val/num_eos_tokens", self._gather((~truncated).float().sum().reshape(1)).sum())
-        return rewards  # per-token signals are already in the batches
 
     def process_rewards(self, rewards):
-        return {}
+        return {}  # PPO's signals are per token (add_token_signals)
 
     # -- loss ----------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

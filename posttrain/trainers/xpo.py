@@ -2,16 +2,16 @@
 
 Online DPO (:mod:`posttrain.trainers.online_dpo`) where each pair is one completion of the policy and one of the
 reference policy, and the loss adds XPO's exploration term ``alpha * log pi(y_ref)``
-(:func:`posttrain.losses.distill.xpo_loss`; Xie et al. 2024, Algorithm 1).
+(:func:`posttrain.losses.online_preference.xpo_loss`; Xie et al. 2024, Algorithm 1).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..losses.distill import xpo_loss
+from ..losses.online_preference import xpo_loss
 from .base import checkpointing_field
-from .online_dpo import OnlineDPOConfig, OnlineDPOTrainer, _as_list
+from .online_dpo import OnlineDPOConfig, OnlineDPOTrainer, as_float_list
 
 
 @dataclass
@@ -26,7 +26,7 @@ class XPOConfig(OnlineDPOConfig):
         metadata={"help": "Weight of the exploration term alpha * log pi(y_ref); a list gives one value per epoch."})
 
     def __post_init__(self):
-        self.alpha = _as_list(self.alpha, "alpha")
+        self.alpha = as_float_list(self.alpha, "alpha")
         super().__post_init__()
 
 

@@ -1,0 +1,86 @@
+"""The reference policy: where a trainer's reference log-probs come from, decided once.
+
+Every trainer with a reference (DPO, KTO, BCO; GRPO, RLOO, PPO, Online DPO, XPO, Nash-MD) holds one
+:class:`ReferencePolicy`, built when the trainer is made, and runs the reference through it:
+
+* a separate frozen **model** kept in memory: the one the user passed (an object, or a name/path loaded with
+  :func:`posttrain.models.load_frozen`) or a copy of the initial policy; prepared by
+  :meth:`BaseTrainer.prepare_frozen_model` and run in eval mode inside the training step's autocast region, so its
+  log-probs are in the precision of the policy's they are compared with;
+* the policy with its peft **adapter** disabled (LoRA: no copy at all);
+* the **initial policy** itself, valid only until its first update (the offline trainers use it, when there is no
+  separate model or adapter, to precompute the reference columns before training, ``precompute_ref_log_probs``);
+* **none**: no reference (reference-free losses, ``beta = 0``).
+
+Precomputed columns and TR-DPO syncing are layered on top by the offline trainers (``preference_base``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
+
+import torch
+
+from ..models import eval_mode, is_peft_model, unwrap
+
+
+class ReferencePolicy:
+    """See the module docstring. ``policy`` returns the trained model (it changes when the Trainer wraps it);
+    ``autocast`` returns the training step's autocast context, entered around a separate model."""
+
+    def __init__(self, policy: Callable[[], torch.nn.Module], model: torch.nn.Module | None = None, *,
+                 adapter: bool = False, initial: bool = False,
+                 autocast: Callable[[], object] = nullcontext):
+        self._policy = policy
+        self.model = model
+        self.adapter = adapter and model is None
+        self.initial = initial  # the policy has not been updated yet (so it is still the reference's equal)
+        self._autocast = autocast
+
+    @classmethod
+    def for_policy(cls, policy: Callable[[], torch.nn.Module], model: torch.nn.Module | None, *,
+                   initial: bool = False, autocast: Callable[[], object] = nullcontext) -> ReferencePolicy:
+        """``model`` when given; else the policy with its adapter disabled when it has one; else, with ``initial``,
+        the policy itself until training starts; else none."""
+        return cls(policy, model, adapter=model is None and is_peft_model(policy()), initial=initial,
+                   autocast=autocast)
+
+    @property
+    def available(self) -> bool:
+        """Whether a reference can run now."""
+        return self.model is not None or self.adapter or self.initial
+
+    @property
+    def separate(self) -> bool:
+        """Whether the reference is a model of its own (not the policy, with or without its adapter)."""
+        return self.model is not None
+
+    def training_started(self) -> None:
+        """The policy is about to change: it can no longer stand in for the reference."""
+        self.initial = False
+
+    @contextmanager
+    def active(self):
+        """The module to run as the reference, in eval mode (and the autocast region for a separate model)."""
+        if self.model is not None:
+            with eval_mode(self.model), self._autocast():
+                yield self.model
+            return
+        policy = unwrap(self._policy())
+        if self.adapter:
+            with policy.disable_adapter(), eval_mode(policy):
+                yield policy
+            return
+        if self.initial:
+            with eval_mode(policy):
+                yield policy
+            return
+        raise RuntimeError(
+            "No reference policy is available: there is no separate reference model or peft adapter, and the policy "
+            "has already been trained, so it no longer stands in for the reference. (precompute_ref_log_probs=True: "
+            "a dataset without precomputed reference columns reached the trainer after training started; prepare "
+            "every dataset before training.)")
+
+
+__all__ = ["ReferencePolicy"]
