@@ -22,7 +22,7 @@ def test_cpo_loss_types_train_and_log(tiny_model_dir, tmp_path, loss_type):
 
 
 def test_cpo_loss_is_preference_term_plus_weighted_nll(tiny_model_dir, tmp_path):
-    from posttrain.losses.preference import cpo_loss
+    from posttrain.losses.cpo import cpo_loss
 
     trainer = make(CPOTrainer, CPOConfig, tiny_model_dir, tmp_path, pref_data(8), loss_type="simpo", cpo_alpha=0.5,
                    beta=2.0, simpo_gamma=0.3)
@@ -44,7 +44,7 @@ def test_cpo_log_prob_normalisation_and_nll_weight_follow_trl(tiny_model_dir, tm
     """As TRL's CPOTrainer: IPO (like SimPO/AlphaPO) on length-averaged log-probs, sigmoid and hinge on summed ones;
     loss_type="alphapo" is pure AlphaPO (cpo_alpha 0) unless cpo_alpha is given (benchmarks/RESULTS.md, "CPO, ORPO,
     GKD first-step checks": the summed IPO loss was ~1e6 on 1000-token pairs, TRL's 32)."""
-    from posttrain.losses.preference import cpo_loss
+    from posttrain.losses.cpo import cpo_loss
 
     trainer = make(CPOTrainer, CPOConfig, tiny_model_dir, tmp_path, pref_data(8), loss_type=loss_type, **options)
     assert trainer.args.cpo_alpha == cpo_alpha

@@ -504,7 +504,7 @@ def test_padding_free_gives_same_loss_and_gradient(tiny_model_dir, tmp_path, fla
                               for w in words])
     t = dpo(tiny_model_dir, tmp_path, data)
     # the default on sdpa: one row with attention per sequence where it pays, else bin-packed rows (both below)
-    assert t.data_collator.padding_free and t.data_collator.flatten and t._per_sequence
+    assert t.data_collator.padding_free and t.data_collator.flatten and t.speed.per_sequence
     examples = [t.train_dataset[i] for i in range(8)]
     t.model.eval()
     out = []

@@ -69,7 +69,7 @@ def test_kto_kl_rows_are_shifted_completions(tiny_model_dir, tmp_path):
 
 
 def test_kto_loss_matches_loss_function(tiny_model_dir, tmp_path):
-    from posttrain.losses.preference import kto_kl_estimate, kto_loss
+    from posttrain.losses.kto import kto_kl_estimate, kto_loss
     from posttrain.data.preference import kl_rows
 
     trainer = kto(tiny_model_dir, tmp_path, pref_data(8), desirable_weight=1.2)

@@ -6,21 +6,23 @@ import pytest
 import torch
 
 from posttrain.losses.policy import (
-    entropy_from_logits,
     gae,
     grpo_loss,
     group_advantages,
     kl_penalty,
-    masked_mean,
-    masked_sum,
-    masked_var,
-    masked_whiten,
     ppo_policy_loss,
     ppo_value_loss,
     rloo_advantages,
     rloo_loss,
-    selective_log_softmax,
     sequence_kl,
+)
+from posttrain.losses.tokens import (
+    entropy_from_logits,
+    masked_mean,
+    masked_sum,
+    masked_var,
+    masked_whiten,
+    selective_log_softmax,
     top_entropy_mask,
 )
 

@@ -12,6 +12,8 @@ import statistics
 import pytest
 import torch
 
+from posttrain.losses import cpo as CPO
+from posttrain.losses import kto as KTO
 from posttrain.losses import preference as P
 
 # --------------------------------------------------------------------------
@@ -312,11 +314,11 @@ def test_unknown_names_raise_with_valid_names():
         run_dpo("sigmoid", f_divergence_type="hellinger")
     assert all(name in str(e.value) for name in P.F_DIVERGENCE_TYPES)
     with pytest.raises(ValueError) as e:
-        P.cpo_loss(t(C), t(R), loss_type="dpo")
-    assert all(name in str(e.value) for name in P.CPO_LOSS_TYPES)
+        CPO.cpo_loss(t(C), t(R), loss_type="dpo")
+    assert all(name in str(e.value) for name in CPO.CPO_LOSS_TYPES)
     with pytest.raises(ValueError) as e:
-        P.kto_loss(t(C), t(RC), [True, False, True], loss_type="bco")
-    assert all(name in str(e.value) for name in P.KTO_LOSS_TYPES)
+        KTO.kto_loss(t(C), t(RC), [True, False, True], loss_type="bco")
+    assert all(name in str(e.value) for name in KTO.KTO_LOSS_TYPES)
 
 
 def test_shape_validation():
@@ -355,21 +357,21 @@ AR = [-1.2, -1.0, -0.9]
 def test_cpo_sigmoid_hinge_ipo():
     beta = 0.1
     m = [c - r for c, r in zip(C, R)]
-    close(P.cpo_loss(t(C), t(R), beta=beta).losses, [-logsig(beta * x) for x in m])
+    close(CPO.cpo_loss(t(C), t(R), beta=beta).losses, [-logsig(beta * x) for x in m])
     close(
-        P.cpo_loss(t(C), t(R), beta=beta, label_smoothing=0.1).losses,
+        CPO.cpo_loss(t(C), t(R), beta=beta, label_smoothing=0.1).losses,
         [-0.9 * logsig(beta * x) - 0.1 * logsig(-beta * x) for x in m],
     )
-    close(P.cpo_loss(t(C), t(R), beta=beta, loss_type="hinge").losses, [max(0.0, 1 - beta * x) for x in m])
-    close(P.cpo_loss(t(C), t(R), beta=beta, loss_type="ipo").losses, [(x - 1 / (2 * beta)) ** 2 for x in m])
-    out = P.cpo_loss(t(C), t(R), beta=beta)
+    close(CPO.cpo_loss(t(C), t(R), beta=beta, loss_type="hinge").losses, [max(0.0, 1 - beta * x) for x in m])
+    close(CPO.cpo_loss(t(C), t(R), beta=beta, loss_type="ipo").losses, [(x - 1 / (2 * beta)) ** 2 for x in m])
+    out = CPO.cpo_loss(t(C), t(R), beta=beta)
     close(out.chosen_rewards, [beta * c for c in C])
     close(out.rejected_rewards, [beta * r for r in R])
 
 
 def test_simpo():
     beta, gamma = 2.0, 0.5
-    out = P.cpo_loss(t(AC), t(AR), beta=beta, loss_type="simpo", simpo_gamma=gamma)
+    out = CPO.cpo_loss(t(AC), t(AR), beta=beta, loss_type="simpo", simpo_gamma=gamma)
     close(out.losses, [-logsig(beta * (c - r) - gamma) for c, r in zip(AC, AR)])
 
 
@@ -380,15 +382,15 @@ def test_alphapo():
         p = math.exp(avg_logp)
         return (1 - p ** (-alpha)) / alpha
 
-    out = P.cpo_loss(t(AC), t(AR), beta=beta, loss_type="alphapo", simpo_gamma=gamma, alpha=alpha)
+    out = CPO.cpo_loss(t(AC), t(AR), beta=beta, loss_type="alphapo", simpo_gamma=gamma, alpha=alpha)
     close(out.losses, [-logsig(beta * (reward(c) - reward(r)) - gamma) for c, r in zip(AC, AR)])
     close(out.chosen_rewards, [beta * reward(c) for c in AC])
     # alpha -> 0 recovers SimPO
-    tiny = P.cpo_loss(t(AC), t(AR), beta=beta, loss_type="alphapo", simpo_gamma=gamma, alpha=1e-7)
-    simpo = P.cpo_loss(t(AC), t(AR), beta=beta, loss_type="simpo", simpo_gamma=gamma)
+    tiny = CPO.cpo_loss(t(AC), t(AR), beta=beta, loss_type="alphapo", simpo_gamma=gamma, alpha=1e-7)
+    simpo = CPO.cpo_loss(t(AC), t(AR), beta=beta, loss_type="simpo", simpo_gamma=gamma)
     assert torch.allclose(tiny.losses, simpo.losses, atol=1e-6)
     c = t(AC, grad=True)
-    P.cpo_loss(c, t(AR), loss_type="alphapo", alpha=alpha).losses.sum().backward()
+    CPO.cpo_loss(c, t(AR), loss_type="alphapo", alpha=alpha).losses.sum().backward()
     assert torch.isfinite(c.grad).all()
 
 
@@ -408,7 +410,7 @@ def _orpo_ref(c, r, beta):
 def test_orpo_matches_formula_and_metrics():
     beta = 0.1
     exp = [_orpo_ref(c, r, beta) for c, r in zip(AC, AR)]
-    out = P.orpo_loss(t(AC), t(AR), beta=beta)
+    out = CPO.orpo_loss(t(AC), t(AR), beta=beta)
     close(out.losses, [e[0] for e in exp])
     close(out.chosen_rewards, [beta * c for c in AC])
     close(out.rejected_rewards, [beta * r for r in AR])
@@ -422,17 +424,17 @@ def test_orpo_numerically_stable_near_zero_and_very_negative(dtype):
     c_vals, r_vals = [-1e-6, -50.0, -1e-6], [-50.0, -1e-6, -3.0]
     c = t(c_vals, dtype=dtype, grad=True)
     r = t(r_vals, dtype=dtype, grad=True)
-    out = P.orpo_loss(c, r, beta=1.0)
+    out = CPO.orpo_loss(c, r, beta=1.0)
     assert torch.isfinite(out.losses).all()
     exp_lo = [_orpo_ref(a, b, 1.0)[1] for a, b in zip(c_vals, r_vals)]
     # log odds of -1e-6: 1e-6 * (1 - ...) -> log(1 - e^-1e-6) = -13.8155..., well resolved in float32 too
-    got_lo = P.orpo_loss(t(c_vals, dtype=dtype), t(r_vals, dtype=dtype), beta=1.0).log_odds_chosen.item()
+    got_lo = CPO.orpo_loss(t(c_vals, dtype=dtype), t(r_vals, dtype=dtype), beta=1.0).log_odds_chosen.item()
     assert got_lo == pytest.approx(sum(exp_lo) / 3, rel=1e-5)
     close(out.losses, [_orpo_ref(a, b, 1.0)[0] for a, b in zip(c_vals, r_vals)], tol=1e-5)
     out.losses.sum().backward()
     assert torch.isfinite(c.grad).all() and torch.isfinite(r.grad).all()
     # logp == 0 exactly (p = 1) stays finite too
-    z = P.orpo_loss(t([0.0], dtype=dtype, grad=True), t([-1.0], dtype=dtype), beta=1.0)
+    z = CPO.orpo_loss(t([0.0], dtype=dtype, grad=True), t([-1.0], dtype=dtype), beta=1.0)
     assert torch.isfinite(z.losses).all()
 
 
@@ -451,19 +453,19 @@ def test_kto_loss():
     h = [p - r for p, r in zip(POL, REF)]  # [0.5, -1, 0.5, -1]
     exp = [wd * (1 - sig(beta * (x - kl))) if y else wu * (1 - sig(beta * (kl - x))) for x, y in zip(h, LAB)]
     kl_t = torch.tensor(kl, dtype=torch.float64)
-    out = P.kto_loss(t(POL), t(REF), torch.tensor(LAB), kl_t, beta=beta, desirable_weight=wd, undesirable_weight=wu)
+    out = KTO.kto_loss(t(POL), t(REF), torch.tensor(LAB), kl_t, beta=beta, desirable_weight=wd, undesirable_weight=wu)
     close(out.losses, exp)
     close(out.rewards, [beta * x for x in h])
     close(out.chosen_rewards, [beta * h[0], beta * h[2]])
     close(out.rejected_rewards, [beta * h[1], beta * h[3]])
     # negative KL estimates are clamped at zero; None means zero
-    neg = P.kto_loss(t(POL), t(REF), LAB, torch.tensor(-2.0), beta=beta)
-    none = P.kto_loss(t(POL), t(REF), LAB, None, beta=beta)
+    neg = KTO.kto_loss(t(POL), t(REF), LAB, torch.tensor(-2.0), beta=beta)
+    none = KTO.kto_loss(t(POL), t(REF), LAB, None, beta=beta)
     exp0 = [1 - sig(beta * x) if y else 1 - sig(-beta * x) for x, y in zip(h, LAB)]
     close(neg.losses, exp0)
     close(none.losses, exp0)
     p = t(POL, grad=True)
-    P.kto_loss(p, t(REF), LAB, 0.3).losses.mean().backward()
+    KTO.kto_loss(p, t(REF), LAB, 0.3).losses.mean().backward()
     assert torch.isfinite(p.grad).all() and (p.grad != 0).all()
 
 
@@ -471,7 +473,7 @@ def test_kto_apo_zero_unpaired():
     beta = 0.5
     h = [p - r for p, r in zip(POL, REF)]
     exp = [1 - sig(beta * x) if y else sig(beta * x) for x, y in zip(h, LAB)]
-    out = P.kto_loss(t(POL), t(REF), LAB, torch.tensor(5.0), beta=beta, loss_type="apo_zero_unpaired")
+    out = KTO.kto_loss(t(POL), t(REF), LAB, torch.tensor(5.0), beta=beta, loss_type="apo_zero_unpaired")
     close(out.losses, exp)
 
 
@@ -479,9 +481,9 @@ def test_kto_kl_estimate():
     pol, ref = [-3.0, -4.0, -2.0], [-3.5, -3.0, -2.2]
     mean = sum(p - r for p, r in zip(pol, ref)) / 3  # (0.5 - 1 + 0.2)/3 < 0
     assert mean < 0
-    assert P.kto_kl_estimate(t(pol), t(ref)).item() == 0.0
-    assert P.kto_kl_estimate(t(pol), t(ref), clamp=False).item() == pytest.approx(mean)
-    pos = P.kto_kl_estimate(t([-1.0, -2.0], grad=True), t([-2.0, -2.5]))
+    assert KTO.kto_kl_estimate(t(pol), t(ref)).item() == 0.0
+    assert KTO.kto_kl_estimate(t(pol), t(ref), clamp=False).item() == pytest.approx(mean)
+    pos = KTO.kto_kl_estimate(t([-1.0, -2.0], grad=True), t([-2.0, -2.5]))
     assert pos.item() == pytest.approx(0.75)
     assert not pos.requires_grad and pos.dim() == 0
 
@@ -495,25 +497,25 @@ def test_bco_loss_and_udm_weights():
     beta, delta = 0.5, 0.1
     r = [beta * (p - q) for p, q in zip(POL, REF)]
     exp = [-logsig(x - delta) if y else -logsig(-(x - delta)) for x, y in zip(r, LAB)]
-    out = P.bco_loss(t(POL), t(REF), LAB, beta=beta, delta=delta)
+    out = KTO.bco_loss(t(POL), t(REF), LAB, beta=beta, delta=delta)
     close(out.losses, exp)
     close(out.rewards, r)
     udm = [9.0, 2.0, 9.0, 0.5]  # ignored at desirable positions
-    out = P.bco_loss(t(POL), t(REF), LAB, beta=beta, delta=torch.tensor(delta), udm_weights=t(udm))
+    out = KTO.bco_loss(t(POL), t(REF), LAB, beta=beta, delta=torch.tensor(delta), udm_weights=t(udm))
     close(out.losses, [e if y else w * e for e, w, y in zip(exp, udm, LAB)])
     p = t(POL, grad=True)
-    P.bco_loss(p, t(REF), LAB, beta=beta, delta=delta).losses.sum().backward()
+    KTO.bco_loss(p, t(REF), LAB, beta=beta, delta=delta).losses.sum().backward()
     assert torch.isfinite(p.grad).all()
 
 
 def test_udm_density_ratio():
     probs = [0.5, 0.9, 0.1, 0.99]
     exp = [min(max(p / (1 - p), 0.5), 10.0) for p in probs]
-    close(P.udm_density_ratio(t(probs)), exp)
+    close(KTO.udm_density_ratio(t(probs)), exp)
 
 
 def test_running_mean_update_rule():
-    rm = P.RunningMean()
+    rm = KTO.RunningMean()
     assert rm.update(1.0) == pytest.approx(1.0)
     assert rm.update(torch.tensor(3.0)) == pytest.approx(2.0)
     rm.update(torch.tensor([4.0, 6.0]))
@@ -523,11 +525,11 @@ def test_running_mean_update_rule():
     assert rm.var == pytest.approx(statistics.pvariance(seen))
     assert rm.std == pytest.approx(statistics.stdev(seen))
     state = rm.state_dict()
-    rm2 = P.RunningMean()
+    rm2 = KTO.RunningMean()
     rm2.load_state_dict(state)
     assert rm2.mean == rm.mean and rm2.count == rm.count
     # typical BCO step: update with the batch-mean reward, then use the mean as delta
-    rm3 = P.RunningMean()
+    rm3 = KTO.RunningMean()
     cr, rr = P.dpo_implicit_rewards(t(C), t(R), t(RC), t(RR), beta=BETA)
     rm3.update(torch.cat([cr, rr]).mean())
     batch_mean = BETA * (sum(HW) + sum(HL)) / 6
@@ -613,5 +615,6 @@ def test_public_losses_have_paper_docstrings():
         "udm_density_ratio",
         "dpo_implicit_rewards",
     ):
-        first = getattr(P, name).__doc__.strip().splitlines()[0]
+        module = next(m for m in (P, CPO, KTO) if hasattr(m, name))
+        first = getattr(module, name).__doc__.strip().splitlines()[0]
         assert "20" in first and "—" in first, (name, first)

@@ -23,7 +23,7 @@ def test_orpo_logs_odds_ratio_metrics(tiny_model_dir, tmp_path):
 
 
 def test_orpo_loss_is_nll_plus_odds_ratio_term(tiny_model_dir, tmp_path):
-    from posttrain.losses.preference import orpo_loss
+    from posttrain.losses.cpo import orpo_loss
 
     trainer = make(ORPOTrainer, ORPOConfig, tiny_model_dir, tmp_path, pref_data(8), beta=0.25)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])

@@ -9,20 +9,21 @@ import pytest
 import torch
 
 from posttrain import SFTConfig
-from posttrain.trainers import base
+from posttrain.trainers import base, speed
 from tests.conftest import train_args
 
 
 @pytest.fixture
 def no_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(base, "has_accelerator", lambda: False)
+    monkeypatch.setattr(base, "has_accelerator", lambda: False)  # use_cpu
+    monkeypatch.setattr(speed, "has_accelerator", lambda: False)  # bf16_supported
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_cpu_default_is_bf16_only_with_native_bf16(native, no_gpu, monkeypatch, tmp_path):
-    monkeypatch.setattr(base, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: native)
     args = train_args(SFTConfig, tmp_path)
     assert args.bf16 is native and not args.fp16
     assert args.use_cpu
@@ -31,7 +32,7 @@ def test_cpu_default_is_bf16_only_with_native_bf16(native, no_gpu, monkeypatch, 
 @pytest.mark.parametrize(("launcher", "bf16", "fp16"), [("no", False, False), ("bf16", True, False),
                                                        ("fp16", False, True)])
 def test_launcher_mixed_precision_wins(launcher, bf16, fp16, no_gpu, monkeypatch, tmp_path):
-    monkeypatch.setattr(base, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launcher)
     if fp16:  # fp16 mixed precision needs a GPU to start; only the resolution of the flags is checked here
         monkeypatch.setattr(base.TrainingArguments, "__post_init__", lambda self: None)
@@ -40,7 +41,7 @@ def test_launcher_mixed_precision_wins(launcher, bf16, fp16, no_gpu, monkeypatch
 
 
 def test_explicit_bf16_false_is_kept(no_gpu, monkeypatch, tmp_path):
-    monkeypatch.setattr(base, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: True)
     assert train_args(SFTConfig, tmp_path, bf16=False).bf16 is False
 
 

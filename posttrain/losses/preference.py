@@ -1,6 +1,7 @@
-"""Preference-optimisation losses as pure tensor functions.
+"""DPO-family preference losses as pure tensor functions (the CPO/ORPO losses are in :mod:`.cpo`, KTO/BCO in
+:mod:`.kto`, their shared checks and numerics in :mod:`.common`).
 
-Nothing in this module touches a model. Every loss takes *per-sequence*
+Nothing in these modules touches a model. Every loss takes *per-sequence*
 log-probabilities -- 1-D float tensors of shape ``(B,)`` that the caller has
 already reduced over the completion tokens -- and returns per-example losses
 plus detached reward diagnostics. Whether a loss wants the token log-probs
@@ -34,29 +35,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from .common import PreferenceLossOutput, capped_exp, check_1d, cross_entropy_on_margin, unknown_name
+
 __all__ = [
     "DPO_LOSS_TYPES",
-    "CPO_LOSS_TYPES",
-    "KTO_LOSS_TYPES",
     "F_DIVERGENCE_TYPES",
-    "PreferenceLossOutput",
-    "ORPOLossOutput",
-    "UnpairedLossOutput",
     "dpo_loss",
     "check_f_divergence",
     "dpo_implicit_rewards",
-    "cpo_loss",
-    "orpo_loss",
-    "kto_loss",
-    "kto_kl_estimate",
-    "bco_loss",
-    "udm_density_ratio",
-    "RunningMean",
     "ld_dpo_logps",
     "ld_dpo_pair_logps",
     "log_sum_squared_probs",
@@ -87,8 +77,6 @@ DPO_LOSS_TYPES: tuple[str, ...] = (
 ``aot_unpaired`` is the name newer TRL releases use for ``aot_pair``; both are
 accepted and compute the same thing."""
 
-CPO_LOSS_TYPES: tuple[str, ...] = ("sigmoid", "hinge", "ipo", "simpo", "alphapo")
-KTO_LOSS_TYPES: tuple[str, ...] = ("kto", "apo_zero_unpaired")
 F_DIVERGENCE_TYPES: tuple[str, ...] = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 
 # Loss types whose value is a function of the f-divergence scores f'(pi/pi_ref) of the two completions (their
@@ -101,86 +89,7 @@ _PER_TOKEN_LOSS_TYPES = frozenset({"ipo", "sigmoid_norm"})
 _EXO_DEFAULT_EPSILON = 1e-3
 
 
-class PreferenceLossOutput(NamedTuple):
-    """Per-pair losses and detached implicit rewards, all of shape ``(B,)``."""
 
-    losses: torch.Tensor
-    chosen_rewards: torch.Tensor
-    rejected_rewards: torch.Tensor
-
-
-class ORPOLossOutput(NamedTuple):
-    """ORPO odds-ratio term plus the two scalar metrics TRL logs."""
-
-    losses: torch.Tensor
-    chosen_rewards: torch.Tensor
-    rejected_rewards: torch.Tensor
-    log_odds_ratio: torch.Tensor  # mean of logsigmoid(log_odds), detached 0-dim
-    log_odds_chosen: torch.Tensor  # mean of log_odds, detached 0-dim
-
-
-class UnpairedLossOutput(NamedTuple):
-    """Per-example losses for unpaired (KTO / BCO) data, in input order.
-
-    ``rewards`` has shape ``(B,)``; ``chosen_rewards`` / ``rejected_rewards``
-    are ``rewards[labels]`` / ``rewards[~labels]`` (variable length, possibly
-    empty). All rewards are detached.
-    """
-
-    losses: torch.Tensor
-    rewards: torch.Tensor
-    chosen_rewards: torch.Tensor
-    rejected_rewards: torch.Tensor
-
-
-# ---------------------------------------------------------------------------
-# small numerical helpers
-# ---------------------------------------------------------------------------
-
-
-def _unknown(kind: str, name: object, valid: Sequence[str]) -> ValueError:
-    return ValueError(f"Unknown {kind} {name!r}; valid names are: {', '.join(valid)}.")
-
-
-def _check_1d(**tensors: torch.Tensor | None) -> None:
-    shape = None
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor) or t.dim() != 1:
-            got = getattr(t, "shape", type(t))
-            raise ValueError(f"{name} must be a 1-D tensor of per-sequence values, got {got}")
-        if shape is None:
-            shape = t.shape
-        elif t.shape != shape:
-            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
-
-
-def _capped_exp(x: torch.Tensor) -> torch.Tensor:
-    """``exp(x)`` with the exponent capped so the result stays finite in ``x.dtype``."""
-    cap = math.log(torch.finfo(x.dtype).max) - 1.0
-    return torch.exp(torch.clamp(x, max=cap))
-
-
-def _log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """``log(1 - exp(x))`` for ``x < 0``, accurate near 0 and for very negative ``x``.
-
-    Uses ``log(-expm1(x))`` for ``x > -log 2`` and ``log1p(-exp(x))`` otherwise
-    (Maechler's split). Each branch is evaluated only on inputs that are safe
-    for it, so the backward pass never sees ``0 * inf``. Inputs are clamped to
-    ``<= -tiny`` so ``x == 0`` (probability exactly one) stays finite.
-    """
-    x = torch.clamp(x, max=-torch.finfo(x.dtype).tiny)
-    ln2 = math.log(2.0)
-    near_zero = x > -ln2
-    a = torch.log(-torch.expm1(torch.where(near_zero, x, torch.full_like(x, -ln2))))
-    b = torch.log1p(-torch.exp(torch.where(near_zero, torch.full_like(x, -ln2), x)))
-    return torch.where(near_zero, a, b)
-
-
-def _cross_entropy_on_margin(z: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    """Binary cross-entropy of ``sigmoid(z)`` against the soft label ``1 - label_smoothing``."""
-    return -F.logsigmoid(z) * (1.0 - label_smoothing) - F.logsigmoid(-z) * label_smoothing
 
 
 # ---------------------------------------------------------------------------
@@ -222,7 +131,7 @@ def _f_divergence_scores(logratios: torch.Tensor, f_divergence_type: str, alpha:
     if f_divergence_type == "reverse_kl":  # f(u) = u log u: f'(u) = log u + 1
         return logratios
     if f_divergence_type == "forward_kl":  # f(u) = -log u: f'(u) = -1/u
-        return 1.0 - _capped_exp(-logratios)
+        return 1.0 - capped_exp(-logratios)
     if f_divergence_type == "js_divergence":  # f'(u) = log(2u / (1 + u))
         return math.log(2.0) + F.logsigmoid(logratios)
     if f_divergence_type == "alpha_divergence":
@@ -230,8 +139,8 @@ def _f_divergence_scores(logratios: torch.Tensor, f_divergence_type: str, alpha:
         # (its f'(u) = (1 - u^-alpha) / alpha). a -> 1 is reverse KL, a = 0 forward KL, a = 0.5 the same in both.
         if abs(alpha - 1.0) < 1e-6:
             return logratios
-        return (_capped_exp((alpha - 1.0) * logratios) - 1.0) / (alpha - 1.0)
-    raise _unknown("f_divergence_type", f_divergence_type, F_DIVERGENCE_TYPES)
+        return (capped_exp((alpha - 1.0) * logratios) - 1.0) / (alpha - 1.0)
+    raise unknown_name("f_divergence_type", f_divergence_type, F_DIVERGENCE_TYPES)
 
 
 def _single_dpo_loss(
@@ -253,7 +162,7 @@ def _single_dpo_loss(
     ls = label_smoothing
     if loss_type == "sigmoid":
         # DPO (Rafailov et al. 2023, Eq. 7); ls > 0 is conservative DPO (Mitchell 2023).
-        return _cross_entropy_on_margin(beta * logits, ls)
+        return cross_entropy_on_margin(beta * logits, ls)
     if loss_type == "robust":
         # Robust DPO (Chowdhury et al. 2024): unbiased loss under label flips with rate ls.
         if not 0.0 <= ls < 0.5:
@@ -306,11 +215,11 @@ def _single_dpo_loss(
         # AOT paired (Melnyk et al. 2024): sorted policy margins must dominate sorted reference margins.
         policy_margin = chosen_logps - rejected_logps
         delta = torch.sort(policy_margin, dim=0).values - torch.sort(ref_margin, dim=0).values
-        return _cross_entropy_on_margin(beta * delta, ls)
+        return cross_entropy_on_margin(beta * delta, ls)
     if loss_type in ("aot_pair", "aot_unpaired"):
         # AOT unpaired: sorted chosen log-ratios must dominate sorted rejected log-ratios.
         delta = torch.sort(chosen_logratios, dim=0).values - torch.sort(rejected_logratios, dim=0).values
-        return _cross_entropy_on_margin(beta * delta, ls)
+        return cross_entropy_on_margin(beta * delta, ls)
     if loss_type == "apo_zero":
         # APO-zero (D'Oosterlinck et al. 2024, Eq. 7): raise chosen, lower rejected.
         return (1.0 - torch.sigmoid(beta * chosen_logratios)) + torch.sigmoid(beta * rejected_logratios)
@@ -321,7 +230,7 @@ def _single_dpo_loss(
         )
     if loss_type == "sft":
         return chosen_nll
-    raise _unknown("loss_type", loss_type, DPO_LOSS_TYPES)
+    raise unknown_name("loss_type", loss_type, DPO_LOSS_TYPES)
 
 
 def dpo_loss(
@@ -429,9 +338,9 @@ def dpo_loss(
         raise ValueError("loss_type must name at least one loss")
     for name in types:
         if name not in DPO_LOSS_TYPES:
-            raise _unknown("loss_type", name, DPO_LOSS_TYPES)
+            raise unknown_name("loss_type", name, DPO_LOSS_TYPES)
     if f_divergence_type not in F_DIVERGENCE_TYPES:
-        raise _unknown("f_divergence_type", f_divergence_type, F_DIVERGENCE_TYPES)
+        raise unknown_name("f_divergence_type", f_divergence_type, F_DIVERGENCE_TYPES)
     check_f_divergence(types, f_divergence_type)
     if loss_weights is None:
         loss_weights = [1.0] * len(types)
@@ -445,7 +354,7 @@ def dpo_loss(
         raise ValueError("give both chosen_lengths and rejected_lengths, or neither")
     if "sigmoid_norm" in types and chosen_lengths is None:
         raise ValueError("loss_type='sigmoid_norm' needs chosen_lengths and rejected_lengths (completion token counts)")
-    _check_1d(
+    check_1d(
         chosen_logps=chosen_logps,
         rejected_logps=rejected_logps,
         ref_chosen_logps=None if reference_free else ref_chosen_logps,
@@ -518,316 +427,6 @@ def check_f_divergence(loss_types: Sequence[str], f_divergence_type: str) -> Non
             f"{sorted(_MARGIN_LOSS_TYPES | {'sft'})}; {others} work on the log-ratios themselves (the f-DPO "
             "reparameterisation cancels only in a chosen-minus-rejected margin). Use f_divergence_type='reverse_kl' "
             "with them.")
-
-
-# ---------------------------------------------------------------------------
-# CPO / SimPO / AlphaPO
-# ---------------------------------------------------------------------------
-
-
-def _alphapo_reward(logps: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``(1 - p^-alpha) / alpha`` with ``p = exp(logps)``, written as ``-expm1(-alpha·logps)/alpha``."""
-    cap = math.log(torch.finfo(logps.dtype).max) - 1.0
-    return -torch.expm1(torch.clamp(-alpha * logps, max=cap)) / alpha
-
-
-def cpo_loss(
-    chosen_logps: torch.Tensor,
-    rejected_logps: torch.Tensor,
-    *,
-    beta: float = 0.1,
-    loss_type: str = "sigmoid",
-    label_smoothing: float = 0.0,
-    simpo_gamma: float = 0.5,
-    alpha: float = 0.0,
-) -> PreferenceLossOutput:
-    """CPO loss — Xu et al. 2024, 'Contrastive Preference Optimization', the L_prefer term (reference-free DPO).
-
-    Reference-free: only policy log-probs, shape ``(B,)``. Write
-    ``m = r_w - r_l`` where ``r = logps`` (or the AlphaPO-shaped reward when
-    ``alpha != 0``, see below). Loss types (TRL ``CPOConfig`` names):
-
-    * ``sigmoid`` -- ``-(1-ε) log σ(β·m) - ε log σ(-β·m)`` (``ε = label_smoothing``);
-      expects **summed** logps.
-    * ``hinge`` -- ``relu(1 - β·m)``; summed logps.
-    * ``ipo`` -- ``(m - 1/(2β))²``; expects **length-averaged** logps (as TRL's CPO and IPO in DPO).
-    * ``simpo`` -- SimPO (Meng et al. 2024, Eq. 6): ``-log σ(β·m - γ)`` with
-      ``γ = simpo_gamma`` (label smoothing applies as for ``sigmoid``);
-      expects **length-averaged** logps.
-    * ``alphapo`` -- AlphaPO (Gupta et al. 2025): SimPO with the reward
-      ``r = (1 - p^-α)/α``, ``p = exp(avg logp)`` -- i.e. ``-(exp(-α·logp) - 1)/α``;
-      expects **length-averaged** logps. α → 0 recovers SimPO.
-
-    As in TRL, a non-zero ``alpha`` reshapes the reward for every loss type
-    (``alphapo`` is then just ``simpo`` on shaped rewards). The CPO NLL
-    regulariser ``cpo_alpha · NLL(chosen)`` is the caller's job.
-
-    Returns ``(losses, chosen_rewards, rejected_rewards)`` with rewards
-    ``β·r`` (detached).
-    """
-    if loss_type not in CPO_LOSS_TYPES:
-        raise _unknown("loss_type", loss_type, CPO_LOSS_TYPES)
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    _check_1d(chosen_logps=chosen_logps, rejected_logps=rejected_logps)
-
-    if alpha != 0.0:
-        r_w = _alphapo_reward(chosen_logps, alpha)
-        r_l = _alphapo_reward(rejected_logps, alpha)
-    else:
-        r_w, r_l = chosen_logps, rejected_logps
-    margin = r_w - r_l
-
-    if loss_type in ("simpo", "alphapo"):
-        losses = _cross_entropy_on_margin(beta * margin - simpo_gamma, label_smoothing)
-    elif loss_type == "sigmoid":
-        losses = _cross_entropy_on_margin(beta * margin, label_smoothing)
-    elif loss_type == "hinge":
-        losses = torch.relu(1.0 - beta * margin)
-    else:  # ipo
-        losses = (margin - 1.0 / (2.0 * beta)) ** 2
-    return PreferenceLossOutput(losses, (beta * r_w).detach(), (beta * r_l).detach())
-
-
-# ---------------------------------------------------------------------------
-# ORPO
-# ---------------------------------------------------------------------------
-
-
-def orpo_loss(
-    chosen_logps: torch.Tensor,
-    rejected_logps: torch.Tensor,
-    *,
-    beta: float = 0.1,
-) -> ORPOLossOutput:
-    """ORPO odds-ratio loss — Hong et al. 2024, 'ORPO: Monolithic Preference Optimization...', Eq. 7 (L_OR).
-
-    Expects **length-averaged** policy log-probs ``(B,)`` (values ``<= 0``).
-    With ``odds(p) = p / (1 - p)``:
-    ``log_odds = (c - r) - (log(1 - e^c) - log(1 - e^r))`` and
-    ``losses = -β · log σ(log_odds)``. ``log(1 - e^x)`` is evaluated stably
-    (``log(-expm1(x))`` near 0, ``log1p(-exp(x))`` far from it), so averages
-    such as ``-1e-6`` or ``-50`` are fine; ``0`` is clamped to ``-tiny``.
-
-    The full ORPO objective is ``NLL(chosen) + losses.mean()`` -- the NLL
-    (TRL: token-mean cross-entropy on the chosen completion) is the caller's job.
-
-    Returns :class:`ORPOLossOutput`: ``losses``; rewards ``β·logps``
-    (detached); ``log_odds_ratio = mean(log σ(log_odds))`` and
-    ``log_odds_chosen = mean(log_odds)`` as detached scalars (TRL's metrics).
-    """
-    _check_1d(chosen_logps=chosen_logps, rejected_logps=rejected_logps)
-    log_odds = (chosen_logps - rejected_logps) - (_log1mexp(chosen_logps) - _log1mexp(rejected_logps))
-    ratio = F.logsigmoid(log_odds)
-    return ORPOLossOutput(
-        -beta * ratio,
-        (beta * chosen_logps).detach(),
-        (beta * rejected_logps).detach(),
-        ratio.detach().mean(),
-        log_odds.detach().mean(),
-    )
-
-
-# ---------------------------------------------------------------------------
-# KTO
-# ---------------------------------------------------------------------------
-
-
-def _as_bool_labels(labels: torch.Tensor | Sequence[bool], like: torch.Tensor) -> torch.Tensor:
-    labels = torch.as_tensor(labels, device=like.device)
-    if labels.dim() != 1 or labels.shape[0] != like.shape[0]:
-        raise ValueError(f"labels must have shape ({like.shape[0]},), got {tuple(labels.shape)}")
-    return labels.bool()
-
-
-def kto_kl_estimate(
-    kl_policy_logps: torch.Tensor,
-    kl_ref_logps: torch.Tensor,
-    *,
-    clamp: bool = True,
-) -> torch.Tensor:
-    """KTO reference point — Ethayarajh et al. 2024, 'KTO: Model Alignment as...', batch KL estimate of z_0.
-
-    The inputs are summed log-probs ``(B,)`` of *mismatched* pairs (prompt i
-    with the completion of example j != i, TRL shifts the completions by one)
-    under the policy and the reference. Returns the detached scalar
-    ``mean(policy - ref)``, clamped at 0 when ``clamp=True``.
-
-    Multi-process: call with ``clamp=False`` on each rank, gather and average
-    the per-rank values, then ``.clamp(min=0)`` -- as TRL does.
-    """
-    _check_1d(kl_policy_logps=kl_policy_logps, kl_ref_logps=kl_ref_logps)
-    kl = (kl_policy_logps - kl_ref_logps).detach().mean()
-    return kl.clamp(min=0) if clamp else kl
-
-
-def kto_loss(
-    policy_logps: torch.Tensor,
-    ref_logps: torch.Tensor,
-    labels: torch.Tensor | Sequence[bool],
-    kl: torch.Tensor | float | None = None,
-    *,
-    beta: float = 0.1,
-    desirable_weight: float = 1.0,
-    undesirable_weight: float = 1.0,
-    loss_type: str = "kto",
-) -> UnpairedLossOutput:
-    """KTO loss — Ethayarajh et al. 2024, 'KTO: Model Alignment as Prospect Theoretic Optimization', L_KTO.
-
-    Unpaired data: one completion per example, **summed** log-probs ``(B,)``
-    for policy and reference, and boolean ``labels`` (True = desirable).
-    With ``h = policy_logps - ref_logps`` and ``z = kl`` (see
-    :func:`kto_kl_estimate`; detached and clamped at 0 here as well):
-
-    * ``kto``: desirable ``λ_D (1 - σ(β(h - z)))``, undesirable
-      ``λ_U (1 - σ(β(z - h)))`` with ``λ_D = desirable_weight``,
-      ``λ_U = undesirable_weight``.
-    * ``apo_zero_unpaired`` (APO-zero for unpaired data, D'Oosterlinck et al.
-      2024): desirable ``λ_D (1 - σ(βh))``, undesirable ``λ_U σ(βh)``; ``kl``
-      is ignored.
-
-    ``kl=None`` means 0 (TRL skips the KL pass for ``apo_zero_unpaired``).
-    Losses keep the input order (TRL concatenates desirable then undesirable;
-    the mean is the same). Returns :class:`UnpairedLossOutput` with rewards
-    ``β·h`` (detached).
-    """
-    if loss_type not in KTO_LOSS_TYPES:
-        raise _unknown("loss_type", loss_type, KTO_LOSS_TYPES)
-    _check_1d(policy_logps=policy_logps, ref_logps=ref_logps)
-    labels = _as_bool_labels(labels, policy_logps)
-    h = policy_logps - ref_logps
-    if loss_type == "kto":
-        if kl is None:
-            z = torch.zeros((), dtype=h.dtype, device=h.device)
-        else:
-            z = torch.as_tensor(kl, dtype=h.dtype, device=h.device).detach().clamp(min=0)
-        desirable = 1.0 - torch.sigmoid(beta * (h - z))
-        undesirable = 1.0 - torch.sigmoid(beta * (z - h))
-    else:
-        desirable = 1.0 - torch.sigmoid(beta * h)
-        undesirable = torch.sigmoid(beta * h)
-    losses = torch.where(labels, desirable_weight * desirable, undesirable_weight * undesirable)
-    rewards = (beta * h).detach()
-    return UnpairedLossOutput(losses, rewards, rewards[labels], rewards[~labels])
-
-
-# ---------------------------------------------------------------------------
-# BCO
-# ---------------------------------------------------------------------------
-
-
-class RunningMean:
-    """Running reward mean δ — Jung et al. 2024, 'Binary Classifier Optimization...', reward shift of the BCO loss.
-
-    BCO (Jung et al. 2024) shifts the implicit reward by δ, a moving average
-    of the rewards. TRL's ``BCOTrainer`` (and ``bco_pair`` in DPO) updates it
-    once per step, *before* computing the loss, with one scalar: the detached
-    mean of this step's chosen and rejected rewards,
-    ``torch.cat([chosen_rewards, rejected_rewards]).mean()``, and then uses
-    ``δ = running.mean``. Each update adds ``values.numel()`` samples, so
-    with one scalar per step δ is the plain average of all per-step batch
-    means seen so far (including the current one). With several processes,
-    gather the per-rank scalars and pass the gathered tensor.
-
-    The update is the exact parallel (Chan et al.) merge of mean and
-    population variance. ``state_dict`` / ``load_state_dict`` let a trainer
-    checkpoint it.
-    """
-
-    def __init__(self, mean: float = 0.0, var: float = 1.0, count: float = 0.0) -> None:
-        self.mean = float(mean)
-        self.var = float(var)
-        self.count = float(count)
-
-    @torch.no_grad()
-    def update(self, values: torch.Tensor | float | Sequence[float]) -> float:
-        """Merge ``values`` (any shape, detached) into the statistics; returns the new mean."""
-        xs = torch.as_tensor(values, dtype=torch.float64).detach().reshape(-1)
-        n = xs.numel()
-        if n == 0:
-            return self.mean
-        batch_mean = float(xs.mean())
-        batch_var = float(((xs - batch_mean) ** 2).mean())
-        total = self.count + n
-        delta = batch_mean - self.mean
-        m2 = self.var * self.count + batch_var * n + delta * delta * self.count * n / total
-        self.mean += delta * n / total
-        self.var = m2 / total
-        self.count = total
-        return self.mean
-
-    @property
-    def std(self) -> float:
-        """Unbiased standard deviation of everything seen so far."""
-        if self.count <= 1:
-            return math.sqrt(self.var)
-        return math.sqrt(self.var * self.count / (self.count - 1))
-
-    def state_dict(self) -> dict[str, float]:
-        return {"mean": self.mean, "var": self.var, "count": self.count}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.mean = float(state["mean"])
-        self.var = float(state["var"])
-        self.count = float(state["count"])
-
-    def __repr__(self) -> str:
-        return f"RunningMean(mean={self.mean!r}, var={self.var!r}, count={self.count!r})"
-
-
-def udm_density_ratio(
-    prob_desirable: torch.Tensor,
-    *,
-    min_density_ratio: float = 0.5,
-    max_density_ratio: float = 10.0,
-) -> torch.Tensor:
-    """UDM density ratio — Jung et al. 2024, 'Binary Classifier Optimization...', underlying distribution matching.
-
-    ``prob_desirable`` is a prompt classifier's probability that a prompt
-    comes from the desirable set; the weight for an undesirable example is
-    ``p / (1 - p)`` clamped to ``[min_density_ratio, max_density_ratio]``
-    (TRL ``BCOConfig`` defaults 0.5 and 10). Training the classifier on
-    prompt embeddings is the trainer's job. Returns detached ``(B,)``.
-    """
-    p = prob_desirable.detach()
-    ratio = p / (1.0 - p)
-    return ratio.clamp(min=min_density_ratio, max=max_density_ratio)
-
-
-def bco_loss(
-    policy_logps: torch.Tensor,
-    ref_logps: torch.Tensor,
-    labels: torch.Tensor | Sequence[bool],
-    *,
-    beta: float = 0.1,
-    delta: torch.Tensor | float = 0.0,
-    udm_weights: torch.Tensor | None = None,
-) -> UnpairedLossOutput:
-    """BCO loss — Jung et al. 2024, 'Binary Classifier Optimization for LLM Alignment', reward-shifted BCE objective.
-
-    Unpaired data, **summed** log-probs ``(B,)`` and boolean ``labels``.
-    Reward ``r = β(policy_logps - ref_logps)``; desirable examples get
-    ``-log σ(r - δ)``, undesirable ones ``-log σ(-(r - δ))``, with
-    ``δ = delta`` the running reward mean (see :class:`RunningMean`: update
-    it with ``r.detach().mean()`` for this step first, then pass
-    ``delta=running.mean``).
-
-    ``udm_weights`` (optional ``(B,)``, e.g. from :func:`udm_density_ratio`)
-    multiplies the losses of the *undesirable* examples only (underlying
-    distribution matching); entries at desirable positions are ignored.
-
-    Returns :class:`UnpairedLossOutput` (losses in input order, rewards
-    detached).
-    """
-    _check_1d(policy_logps=policy_logps, ref_logps=ref_logps, udm_weights=udm_weights)
-    labels = _as_bool_labels(labels, policy_logps)
-    rewards = beta * (policy_logps - ref_logps)
-    shifted = rewards - torch.as_tensor(delta, dtype=rewards.dtype, device=rewards.device).detach()
-    losses = torch.where(labels, -F.logsigmoid(shifted), -F.logsigmoid(-shifted))
-    if udm_weights is not None:
-        losses = losses * torch.where(labels, torch.ones_like(udm_weights), udm_weights.detach())
-    rewards = rewards.detach()
-    return UnpairedLossOutput(losses, rewards, rewards[labels], rewards[~labels])
 
 
 # ---------------------------------------------------------------------------

@@ -24,52 +24,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from ..models import (check_tokenizer, disable_dropout, ensure_pad_token, load_pretrained, load_processing_class,
-                      packed_sequences_supported, prepare_peft_model, set_chat_template, unwrap, varlen_attention)
-from ..allocator import raise_mmap_threshold
-from ..models.attention import call_cost, per_sequence_rows, use_per_sequence_attention
-from ..models.checkpointing import keep_attention_outputs
+                      prepare_peft_model, set_chat_template, unwrap)
 from ..models.sharding import check_launch, destroy_process_group_at_exit, prepare_frozen
-from ..models.loading import store_linears_in
 from .run_dir import (OutputDirLock, TrainingDivergedError, check_fresh_output_dir, checkpoints, compare_settings,
                       last_checkpoint_note, nonfinite_parameters, publish, publish_files, run_settings, save_settings,
                       staging_dir, write_error)
+from .speed import SpeedPlan, bf16_supported, cpu_has_native_bf16, has_accelerator
 
 logger = logging.getLogger("posttrain")
-
-
-def has_accelerator() -> bool:
-    if torch.cuda.is_available():
-        return True
-    xpu = getattr(torch, "xpu", None)
-    mps = getattr(torch.backends, "mps", None)
-    return bool((xpu is not None and xpu.is_available()) or (mps is not None and mps.is_available()))
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (x86 AVX512-BF16 or AMX, Arm BF16): there bf16 autocast runs the
-    matrix multiplications several times faster than fp32. Asks torch (private probes) and falls back to the
-    kernel's CPU flags."""
-    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        fn = getattr(torch.cpu, probe, None)
-        try:
-            if fn is not None and fn():
-                return True
-        except Exception:  # noqa: BLE001 - a private probe; the flags below decide
-            pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-    except OSError:
-        pass
-    return False
 
 
 def write_log(rows, output_dir: str) -> str:
@@ -80,14 +47,6 @@ def write_log(rows, output_dir: str) -> str:
         for row in rows:
             f.write(json.dumps(row) + "\n")
     return path
-
-
-def bf16_supported() -> bool:
-    """bf16 mixed precision is the better default here: a CUDA GPU that supports it, or, on a machine without
-    any accelerator, a CPU with native bf16 (see :func:`cpu_has_native_bf16`)."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return not has_accelerator() and cpu_has_native_bf16()
 
 
 def checkpointing_field(default: bool, why: str):
@@ -205,16 +164,6 @@ def _training_autocast(args):
     return torch.autocast(args.device.type, dtype=dtype)
 
 
-class KeepAttentionOutputs(TrainerCallback):
-    """At the start of every ``train()``, after the Trainer has turned checkpointing on (with fresh checkpointing
-    functions), make the checkpointed layers keep attention's outputs (:func:`models.checkpointing.
-    keep_attention_outputs`)."""
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if model is not None:
-            keep_attention_outputs(model)
-
-
 class BaseTrainer(Trainer):
     """Base of every posttrain trainer; see the module docstring.
 
@@ -231,7 +180,7 @@ class BaseTrainer(Trainer):
 
     def __init__(self, model, args: PosttrainConfig | None = None, *, processing_class=None, peft_config=None,
                  auto_class=None, train_dataset=None, eval_dataset=None, data_collator=None, **kwargs):
-        raise_mmap_threshold()
+        self.speed = SpeedPlan()  # docs/performance.md: the allocator now, the rest as the trainer is set up
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
             args = self.config_class(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-{self._run_suffix}")
@@ -263,17 +212,13 @@ class BaseTrainer(Trainer):
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._local_tokens = 0
         self._seen_tokens = 0.0
-        self._per_sequence = False  # per_sequence_attention in effect (settle_padding_free)
         super().__init__(model=model, args=args, processing_class=processing_class, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, data_collator=data_collator, **kwargs)
         # Have the Trainer count the loss items of the whole (accumulated, all-process) batch for us.
         self.model_accepts_loss_kwargs = True
-        # The recomputation keeps attention's outputs instead of running it again (models.checkpointing). Not under
-        # ZeRO-3 or FSDP: they gather parameters inside the checkpointed region, with collectives that selective
-        # checkpointing's op-by-op replay cannot match ("encountered during backward but not found in storage")
-        if args.gradient_checkpointing and not (self.is_fsdp_enabled or (self.is_deepspeed_enabled
-                                                                         and is_deepspeed_zero3_enabled())):
-            self.add_callback(KeepAttentionOutputs())
+        sharded = self.is_fsdp_enabled or (self.is_deepspeed_enabled and is_deepspeed_zero3_enabled())
+        if (callback := self.speed.checkpointing_callback(args, sharded)) is not None:
+            self.add_callback(callback)
         if (problem := check_launch(self.accelerator)) is not None:
             warnings.warn(problem, stacklevel=2)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -293,25 +238,13 @@ class BaseTrainer(Trainer):
         (``flatten``), else rows bin-packed within the batch; with ``requested=None`` (the configs' default) turn
         them on where the model keeps packed sequences apart. Returns whether it does
         (:func:`~posttrain.models.packed_sequences_supported`)."""
-        supported = packed_sequences_supported(self.model)
-        if requested is None:
-            collator.padding_free = collator.padding_free or supported
-        # sdpa models with padding-free batches: attention per sequence on one row (models.attention)
-        self._per_sequence = bool(getattr(self.args, "per_sequence_attention", False) and collator.padding_free
-                                  and supported and use_per_sequence_attention(self.model))
-        collator.flatten = varlen_attention(self.model)
-        if self._per_sequence and hasattr(collator, "per_sequence_cost"):
-            collator.length_buckets = True  # bounded row widths (data.collators.row_width)
-            collator.per_sequence_cost = call_cost(self.model)  # one row only where it saves more than it costs
-        return supported
+        return self.speed.settle_padding_free(self.model, self.args, collator, requested)
 
     def sequence_rows(self, inputs: Mapping[str, Any]):
         """The context in which the model's forwards on ``inputs`` run: per-sequence attention for this trainer's
         one-row padding-free batches (``per_sequence_attention``; ``position_ids``, no ``attention_mask``), else
         plain sdpa (padded batches, and bin-packed rows, which the collator chooses where one row would not pay)."""
-        one_row = (self._per_sequence and isinstance(inputs, Mapping) and "attention_mask" not in inputs
-                   and "position_ids" in inputs and getattr(inputs.get("input_ids"), "shape", (0,))[0] == 1)
-        return per_sequence_rows(one_row)
+        return self.speed.rows(inputs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         # the whole step: gradient checkpointing recomputes the forward inside backward (models.attention)
@@ -517,14 +450,11 @@ class BaseTrainer(Trainer):
         model.eval()
         if no_dropout:
             disable_dropout(model)
-        if self._per_sequence:  # it runs on the same one-row batches as the trained model (models.attention)
-            use_per_sequence_attention(model)
-        model = prepare_frozen(model, self.accelerator)  # ZeRO-3: an inference engine of its own, partitioned
-        dtype = _mixed_precision_dtype(self.args)
-        if autocast_only and dtype is not None and self.accelerator.distributed_type not in (
-                DistributedType.DEEPSPEED, DistributedType.FSDP):
-            store_linears_in(model, dtype)
-        return model
+        # placed by prepare_frozen (ZeRO-3: an inference engine of its own, partitioned); the speed plan adds
+        # per-sequence attention and, outside DeepSpeed/FSDP (which own the weights' storage), bf16/fp16 storage
+        sharded = self.accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+        return self.speed.prepare_frozen(model, lambda m: prepare_frozen(m, self.accelerator),
+                                         _mixed_precision_dtype(self.args), autocast_only and not sharded)
 
     # -- data ---------------------------------------------------------------------------------
     def _set_signature_columns_if_needed(self):

@@ -1,12 +1,12 @@
 """Binary Classifier Optimization: ``BCOConfig`` and ``BCOTrainer`` (TRL-compatible names).
 
 BCO is the ``loss_type="bco"`` path of :class:`~posttrain.trainers.kto.KTOTrainer` (reward shifted by
-the running reward mean δ, :class:`~posttrain.losses.preference.RunningMean`, saved with checkpoints),
+the running reward mean δ, :class:`~posttrain.losses.kto.RunningMean`, saved with checkpoints),
 plus optional **underlying distribution matching** (UDM): when prompts of desirable and undesirable
 examples come from different distributions, a small logistic-regression classifier on prompt
 embeddings estimates ``p(desirable | prompt)`` and each undesirable example's loss is weighted by the
 density ratio ``p / (1 - p)``, clamped to ``[min_density_ratio, max_density_ratio]``
-(:func:`~posttrain.losses.preference.udm_density_ratio`). UDM is on when an ``embedding_func`` is
+(:func:`~posttrain.losses.kto.udm_density_ratio`). UDM is on when an ``embedding_func`` is
 given; :func:`model_embedding_func` turns any model into one.
 """
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import pad_sequences
-from ..losses.preference import udm_density_ratio
+from ..losses.kto import udm_density_ratio
 from .base import checkpointing_field
 from .kto import KTOConfig, KTOTrainer
 

@@ -1,7 +1,7 @@
 """Contrastive Preference Optimization: ``CPOConfig`` and ``CPOTrainer`` (TRL-compatible names).
 
 Reference-free: the shared preference core (:mod:`.preference_base`) plus
-:func:`posttrain.losses.preference.cpo_loss` and a behaviour-cloning NLL term on the chosen completions,
+:func:`posttrain.losses.cpo.cpo_loss` and a behaviour-cloning NLL term on the chosen completions,
 ``loss = mean(L_prefer) + cpo_alpha · NLL(chosen)``. ``loss_type="simpo"`` is SimPO (set ``cpo_alpha=0``
 for pure SimPO) and ``"alphapo"`` is AlphaPO (``cpo_alpha`` 0 unless given, as TRL); ``ipo``, ``simpo`` and
 ``alphapo`` use length-averaged log-probs (as TRL's CPO, and IPO in posttrain's and TRL's DPO), ``sigmoid`` and
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..losses.preference import CPO_LOSS_TYPES, cpo_loss
+from ..losses.cpo import CPO_LOSS_TYPES, cpo_loss
 from .base import check_choice
 from .logprobs import completion_logps
 from .preference_base import PreferenceConfig, PreferenceTrainer

@@ -19,7 +19,8 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..allocator import raise_mmap_threshold
-from .base import has_accelerator, bf16_supported, write_log
+from .base import write_log
+from .speed import bf16_supported, has_accelerator
 from .run_dir import TrainingDivergedError, nonfinite_parameters, publish_files, write_error
 
 LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..losses.kto import RunningMean
 from ..losses.preference import (
     DPO_LOSS_TYPES,
     F_DIVERGENCE_TYPES,
-    RunningMean,
     check_f_divergence,
     dpo_implicit_rewards,
     dpo_loss,

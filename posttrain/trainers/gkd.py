@@ -27,9 +27,10 @@ import torch
 
 from ..data import IGNORE_INDEX, DatasetFormatError
 from ..losses.distill import generalized_jsd_loss
-from ..models import disable_dropout, load_frozen, load_tokenizer, output_head, select_head_positions, unwrap
-from ..rollout import generate
 from ..data.preference import build_rows
+from ..models import disable_dropout, load_frozen, load_tokenizer, output_head, unwrap
+from ..rollout import generate
+from .logprobs import head_logits
 from .sft import SFTConfig, SFTTrainer
 
 
@@ -254,11 +255,10 @@ class GKDTrainer(SFTTrainer):
     # -- loss -----------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         _, mask, real_tokens = self.pop_targets(inputs)  # packed rows: the collator ignores each sequence's first label
-        with select_head_positions(model, mask):
-            student_logits = model(**inputs, use_cache=False).logits[0]
+        student_logits = head_logits(model, inputs, mask)
         # the teacher in the training precision, like the student (accelerate wraps only the student's forward)
-        with torch.no_grad(), select_head_positions(self.teacher_model, mask), self.autocast_region():
-            teacher_logits = self.teacher_model(**inputs, use_cache=False).logits[0]
+        with torch.no_grad(), self.autocast_region():
+            teacher_logits = head_logits(self.teacher_model, inputs, mask)
         divergence = generalized_jsd_loss(student_logits.float(), teacher_logits.float(), beta=self.args.beta,
                                           temperature=1.0, reduction="sum")
         count = student_logits.shape[0]

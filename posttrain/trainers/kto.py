@@ -2,7 +2,7 @@
 
 Unpaired preference data (``prompt``/``completion``/``label``); paired data is unpaired automatically
 (each pair gives a desirable and an undesirable row). The loss comes from
-:mod:`posttrain.losses.preference`:
+:mod:`posttrain.losses.kto`:
 
 * ``loss_type="kto"`` — :func:`kto_loss` with the reference point ``z0`` estimated from *mismatched*
   prompt/completion pairs of the batch (prompt i with the completion of row i+1) by
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..losses.preference import RunningMean, bco_loss, kto_kl_estimate, kto_loss
+from ..losses.kto import RunningMean, bco_loss, kto_kl_estimate, kto_loss
 from .base import check_choice
 from ..data.preference import concat_rows, kl_rows
 from .logprobs import completion_logps

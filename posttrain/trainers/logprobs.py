@@ -1,9 +1,11 @@
 """The log-probs of completion tokens: one path from model rows to per-token and per-sequence log-probs.
 
-:func:`completion_logps` runs a model with its output head restricted to the positions that predict a completion
-token (:func:`~posttrain.models.select_head_positions`), so no (R, L, V) logits or full-vocabulary ``log_softmax``
-are ever built, and returns :class:`SequenceLogps` (per-token log-probs, per-sequence sums and counts, optional
-token statistics). Rows come from :func:`~posttrain.data.preference.build_rows`, padded or padding-free.
+:func:`completion_head` runs a model with its output head restricted to the positions that predict a completion
+token (:func:`~posttrain.models.select_head_positions`), so no (R, L, V) logits are ever built; it is the one place
+the offline and online trainers run the head. On top of it, :func:`completion_logps` returns
+:class:`SequenceLogps` (per-token log-probs, per-sequence sums and counts, optional token statistics; the offline
+preference trainers) and :func:`token_logps` (B, T) log-probs at a temperature with entropies (the online
+trainers). Rows come from :func:`~posttrain.data.preference.build_rows`, padded or padding-free.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..losses.policy import entropy_from_logits
+from ..losses.tokens import entropy_from_logits, selective_log_softmax
 from ..models import select_head_positions
 
 
@@ -77,15 +79,36 @@ ROW_KEYS = ("input_ids", "attention_mask", "position_ids", "completion_mask", "s
 """The keys of :func:`build_rows`; any other key of a row batch is an input of the model (images)."""
 
 
-def completion_logps(model, rows: Mapping[str, torch.Tensor], *, with_log_sum_sq_probs: bool = False,
-                     with_token_stats: bool = False) -> SequenceLogps:
-    """Run ``model`` on ``rows`` (from :func:`build_rows`, plus a vision-language model's image inputs) and gather
-    the completion log-probs.
+def head_logits(model, inputs: Mapping[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
+    """(N, V) logits of ``model`` on ``inputs`` at the N True entries of ``positions`` (R, L), row-major: the output
+    head projects only those hidden states (:func:`~posttrain.models.select_head_positions`). The one place every
+    trainer (SFT, GKD, the preference and online trainers) runs the output head."""
+    with select_head_positions(model, positions):
+        return model(**inputs, use_cache=False).logits[0]
 
-    The output head projects only the positions whose next token is a completion token, and the
-    log-probs are ``logit[target] - logsumexp(logits)`` in float32, so neither the (R, L, V) logits nor a
-    full-vocabulary ``log_softmax`` tensor is ever materialised.
-    """
+
+@dataclass
+class CompletionHead:
+    """The output head run on the positions that predict a completion token (:func:`completion_head`).
+
+    ``logits`` (N, V) in the order of the rows' tokens (row-major); ``targets`` (N,) the tokens they predict;
+    ``token_seq`` (N,) the sequence of each, ``order`` the permutation that groups them by sequence when bin-packed
+    rows interleave sequences (else None; ``token_seq`` is already in that order); ``num_rows`` the number of
+    sequences; ``nxt`` (R, L-1) the rows' positions whose next token is a completion token."""
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    token_seq: torch.Tensor
+    order: torch.Tensor | None
+    num_rows: int
+    nxt: torch.Tensor
+
+
+def completion_head(model, rows: Mapping[str, torch.Tensor]) -> CompletionHead:
+    """Run ``model`` on ``rows`` (from :func:`~posttrain.data.preference.build_rows`, padded or padding-free, plus a
+    vision-language model's image inputs: every key not in :data:`ROW_KEYS`) with its output head restricted to the
+    positions whose next token is a completion token (:func:`~posttrain.models.select_head_positions`), so the
+    (R, L, V) logits are never built. Every log-prob of the trainers starts here: the one place the head runs."""
     input_ids = rows["input_ids"]
     cmask = rows["completion_mask"].bool()
     position_ids = rows.get("position_ids")
@@ -111,8 +134,20 @@ def completion_logps(model, rows: Mapping[str, torch.Tensor], *, with_log_sum_sq
         model_inputs = {"input_ids": input_ids, "attention_mask": rows["attention_mask"]}
     # a vision-language model's image inputs (pixel_values, image_sizes, token_type_ids, ...): every other key
     model_inputs.update({k: v for k, v in rows.items() if k not in ROW_KEYS})
-    with select_head_positions(model, head_mask):
-        logits = model(**model_inputs, use_cache=False).logits[0]  # (N, V)
+    return CompletionHead(head_logits(model, model_inputs, head_mask), targets, token_seq, order, num_rows, nxt)
+
+
+def completion_logps(model, rows: Mapping[str, torch.Tensor], *, with_log_sum_sq_probs: bool = False,
+                     with_token_stats: bool = False) -> SequenceLogps:
+    """Per-sequence completion log-probs of ``rows`` under ``model`` (the offline trainers' layout).
+
+    The log-probs are ``logit[target] - logsumexp(logits)`` in float32 over the head positions of
+    :func:`completion_head`, so neither the (R, L, V) logits nor a full-vocabulary ``log_softmax`` tensor is ever
+    materialised.
+    """
+    head = completion_head(model, rows)
+    logits, targets, order = head.logits, head.targets, head.order
+    token_seq, num_rows = head.token_seq, head.num_rows
     logits32 = logits.float()
     lse = torch.logsumexp(logits32, dim=-1)
     token_logps = logits32.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
@@ -126,7 +161,7 @@ def completion_logps(model, rows: Mapping[str, torch.Tensor], *, with_log_sum_sq
         from ..losses.preference import log_sum_squared_probs
 
         lssp = log_sum_squared_probs(logits.detach())
-    del logits32, logits
+    del logits32, logits, head
     if order is not None:  # tokens grouped by sequence, in sequence order (SequenceLogps.per_token relies on it)
         token_logps, token_mean_logit = token_logps[order], token_mean_logit[order]
         lssp, entropy, top1 = (x[order] if x is not None else None for x in (lssp, entropy, top1))
@@ -136,4 +171,32 @@ def completion_logps(model, rows: Mapping[str, torch.Tensor], *, with_log_sum_sq
     return SequenceLogps(sums, counts, mean_logits, token_logps, token_seq, lssp, entropy, top1)
 
 
-__all__ = ["SequenceLogps", "sequence_sums", "ROW_KEYS", "completion_logps"]
+def completion_layout(flat: torch.Tensor, nxt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values at the positions that predict completion tokens (``flat``: one per True of ``nxt`` (B, L-1), in
+    row-major order) laid out as (B, T), row i's first entries, T the longest completion; and the (B, T) mask."""
+    counts = nxt.sum(dim=1)
+    width = int(counts.max()) if counts.numel() else 0
+    rows = nxt.nonzero(as_tuple=True)[0]
+    pos = torch.arange(rows.numel(), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    out = flat.new_zeros(nxt.shape[0], width).index_put((rows, pos), flat)
+    return out, torch.arange(width, device=counts.device).unsqueeze(0) < counts.unsqueeze(1)
+
+
+def token_logps(model, rows: Mapping[str, torch.Tensor], *, temperature: float = 1.0, with_entropy: bool = False):
+    """``(logps, mask, entropies)`` of padded ``rows`` (the online trainers' layout): (B, T) log-probs of the
+    completion tokens under ``logits / temperature`` (chunked log-softmax), their 0/1 mask, and (B, T) detached
+    entropies when asked. The logits come from :func:`completion_head`."""
+    head = completion_head(model, rows)
+    logits = head.logits
+    if temperature != 1.0:
+        logits = logits / temperature
+    logps, mask = completion_layout(selective_log_softmax(logits, head.targets), head.nxt)
+    entropies = None
+    if with_entropy:
+        with torch.no_grad():
+            entropies = completion_layout(entropy_from_logits(logits.detach()), head.nxt)[0]
+    return logps, mask, entropies
+
+
+__all__ = ["SequenceLogps", "sequence_sums", "ROW_KEYS", "head_logits", "CompletionHead", "completion_head", "completion_logps",
+           "completion_layout", "token_logps"]

@@ -52,13 +52,13 @@ from ..data.formats import is_conversational_value
 from ..data.templates import require_chat_template
 from ..data.preference import build_rows
 from ..data.tokenize import chat_template_ids
-from ..losses.policy import entropy_from_logits, selective_log_softmax
-from ..models import disable_dropout, is_peft_model, load_frozen, select_head_positions, unwrap
+from ..models import disable_dropout, is_peft_model, load_frozen, unwrap
 from ..models.sharding import frozen_copy
 from ..rollout import RewardScorer
 from ..rollout.backends import make_backend
 from ..rollout.scoring import completion_for_model
 from .base import BaseTrainer, PosttrainConfig, check_choice, require_positive
+from .logprobs import ROW_KEYS, token_logps
 from .reference import ReferencePolicy
 
 logger = logging.getLogger("posttrain")
@@ -230,17 +230,6 @@ class RepeatedPromptSampler(Sampler[int]):
             chunk = [i for i in order[b * p : (b + 1) * p] for _ in range(self.num_generations)]
             for _ in range(self.repeats):
                 yield from chunk
-
-
-def completion_layout(flat: torch.Tensor, nxt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Values at the positions that predict completion tokens (``flat``: one per True of ``nxt`` (B, L-1), in
-    row-major order) laid out as (B, T), row i's first entries, T the longest completion; and the (B, T) mask."""
-    counts = nxt.sum(dim=1)
-    width = int(counts.max()) if counts.numel() else 0
-    rows = nxt.nonzero(as_tuple=True)[0]
-    pos = torch.arange(rows.numel(), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
-    out = flat.new_zeros(nxt.shape[0], width).index_put((rows, pos), flat)
-    return out, torch.arange(width, device=counts.device).unsqueeze(0) < counts.unsqueeze(1)
 
 
 def _rows_as_list(rows):
@@ -435,24 +424,9 @@ class OnlineTrainer(BaseTrainer):
     def token_logps(self, model, batch: Mapping[str, torch.Tensor], with_entropy: bool = False):
         """``(logps, mask, entropies)``: (B, T) log-probs of the completion tokens of ``batch`` (rows of
         ``build_rows``) under ``logits / logps_temperature()``, their 0/1 mask, and (B, T) entropies when asked
-        (detached)."""
-        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-        cmask = batch["completion_mask"].bool()
-        nxt = cmask[:, 1:]
-        head_mask = torch.zeros_like(cmask)
-        head_mask[:, :-1] = nxt
-        targets = input_ids[:, 1:][nxt]
-        with select_head_positions(model, head_mask):
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[0]
-        temperature = self.logps_temperature()
-        if temperature != 1.0:
-            logits = logits / temperature
-        logps, mask = completion_layout(selective_log_softmax(logits, targets), nxt)
-        entropies = None
-        if with_entropy:
-            with torch.no_grad():
-                entropies = completion_layout(entropy_from_logits(logits.detach()), nxt)[0]
-        return logps, mask, entropies
+        (detached); :func:`~posttrain.trainers.logprobs.token_logps` on the batch's row keys."""
+        rows = {k: batch[k] for k in ROW_KEYS if k in batch}
+        return token_logps(model, rows, temperature=self.logps_temperature(), with_entropy=with_entropy)
 
     @staticmethod
     def completion_token_mask(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..losses.preference import orpo_loss
+from ..losses.cpo import orpo_loss
 from .logprobs import completion_logps
 from .preference_base import PreferenceConfig, PreferenceTrainer
 

@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..losses.policy import gae, kl_penalty, masked_mean, masked_whiten, ppo_policy_loss, ppo_value_loss
+from ..losses.policy import gae, kl_penalty, ppo_policy_loss, ppo_value_loss
+from ..losses.tokens import masked_mean, masked_whiten
 from ..models import unwrap
 from ..models.loading import load_pretrained, load_tokenizer
 from ..models.policy_value import PolicyAndValue, token_values
 from .base import check_choice, checkpointing_field
-from .online_base import OnlineConfig, OnlineTrainer, completion_layout
+from .logprobs import completion_layout
+from .online_base import OnlineConfig, OnlineTrainer
 from ..models import eval_mode
 
 @dataclass

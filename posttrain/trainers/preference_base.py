@@ -20,7 +20,8 @@ What these trainers have in common and is about training lives here; the data si
 * **Metrics** — TRL's names (``rewards/chosen``, ``logps/rejected``, ...), averaged across steps and
   processes by :meth:`BaseTrainer.log`.
 
-A trainer subclass only implements ``_compute_loss`` with a loss from :mod:`posttrain.losses.preference`.
+A trainer subclass only implements ``_compute_loss`` with a loss from :mod:`posttrain.losses.preference`, :mod:`~posttrain.losses.cpo` or
+:mod:`~posttrain.losses.kto`.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from ..data.preference import (DataCollatorForPreference, DataCollatorForUnpaire
 from ..data.templates import unpair_preference
 from ..data.tokenize import TRUNCATION_MODES
 from ..data.vision import has_image_processor, image_column, padded_only_error
-from ..losses.preference import RunningMean
+from ..losses.kto import RunningMean
 from ..models import disable_dropout, is_peft_model, is_vision_model, load_frozen, unwrap
 from ..models.sharding import frozen_copy, is_zero3_partitioned
 from .base import BaseTrainer, PosttrainConfig, check_choice, require_positive

@@ -28,10 +28,11 @@ from ..data import (
 from ..data.formats import LANGUAGE_MODELING, PROMPT_COMPLETION
 from ..data.vision import padded_only_error
 from ..data.tokenize import TRUNCATION_MODES
-from ..losses.policy import entropy_from_logits
+from ..losses.tokens import entropy_from_logits
 from ..losses.sft import SFT_LOSS_TYPES, sft_token_loss
-from ..models import accepts_videos, is_vision_model, select_head_positions, unwrap
+from ..models import accepts_videos, is_vision_model, unwrap
 from .base import BaseTrainer, PosttrainConfig, check_choice, require_positive
+from .logprobs import head_logits
 
 
 @dataclass
@@ -248,9 +249,7 @@ class SFTTrainer(BaseTrainer):
             outputs = model(**inputs, use_cache=False)
             logits = outputs.logits[mask]
         else:
-            with select_head_positions(model, mask):
-                outputs = model(**inputs, use_cache=False)
-            logits = outputs.logits[0]
+            logits = head_logits(model, inputs, mask)
         tgt = targets[mask]
         per_token = sft_token_loss(logits, tgt, "nll" if self.args.loss_type == "chunked_nll" else self.args.loss_type)
         loss = self.scale_loss(per_token.sum(), tgt.numel(), num_items_in_batch)
