@@ -29,7 +29,7 @@ _EXPORTS = {
     "ScriptArguments": "posttrain.scripts.args",
     "PosttrainParser": "posttrain.scripts.args",
     "DataCollatorForLanguageModeling": "posttrain.data.collators",
-    "DataCollatorForVisionLanguageModeling": "posttrain.data.vision",
+    "DataCollatorForVisionLanguageModeling": "posttrain.data.vision_collator",
     "RewardConfig": "posttrain.trainers.reward",
     "RewardTrainer": "posttrain.trainers.reward",
     "PRMConfig": "posttrain.trainers.prm",

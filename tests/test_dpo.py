@@ -16,7 +16,8 @@ from posttrain.kit import make_dataset
 from posttrain.trainers.dpo import DPOConfig, DPOTrainer
 from posttrain.data.preference import DataCollatorForPreference, fit_lengths
 from posttrain.trainers.logprobs import completion_logps, sequence_sums
-from posttrain.trainers.preference_base import REFERENCE_CACHE_PREFIX, SyncRefModelCallback
+from posttrain.trainers.preference_base import REFERENCE_CACHE_PREFIX
+from posttrain.trainers.reference import SyncRefModelCallback
 
 
 

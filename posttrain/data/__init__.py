@@ -6,7 +6,8 @@ from .loading import load_any
 from .packing import PACKING_STRATEGIES, best_fit_decreasing, pack_columns, pack_dataset
 from .templates import apply_chat_template, extract_prompt, require_chat_template, unpair_preference
 from .tokenize import chat_template_ids, tokenize_prompt_completion, tokenize_sft_example, truncate
-from .vision import (IMAGE_COLUMNS, VIDEO_COLUMNS, DataCollatorForVisionLanguageModeling, has_image_processor,
+from .vision_collator import DataCollatorForVisionLanguageModeling
+from .vision import (IMAGE_COLUMNS, VIDEO_COLUMNS, has_image_processor,
                      has_media, has_video_processor, image_column, processor_chat_template, video_column)
 
 __all__ = [

@@ -27,7 +27,7 @@ from .collators import pad_sequences, padding_free_rows, row_width
 from .formats import (PREFERENCE, PREFERENCE_IMPLICIT, DatasetFormat, DatasetFormatError, detect_format, require_kind,
                       validate_example)
 from .templates import extract_prompt, render_messages, require_chat_template
-from .tokenize import check_truncation_mode, tokenize_prompt_completion
+from .tokenize import check_truncation_mode, tokenize_prompt_completion, truncate
 from .vision import (check_image_parts, process_images, processor_image_token, rendering, row_images,
                      template_kwargs, text_rows)
 
@@ -59,25 +59,22 @@ def fit_lengths(
             f"{where}the prompt is empty after tokenization, so no token predicts the first completion token. "
             "Give every row a non-empty 'prompt' (or use a tokenizer that adds a BOS token)."
         )
-    if max_prompt_length is not None and len(prompt) > max_prompt_length:
-        prompt = prompt[-max_prompt_length:]
-    comps = [list(c) if max_completion_length is None else list(c)[:max_completion_length] for c in completions]
+    prompt = truncate(prompt, max_prompt_length, "keep_end")  # a prompt keeps its end, nearest the completion
+    comps = [truncate(c, max_completion_length, "keep_start") for c in completions]
     if max_length is None:
         return prompt, comps
     longest = max(len(c) for c in comps)
     if len(prompt) + longest <= max_length:
         return prompt, comps
     if truncation_mode == "keep_end":
-        keep = max(max_length - longest, 1)
-        prompt = prompt[-keep:]
+        prompt = truncate(prompt, max(max_length - longest, 1), "keep_end")
     elif len(prompt) >= max_length:
         raise DatasetFormatError(
             f"{where}the prompt is {len(prompt)} tokens but max_length={max_length}, so truncation_mode='keep_start' "
             "leaves no completion token to train on. Increase max_length, set max_prompt_length below max_length, "
             "use truncation_mode='keep_end' (cuts the start of long prompts), or filter out long prompts."
         )
-    room = max_length - len(prompt)
-    return prompt, [c[:room] for c in comps]
+    return prompt, [truncate(c, max_length - len(prompt), "keep_start") for c in comps]
 
 
 def _check_completion_tokens(ids: list[int], column: str, row: int) -> None:

@@ -31,13 +31,19 @@ def check_truncation_mode(mode: str) -> None:
         raise ValueError(f"Unknown truncation_mode {mode!r}; valid values: {', '.join(TRUNCATION_MODES)}.")
 
 
-def truncate(seq: Sequence, max_length: int | None, mode: str = "keep_start") -> list:
-    """Keep the first (``keep_start``) or last (``keep_end``) ``max_length`` items."""
+def truncation_window(length: int, max_length: int | None, mode: str = "keep_start") -> slice:
+    """The part of a ``length``-item sequence that truncation to ``max_length`` keeps: the first (``keep_start``)
+    or the last (``keep_end``) ``max_length`` items. Every truncation of the data layer is this one."""
     check_truncation_mode(mode)
+    if max_length is None or length <= max_length:
+        return slice(0, length)
+    return slice(0, max_length) if mode == "keep_start" else slice(length - max_length, length)
+
+
+def truncate(seq: Sequence, max_length: int | None, mode: str = "keep_start") -> list:
+    """Keep the first (``keep_start``) or last (``keep_end``) ``max_length`` items (:func:`truncation_window`)."""
     seq = list(seq)
-    if max_length is None or len(seq) <= max_length:
-        return seq
-    return seq[:max_length] if mode == "keep_start" else seq[-max_length:]
+    return seq[truncation_window(len(seq), max_length, mode)]
 
 
 def chat_template_ids(tokenizer, messages: list, add_generation_prompt: bool = False, assistant_mask: bool = False, **kwargs):

@@ -21,6 +21,7 @@ __all__ = [
     "entropy_from_logits",
     "selective_log_softmax",
     "top_entropy_mask",
+    "nanstd",
 ]
 
 _WHITEN_EPS = 1e-8  # added to the variance in masked_whiten
@@ -178,3 +179,9 @@ def top_entropy_mask(
         tau = s[lo] + (pos - lo) * (s[hi] - s[lo])
         keep = active & (entropies.detach().float() >= tau)
     return keep if mask.dtype == torch.bool else keep.to(mask.dtype)
+
+
+def nanstd(x: torch.Tensor) -> torch.Tensor:
+    """Unbiased standard deviation of the non-NaN entries (NaN if fewer than 2)."""
+    x = x[~torch.isnan(x)]
+    return x.std() if x.numel() > 1 else torch.tensor(float("nan"))

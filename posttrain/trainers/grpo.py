@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import torch
 
 from ..losses.policy import GRPO_LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_loss
-from ..losses.tokens import masked_mean, top_entropy_mask
+from ..losses.tokens import masked_mean, nanstd, top_entropy_mask
 from ..losses.sampler_correction import SAMPLER_IS_MODES, sampler_importance_weights
 from .base import check_choice
-from .online_base import OnlineConfig, OnlineTrainer, nanstd
+from .online_base import OnlineConfig, OnlineTrainer
 
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 

@@ -45,13 +45,14 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from torch.utils.data import Sampler
 
 from ..data import DatasetFormatError
 from ..data.formats import is_conversational_value
 from ..data.templates import require_chat_template
 from ..data.preference import build_rows
-from ..data.tokenize import chat_template_ids
+from ..data.sampling import RepeatedPromptSampler
+from ..data.tokenize import chat_template_ids, truncate
+from ..losses.tokens import nanstd
 from ..models import disable_dropout, is_peft_model, load_frozen, unwrap
 from ..models.sharding import frozen_copy
 from ..rollout import RewardScorer
@@ -193,54 +194,9 @@ class OnlineConfig(PosttrainConfig):
                     f"(per_device_eval_batch_size={self.per_device_eval_batch_size} x {self.world_size} process(es)).")
 
 
-# =============================================================================================
-# sampling layout
-# =============================================================================================
-
-
-class RepeatedPromptSampler(Sampler[int]):
-    """Dataset indices for online training: for every generation batch, ``prompts_per_batch`` prompts (shuffled,
-    without replacement within an epoch), each index repeated ``num_generations`` times consecutively; the whole
-    generation batch is then yielded ``repeats`` times. Prompts that do not fill a last generation batch are
-    skipped that epoch. Every process draws the same order (seeded by ``seed`` and the epoch)."""
-
-    def __init__(self, num_prompts: int, num_generations: int, prompts_per_batch: int, repeats: int = 1,
-                 shuffle: bool = True, seed: int = 0):
-        self.num_prompts, self.num_generations = num_prompts, num_generations
-        self.prompts_per_batch, self.repeats = prompts_per_batch, repeats
-        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    @property
-    def num_batches(self) -> int:
-        return self.num_prompts // self.prompts_per_batch
-
-    def __len__(self) -> int:
-        return self.num_batches * self.prompts_per_batch * self.num_generations * self.repeats
-
-    def __iter__(self):
-        if self.shuffle:
-            order = torch.randperm(self.num_prompts, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
-        else:
-            order = list(range(self.num_prompts))
-        p = self.prompts_per_batch
-        for b in range(self.num_batches):
-            chunk = [i for i in order[b * p : (b + 1) * p] for _ in range(self.num_generations)]
-            for _ in range(self.repeats):
-                yield from chunk
-
-
 def _rows_as_list(rows):
     """Collator of online trainers: the dataset rows themselves (generation happens in the trainer)."""
     return list(rows)
-
-
-def nanstd(x: torch.Tensor) -> torch.Tensor:
-    """Unbiased standard deviation of the non-NaN entries (NaN if fewer than 2)."""
-    x = x[~torch.isnan(x)]
-    return x.std() if x.numel() > 1 else torch.tensor(float("nan"))
 
 
 # =============================================================================================
@@ -346,8 +302,9 @@ class OnlineTrainer(BaseTrainer):
             self._truncated_prompts += cut
             logger.warning("%d of %d %s prompts are longer than max_prompt_length=%d tokens and keep only their last %d "
                            "tokens.", cut, len(dataset), split, limit, limit)
-            dataset = dataset.map(lambda ex: {"prompt_input_ids": ex["prompt_input_ids"][-limit:]},
-                                  num_proc=args.dataset_num_proc, desc=f"Truncating {split} prompts")
+            dataset = dataset.map(
+                lambda ex: {"prompt_input_ids": truncate(ex["prompt_input_ids"], limit, "keep_end")},
+                num_proc=args.dataset_num_proc, desc=f"Truncating {split} prompts")
         return dataset
 
     def _sampler(self, dataset, per_process_batch: int, repeats: int, shuffle: bool):
@@ -624,4 +581,4 @@ def _short(value: Any, n: int = 80) -> str:
     return value if len(value) <= n else value[: n - 3] + "..."
 
 
-__all__ = ["OnlineConfig", "OnlineTrainer", "RepeatedPromptSampler", "nanstd"]
+__all__ = ["OnlineConfig", "OnlineTrainer"]

@@ -26,7 +26,6 @@ A trainer subclass only implements ``_compute_loss`` with a loss from :mod:`post
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -36,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
 
 from ..data import DatasetFormatError, detect_format, require_kind, validate_example
 from ..data.formats import PREFERENCE, PREFERENCE_IMPLICIT, UNPAIRED_PREFERENCE
@@ -51,7 +49,7 @@ from ..models import disable_dropout, is_peft_model, is_vision_model, load_froze
 from ..models.sharding import frozen_copy, is_zero3_partitioned
 from .base import BaseTrainer, PosttrainConfig, check_choice, require_positive
 from .logprobs import ROW_KEYS, SequenceLogps, completion_logps
-from .reference import ReferencePolicy
+from .reference import ReferencePolicy, SyncRefModelCallback, reference_cache_key
 
 logger = logging.getLogger("posttrain")
 
@@ -148,33 +146,6 @@ class ReferenceConfig(PreferenceConfig):
 
 def _no_padding_free(what: str) -> ValueError:
     return padded_only_error("padding_free=True", what, "Leave padding_free unset (padded batches).")
-
-
-# =============================================================================================
-# TR-DPO reference syncing
-# =============================================================================================
-
-
-class SyncRefModelCallback(TrainerCallback):
-    """TR-DPO (Gorbatovski et al. 2024): every ``ref_model_sync_steps`` optimizer steps, soft-update the
-    reference policy, ``ref = alpha * policy + (1 - alpha) * ref`` (``alpha = ref_model_mixup_alpha``)."""
-
-    def __init__(self, trainer: PreferenceTrainer):
-        self.trainer = trainer
-
-    @staticmethod
-    @torch.no_grad()
-    def mix(policy: torch.nn.Module, ref: torch.nn.Module, alpha: float) -> None:
-        ref_params = dict(unwrap(ref).named_parameters())
-        for name, p in unwrap(policy).named_parameters():
-            r = ref_params.get(name)
-            if r is not None and r.shape == p.shape:
-                r.mul_(1.0 - alpha).add_(p.detach().to(r.dtype), alpha=alpha)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % args.ref_model_sync_steps == 0:
-            self.mix(self.trainer.model, self.trainer.ref_model, args.ref_model_mixup_alpha)
-            self.trainer.ref_syncs += 1
 
 
 # =============================================================================================
@@ -504,21 +475,8 @@ class ReferencePreferenceTrainer(PreferenceTrainer):
 
     def _dataset_key(self, dataset) -> str:
         """A key of the tokenized content and of the reference model, for the cache file name."""
-        h = hashlib.sha256()
-        ds = dataset.flatten_indices() if getattr(dataset, "_indices", None) is not None else dataset
-        table = ds.data.table
-        for col in sorted(table.column_names):
-            h.update(col.encode())
-            for chunk in table.column(col).chunks:
-                for buf in chunk.buffers():
-                    if buf is not None:
-                        h.update(memoryview(buf))
         ref = self.ref_model if self.ref_model is not None else unwrap(self.model)
-        h.update(str(getattr(getattr(ref, "config", None), "_name_or_path", type(ref).__name__)).encode())
-        # ds_numel: a ZeRO-3 partition's full size (its local numel() is 0), so the key does not depend on the set-up
-        h.update(str(sum(getattr(p, "ds_numel", p.numel()) for n, p in ref.named_parameters() if "lora_" not in n)).encode())
-        h.update(type(self).__name__.encode())
-        return h.hexdigest()[:20]
+        return reference_cache_key(dataset, ref, type(self).__name__)
 
     def _compute_reference_table(self, dataset) -> dict[str, torch.Tensor]:
         from torch.utils.data import DataLoader
@@ -624,5 +582,4 @@ class ReferencePreferenceTrainer(PreferenceTrainer):
         return inputs
 
 
-__all__ = ["PreferenceConfig", "ReferenceConfig", "PreferenceTrainer", "ReferencePreferenceTrainer",
-           "SyncRefModelCallback"]
+__all__ = ["PreferenceConfig", "ReferenceConfig", "PreferenceTrainer", "ReferencePreferenceTrainer"]

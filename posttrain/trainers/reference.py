@@ -12,15 +12,18 @@ Every trainer with a reference (DPO, KTO, BCO; GRPO, RLOO, PPO, Online DPO, XPO,
   separate model or adapter, to precompute the reference columns before training, ``precompute_ref_log_probs``);
 * **none**: no reference (reference-free losses, ``beta = 0``).
 
-Precomputed columns and TR-DPO syncing are layered on top by the offline trainers (``preference_base``).
+Precomputed columns (cached under :func:`reference_cache_key`) and TR-DPO syncing (:class:`SyncRefModelCallback`)
+are layered on top by the offline trainers (``preference_base``).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 
 import torch
+from transformers import TrainerCallback
 
 from ..models import eval_mode, is_peft_model, unwrap
 
@@ -83,4 +86,46 @@ class ReferencePolicy:
             "every dataset before training.)")
 
 
-__all__ = ["ReferencePolicy"]
+def reference_cache_key(dataset, reference: torch.nn.Module, trainer_name: str) -> str:
+    """A key of a tokenized dataset's content, of the reference model and of the trainer, for the file name of its
+    precomputed reference log-probs (``precompute_ref_log_probs``): a changed dataset or reference is a new file."""
+    h = hashlib.sha256()
+    ds = dataset.flatten_indices() if getattr(dataset, "_indices", None) is not None else dataset
+    table = ds.data.table
+    for col in sorted(table.column_names):
+        h.update(col.encode())
+        for chunk in table.column(col).chunks:
+            for buf in chunk.buffers():
+                if buf is not None:
+                    h.update(memoryview(buf))
+    h.update(str(getattr(getattr(reference, "config", None), "_name_or_path", type(reference).__name__)).encode())
+    # ds_numel: a ZeRO-3 partition's full size (its local numel() is 0), so the key does not depend on the set-up
+    h.update(str(sum(getattr(p, "ds_numel", p.numel()) for n, p in reference.named_parameters()
+                     if "lora_" not in n)).encode())
+    h.update(trainer_name.encode())
+    return h.hexdigest()[:20]
+
+
+class SyncRefModelCallback(TrainerCallback):
+    """TR-DPO (Gorbatovski et al. 2024): every ``ref_model_sync_steps`` optimizer steps, soft-update the
+    reference policy, ``ref = alpha * policy + (1 - alpha) * ref`` (``alpha = ref_model_mixup_alpha``)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    @staticmethod
+    @torch.no_grad()
+    def mix(policy: torch.nn.Module, ref: torch.nn.Module, alpha: float) -> None:
+        ref_params = dict(unwrap(ref).named_parameters())
+        for name, p in unwrap(policy).named_parameters():
+            r = ref_params.get(name)
+            if r is not None and r.shape == p.shape:
+                r.mul_(1.0 - alpha).add_(p.detach().to(r.dtype), alpha=alpha)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % args.ref_model_sync_steps == 0:
+            self.mix(self.trainer.model, self.trainer.ref_model, args.ref_model_mixup_alpha)
+            self.trainer.ref_syncs += 1
+
+
+__all__ = ["ReferencePolicy", "SyncRefModelCallback", "reference_cache_key"]

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..losses.policy import rloo_advantages, rloo_loss, sequence_kl
-from ..losses.tokens import masked_mean
-from .online_base import OnlineConfig, OnlineTrainer, nanstd
+from ..losses.tokens import masked_mean, nanstd
+from .online_base import OnlineConfig, OnlineTrainer
 
 
 @dataclass
