@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import pad_sequences
-from ..losses.kto import udm_density_ratio
+from ..losses.kto import bco_loss, udm_density_ratio
 from .base import checkpointing_field
 from .kto import KTOConfig, KTOTrainer
 
@@ -175,7 +175,14 @@ class BCOTrainer(KTOTrainer):
         y = torch.cat([torch.ones(len(picks[0])), torch.zeros(len(picks[1]))])
         return PromptClassifier().fit(x, y)
 
+    def _bco_loss(self, logps, ref_logps, labels, batch):
+        """BCO's loss with UDM's density-ratio weights on the undesirable examples (when an embedding function
+        fitted the prompt classifier)."""
+        return bco_loss(logps, ref_logps, labels, beta=self.args.beta, delta=self.running.mean,
+                        udm_weights=self._udm_weights(batch, labels))
+
     def _udm_weights(self, batch, labels) -> torch.Tensor | None:
+        """Density-ratio weights of the undesirable examples of ``batch``, or None without a classifier."""
         if self.udm_classifier is None or not bool((~labels).any()):
             return None
         ids, cmask = batch["input_ids"], batch["completion_mask"].bool()

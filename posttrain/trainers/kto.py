@@ -125,8 +125,7 @@ class KTOTrainer(ReferencePreferenceTrainer):
         if args.loss_type == "bco":
             rewards = (args.beta * (policy.sum - ref)).detach()
             self.running.update(self.accelerator.gather(rewards.mean().reshape(1)))
-            out = bco_loss(policy.sum, ref, labels, beta=args.beta, delta=self.running.mean,
-                           udm_weights=self._udm_weights(batch, labels))
+            out = self._bco_loss(policy.sum, ref, labels, batch)
             self.record("delta", self.running.mean)
         else:
             kl = None
@@ -145,9 +144,10 @@ class KTOTrainer(ReferencePreferenceTrainer):
         self.record_pooled("logits/rejected", policy.mean_logits[~labels], policy.count[~labels])
         return out.losses.mean()
 
-    def _udm_weights(self, batch, labels) -> torch.Tensor | None:
-        """Density-ratio weights of the undesirable examples (BCOTrainer with an embedding function)."""
-        return None
+    def _bco_loss(self, logps: torch.Tensor, ref_logps: torch.Tensor, labels: torch.Tensor, batch):
+        """``loss_type="bco"``: :func:`~posttrain.losses.kto.bco_loss` with the running reward mean as delta
+        (BCOTrainer adds UDM's density-ratio weights)."""
+        return bco_loss(logps, ref_logps, labels, beta=self.args.beta, delta=self.running.mean)
 
     def _finalize_pooled(self, stored) -> None:
         if "rewards/chosen" in stored and "rewards/rejected" in stored:
