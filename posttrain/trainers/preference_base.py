@@ -488,7 +488,7 @@ class ReferencePreferenceTrainer(PreferenceTrainer):
         parts: dict[str, list[torch.Tensor]] = defaultdict(list)
         # Under ZeRO-3 the policy is partitioned and not yet inside its training engine: compute with a partitioned
         # frozen copy in an inference engine of its own, dropped afterwards.
-        temporary = (self.reference.initial and not self.reference.separate and not self.reference.adapter
+        temporary = (self.reference.initial and self.reference.model is None and not self.reference.adapter
                      and is_zero3_partitioned(unwrap(self.model)))
         if temporary:
             self.reference.model = self.prepare_frozen_model(frozen_copy(unwrap(self.model)))

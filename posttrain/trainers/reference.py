@@ -49,16 +49,6 @@ class ReferencePolicy:
         return cls(policy, model, adapter=model is None and is_peft_model(policy()), initial=initial,
                    autocast=autocast)
 
-    @property
-    def available(self) -> bool:
-        """Whether a reference can run now."""
-        return self.model is not None or self.adapter or self.initial
-
-    @property
-    def separate(self) -> bool:
-        """Whether the reference is a model of its own (not the policy, with or without its adapter)."""
-        return self.model is not None
-
     def training_started(self) -> None:
         """The policy is about to change: it can no longer stand in for the reference."""
         self.initial = False
