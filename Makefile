@@ -84,7 +84,7 @@ lock:
 # posttrain side by side with TRL (issue 8): first-step checks, then speed and memory of the headline scenarios at both
 # libraries' defaults and best settings. Each peer runs from its own venv, benchmarks/.venv-trl-<version> (TRL 1.16,
 # and 0.21 for the trainers 1.16 no longer ships), created on first use. About 1.5 h on 2 cores; BENCH_SCENARIOS narrows
-# it, e.g. `make bench BENCH_SCENARIOS="sft dpo"`. Online DPO is measured against both peers (its target is TRL 0.21's). Results: benchmarks/out/compare/*-latest.md (RESULTS.md: the record).
+# it, e.g. `make bench BENCH_SCENARIOS="sft dpo"`. Online DPO is measured against both peers (its target is TRL 0.21's). Results: benchmarks/out/compare/*-latest.md (benchmarks/archive/RESULTS.md: the record until 2026-12; docs/performance.md: the current figures).
 TRL_VERSION ?= 1.16.0
 BENCH_SCENARIOS ?= sft dpo kto grpo rloo online-dpo ppo
 bench: install
@@ -94,7 +94,7 @@ bench: install
 	$(if $(filter online-dpo,$(BENCH_SCENARIOS)),$(BIN)/python benchmarks/compare.py speed --size bench --steps 4 \
 		--warmup_steps 1 --repeats 2 --settings default best --scenarios online-dpo --peer 0.21.0)
 
-# posttrain alone: SFT with packing off and on (RESULTS.md, first section)
+# posttrain alone: SFT with packing off and on (benchmarks/archive/RESULTS.md, first section)
 bench-packing: install
 	$(BIN)/python benchmarks/run.py
 

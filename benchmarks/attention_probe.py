@@ -1,4 +1,4 @@
-"""Probe for the next SFT lever (benchmarks/NOTES.md, "Seventh batch"): attention per packed sequence on CPU.
+"""Probe for the next SFT lever (benchmarks/archive/NOTES.md, "Seventh batch"): attention per packed sequence on CPU.
 
     .venv/bin/python benchmarks/attention_probe.py [--size bench] [--batches 6] [--threads 1]
 

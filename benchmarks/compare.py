@@ -126,13 +126,13 @@ VISION = ("sft-vlm",)  # scenarios whose model is the tiny Llava (compare_data.p
 MAX_LENGTH = {"sft": 512, "dpo": 1024, "reward": 1024, "kto": 1024, "bco": 1024, "prm": 1024, "grpo": None, "rloo": None,
               "ppo": None, "online_dpo": 512, "xpo": 512, "nash_md": 512, "cpo": 1024, "orpo": 1024, "gkd": 1024,
               "ddpo": None, "alignprop": None}
-# Mismatches that are explained (NOTES.md: "KTO", "GRPO", "Third batch"); the table still says FAIL, with the reason.
+# Mismatches that are explained (archive/NOTES.md: "KTO", "GRPO", "Third batch"); the table still says FAIL, with the reason.
 KNOWN = {
     "kto-native-pairing": "KL pairs differ by design (TRL: completion i-1, posttrain: i+1)",
     "bco": "logits/*: TRL 0.21 BCO logs the sum of all logits (every position and vocabulary entry) per row, posttrain the "
            "mean logit of the completion tokens",
     "bco-native-tokens": "TRL 0.21 BCO appends a second EOS after the chat template's end of turn; posttrain does not",
-    # online steps on fixed completions (NOTES.md, "Online trainers"): metric definitions unless said otherwise
+    # online steps on fixed completions (archive/NOTES.md, "Online trainers"): metric definitions unless said otherwise
     "online-dpo sigmoid, temperature 1": "objective/kl, entropy, non_score_reward, rlhf_reward: TRL sums log-probs over "
                                          "the padding after EOS too (equal with full-length completions)",
     "xpo sigmoid, alpha 0.1, temperature 1": "logps/*, objective/kl, objective/entropy: TRL 0.21 XPO averages over the "

@@ -42,7 +42,7 @@ def test_cpo_loss_is_preference_term_plus_weighted_nll(tiny_model_dir, tmp_path)
 def test_cpo_log_prob_normalisation_and_nll_weight_follow_trl(tiny_model_dir, tmp_path, loss_type, options, average,
                                                               cpo_alpha):
     """As TRL's CPOTrainer: IPO (like SimPO/AlphaPO) on length-averaged log-probs, sigmoid and hinge on summed ones;
-    loss_type="alphapo" is pure AlphaPO (cpo_alpha 0) unless cpo_alpha is given (benchmarks/RESULTS.md, "CPO, ORPO,
+    loss_type="alphapo" is pure AlphaPO (cpo_alpha 0) unless cpo_alpha is given (benchmarks/archive/RESULTS.md, "CPO, ORPO,
     GKD first-step checks": the summed IPO loss was ~1e6 on 1000-token pairs, TRL's 32)."""
     from posttrain.losses.cpo import cpo_loss
 

@@ -224,7 +224,7 @@ def test_grpo_loss_normalizations(loss_type, beta):
     elif loss_type == "dr_grpo":
         expected = sum(flat) / (2 * 8)
     else:
-        expected = sum(flat) / (20 / 4)  # 20 tokens globally, 4 processes
+        expected = sum(flat) / 5  # a token mean; the trainer spans the batch (spans_batch, reduce_loss)
     out = grpo_loss(
         t(LOGP),
         t(OLD),
@@ -236,10 +236,11 @@ def test_grpo_loss_normalizations(loss_type, beta):
         epsilon_high=0.28,
         loss_type=loss_type,
         max_completion_length=8,
-        num_items_in_batch=20,
-        num_processes=4,
     )
     close(out.loss, expected)
+    close(out.total / out.count, expected)
+    assert out.spans_batch == (loss_type == "dapo")
+    assert float(out.count) == {"grpo": 2, "bnpo": 5, "dr_grpo": 16, "dapo": 5}[loss_type]
     if beta:
         kls = [math.exp(REF[b][j] - LOGP[b][j]) - (REF[b][j] - LOGP[b][j]) - 1 for b in range(2) for j in range(sum(MASK[b]))]
         close(out.kl, sum(kls) / 5)
@@ -265,10 +266,7 @@ def test_cispo_caps_detached_weights_and_keeps_every_token_gradient():
     assert sum(capped) == 1  # exercised: token (0, 0) has r = e^0.1 > 1.1 and A > 0
     close(out.cispo_clip_ratio, sum(capped) / 5)
     assert set(out.metrics) == {"cispo_clip_ratio"}
-    # the global token count of dapo applies
-    out = grpo_loss(t(LOGP), t(OLD), t(ADV), t(MASK), loss_type="cispo", epsilon_high=cap, num_items_in_batch=20,
-                    num_processes=4)
-    close(out.loss, expected)  # 20 tokens over 4 processes: 5 per process, as here
+    assert out.spans_batch  # normalised over the tokens of the step, as dapo
 
 
 @pytest.mark.parametrize("taus", [(1.0, 1.05), (2.0, 0.5)])
@@ -303,17 +301,6 @@ def test_sapo_soft_gate(taus):
     close(logp.grad[1, 0], -ADV[1] / (2 * 2))
 
 
-def test_grpo_gradient_accumulation_scaling():
-    kw = dict(max_completion_length=8, num_items_in_batch=20, num_processes=4)
-    for lt in ["grpo", "bnpo", "dr_grpo"]:
-        a = grpo_loss(t(LOGP), t(OLD), t(ADV), t(MASK), loss_type=lt, **kw).loss
-        b = grpo_loss(t(LOGP), t(OLD), t(ADV), t(MASK), loss_type=lt, gradient_accumulation_steps=4, **kw).loss
-        close(b, a.item() / 4)
-    a = grpo_loss(t(LOGP), t(OLD), t(ADV), t(MASK), loss_type="dapo", **kw).loss
-    b = grpo_loss(t(LOGP), t(OLD), t(ADV), t(MASK), loss_type="dapo", gradient_accumulation_steps=4, **kw).loss
-    close(b, a.item())  # dapo's global normaliser already covers accumulation
-
-
 def test_grpo_dapo_without_global_count_equals_bnpo():
     a = grpo_loss(t(LOGP), t(OLD), t(ADV), t(MASK), loss_type="dapo").loss
     b = grpo_loss(t(LOGP), t(OLD), t(ADV), t(MASK), loss_type="bnpo").loss
@@ -329,15 +316,20 @@ def test_grpo_ratio_one_is_minus_mean_advantage(loss_type):
         expected = -(3 * ADV[0] + 2 * ADV[1]) / 5
     elif loss_type == "dr_grpo":
         expected = -(3 * ADV[0] + 2 * ADV[1]) / (2 * 3)  # max_completion_length defaults to T=3
-    else:
-        expected = -(3 * ADV[0] + 2 * ADV[1]) / 10
+    else:  # a token mean over the step's tokens, here 10 (the trainer's normaliser: BaseTrainer.reduce_loss)
+        expected = -(3 * ADV[0] + 2 * ADV[1]) / 5
     logp = t(LOGP).requires_grad_(True)
-    out = grpo_loss(logp, None, t(ADV), t(MASK), loss_type=loss_type, num_items_in_batch=10)
+    out = grpo_loss(logp, None, t(ADV), t(MASK), loss_type=loss_type)
+    if loss_type == "dapo":
+        close(out.total / 10, -(3 * ADV[0] + 2 * ADV[1]) / 10)
+        out.total.div(10).backward(retain_graph=True)
+        close(logp.grad[0, 0], -ADV[0] / 10)
+        logp.grad = None
     close(out.loss, expected)
     assert out.clip_ratio_low.item() == 0 and out.clip_ratio_high.item() == 0
     assert out.clip_ratio_region.item() == 0
     # same with explicit old == new
-    out2 = grpo_loss(t(LOGP), t(LOGP), t(ADV), t(MASK), loss_type=loss_type, num_items_in_batch=10)
+    out2 = grpo_loss(t(LOGP), t(LOGP), t(ADV), t(MASK), loss_type=loss_type)
     close(out2.loss, expected)
     # gradient is the REINFORCE gradient: d/dlogp = -A * (normaliser weight)
     out.loss.backward()

@@ -49,12 +49,17 @@ def geometric_mixture_logits(
 
 @dataclass
 class NashMDLossOutput:
-    """Result of :func:`nash_md_loss`: scalar ``loss``; per-example ``score`` (B,) =
-    (P - 0.5) * log pi(y) and ``kl`` (B,) = log pi(y) - log pi_ref(y) (detached)."""
+    """Result of :func:`nash_md_loss`: per-example ``losses`` (B,) (``loss``: their mean; a trainer normalises
+    their sum itself), ``score`` (B,) = (P - 0.5) * log pi(y) and ``kl`` (B,) = log pi(y) - log pi_ref(y)
+    (detached)."""
 
-    loss: torch.Tensor
+    losses: torch.Tensor
     score: torch.Tensor
     kl: torch.Tensor
+
+    @property
+    def loss(self) -> torch.Tensor:
+        return self.losses.mean()
 
     @property
     def metrics(self) -> dict[str, torch.Tensor]:
@@ -111,8 +116,7 @@ def nash_md_loss(
     else:
         raise ValueError(f"model_logps must be (B,) or (B, T), got shape {tuple(model_logps.shape)}")
     score = (probabilities - 0.5) * seq_logps
-    loss = (beta * kl_term - score).mean()
-    return NashMDLossOutput(loss=loss, score=score, kl=kl)
+    return NashMDLossOutput(losses=beta * kl_term - score, score=score, kl=kl)
 
 
 @dataclass

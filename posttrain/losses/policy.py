@@ -214,7 +214,11 @@ def sequence_kl(
 class GRPOLossOutput:
     """Result of :func:`grpo_loss`.
 
-    ``loss`` is the scalar to back-propagate. ``kl`` is the masked token mean of the k3 KL (None
+    The loss is ``total`` (the masked per-token losses summed as the loss type says) over ``count`` items of
+    this micro-batch; ``loss`` is that local mean. A trainer normalises ``total`` itself
+    (``BaseTrainer.reduce_loss``): over ``count`` and the accumulation steps, or, where ``spans_batch``
+    (``"dapo"``, ``"cispo"``: a token mean over the whole generation batch, Yu et al. 2025, Eq. 8), over the
+    active tokens of the optimizer step on every process when it knows them. ``kl`` is the masked token mean of the k3 KL (None
     when ``beta == 0``). ``clip_ratio_*`` are fractions of active tokens (of sequences, for
     ``importance_sampling_level="sequence"``) whose ratio was clipped from below with A < 0,
     from above with A > 0, or either (None for ``cispo`` and ``sapo``, which do not clip the
@@ -223,13 +227,20 @@ class GRPOLossOutput:
     included, so mask it before use).
     """
 
-    loss: torch.Tensor
+    total: torch.Tensor
+    count: torch.Tensor
+    spans_batch: bool
     kl: Optional[torch.Tensor]
     clip_ratio_low: Optional[torch.Tensor]
     clip_ratio_high: Optional[torch.Tensor]
     clip_ratio_region: Optional[torch.Tensor]
     per_token_loss: torch.Tensor
     cispo_clip_ratio: Optional[torch.Tensor] = None
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """The loss of this micro-batch alone: ``total / count``."""
+        return self.total / self.count
 
     @property
     def metrics(self) -> dict[str, torch.Tensor]:
@@ -253,9 +264,6 @@ def grpo_loss(
     loss_type: str = "grpo",
     importance_sampling_level: str = "token",
     max_completion_length: Optional[int] = None,
-    num_items_in_batch: Optional[float] = None,
-    num_processes: int = 1,
-    gradient_accumulation_steps: int = 1,
     delta: Optional[float] = None,
     entropy_mask: Optional[torch.Tensor] = None,
     importance_weights: Optional[torch.Tensor] = None,
@@ -300,18 +308,13 @@ def grpo_loss(
             * ``"bnpo"``: S / (number of active tokens in this local batch);
             * ``"dr_grpo"``: S / (B * max_completion_length) (``max_completion_length`` defaults
               to T), Liu et al. 2025;
-            * ``"dapo"``: S / (num_items_in_batch / num_processes), where ``num_items_in_batch``
-              is the number of active completion tokens in the *whole* generation batch summed
-              over all processes and gradient-accumulation micro-batches (TRL's meaning), so the
-              token-level average spans the global batch (Yu et al. 2025, Eq. 8). When None, the
-              local active-token count is used (identical to ``"bnpo"``).
+            * ``"dapo"``: S / (number of active tokens), where the trainer counts the tokens of the whole
+              generation batch over all processes and accumulation micro-batches (``spans_batch``), so
+              the token-level average spans the global batch (Yu et al. 2025, Eq. 8).
 
         importance_sampling_level: ``"token"`` (ratio per token) or ``"sequence"`` (GSPO: the log
             ratio is the length-normalised sequence log ratio
             (1/|y|) sum_t (logp_t - old_logp_t), broadcast over the tokens of the sequence).
-        gradient_accumulation_steps: the loss is divided by this for all loss types except
-            ``"dapo"``, whose global normaliser already spans the accumulation steps (TRL
-            behaviour). Leave at 1 if the caller scales the loss itself.
         delta: optional upper bound on the unclipped ratio (two-sided clipping, Wang et al. 2025
             'INTELLECT-2'); None disables it.
         entropy_mask: optional (B, T) 0/1 mask multiplying the per-token loss (see
@@ -374,21 +377,14 @@ def grpo_loss(
     per_token_loss = per_token_loss.expand_as(w) if per_token_loss.shape != w.shape else per_token_loss
 
     total = masked_sum(per_token_loss, w)
-    if loss_type in ("grpo", "sapo"):
-        seq_loss = masked_sum(per_token_loss, w, dim=-1) / w.sum(dim=-1).clamp(min=1.0)
-        loss = seq_loss.mean() / gradient_accumulation_steps
-    elif loss_type == "bnpo":
-        loss = total / w.sum().clamp(min=1.0) / gradient_accumulation_steps
+    if loss_type in ("grpo", "sapo"):  # mean over sequences of each sequence's token mean
+        total = (masked_sum(per_token_loss, w, dim=-1) / w.sum(dim=-1).clamp(min=1.0)).sum()
+        count = total.new_tensor(float(w.shape[0]))
     elif loss_type == "dr_grpo":
         L = int(max_completion_length) if max_completion_length is not None else w.shape[1]
-        loss = total / (w.shape[0] * L) / gradient_accumulation_steps
-    else:  # dapo, cispo
-        if num_items_in_batch is None:
-            normalizer = w.sum().clamp(min=1.0)
-        else:
-            normalizer = torch.as_tensor(num_items_in_batch, dtype=total.dtype, device=total.device) / num_processes
-            normalizer = normalizer.clamp(min=1.0)
-        loss = total / normalizer
+        count = total.new_tensor(float(w.shape[0] * L))
+    else:  # bnpo, dapo, cispo: a token mean
+        count = w.sum().clamp(min=1.0).to(total.dtype)
 
     def share(flags: torch.Tensor) -> torch.Tensor:
         """Fraction of active tokens where ``flags`` holds; with one ratio per sequence, of sequences (as TRL)."""
@@ -406,7 +402,8 @@ def grpo_loss(
             is_low, is_high = (r < 1.0 - eps_low) & (adv < 0), (r > 1.0 + eps_high) & (adv > 0)
             low, high, region = share(is_low), share(is_high), share(is_low | is_high)
 
-    return GRPOLossOutput(loss=loss, kl=kl_mean, clip_ratio_low=low, clip_ratio_high=high, clip_ratio_region=region,
+    return GRPOLossOutput(total=total, count=count, spans_batch=loss_type in ("dapo", "cispo"), kl=kl_mean,
+                          clip_ratio_low=low, clip_ratio_high=high, clip_ratio_region=region,
                           per_token_loss=per_token_loss, cispo_clip_ratio=capped)
 
 
@@ -417,14 +414,21 @@ def grpo_loss(
 
 @dataclass
 class PPOPolicyLossOutput:
-    """Result of :func:`ppo_policy_loss`: scalar ``loss``; ``clipfrac`` = fraction of active tokens
+    """Result of :func:`ppo_policy_loss`: the loss as ``total`` over ``count`` active tokens (``loss``: their
+    mean); ``clipfrac`` = fraction of active tokens
     where the clipped term was selected (strictly larger loss); ``approxkl`` =
     0.5 * masked mean of (logp - old_logp)^2; ``ratio_mean`` = masked mean of the ratio."""
 
-    loss: torch.Tensor
+    total: torch.Tensor
+    count: torch.Tensor
     clipfrac: torch.Tensor
     approxkl: torch.Tensor
     ratio_mean: torch.Tensor
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """The loss of this micro-batch alone: ``total / count``."""
+        return self.total / self.count
 
 
 def ppo_policy_loss(
@@ -445,21 +449,27 @@ def ppo_policy_loss(
     ratio = torch.exp(diff)
     loss_unclipped = -advantages * ratio
     loss_clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.max(loss_unclipped, loss_clipped), w)
+    total, count = masked_sum(torch.max(loss_unclipped, loss_clipped), w), w.sum().clamp(min=1.0)
     with torch.no_grad():
         clipfrac = masked_mean((loss_clipped > loss_unclipped).to(w.dtype), w)
         approxkl = 0.5 * masked_mean(diff.detach() ** 2, w)
         ratio_mean = masked_mean(ratio.detach(), w)
-    return PPOPolicyLossOutput(loss=loss, clipfrac=clipfrac, approxkl=approxkl, ratio_mean=ratio_mean)
+    return PPOPolicyLossOutput(total=total, count=count, clipfrac=clipfrac, approxkl=approxkl, ratio_mean=ratio_mean)
 
 
 @dataclass
 class PPOValueLossOutput:
-    """Result of :func:`ppo_value_loss`: scalar ``loss`` and ``vf_clipfrac`` (fraction of active
-    tokens where the clipped squared error was the larger one)."""
+    """Result of :func:`ppo_value_loss`: the loss as ``total`` over ``count`` active tokens (``loss``: their
+    mean) and ``vf_clipfrac`` (fraction of active tokens where the clipped squared error was the larger one)."""
 
-    loss: torch.Tensor
+    total: torch.Tensor
+    count: torch.Tensor
     vf_clipfrac: torch.Tensor
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """The loss of this micro-batch alone: ``total / count``."""
+        return self.total / self.count
 
 
 def ppo_value_loss(
@@ -479,10 +489,10 @@ def ppo_value_loss(
     v_clipped = torch.clamp(values, old_values - cliprange_value, old_values + cliprange_value)
     err_unclipped = (values - returns) ** 2
     err_clipped = (v_clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.max(err_unclipped, err_clipped), w)
+    total, count = 0.5 * masked_sum(torch.max(err_unclipped, err_clipped), w), w.sum().clamp(min=1.0)
     with torch.no_grad():
         vf_clipfrac = masked_mean((err_clipped > err_unclipped).to(w.dtype), w)
-    return PPOValueLossOutput(loss=loss, vf_clipfrac=vf_clipfrac)
+    return PPOValueLossOutput(total=total, count=count, vf_clipfrac=vf_clipfrac)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -492,15 +502,22 @@ def ppo_value_loss(
 
 @dataclass
 class RLOOLossOutput:
-    """Result of :func:`rloo_loss`: scalar ``loss``; clip fractions over *sequences* (low: ratio
+    """Result of :func:`rloo_loss`: the loss as ``total`` over ``count`` sequences (``loss``: their mean); clip
+    fractions over *sequences* (low: ratio
     below 1 - eps_low with A < 0; high: above 1 + eps_high with A > 0; region: either);
     ``ratio_mean`` = mean sequence ratio."""
 
-    loss: torch.Tensor
+    total: torch.Tensor
+    count: torch.Tensor
     clip_ratio_low: torch.Tensor
     clip_ratio_high: torch.Tensor
     clip_ratio_region: torch.Tensor
     ratio_mean: torch.Tensor
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """The loss of this micro-batch alone: ``total / count``."""
+        return self.total / self.count
 
     @property
     def metrics(self) -> dict[str, torch.Tensor]:
@@ -545,14 +562,15 @@ def rloo_loss(
     seq_log_ratio = masked_sum(logps - old_logps, w, dim=-1)
     ratio = torch.exp(seq_log_ratio)
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
-    loss = (-torch.min(ratio * advantages, clipped * advantages)).mean()
+    total = (-torch.min(ratio * advantages, clipped * advantages)).sum()
     with torch.no_grad():
         r = ratio.detach()
         low = ((r < 1.0 - eps_low) & (advantages < 0)).to(r.dtype)
         high = ((r > 1.0 + eps_high) & (advantages > 0)).to(r.dtype)
         region = torch.clamp(low + high, max=1.0)
     return RLOOLossOutput(
-        loss=loss,
+        total=total,
+        count=total.new_tensor(float(ratio.shape[0])),
         clip_ratio_low=low.mean(),
         clip_ratio_high=high.mean(),
         clip_ratio_region=region.mean(),

@@ -4,7 +4,7 @@ Nothing here touches a model or a tokenizer. The outcome reward model (ORM) loss
 the model gave the chosen and the rejected completion of each pair, shape ``(B,)``; the process reward
 model (PRM) losses take the classifier logits at the labelled step positions, shape ``(N, C)``, and the
 step labels, shape ``(N,)``. Every loss is returned *per item* (per pair or per step) so the caller decides
-how to normalise (``BaseTrainer.scale_loss``).
+how to normalise (``BaseTrainer.reduce_loss``).
 """
 
 from __future__ import annotations

@@ -8,11 +8,12 @@ Nothing here touches a model.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
 __all__ = [
+    "LossSum",
     "as_weights",
     "masked_sum",
     "masked_mean",
@@ -25,6 +26,22 @@ __all__ = [
 ]
 
 _WHITEN_EPS = 1e-8  # added to the variance in masked_whiten
+
+
+class LossSum(NamedTuple):
+    """A loss as its sum over the items of a micro-batch (tokens, sequences, pairs or examples) and their count.
+
+    Losses leave the normalisation to the trainer: ``BaseTrainer.reduce_loss`` turns ``total`` into this
+    micro-batch's share of the optimizer step's mean, across gradient accumulation and processes.
+    """
+
+    total: torch.Tensor
+    count: int | torch.Tensor
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """The loss of this micro-batch alone."""
+        return self.total / self.count
 
 
 def as_weights(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -466,15 +466,23 @@ class BaseTrainer(Trainer):
         pc = self.processing_class
         return getattr(pc, "tokenizer", pc)
 
-    # -- loss normalisation -------------------------------------------------------------------
-    def scale_loss(self, loss_sum: torch.Tensor, local_count: int | torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
-        """Turn a summed per-token loss into this process's share of the global token-mean loss."""
-        if num_items_in_batch is not None:
-            loss = loss_sum / num_items_in_batch
+    # -- loss normalisation: the one place (docs/architecture.md, "Loss normalisation") --------------
+    def reduce_loss(self, total: torch.Tensor, count: int | torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+        """This micro-batch's share of the optimizer step's mean loss, from a loss summed over its items (tokens,
+        sequences or pairs: ``total``) and the number of those items here (``count``).
+
+        While training with ``num_items_in_batch`` (the items of the whole optimizer step: every accumulation
+        micro-batch, and every process where ``average_tokens_across_devices``): ``total / num_items_in_batch``,
+        times the number of processes when it spans them (the processes' gradients are averaged). Otherwise the
+        micro-batch's mean ``total / count``, divided by the accumulation steps while training.
+        """
+        if num_items_in_batch is not None and self.model.training:
+            loss = total / (num_items_in_batch.clamp(min=1) if torch.is_tensor(num_items_in_batch)
+                            else max(num_items_in_batch, 1))  # a step with no item (all masked) adds nothing
             if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
                 loss = loss * self.accelerator.num_processes
             return loss
-        loss = loss_sum / max(int(local_count), 1)
+        loss = total / (count.clamp(min=1) if torch.is_tensor(count) else max(int(count), 1))
         if self.model.training:
             loss = loss / self.current_gradient_accumulation_steps
         return loss

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..losses.tokens import LossSum
 from ..losses.cpo import CPO_LOSS_TYPES, cpo_loss
 from .base import check_choice
 from .logprobs import completion_logps
@@ -49,7 +50,8 @@ class CPOTrainer(PreferenceTrainer):
 
     config_class = CPOConfig
     _run_suffix = "CPO"
-    def _compute_loss(self, model, batch) -> torch.Tensor:
+
+    def _compute_loss(self, model, batch) -> LossSum:
         args: CPOConfig = self.args
         policy = completion_logps(model, self.model_rows(batch))
         n = policy.sum.shape[0] // 2
@@ -59,10 +61,9 @@ class CPOTrainer(PreferenceTrainer):
         out = cpo_loss(chosen, rejected, beta=args.beta, loss_type=args.loss_type,
                        label_smoothing=args.label_smoothing, simpo_gamma=args.simpo_gamma, alpha=args.alpha)
         nll = self.chosen_nll(policy, n)
-        loss = out.losses.mean() + args.cpo_alpha * nll
         self.record("nll_loss", nll)
         self.record_pair_metrics(out.chosen_rewards, out.rejected_rewards, chosen, rejected, policy)
-        return loss
+        return LossSum(out.losses.sum() + n * args.cpo_alpha * nll, n)  # the NLL term (a token mean) on every pair
 
 
 __all__ = ["CPOConfig", "CPOTrainer"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..losses.tokens import LossSum
 from ..losses.kto import RunningMean
 from ..losses.preference import (
     DPO_LOSS_TYPES,
@@ -126,7 +127,7 @@ class DPOTrainer(ReferencePreferenceTrainer):
         key = super()._dataset_key(dataset)
         return key if self.args.ld_alpha is None else f"{key}-ld{self.args.ld_alpha:g}"
 
-    def _compute_loss(self, model, batch) -> torch.Tensor:
+    def _compute_loss(self, model, batch) -> LossSum:
         args: DPOConfig = self.args
         rows = self.model_rows(batch)
         policy = self._policy_logps(model, rows)
@@ -154,13 +155,13 @@ class DPOTrainer(ReferencePreferenceTrainer):
                        f_divergence_type=args.f_divergence_type, f_alpha_divergence_coef=args.f_alpha_divergence_coef,
                        reference_free=args.reference_free, bco_delta=bco_delta, discopop_tau=args.discopop_tau,
                        weights=weights, chosen_lengths=policy.count[:n], rejected_lengths=policy.count[n:])
-        loss = out.losses.mean()
-        if args.rpo_alpha is not None:
+        total = out.losses.sum()
+        if args.rpo_alpha is not None:  # RPO: the chosen completions' token-mean NLL, added to every pair's loss
             nll = self.chosen_nll(policy, n)
-            loss = loss + args.rpo_alpha * nll
+            total = total + n * args.rpo_alpha * nll
             self.record("nll_loss", nll)
         self.record_pair_metrics(out.chosen_rewards, out.rejected_rewards, chosen, rejected, policy)
-        return loss
+        return LossSum(total, n)
 
     def _policy_logps(self, model, rows):
         from .logprobs import completion_logps

@@ -262,7 +262,7 @@ class GKDTrainer(SFTTrainer):
         divergence = generalized_jsd_loss(student_logits.float(), teacher_logits.float(), beta=self.args.beta,
                                           temperature=1.0, reduction="sum")
         count = student_logits.shape[0]
-        loss = self.scale_loss(divergence, count, num_items_in_batch if self._dataset_targets_only else None)
+        loss = self.reduce_loss(divergence, count, num_items_in_batch if self._dataset_targets_only else None)
         self.count_input_tokens(inputs, real_tokens)
         if return_outputs:
             return loss, {"logits": student_logits.detach()}

@@ -156,15 +156,11 @@ class GRPOTrainer(OnlineTrainer):
                 active = self.accelerator.gather(padded)
                 active = active[~torch.isnan(active)]
             entropy_mask = top_entropy_mask(entropies, mask, 1.0 - args.top_entropy_quantile, reference_entropies=active)
-        training = self.model.training
         out = grpo_loss(
             logps, inputs.get("old_logps"), inputs["advantages"], mask,
             ref_logps=inputs.get("ref_logps"), beta=args.beta, epsilon_low=args.epsilon, epsilon_high=args.epsilon_high,
             loss_type=args.loss_type, importance_sampling_level=args.importance_sampling_level,
             max_completion_length=args.max_completion_length,
-            num_items_in_batch=inputs.get("num_items_in_batch") if training else None,
-            num_processes=self.accelerator.num_processes if training else 1,
-            gradient_accumulation_steps=self.current_gradient_accumulation_steps if training else 1,
             delta=args.delta, entropy_mask=entropy_mask, importance_weights=self.sampler_weights(inputs, logps, mask),
             use_bias_correction_kl=args.use_bias_correction_kl, sapo_temperature_pos=args.sapo_temperature_pos,
             sapo_temperature_neg=args.sapo_temperature_neg,
@@ -172,7 +168,8 @@ class GRPOTrainer(OnlineTrainer):
         for name, value in out.metrics.items():
             self.record(name, value)
         self.record("entropy", masked_mean(entropies, mask))
-        return (out.loss, {}) if return_outputs else out.loss
+        loss = self.reduce_loss(out.total, out.count, inputs.get("num_items_in_batch") if out.spans_batch else None)
+        return (loss, {}) if return_outputs else loss
 
 
 __all__ = ["GRPOConfig", "GRPOTrainer"]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..losses.tokens import LossSum
 from ..losses.kto import RunningMean, bco_loss, kto_kl_estimate, kto_loss
 from .base import check_choice
 from ..data.preference import concat_rows, kl_rows
@@ -109,7 +110,7 @@ class KTOTrainer(ReferencePreferenceTrainer):
         return {"reference_logps": self.reference_logps(rows).sum}
 
     # -- loss ---------------------------------------------------------------------------------------
-    def _compute_loss(self, model, batch) -> torch.Tensor:
+    def _compute_loss(self, model, batch) -> LossSum:
         args: KTOConfig = self.args
         labels = batch["label"].bool()
         need_kl = self._needs_kl_rows(args)
@@ -142,7 +143,7 @@ class KTOTrainer(ReferencePreferenceTrainer):
         # token means (like DPO's and TRL's): each row's mean logit weighted by its completion tokens
         self.record_pooled("logits/chosen", policy.mean_logits[labels], policy.count[labels])
         self.record_pooled("logits/rejected", policy.mean_logits[~labels], policy.count[~labels])
-        return out.losses.mean()
+        return LossSum(out.losses.sum(), out.losses.numel())
 
     def _bco_loss(self, logps: torch.Tensor, ref_logps: torch.Tensor, labels: torch.Tensor, batch):
         """``loss_type="bco"``: :func:`~posttrain.losses.kto.bco_loss` with the running reward mean as delta

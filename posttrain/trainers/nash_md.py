@@ -73,12 +73,12 @@ class NashMDTrainer(OnlineDPOTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         beta = self.beta
-        policy_rows = slice(0, None, 2)  # the policy's completions; the mixture's are the opponents
+        policy_rows = slice(0, None, self.args.num_generations)  # the first of each pair: the policy's completions; the mixture's are the opponents
         seq, ref_seq, logps, mask = self.sequence_logps(model, inputs, policy_rows)
         ref_logps = inputs["ref_logps"][policy_rows][:, : logps.shape[1]]
         probabilities = inputs["preference"][policy_rows]
         out = nash_md_loss(logps, ref_logps, probabilities, beta=beta, mask=mask)
-        loss = self.finish_loss(out.loss * seq.shape[0], inputs, seq.shape[0])
+        loss = self.finish_loss(out.losses.sum(), inputs, out.losses.numel())
         for name, value in out.metrics.items():
             self.record(name, value)
         self.record("rewards/probabilities", probabilities.mean())
@@ -89,13 +89,13 @@ class NashMDTrainer(OnlineDPOTrainer):
         self.record("rewards/margins", margin.mean())
         self.record("rewards/accuracies", (margin > 0).float().mean())
         if self.judge is None:
-            scores = inputs["scores"].view(-1, 2)
+            scores = self.groups(inputs["scores"])
             for name in ("rewards/chosen", "objective/model_scores"):
                 self.record(name, scores[:, 0].mean())
             for name in ("rewards/rejected", "objective/mixture_scores"):
                 self.record(name, scores[:, 1].mean())
             self.record("objective/scores_margin", (scores[:, 0] - scores[:, 1]).mean())
-        has_eos = (~inputs["truncated"]).float().view(-1, 2)
+        has_eos = self.groups((~inputs["truncated"]).float())
         self.record("val/model_contain_eos_token", has_eos[:, 0].mean())
         self.record("val/ref_contain_eos_token", has_eos[:, 1].mean())  # TRL's name for the mixture's completions
         self.record("beta", beta)

@@ -477,6 +477,15 @@ class OnlineTrainer(BaseTrainer):
         """What each completion of this process adds to ``num_items_in_batch`` (the loss normaliser): its tokens."""
         return lengths.clone()
 
+    # -- rollout layout: the ``num_generations`` completions of a prompt are consecutive rows -----------------
+    def groups(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (one value per completion) as (prompts, num_generations)."""
+        return x.view(-1, self.args.num_generations)
+
+    def members(self, x, j: int):
+        """Completion ``j`` of every prompt, from a tensor or list holding one entry per completion."""
+        return x[j::self.args.num_generations]
+
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.args.device)
         return self.accelerator.gather(x) if self.accelerator.num_processes > 1 else x
@@ -511,8 +520,10 @@ class OnlineTrainer(BaseTrainer):
 
         # -- split into micro-batches; log-probs of the sampling policy and of the reference once per batch
         loss_tokens = self.loss_items(lengths, truncated)
-        num_items = self._gather(loss_tokens.sum().reshape(1)).sum()
-        num_items = num_items * args.gradient_accumulation_steps / args.steps_per_generation
+        num_items = loss_tokens.sum().reshape(1)
+        if args.average_tokens_across_devices:  # counted as Trainer counts it (BaseTrainer.reduce_loss)
+            num_items = self._gather(num_items)
+        num_items = num_items.sum() * args.gradient_accumulation_steps / args.steps_per_generation
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
         size = n // num_chunks
         need_old = self._needs_old_logps() if self.model.training else self._needs_old_logps_for_rewards()

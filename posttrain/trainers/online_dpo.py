@@ -181,10 +181,10 @@ class OnlineDPOTrainer(OnlineTrainer):
         return None
 
     def sample_completions(self, prompt_ids):
-        second = self.sample_second(prompt_ids[1::2])
+        second = self.sample_second(self.members(prompt_ids, 1))
         if second is None:
             return super().sample_completions(prompt_ids)
-        first = super().sample_completions(prompt_ids[0::2])
+        first = super().sample_completions(self.members(prompt_ids, 0))
         return Generations(prompt_ids=_interleave(first.prompt_ids, second.prompt_ids),
                            completion_ids=_interleave(first.completion_ids, second.completion_ids),
                            texts=_interleave(first.texts, second.texts))
@@ -209,7 +209,8 @@ class OnlineDPOTrainer(OnlineTrainer):
                 no_eos = torch.tensor([not (ids and ids[-1] == eos) for ids in completion_ids], dtype=torch.float32)
                 scores = scores - self.args.missing_eos_penalty * self._gather(no_eos)
             return scores
-        first_wins = self.judge_pairs(prompts[0::2], list(zip(completions[0::2], completions[1::2])))
+        first_wins = self.judge_pairs(self.members(prompts, 0), list(zip(self.members(completions, 0),
+                                                                       self.members(completions, 1))))
         return self._gather(torch.stack([first_wins, 1.0 - first_wins], dim=1).reshape(-1))
 
     def judge_pairs(self, prompts: list, pairs: list[tuple[Any, Any]]) -> torch.Tensor:
@@ -238,7 +239,7 @@ class OnlineDPOTrainer(OnlineTrainer):
         return torch.tensor(out, dtype=torch.float32)
 
     def process_rewards(self, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
-        pairs = rewards.view(-1, 2)
+        pairs = self.groups(rewards)
         first = pairs[:, 0] if self.judge is not None else torch.sigmoid(pairs[:, 0] - pairs[:, 1])
         preference = torch.stack([first, 1.0 - first], dim=1).reshape(-1)
         return {"preference": preference, "scores": rewards}
@@ -258,16 +259,15 @@ class OnlineDPOTrainer(OnlineTrainer):
 
     def choose(self, inputs, seq, ref_seq):
         """Chosen/rejected of every pair by its preference: (chosen, rejected, ref_chosen, ref_rejected, decided)."""
-        first_p = inputs["preference"].view(-1, 2)[:, 0]
+        first_p = self.members(inputs["preference"], 0)
         second_chosen = (first_p < 0.5).long().unsqueeze(1)
-        s, r = seq.view(-1, 2), ref_seq.view(-1, 2)
+        s, r = self.groups(seq), self.groups(ref_seq)
         pick = lambda x, idx: x.gather(1, idx).squeeze(1)  # noqa: E731
         return (pick(s, second_chosen), pick(s, 1 - second_chosen), pick(r, second_chosen), pick(r, 1 - second_chosen),
                 first_p != 0.5)
 
     def finish_loss(self, loss_sum: torch.Tensor, inputs, num_pairs: int) -> torch.Tensor:
-        training = self.model.training
-        return self.scale_loss(loss_sum, num_pairs, inputs.get("num_items_in_batch") if training else None)
+        return self.reduce_loss(loss_sum, num_pairs, inputs.get("num_items_in_batch"))
 
     def record_pair_metrics(self, chosen, rejected, ref_chosen, ref_rejected, decided, beta: float) -> None:
         if decided.any():
@@ -297,7 +297,7 @@ class OnlineDPOTrainer(OnlineTrainer):
         kl = (seq - ref_seq).detach()
         self.record_objective(kl, -seq.detach(), beta, inputs["scores"])
         if self.judge is None:
-            scores = inputs["scores"].view(-1, 2)
+            scores = self.groups(inputs["scores"])
             self.record("objective/scores", scores.mean())
             self.record("objective/scores_margin", (scores.max(1).values - scores.min(1).values).mean())
         self.record_pair_metrics(chosen, rejected, ref_chosen, ref_rejected, decided, beta)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..losses.tokens import LossSum
 from ..losses.cpo import orpo_loss
 from .logprobs import completion_logps
 from .preference_base import PreferenceConfig, PreferenceTrainer
@@ -32,18 +33,18 @@ class ORPOTrainer(PreferenceTrainer):
 
     config_class = ORPOConfig
     _run_suffix = "ORPO"
-    def _compute_loss(self, model, batch) -> torch.Tensor:
+
+    def _compute_loss(self, model, batch) -> LossSum:
         policy = completion_logps(model, self.model_rows(batch))
         n = policy.sum.shape[0] // 2
         chosen, rejected = policy.mean[:n], policy.mean[n:]
         out = orpo_loss(chosen, rejected, beta=self.args.beta)
         nll = self.chosen_nll(policy, n)
-        loss = nll + out.losses.mean()
         self.record("nll_loss", nll)
         self.record("log_odds_ratio", out.log_odds_ratio)
         self.record("log_odds_chosen", out.log_odds_chosen)
         self.record_pair_metrics(out.chosen_rewards, out.rejected_rewards, chosen, rejected, policy)
-        return loss
+        return LossSum(out.losses.sum() + n * nll, n)  # the NLL term (a token mean) on every pair
 
 
 __all__ = ["ORPOConfig", "ORPOTrainer"]

@@ -223,9 +223,7 @@ class PPOTrainer(OnlineTrainer):
             pv.with_values, pv.last_values = False, None
         pg = ppo_policy_loss(logps, inputs["old_logps"], inputs["advantages"], mask, args.cliprange)
         vf = ppo_value_loss(values, inputs["old_values"], inputs["returns"], mask, args.cliprange_value)
-        loss = pg.loss + args.vf_coef * vf.loss
-        if self.model.training:
-            loss = loss / self.current_gradient_accumulation_steps
+        loss = self.reduce_loss(pg.total + args.vf_coef * vf.total, pg.count)  # both over the same active tokens
         self.record("policy/approxkl_avg", pg.approxkl)
         self.record("policy/clipfrac_avg", pg.clipfrac)
         self.record("loss/policy_avg", pg.loss.detach())

@@ -44,6 +44,7 @@ from ..data.preference import (DataCollatorForPreference, DataCollatorForUnpaire
 from ..data.templates import unpair_preference
 from ..data.tokenize import TRUNCATION_MODES
 from ..data.vision import has_image_processor, image_column, padded_only_error
+from ..losses.tokens import LossSum
 from ..losses.kto import RunningMean
 from ..models import disable_dropout, is_peft_model, is_vision_model, load_frozen, unwrap
 from ..models.sharding import frozen_copy, is_zero3_partitioned
@@ -156,8 +157,8 @@ def _no_padding_free(what: str) -> ValueError:
 class PreferenceTrainer(BaseTrainer):
     """Shared core of DPO/CPO/ORPO (paired) and KTO/BCO (unpaired); see the module docstring.
 
-    Subclasses set ``_paired`` and implement ``_compute_loss(model, batch)``
-    returning a scalar loss averaged over the examples of the micro-batch (after recording metrics).
+    Subclasses set ``_paired`` and implement ``_compute_loss(model, batch)`` returning the micro-batch's loss as a
+    :class:`~posttrain.losses.tokens.LossSum` over its examples (pairs, or KTO's rows), after recording metrics.
     """
 
     _paired = True
@@ -345,16 +346,14 @@ class PreferenceTrainer(BaseTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = self._with_reference_inputs(inputs)
-        loss = self._compute_loss(model, inputs)
-        if self.model.training:
-            loss = loss / self.current_gradient_accumulation_steps
+        loss = self.reduce_loss(*self._compute_loss(model, inputs))
         attn = inputs.get("attention_mask")
         index = inputs.get("sequence_index")  # padding-free: -1 on the row-end padding
         self.count_tokens(attn.sum() if attn is not None else (index >= 0).sum() if index is not None
                           else inputs["input_ids"].numel())
         return (loss, {}) if return_outputs else loss
 
-    def _compute_loss(self, model, batch) -> torch.Tensor:
+    def _compute_loss(self, model, batch) -> LossSum:
         raise NotImplementedError
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

@@ -187,7 +187,7 @@ class PRMTrainer(ClassifierTrainer):
         mask = labels != IGNORE_INDEX
         logits, targets = outputs.logits[mask], labels[mask]
         per_step = step_classification_loss(logits, targets)
-        loss = self.scale_loss(per_step.sum(), per_step.numel(), num_items_in_batch)
+        loss = self.reduce_loss(per_step.sum(), per_step.numel(), num_items_in_batch)
         # pooled: the fraction of all processes' labelled steps (their number differs between batches) that are right
         self.record_pooled("accuracy", step_accuracy(logits.detach(), targets))
         self.count_tokens(inputs["attention_mask"].sum())

@@ -254,8 +254,8 @@ class RewardTrainer(ClassifierTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         chosen, rejected = self._rewards(model, inputs)
         per_pair = bradley_terry_loss(chosen, rejected, inputs.get("margin"), self.args.center_rewards_coefficient)
-        # No per-token labels: Trainer passes num_items_in_batch=None and scale_loss takes this batch's mean.
-        loss = self.scale_loss(per_pair.sum(), per_pair.numel(), None)
+        # No per-token labels: Trainer passes num_items_in_batch=None and reduce_loss takes this batch's mean.
+        loss = self.reduce_loss(per_pair.sum(), per_pair.numel(), None)
 
         c, r = chosen.detach(), rejected.detach()
         both = torch.cat([c, r])

@@ -92,7 +92,7 @@ class RLOOTrainer(OnlineTrainer):
 
     def process_rewards(self, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
         k = self.args.num_generations
-        group_std = rewards.view(-1, k).std(dim=1)
+        group_std = self.groups(rewards).std(dim=1)
         self.record("frac_reward_zero_std", torch.isclose(group_std, torch.zeros_like(group_std)).float().mean())
         return {"advantages": rloo_advantages(rewards, k, normalize=self.args.normalize_advantages)}
 
@@ -104,9 +104,7 @@ class RLOOTrainer(OnlineTrainer):
         for name, value in out.metrics.items():
             self.record(name, value)
         self.record("entropy", masked_mean(entropies, mask))
-        loss = out.loss
-        if self.model.training:  # rloo_loss is a mean over this micro-batch's sequences
-            loss = loss / self.current_gradient_accumulation_steps
+        loss = self.reduce_loss(out.total, out.count)  # a mean over this micro-batch's sequences
         return (loss, {}) if return_outputs else loss
 
 

@@ -252,7 +252,7 @@ class SFTTrainer(BaseTrainer):
             logits = head_logits(model, inputs, mask)
         tgt = targets[mask]
         per_token = sft_token_loss(logits, tgt, "nll" if self.args.loss_type == "chunked_nll" else self.args.loss_type)
-        loss = self.scale_loss(per_token.sum(), tgt.numel(), num_items_in_batch)
+        loss = self.reduce_loss(per_token.sum(), tgt.numel(), num_items_in_batch)
 
         # token means pooled over the micro-batches and processes of the logging window (as one process would log
         # them with the same global batch), not means of per-micro-batch or per-process means

@@ -53,22 +53,22 @@ class XPOTrainer(OnlineDPOTrainer):
         args, beta, alpha = self.args, self.beta, self.per_epoch(self.args.alpha)
         seq, ref_seq, _, _ = self.sequence_logps(model, inputs)
         chosen, rejected, ref_chosen, ref_rejected, decided = self.choose(inputs, seq, ref_seq)
-        out = xpo_loss(chosen, rejected, ref_chosen, ref_rejected, seq.view(-1, 2)[:, 1], beta=beta, alpha=alpha,
+        out = xpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.members(seq, 1), beta=beta, alpha=alpha,
                        loss_type=args.loss_type)
         loss = self.finish_loss((out.dpo_losses * decided + out.xpo_losses).sum(), inputs, decided.numel())
         if decided.any():
             self.record("loss/dpo", out.dpo_losses[decided].detach().mean())
         self.record("loss/xpo", out.xpo_losses.detach().mean())
-        model_kl = (seq - ref_seq).detach().view(-1, 2)[:, 0]
-        model_seq = seq.detach().view(-1, 2)[:, 0]
+        model_kl = self.members((seq - ref_seq).detach(), 0)
+        model_seq = self.members(seq.detach(), 0)
         self.record_objective(model_kl, -model_seq, beta, None)
         if self.judge is None:
-            scores = inputs["scores"].view(-1, 2)
+            scores = self.groups(inputs["scores"])
             self.record("objective/model_scores", scores[:, 0].mean())
             self.record("objective/ref_scores", scores[:, 1].mean())
             self.record("objective/scores_margin", (scores[:, 0] - scores[:, 1]).mean())
         self.record_pair_metrics(chosen, rejected, ref_chosen, ref_rejected, decided, beta)
-        has_eos = (~inputs["truncated"]).float().view(-1, 2)
+        has_eos = self.groups((~inputs["truncated"]).float())
         self.record("val/model_contain_eos_token", has_eos[:, 0].mean())
         self.record("val/ref_contain_eos_token", has_eos[:, 1].mean())
         self.record("alpha", alpha)
