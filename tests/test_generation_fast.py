@@ -1,5 +1,5 @@
-"""posttrain's own decode loop (posttrain.rollout.decode), the fast path of generate(): the same tokens as
-model.generate, the sampler's log-probs against a teacher-forced reference, fallbacks to model.generate."""
+"""posttrain's own decode loop (posttrain.rollout.decode), the fast engine of generate() and the DecodeBackend of the
+online trainers: the same tokens as model.generate, the sampler's log-probs against a teacher-forced reference, fallbacks to model.generate."""
 
 import pytest
 import torch
@@ -122,9 +122,8 @@ def test_process_logits_top_p_keeps_the_nucleus():
 
 @pytest.mark.parametrize("case", ["repetition_penalty", "generation_config", "fast_false", "lora"])
 def test_falls_back_to_model_generate(model, tokenizer, monkeypatch, case):
-    calls = []
-    monkeypatch.setattr("posttrain.rollout.generation.fast_decode",
-                        lambda *a, **k: calls.append(1) or fast_module.fast_decode(*a, **k))
+    calls, real = [], fast_module.fast_decode
+    monkeypatch.setattr(fast_module, "fast_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
     kwargs = dict(prompt_ids=PROMPTS, max_new_tokens=3)
     target = model
     if case == "repetition_penalty":
@@ -141,4 +140,21 @@ def test_falls_back_to_model_generate(model, tokenizer, monkeypatch, case):
     generate(target, tokenizer, **kwargs)
     assert calls == []
     generate(model, tokenizer, prompt_ids=PROMPTS, max_new_tokens=3)
+    assert calls == [1]
+
+
+def test_backends_choose_the_engine(model, tokenizer, monkeypatch):
+    """fast_generation picks the rollout backend: DecodeBackend runs the loop, HFBackend never does; same tokens."""
+    from types import SimpleNamespace
+
+    from posttrain.rollout.backends import DecodeBackend, HFBackend, make_backend
+
+    calls, real = [], fast_module.fast_decode
+    monkeypatch.setattr(fast_module, "fast_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fast = make_backend(SimpleNamespace(fast_generation=True), lambda: model, tokenizer)
+    slow = make_backend(SimpleNamespace(fast_generation=False), lambda: model, tokenizer)
+    assert type(fast) is DecodeBackend and type(slow) is HFBackend
+    opts = dict(max_new_tokens=5, do_sample=False)
+    assert slow.generate(PROMPTS, **opts).completion_ids and calls == []
+    assert fast.generate(PROMPTS, **opts).completion_ids == slow.generate(PROMPTS, **opts).completion_ids
     assert calls == [1]

@@ -1,16 +1,19 @@
 """Rollout backends: who generates the completions of the online trainers.
 
 A backend turns prompt token ids into :class:`~posttrain.rollout.Generations` and keeps the weights it samples
-with equal to the policy's. Two kinds exist:
+with equal to the policy's. Three exist:
 
-* :class:`HFBackend` (the default): the policy itself, through :func:`posttrain.rollout.generate`
-  (``model.generate``); it always samples with the current weights, so :meth:`~RolloutBackend.sync_weights` does
-  nothing.
+* :class:`DecodeBackend` (the default, ``fast_generation=True``): the policy itself, through posttrain's own decode
+  loop (:mod:`posttrain.rollout.decode`) where it covers the model and the request (Llama/Qwen2-style models on CPU),
+  else through transformers;
+* :class:`HFBackend` (``fast_generation=False``): the policy itself, through transformers' ``model.generate``.
+  Both sample with the current weights, so :meth:`~RolloutBackend.sync_weights` does nothing;
 * the vLLM backends of :mod:`posttrain.rollout.vllm_backend` (``use_vllm=True``): a ``vllm.LLM`` in the trainer
   process (``vllm_mode="colocate"``) or a ``posttrain vllm-serve`` server (``vllm_mode="server"``). They hold a
   copy of the weights, which :meth:`~RolloutBackend.sync_weights` refreshes when the policy has changed.
 
-:func:`make_backend` picks one from an :class:`~posttrain.trainers.online_base.OnlineConfig`.
+All but vLLM go through :func:`posttrain.rollout.generate`, whose engines they choose. :func:`make_backend` picks one
+from an :class:`~posttrain.trainers.online_base.OnlineConfig`.
 """
 
 from __future__ import annotations
@@ -46,14 +49,16 @@ class RolloutBackend(Protocol):
 
 
 class HFBackend:
-    """Generation with the policy itself (:func:`posttrain.rollout.generate`). ``get_model`` returns the policy
-    (a callable, because a trainer may re-wrap its model after the backend is built)."""
+    """Generation with the policy itself through transformers' ``model.generate`` (:func:`posttrain.rollout.generate`
+    with ``fast=False``). ``get_model`` returns the policy (a callable, because a trainer may re-wrap its model after
+    the backend is built)."""
 
-    def __init__(self, get_model: Callable[[], Any], tokenizer, batch_size: int | None = None, fast: bool = True):
+    fast = False  # generate(fast=...): which engines generate tries
+
+    def __init__(self, get_model: Callable[[], Any], tokenizer, batch_size: int | None = None):
         self.get_model = get_model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.fast = fast  # generate(fast=...): posttrain's decode loop where it applies
 
     def generate(self, prompt_ids, *, num_return_sequences=1, return_logprobs=False, **sampling) -> Generations:
         n = len(prompt_ids) * num_return_sequences
@@ -68,14 +73,23 @@ class HFBackend:
         return None
 
 
+class DecodeBackend(HFBackend):
+    """Generation with the policy itself through posttrain's decode loop (:func:`~posttrain.rollout.decode.decode_chunk`:
+    the same tokens and log-probs as transformers up to float rounding, faster on CPU: docs/performance.md,
+    "Generation"), and through transformers for the models and options the loop does not cover."""
+
+    fast = True
+
+
 def make_backend(args, get_model: Callable[[], Any], tokenizer, accelerator=None) -> RolloutBackend:
-    """The backend an online config asks for: :class:`HFBackend` unless ``args.use_vllm``, then the vLLM backend
-    of ``args.vllm_mode`` (``get_model()`` is the policy; vLLM loads its ``name_or_path``)."""
+    """The backend an online config asks for: the vLLM backend of ``args.vllm_mode`` with ``args.use_vllm``
+    (``get_model()`` is the policy; vLLM loads its ``name_or_path``), else :class:`DecodeBackend`, or
+    :class:`HFBackend` with ``fast_generation=False``."""
     if not getattr(args, "use_vllm", False):
-        return HFBackend(get_model, tokenizer, fast=getattr(args, "fast_generation", True))
+        return (DecodeBackend if getattr(args, "fast_generation", True) else HFBackend)(get_model, tokenizer)
     from .vllm_backend import make_vllm_backend
 
     return make_vllm_backend(args, get_model, tokenizer, accelerator)
 
 
-__all__ = ["HFBackend", "RolloutBackend", "make_backend"]
+__all__ = ["DecodeBackend", "HFBackend", "RolloutBackend", "make_backend"]

@@ -1,5 +1,6 @@
-"""posttrain's own decode loop for Llama/Qwen2-style causal LMs on CPU: the fast path of
-:func:`posttrain.rollout.generate`.
+"""posttrain's own decode loop for Llama/Qwen2-style causal LMs on CPU: a decode engine of
+:func:`posttrain.rollout.generate` (``fast=True``, its default) beside transformers' ``model.generate``, and so the
+rollout backend :class:`~posttrain.rollout.backends.DecodeBackend` of the online trainers (``fast_generation``).
 
 At the batch sizes of online training on CPU, a ``model.generate`` decode step costs about twice its matrix
 products (docs/performance.md, "Generation"): the products themselves run at half the speed oneDNN reaches on
@@ -284,6 +285,27 @@ def process_logits(scores: torch.Tensor, step: int, *, eos: int, min_new_tokens:
         remove.scatter_(1, probs.argmax(dim=-1, keepdim=True), False)
         scores = scores.masked_fill(remove, -float("inf"))
     return scores
+
+
+def decode_chunk(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, gen_kwargs: Mapping[str, Any],
+                 return_logprobs: bool):
+    """The engine :func:`~posttrain.rollout.generate` calls for one left-padded chunk of prompts: the new tokens and,
+    with ``return_logprobs``, their log-probs, as ``model.generate(**gen_kwargs)`` would give them; None where the
+    loop does not cover the model or the request (:func:`fast_decode_plan`), and the caller uses ``model.generate``.
+    ``model`` is the unwrapped model given to ``generate``."""
+    from ..models.sharding import is_zero3_partitioned
+
+    if is_zero3_partitioned(model):
+        return None
+    lm = causal_lm(model)
+    plan, _ = fast_decode_plan(lm, gen_kwargs, wrapper=model)
+    if plan is None:
+        return None
+    return fast_decode(lm, input_ids, attention_mask, max_new_tokens=plan.max_new_tokens, eos=plan.eos_token_id,
+                       pad=plan.pad_token_id, do_sample=bool(plan.do_sample),
+                       temperature=plan.temperature if plan.temperature is not None else 1.0, top_k=plan.top_k or 0,
+                       top_p=plan.top_p if plan.top_p is not None else 1.0, min_p=plan.min_p,
+                       min_new_tokens=plan.min_new_tokens or 0, return_logprobs=return_logprobs)
 
 
 @torch.no_grad()

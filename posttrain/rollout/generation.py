@@ -17,7 +17,7 @@ from ..data.formats import is_conversational_value
 from ..data.tokenize import chat_template_ids
 from ..models.wrappers import unwrap
 from ..models.sharding import gathered_parameters, is_zero3_partitioned
-from .decode import causal_lm, fast_decode, fast_decode_plan
+from .decode import decode_chunk
 
 
 @dataclass
@@ -48,6 +48,15 @@ def _partitioned_across_processes(model) -> bool:
     """True for a ZeRO-3 partitioned module when several processes run: its forward passes are collective."""
     return (isinstance(model, torch.nn.Module) and torch.distributed.is_initialized()
             and torch.distributed.get_world_size() > 1 and is_zero3_partitioned(unwrap(model)))
+
+
+def transformers_chunk(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, gen_kwargs: Mapping[str, Any],
+                       return_logprobs: bool):
+    """The engine that covers every model and option: ``model.generate`` on one left-padded chunk of prompts; the
+    new tokens and, with ``return_logprobs``, their log-probs (as :func:`~posttrain.rollout.decode.decode_chunk`)."""
+    with gathered_parameters(model):  # ZeRO-3: whole weights once per chunk, not re-gathered every token
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **gen_kwargs)
+    return _new_tokens(out, input_ids.shape[1], return_logprobs)
 
 
 def _new_tokens(out, prompt_len: int, return_logprobs: bool):
@@ -155,20 +164,14 @@ def generate(
                     # (synced_gpus) but skips its logits processors, so the reference in there would gather its
                     # layers without that process and wait forever: no process stops at EOS (cut below)
                     kwargs["eos_token_id"] = None
-            plan = None
-            if fast and mixture_ref is None and not is_zero3_partitioned(base):
-                plan, _ = fast_decode_plan(causal_lm(base), kwargs, wrapper=base)
-            if plan is not None:
-                new, step_logps = fast_decode(
-                    causal_lm(base), input_ids, attention_mask, max_new_tokens=plan.max_new_tokens,
-                    eos=plan.eos_token_id, pad=plan.pad_token_id, do_sample=bool(plan.do_sample),
-                    temperature=plan.temperature if plan.temperature is not None else 1.0, top_k=plan.top_k or 0,
-                    top_p=plan.top_p if plan.top_p is not None else 1.0, min_p=plan.min_p,
-                    min_new_tokens=plan.min_new_tokens or 0, return_logprobs=return_logprobs)
-            else:
-                with gathered_parameters(base):  # ZeRO-3: whole weights once per chunk, not re-gathered every token
-                    out = base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-                new, step_logps = _new_tokens(out, input_ids.shape[1], return_logprobs)
+            # the engines, tried in order: posttrain's loop (fast), where it covers the model and the request; then
+            # transformers' model.generate, which covers everything
+            result = None
+            if fast and mixture_ref is None:
+                result = decode_chunk(base, input_ids, attention_mask, kwargs, return_logprobs)
+            if result is None:
+                result = transformers_chunk(base, input_ids, attention_mask, kwargs, return_logprobs)
+            new, step_logps = result
             for i, row in enumerate(new.tolist()):
                 if eos in row:
                     row = row[: row.index(eos) + 1]
