@@ -14,7 +14,7 @@ batch (so two runs can be shown to have trained on the same tokens).
   (batch size, max_length, learning rate, steps, seed) are set.
 * ``best``    -- each library at its best on this machine: bf16 autocast (this CPU runs bf16 natively; fp32 where
   torch reports no native bf16), no gradient checkpointing, plus the scenario's ``best`` options (e.g. packing for
-  SFT, precomputed reference log-probs for DPO and KTO, as issue 8 lists them); see ``BEST`` below. (Until 2026-11-24
+  SFT, precomputed reference log-probs for DPO and KTO, as issue 8 lists them); see ``SCENARIOS`` below. (Until 2026-11-24
   "best" meant fp32; bf16 measured 1.67x faster here. Precomputing runs the reference over the whole dataset
   before step 1 in both libraries, outside the timed steps.)
 
@@ -35,34 +35,46 @@ from collections.abc import Mapping
 
 T0 = time.perf_counter()
 
-# Options that make each library fastest on a CPU machine, per scenario (both libraries support all of them).
-BEST = {
-    "sft": {"packing": True},
-    "dpo": {"precompute_ref_log_probs": True},
-    "kto": {"precompute_ref_log_probs": True},
-    "bco": {},
-    "reward": {},
-    "prm": {},
-    "grpo": {},
-    "rloo": {},
-    "ppo": {},
-    "online_dpo": {},
-    "xpo": {},
-    "nash_md": {},
-    "cpo": {},
-    "orpo": {},
-    "gkd": {},
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """What the harness needs to know of a Trainer-based scenario; the branches below read these fields.
+
+    ``best``: options that make each library fastest on a CPU machine (both libraries support all of them);
+    ``head``: the model class (``causal`` LM, ``sequence`` or ``token`` classification);
+    ``sampling``: ``None`` for offline trainers, ``"group"`` (GRPO, RLOO: ``batch_size`` counts completions,
+    ``num_generations`` per prompt), ``"pairwise"`` (Online DPO, XPO, Nash-MD: ``batch_size`` counts prompts, two
+    completions each) or ``"rollout"`` (PPO: one completion a prompt, its own step accounting);
+    ``reference``: takes ``ref_model``; ``reward_funcs``: gets the harness's ``length_reward``."""
+
+    trainer: str
+    config: str
+    best: Mapping = dataclasses.field(default_factory=dict)
+    head: str = "causal"
+    sampling: str | None = None
+    reference: bool = False
+    reward_funcs: bool = False
+
+
+SCENARIOS = {
+    "sft": Scenario("SFTTrainer", "SFTConfig", best={"packing": True}),
+    "dpo": Scenario("DPOTrainer", "DPOConfig", best={"precompute_ref_log_probs": True}, reference=True),
+    "kto": Scenario("KTOTrainer", "KTOConfig", best={"precompute_ref_log_probs": True}, reference=True),
+    "bco": Scenario("BCOTrainer", "BCOConfig", reference=True),
+    "reward": Scenario("RewardTrainer", "RewardConfig", head="sequence"),
+    "prm": Scenario("PRMTrainer", "PRMConfig", head="token"),
+    "grpo": Scenario("GRPOTrainer", "GRPOConfig", sampling="group", reward_funcs=True),
+    "rloo": Scenario("RLOOTrainer", "RLOOConfig", sampling="group", reward_funcs=True),
+    "ppo": Scenario("PPOTrainer", "PPOConfig", sampling="rollout", reference=True),
+    "online_dpo": Scenario("OnlineDPOTrainer", "OnlineDPOConfig", sampling="pairwise", reference=True,
+                           reward_funcs=True),
+    "xpo": Scenario("XPOTrainer", "XPOConfig", sampling="pairwise", reference=True),
+    "nash_md": Scenario("NashMDTrainer", "NashMDConfig", sampling="pairwise", reference=True),
+    "cpo": Scenario("CPOTrainer", "CPOConfig"),
+    "orpo": Scenario("ORPOTrainer", "ORPOConfig"),
+    "gkd": Scenario("GKDTrainer", "GKDConfig"),
 }
-# Per-scenario names of the trainer and config classes (identical in both libraries; TRL 1.x: see trainer_classes).
-CLASSES = {"sft": ("SFTTrainer", "SFTConfig"), "dpo": ("DPOTrainer", "DPOConfig"), "kto": ("KTOTrainer", "KTOConfig"),
-           "bco": ("BCOTrainer", "BCOConfig"), "reward": ("RewardTrainer", "RewardConfig"),
-           "prm": ("PRMTrainer", "PRMConfig"), "grpo": ("GRPOTrainer", "GRPOConfig"),
-           "rloo": ("RLOOTrainer", "RLOOConfig"), "ppo": ("PPOTrainer", "PPOConfig"),
-           "online_dpo": ("OnlineDPOTrainer", "OnlineDPOConfig"), "xpo": ("XPOTrainer", "XPOConfig"),
-           "nash_md": ("NashMDTrainer", "NashMDConfig"), "cpo": ("CPOTrainer", "CPOConfig"),
-           "orpo": ("ORPOTrainer", "ORPOConfig"), "gkd": ("GKDTrainer", "GKDConfig")}
-PAIRWISE = ("online_dpo", "xpo", "nash_md")  # two completions per prompt; per_device_train_batch_size counts prompts
-ONLINE = ("grpo", "rloo", "ppo") + PAIRWISE  # trainers that sample: completions/s, a reward function / judge / model
+PAIRWISE = tuple(n for n, sc in SCENARIOS.items() if sc.sampling == "pairwise")
+ONLINE = tuple(n for n, sc in SCENARIOS.items() if sc.sampling)  # they sample: completions/s, a reward or judge
 
 
 def length_reward(prompts=None, completions=None, **kwargs) -> list[float]:
@@ -299,7 +311,7 @@ def grpo_loss_check(cfg: dict, L, torch) -> dict:
 def trainer_classes(L, lib: str, scenario: str):
     """(trainer class, config class) of ``scenario`` in library module ``L``. TRL 1.x ships Online DPO, CPO, ORPO and
     GKD only under ``trl.experimental.<trainer>``."""
-    names = CLASSES[scenario]
+    names = (SCENARIOS[scenario].trainer, SCENARIOS[scenario].config)
     if lib == "trl" and not hasattr(L, names[0]):
         import importlib
 
@@ -310,7 +322,7 @@ def trainer_classes(L, lib: str, scenario: str):
 def completions_per_step(scenario: str, batch_size: int) -> int:
     """Completions sampled per training step: ``batch_size`` counts completions (GRPO, RLOO), prompts with two
     completions each (Online DPO, XPO, Nash-MD: policy + policy, reference or mixture) or prompts (PPO)."""
-    return 2 * batch_size if scenario in PAIRWISE else batch_size
+    return 2 * batch_size if SCENARIOS[scenario].sampling == "pairwise" else batch_size
 
 
 def force_completion_length(trainer, lib: str, scenario: str, n: int) -> None:
@@ -360,9 +372,10 @@ def build_trainer(cfg: dict, L, lib: str, scenario: str, mode: str, torch, fixed
     from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
                               AutoModelForTokenClassification)
 
+    sc = SCENARIOS[scenario]
     trainer_cls, config_cls = trainer_classes(L, lib, scenario)
-    auto = {"reward": AutoModelForSequenceClassification, "prm": AutoModelForTokenClassification}.get(
-        scenario, AutoModelForCausalLM)
+    auto = {"causal": AutoModelForCausalLM, "sequence": AutoModelForSequenceClassification,
+            "token": AutoModelForTokenClassification}[sc.head]
     dtype = getattr(torch, cfg.get("dtype", "float32"))
     if cfg.get("vision"):  # SFT on a vision-language model: the model folder's processor, the parquet rows with images
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -412,8 +425,8 @@ def build_trainer(cfg: dict, L, lib: str, scenario: str, mode: str, torch, fixed
     lib_overrides = overrides.pop(lib, {})  # e.g. {"trl": {"use_bias_correction_kl": False}}
     overrides.pop("posttrain" if lib == "trl" else "trl", None)
 
-    kwargs = shared_training_kwargs(cfg, lib, scenario, mode, torch, best=BEST[scenario])
-    if scenario in ONLINE and scenario not in PAIRWISE:
+    kwargs = shared_training_kwargs(cfg, lib, scenario, mode, torch, best=sc.best)
+    if sc.sampling in ("group", "rollout"):
         del kwargs["max_length"]  # GRPO, RLOO, PPO: completion budgets only (shared overrides)
     if fixed is not None and "shuffle_dataset" in {f.name for f in dataclasses.fields(config_cls)}:
         kwargs["shuffle_dataset"] = False
@@ -424,7 +437,7 @@ def build_trainer(cfg: dict, L, lib: str, scenario: str, mode: str, torch, fixed
         # (force_completion_length)
         kwargs.pop("generation_kwargs", None)
     extra: dict = {}
-    if scenario == "ppo":
+    if sc.sampling == "rollout":
         # one step = one rollout: TRL 0.21 counts rollouts (total_episodes completions), posttrain optimizer steps
         # (num_ppo_epochs x num_mini_batches per rollout)
         per_rollout = kwargs.get("num_ppo_epochs", 4) * kwargs.get("num_mini_batches", 1)
@@ -437,19 +450,19 @@ def build_trainer(cfg: dict, L, lib: str, scenario: str, mode: str, torch, fixed
         cfg["_step_scale"] = 1 if lib == "trl" else per_rollout
     args = config_cls(**kwargs)
 
-    if cfg.get("ref_model") and scenario in ("dpo", "kto", "bco", "online_dpo", "xpo", "nash_md", "ppo"):
+    if cfg.get("ref_model") and sc.reference:
         extra["ref_model"] = AutoModelForCausalLM.from_pretrained(cfg["ref_model"], dtype=dtype)
     if scenario == "gkd":  # the teacher: the second kit model (seed 1)
         extra["teacher_model"] = AutoModelForCausalLM.from_pretrained(cfg["ref_model"], dtype=dtype)
     # TRL 0.21's pairwise trainers take a judge or a reward model, no reward functions: both libraries get the judge
-    judged = scenario in ("xpo", "nash_md") or (scenario == "online_dpo" and cfg.get("peer_version", "").startswith("0."))
-    if scenario in ("grpo", "rloo", "online_dpo") and not judged:
+    judged = sc.sampling == "pairwise" and (not sc.reward_funcs or cfg.get("peer_version", "").startswith("0."))
+    if sc.reward_funcs and not judged:
         extra["reward_funcs"] = [length_reward]
     if judged:
         from benchmarks.compare_online import LengthJudge
 
         extra["judge"] = LengthJudge()
-    if scenario == "ppo":
+    if sc.sampling == "rollout":
         value = AutoModelForSequenceClassification.from_pretrained(cfg["value_model"], dtype=dtype)
         if fixed is not None:  # the check: the same harness score in both (see compare_online)
             reward = fixed.trl_reward_model() if lib == "trl" else None
@@ -469,7 +482,7 @@ def build_trainer(cfg: dict, L, lib: str, scenario: str, mode: str, torch, fixed
                                value_model=value, train_dataset=Dataset.from_list(rows), **extra)
         if reward is not None:
             # by path: posttrain's PPOTrainer takes no reward_processing_classes, and a reward model *object* then has
-            # no tokenizer at the first scoring (NOTES.md, "PPO"); a path loads the model folder's own tokenizer
+            # no tokenizer at the first scoring (archive/NOTES.md, "PPO"); a path loads the model folder's own tokenizer
             extra["reward_model"] = cfg["value_model"]
         return trainer_cls(args=args, processing_class=tokenizer, model=model, value_model=value,
                            train_dataset=Dataset.from_list(rows), **extra)
@@ -710,10 +723,11 @@ def main(cfg: dict) -> dict:
     if scenario in DIFFUSION:
         return diffusion_run(dict(cfg, _load_start=load_start), L, torch)
     fixed = None
-    if mode == "check" and scenario in ONLINE:  # both libraries train on the same (fixed) completions
+    sampling = SCENARIOS[scenario].sampling if scenario in SCENARIOS else None
+    if mode == "check" and sampling:  # both libraries train on the same (fixed) completions
         from benchmarks.compare_online import FixedCompletions
 
-        n = cfg["overrides"].get("num_generations", 1) if scenario in ("grpo", "rloo") else 2 if scenario in PAIRWISE else 1
+        n = {"group": cfg["overrides"].get("num_generations", 1), "pairwise": 2, "rollout": 1}[sampling]
         fixed = FixedCompletions(load_tokenizer(cfg["model"]), n, cfg["completion_tokens"],
                                  full_length=cfg.get("full_length", False))
     init_start = time.perf_counter()
@@ -723,12 +737,12 @@ def main(cfg: dict) -> dict:
         from benchmarks.compare_online import install
 
         ref = None
-        if scenario in ("grpo", "rloo") and cfg.get("ref_model"):
+        if sampling == "group" and cfg.get("ref_model"):
             from transformers import AutoModelForCausalLM
 
             ref = AutoModelForCausalLM.from_pretrained(cfg["ref_model"], dtype=getattr(torch, cfg.get("dtype", "float32")))
         install(trainer, lib, scenario, fixed, cfg["overrides"].get("num_generations", 1), ref)
-    elif scenario in ONLINE:
+    elif sampling:
         force_completion_length(trainer, lib, scenario, cfg["completion_tokens"])
     # KTO pairing: TRL pairs prompt i with completion i-1 of its batch for the KL term, posttrain with completion i+1.
     # "trl" (default in check mode) makes posttrain use TRL's pairing through its fixed-KL-row input; "native" keeps it.
@@ -739,7 +753,7 @@ def main(cfg: dict) -> dict:
     # same order in both libraries, whatever their samplers do: in checks, and in KTO speed runs (TRL's KTO samples in
     # dataset order by default, as its KL pairing needs; posttrain shuffles: the timed batches would differ, and with
     # them the work per real token, since each row's KL row is another row's completion)
-    if (mode == "check" and scenario not in ONLINE) or scenario == "kto":
+    if (mode == "check" and not sampling) or scenario == "kto":
         from torch.utils.data import SequentialSampler
 
         trainer._get_train_sampler = lambda *a, **k: SequentialSampler(trainer.train_dataset)
@@ -818,7 +832,7 @@ def main(cfg: dict) -> dict:
         for h, loss in zip(logs, step_losses):
             if h["loss"] != loss and abs(h["loss"] - round(loss, 4)) < 1e-9:
                 h["loss"] = loss
-    if scenario == "orpo":  # the odds-ratio term alone (the libraries' NLL terms differ: NOTES.md, "CPO, ORPO, GKD")
+    if scenario == "orpo":  # the odds-ratio term alone (the libraries' NLL terms differ: archive/NOTES.md, "CPO, ORPO, GKD")
         for h in logs:
             h["loss - nll_loss"] = h["loss"] - h["nll_loss"]
     if scenario == "ppo":  # the PPO loss both libraries optimise: policy loss + vf_coef * value loss
@@ -829,9 +843,9 @@ def main(cfg: dict) -> dict:
     timed = clock["stop"] - clock["start"]
     timed_tokens = sum(recorder.tokens[warmup:steps])
     samples = cfg["batch_size"] * (cfg["steps"] - cfg.get("warmup_steps", 0))  # sequences, pairs, unpaired rows
-    if scenario in ONLINE:
+    if sampling:
         samples = completions_per_step(scenario, cfg["batch_size"]) * (cfg["steps"] - cfg.get("warmup_steps", 0))
-        if scenario in ("grpo", "rloo"):  # completion tokens: completions x their logged mean length, per timed step
+        if sampling == "group":  # completion tokens: completions x their logged mean length, per timed step
             timed_tokens = sum(cfg["batch_size"] * h.get("completions/mean_length", 0.0) for h in logs[warmup:steps])
         else:  # every completion is completion_tokens long (force_completion_length / generation_kwargs)
             timed_tokens = samples * cfg["completion_tokens"]
