@@ -1,6 +1,6 @@
 # Every target sets up what it needs: a .venv with torch==2.13.0 (CPU wheel on these machines;
 # a looser pin drags in several GB of CUDA packages) and then posttrain with its test extras and bitsandbytes (QLoRA
-# runs on CPU, so tests/test_qlora.py runs in `make test`), every package at the
+# runs on CPU, so tests/models/test_qlora.py runs in `make test`), every package at the
 # version requirements/lock.txt pins (pip constraints), so a fresh machine builds the environment CI last passed on.
 # `make lock` refreshes the lock from the newest releases (after the suites pass on them); `make test-newest` runs
 # the suite on the newest releases without touching it (docs/reliability.md, "Reproducible installs").

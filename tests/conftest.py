@@ -9,7 +9,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 # The suite's numerical checks (equal losses, ratios of exactly 1) and learning thresholds were set in fp32. On a
 # CPU with native bf16 posttrain's default is bf16 mixed precision; the suite pins fp32 the way
-# `accelerate launch --mixed_precision no` does, and the tests of the bf16 default (tests/test_precision.py) lift it.
+# `accelerate launch --mixed_precision no` does, and the tests of the bf16 default (tests/trainers/test_precision.py) lift it.
 os.environ.setdefault("ACCELERATE_MIXED_PRECISION", "no")
 
 import pytest

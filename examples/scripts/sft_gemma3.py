@@ -7,7 +7,7 @@ The seed's set-up:
 
 Gemma 3's local layers attend within a sliding window (512 tokens for the 1B model, one global layer in six);
 posttrain's padding-free batches and per-sequence attention apply the window to each sequence, so packing and
-padding-free training keep the padded batch's results (tests/test_packing.py). Gemma 3 checkpoints are stored in
+padding-free training keep the padded batch's results (tests/data/test_packing.py). Gemma 3 checkpoints are stored in
 bf16: `--dtype bfloat16` loads them as such.
 
 Offline, on the kit's tiny Gemma 3:

@@ -1,4 +1,4 @@
-"""One short training run of a trainer family, for the set-up matrix (tests/test_distributed_matrix.py).
+"""One short training run of a trainer family, for the set-up matrix (tests/trainers/test_distributed_matrix.py).
 
     python matrix_run.py FAMILY MODEL OUT PER_DEVICE_BATCH [extra config as JSON]          # one process
     accelerate launch --config_file CFG --num_processes 2 matrix_run.py FAMILY MODEL OUT 4  # DDP / ZeRO / FSDP

@@ -13,8 +13,8 @@ from test_distributed_matrix import free_port
 
 pytestmark = pytest.mark.distributed
 
-SCRIPT = Path(__file__).parent / "distributed" / "exit_run.py"
-ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).resolve().parents[1] / "distributed" / "exit_run.py"
+ROOT = Path(__file__).resolve().parents[2]
 # measured with a hook that only destroyed the process group: 7 aborts in 30 runs of exit_run.py, so 12 clean runs
 # by chance alone: 0.77**12 < 5%; with the current hook 0 in 30
 RUNS = 12

@@ -18,7 +18,7 @@ from posttrain.kit import build_tiny_model, make_dataset, write_dataset
 from posttrain.trainers import gkd as gkd_module
 from tests.conftest import train_args
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TASK = dict(min_len=3, max_len=5)  # reverse 3-5 letters
 
 

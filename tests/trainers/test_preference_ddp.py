@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).parent / "distributed" / "preference_run.py"
-ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).resolve().parents[1] / "distributed" / "preference_run.py"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(cmd, tmp):

@@ -11,7 +11,7 @@ from posttrain.losses.online_preference import geometric_mixture_logits
 from posttrain.rollout import BasePairwiseJudge, generate
 from posttrain.rollout.rewards import accuracy_reward
 from tests.conftest import reverse_prompts, train_args
-from tests.test_online_dpo import (LEARNING, AccuracyJudge, direct_token_logps, hand_batch, judged_win_rate,
+from tests.trainers.test_online_dpo import (LEARNING, AccuracyJudge, direct_token_logps, hand_batch, judged_win_rate,
                                    odpo_args, sampled_accuracy, token_count_reward)
 
 

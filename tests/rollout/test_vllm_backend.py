@@ -29,7 +29,7 @@ from posttrain.rollout.vllm_backend import (
 )
 from tests.conftest import train_args
 
-FAKE_VLLM = Path(__file__).parent / "fake_vllm"
+FAKE_VLLM = Path(__file__).resolve().parents[1] / "fake_vllm"
 
 
 def _forget_vllm():
@@ -384,7 +384,7 @@ def test_vllm_serve_command(tiny_model_dir, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(FAKE_VLLM), str(Path(__file__).parent.parent)]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(FAKE_VLLM), str(Path(__file__).resolve().parents[2])]))
     proc = subprocess.Popen([sys.executable, "-m", "posttrain.cli", "vllm-serve", "--model", str(tiny_model_dir),
                              "--host", "127.0.0.1", "--port", str(port), "--log_level", "warning"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

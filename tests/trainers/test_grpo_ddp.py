@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).parent / "distributed" / "grpo_run.py"
-ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).resolve().parents[1] / "distributed" / "grpo_run.py"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_grpo_two_processes(tiny_model_dir, tmp_path):

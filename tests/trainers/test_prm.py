@@ -260,7 +260,7 @@ def test_example_script_runs_on_local_files(tiny_model_dir, tmp_path, monkeypatc
     from posttrain.kit import make_dataset, write_dataset
 
     data = write_dataset(make_dataset("sort", "stepwise", n=8, seed=0), tmp_path / "steps.jsonl")
-    script = str(pathlib.Path(__file__).resolve().parents[1] / "examples" / "scripts" / "prm.py")
+    script = str(pathlib.Path(__file__).resolve().parents[2] / "examples" / "scripts" / "prm.py")
     monkeypatch.setattr(sys, "argv", [script, "--model_name_or_path", str(tiny_model_dir), "--dataset_name", data,
                                       "--output_dir", str(tmp_path / "ex"), "--max_steps", "1", "--report_to", "none",
                                       "--per_device_train_batch_size", "4", "--save_strategy", "no",

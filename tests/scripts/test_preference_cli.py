@@ -11,7 +11,7 @@ import torch
 from posttrain.cli import main as cli_main
 from posttrain.kit import make_dataset, write_dataset
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COMMON = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none", "--logging_steps", "1",
           "--save_strategy", "no", "--disable_tqdm", "true", "--learning_rate", "1e-3"]
 

@@ -9,7 +9,7 @@ import yaml
 
 from posttrain.cli import accelerate_config_path, launch_command
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "accelerate_configs"
 PACKAGED = ROOT / "posttrain" / "accelerate_configs"
 

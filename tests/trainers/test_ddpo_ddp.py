@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-SCRIPT = Path(__file__).parent / "distributed" / "ddpo_run.py"
-ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).resolve().parents[1] / "distributed" / "ddpo_run.py"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.distributed

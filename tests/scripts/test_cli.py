@@ -95,7 +95,7 @@ def test_sft_example_script_runs_on_local_files(tiny_model_dir, data_file, tmp_p
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path / "example"
     proc = subprocess.run(
         [sys.executable, str(root / "examples" / "scripts" / "sft.py"), "--model_name_or_path", tiny_model_dir,
@@ -152,7 +152,7 @@ def test_sft_gemma3_example_learns_on_the_kit_gemma3(tmp_path):
     model_dir = build_tiny_model("gemma3", size="tiny", output_dir=tmp_path / "gemma3")
     data = write_dataset(make_dataset("reverse", "prompt_completion", n=2000, seed=0), tmp_path / "reverse.jsonl")
     out = tmp_path / "out"
-    script = Path(__file__).resolve().parents[1] / "examples" / "scripts" / "sft_gemma3.py"
+    script = Path(__file__).resolve().parents[2] / "examples" / "scripts" / "sft_gemma3.py"
     argv = [str(script), "--model_name_or_path", str(model_dir), "--dataset_name", str(data), "--output_dir", str(out),
             "--max_steps", "60", "--learning_rate", "3e-3", "--per_device_train_batch_size", "32", "--report_to",
             "none", "--save_strategy", "no", "--logging_steps", "10"]

@@ -20,8 +20,8 @@ from posttrain.kit.models import build_tiny_processor, build_tiny_vlm
 from posttrain.data.preference import DataCollatorForVisionPreference
 from posttrain.trainers.base import bf16_supported
 from tests.conftest import PRECISIONS, run_example_script, use_precision
-from tests.test_sft_vlm import _answer_accuracy as vlm_answer_accuracy
-from tests.test_sft_vlm import learn_colors
+from tests.trainers.test_sft_vlm import _answer_accuracy as vlm_answer_accuracy
+from tests.trainers.test_sft_vlm import learn_colors
 
 IGNORE = -100
 FAMILIES = ("gemma3-vlm", "smolvlm")
@@ -269,7 +269,7 @@ def test_character_alignment_on_its_own():
 
 
 def _answer_accuracy(model, collator, rows):
-    """(choice, exact) over ``rows``, as in tests/test_sft_vlm.py, with each colour's first completion token read in
+    """(choice, exact) over ``rows``, as in tests/trainers/test_sft_vlm.py, with each colour's first completion token read in
     context (SmolVLM's answers start with a space)."""
     rows = list(rows)
     first = []

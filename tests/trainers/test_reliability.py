@@ -27,7 +27,7 @@ from posttrain import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 from posttrain.cli import main
 from tests.conftest import train_args
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture()

@@ -25,7 +25,7 @@ from posttrain.kit import (
 )
 from posttrain.kit.tasks import question_text
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MESSAGES = [{"role": "user", "content": "What is 2+3?"}, {"role": "assistant", "content": "5"}]
 
 

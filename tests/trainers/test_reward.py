@@ -242,7 +242,7 @@ def test_example_script_runs_on_local_files(rm_model_dir, tmp_path, monkeypatch)
     from posttrain.kit import make_dataset, write_dataset
 
     data = write_dataset(make_dataset("sort", "preference", n=8, seed=0, conversational=True), tmp_path / "conv.jsonl")
-    script = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "examples" / "scripts" / "reward_modeling.py")
+    script = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "examples" / "scripts" / "reward_modeling.py")
     monkeypatch.setattr(sys, "argv", [script, "--model_name_or_path", str(rm_model_dir), "--dataset_name", data,
                                       "--output_dir", str(tmp_path / "ex"), "--max_steps", "1", "--report_to", "none",
                                       "--per_device_train_batch_size", "4", "--save_strategy", "no"])

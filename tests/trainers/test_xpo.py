@@ -14,9 +14,9 @@ from posttrain import XPOConfig, XPOTrainer
 from posttrain.kit import make_dataset
 from posttrain.rollout.rewards import accuracy_reward
 from tests.conftest import reverse_prompts
-from tests.test_online_dpo import LEARNING, judged_win_rate, odpo_args, sampled_accuracy, token_count_reward
+from tests.trainers.test_online_dpo import LEARNING, judged_win_rate, odpo_args, sampled_accuracy, token_count_reward
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_example_script_with_a_local_lm_judge(tiny_model_dir, tmp_path, monkeypa
 
 def test_reference_that_samples_keeps_float32_weights(tiny_model_dir, tokenizer, prompts, tmp_path):
     """XPO samples from its reference (outside the training autocast region), so under bf16 its weights stay as
-    loaded; references that only score store their linear layers in bf16 (tests/test_grpo.py)."""
+    loaded; references that only score store their linear layers in bf16 (tests/trainers/test_grpo.py)."""
     from posttrain.trainers.base import bf16_supported
 
     if not bf16_supported():

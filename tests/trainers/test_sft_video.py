@@ -18,7 +18,7 @@ from posttrain.kit.images import DIRECTIONS, MOTION_QUESTION, motion_clip
 from posttrain.kit.models import build_tiny_processor, build_tiny_vlm
 from posttrain.models import accepts_videos
 from tests.conftest import train_args
-from tests.test_sft_vlm import _answer_accuracy
+from tests.trainers.test_sft_vlm import _answer_accuracy
 
 IGNORE = -100
 IMAGE_ID = 1024
@@ -280,7 +280,7 @@ def test_sft_video_llm_example_script(tmp_path):
 
     from posttrain.kit.models import build_tiny_vlm as build
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     model = build(output_dir=tmp_path / "llava")
     data = write_dataset(make_dataset("motion", "prompt_completion", n=8, seed=0, conversational=True),
                          tmp_path / "motion")

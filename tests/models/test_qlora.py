@@ -30,7 +30,7 @@ from posttrain.models.loading import (  # noqa: E402
     peft_config,
 )
 from tests.conftest import SEED, reverse_prompts, train_args  # noqa: E402
-from tests.test_dpo import pair_accuracy  # noqa: E402
+from tests.trainers.test_dpo import pair_accuracy  # noqa: E402
 
 # Reloading the adapter onto a freshly quantized base: the same quantized weights and the same kernels, so the
 # logits agree to rounding (observed 0.0); the tolerance is far below what training moved them by (> 0.1).
@@ -223,7 +223,7 @@ def test_qlora_reward_model_learns_and_saves_the_adapter_and_head(bits, base_dir
     from transformers import AutoModelForSequenceClassification
 
     from posttrain import RewardConfig, RewardTrainer
-    from tests.test_reward import _held_out_accuracy
+    from tests.trainers.test_reward import _held_out_accuracy
 
     train = make_dataset("sort", "preference", n=1000, seed=0)
     test = make_dataset("sort", "preference", n=200, seed=1, exclude=train)

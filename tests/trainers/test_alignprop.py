@@ -10,7 +10,7 @@ from posttrain.kit.diffusion import build_tiny_diffusion  # noqa: E402
 from posttrain.losses.diffusion import alignprop_loss  # noqa: E402
 from posttrain.rollout.diffusion import sample  # noqa: E402
 from tests.conftest import SEED  # noqa: E402
-from tests.test_ddpo import closeness_reward, target_image, train_and_measure  # noqa: E402
+from tests.trainers.test_ddpo import closeness_reward, target_image, train_and_measure  # noqa: E402
 
 
 def test_alignprop_learns_to_match_a_target_image(tmp_path):
