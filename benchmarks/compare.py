@@ -235,7 +235,9 @@ def python_for(lib: str, version: str = PEER_VERSION) -> str:
 
 
 def run_worker(cfg: dict, timeout: int = 3600) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+    # "posttrain_root": another posttrain source tree (speed --baseline) imported ahead of this one's
+    path = os.pathsep.join([cfg["posttrain_root"], str(ROOT)] if cfg.get("posttrain_root") else [str(ROOT)])
+    env = dict(os.environ, PYTHONPATH=path, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                HF_DATASETS_DISABLE_PROGRESS_BARS="1", TQDM_DISABLE="1")
     cfg = dict(cfg, peer_version=cfg.get("peer_version") or peer_version(cfg["scenario"]))
     proc = subprocess.run([python_for(cfg["lib"], cfg["peer_version"]), WORKER, json.dumps(cfg)], capture_output=True,
@@ -451,6 +453,10 @@ def speed(argv=None) -> str:
                                                       "sft-vlm", "ddpo", "alignprop"],
                    help=f"any of {sorted(SCENARIOS)}")
     p.add_argument("--peer", default=None, help="TRL version for every scenario (default: per scenario, see LEGACY)")
+    p.add_argument("--baseline", default=None, metavar="PATH",
+                   help="measure posttrain against another posttrain source tree instead of TRL (e.g. a `git worktree` of "
+                        "an earlier commit): before/after figures of a change, in one session and alternating; the TRL "
+                        "columns of the table then hold the baseline")
     p.add_argument("--posttrain_args", default=None, type=json.loads,
                    help='JSON of config fields for the posttrain runs only, e.g. \'{"gradient_checkpointing": true}\' '
                         "(the table then says so in its setting column)")
@@ -465,13 +471,19 @@ def speed(argv=None) -> str:
             runs = results.setdefault((scenario, setting), {lib: [] for lib in LIBS})
             for i in range(a.repeats):
                 for lib in (LIBS if i % 2 == 0 else LIBS[::-1]):
-                    r = run_worker(dict(cfg, lib=lib))
+                    if a.baseline and lib == "trl":
+                        r = run_worker(dict(cfg, lib="posttrain", posttrain_root=str(Path(a.baseline).resolve())))
+                        r["versions"]["trl"] = f"baseline {a.baseline}"
+                    else:
+                        r = run_worker(dict(cfg, lib=lib))
                     runs[lib].append(r)
                     print(f"{scenario} {setting} {lib}: {r['tokens_per_s']:.0f} tok/s, {r['samples_per_s']:.2f} samples/s, "
                           f"{r['peak_rss_mb']:.0f} MB, completion lengths {r.get('completion_lengths')}, "
                           f"other procs {r['other_cpu_cores']:.2f} cores, load {r['load_start'][0]:.2f}", flush=True)
     text = speed_table(results, a)
-    save(f"speed-{a.size}", {f"{k[0]}/{k[1]}": v for k, v in results.items()}, text)
+    if a.baseline:
+        text = f"Baseline: the TRL columns hold posttrain from {a.baseline}.\n\n" + text
+    save(f"speed-{a.size}" + ("-baseline" if a.baseline else ""), {f"{k[0]}/{k[1]}": v for k, v in results.items()}, text)
     print(text)
     return text
 

@@ -824,8 +824,6 @@ def main(cfg: dict) -> dict:
     train_s = time.perf_counter() - train_start
     key = "loss/policy_avg" if scenario == "ppo" else "loss"  # TRL 0.21 PPO logs no "loss"
     logs = [dict(h) for h in trainer.state.log_history if key in h]
-    import transformers
-
     if scenario != "ppo" and len(step_losses) == len(logs):
         # transformers 4's Trainer and TRL's Online DPO family log the loss rounded to 4 decimals: take each step's own
         # value where the logged one is that rounding (logging_steps=1, no gradient accumulation: one step per entry)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from ..losses.tokens import LossSum
 from ..losses.cpo import CPO_LOSS_TYPES, cpo_loss
 from .base import check_choice

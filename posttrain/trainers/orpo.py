@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..losses.tokens import LossSum
 from ..losses.cpo import orpo_loss
 from .logprobs import completion_logps
