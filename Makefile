@@ -35,10 +35,10 @@ demo: install
 test: install
 	$(PYTEST) -q -n $(TEST_WORKERS) -m "not slow and not distributed" --durations=10
 
-# the default suite without the learning tests (-m learning: each trains a model until a metric moves): a quick check
-# while working; `make test` is the measure
+# the default suite without the learning tests (-m learning: each trains a model until a metric moves) and the runs of
+# the shipped notebooks and example scripts (-m example): a quick check while working; `make test` is the measure
 test-fast: install
-	$(PYTEST) -q -n $(TEST_WORKERS) -m "not slow and not distributed and not learning" --durations=5
+	$(PYTEST) -q -n $(TEST_WORKERS) -m "not slow and not distributed and not learning and not example" --durations=5
 
 test-slow: install
 	$(PYTEST) -q -m "slow"

@@ -25,10 +25,14 @@ torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items):
-    """A test whose name says it learns ("learns" in it) is a learning test: `-m learning` selects them all."""
+    """A test whose name says it learns ("learns" in it) is a learning test: `-m learning` selects them all. A test
+    that runs a shipped notebook or example script end to end ("notebook" or "example_script" in its name) is an
+    example test (`-m example`). `make test` runs both; `make test-fast` leaves both out."""
     for item in items:
         if "learns" in item.name:
             item.add_marker(pytest.mark.learning)
+        if "notebook" in item.name or "example_script" in item.name:
+            item.add_marker(pytest.mark.example)
 
 
 @pytest.fixture(scope="session")
