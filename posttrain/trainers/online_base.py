@@ -1,5 +1,6 @@
-"""The shared core of the online trainers (GRPO now; RLOO and PPO later): they sample completions from the policy
-being trained, score them with reward functions, and train on the samples.
+"""The shared core of the online trainers (GRPO, RLOO, PPO, and the pairwise Online DPO, XPO and Nash-MD): they
+sample completions from the policy being trained, score them (reward functions, reward models, judges), and train on
+the samples.
 
 * **Configuration** — :class:`OnlineConfig`: prompt and completion budgets, sampling options, the generation
   batch (``num_generations``, ``generation_batch_size`` / ``steps_per_generation``, ``num_iterations``), reward
@@ -13,7 +14,9 @@ being trained, score them with reward functions, and train on the samples.
   completions is ``generation_batch_size / num_generations`` prompts, each repeated ``num_generations`` times
   consecutively (completion ``prompt * G + j``, the group layout of :mod:`posttrain.losses.policy`). Each process
   gets a contiguous slice of it, ``per_device_train_batch_size * steps_per_generation`` completions, as one
-  dataloader item; that item is handed to the trainer ``steps_per_generation * num_iterations`` times.
+  dataloader item; that item is handed to the trainer ``steps_per_generation * num_iterations`` times. The layout is
+  data, not code: :meth:`OnlineTrainer.groups` views one value per completion as (prompts, ``num_generations``) and
+  :meth:`OnlineTrainer.members` picks completion ``j`` of every prompt (the pairwise trainers' two sides).
 * **Rollout** — :meth:`OnlineTrainer._prepare_inputs` generates with the rollout backend
   (:mod:`posttrain.rollout.backends`: :func:`posttrain.rollout.generate`, or vLLM with ``use_vllm``, whose weights
   are synced first when an optimizer step changed them) at the first of those micro-steps, scores with
@@ -33,6 +36,10 @@ being trained, score them with reward functions, and train on the samples.
   :meth:`OnlineTrainer.logps_temperature`: the sampling temperature (the distribution sampled from, which the
   importance ratios of GRPO, RLOO and PPO are against), or 1 for the Online DPO family, whose objective is about
   the policy's own probabilities.
+* **Loss** — each subclass's ``compute_loss`` calls a loss of :mod:`posttrain.losses` and hands its sum to
+  :meth:`~posttrain.trainers.base.BaseTrainer.reduce_loss`; ``num_items_in_batch`` is the generation batch's count of
+  loss items (:meth:`OnlineTrainer.loss_items`: completion tokens, none for a truncated completion with
+  ``mask_truncated_completions``, half a pair for the pairwise trainers) scaled to one optimizer step.
 """
 
 from __future__ import annotations
