@@ -18,7 +18,7 @@ from .cpo import cpo_loss, orpo_loss
 from .kto import RunningMean, bco_loss, kto_kl_estimate, kto_loss
 from .preference import dpo_implicit_rewards, dpo_loss
 from .sampler_correction import SAMPLER_IS_MODES, sampler_importance_weights
-from .sft import sft_token_loss, token_accuracy, token_dft, token_nll
+from .sft import sft_loss_from_logps, sft_token_loss, token_accuracy, token_dft, token_nll
 from .reward import (
     bradley_terry_loss,
     center_rewards_penalty,
@@ -32,7 +32,7 @@ __all__ = [
     "group_advantages", "grpo_loss", "kl_penalty", "masked_mean", "masked_sum", "masked_whiten", "ppo_policy_loss",
     "ppo_value_loss", "rloo_advantages", "rloo_loss", "selective_log_softmax", "sequence_kl", "top_entropy_mask",
     "RunningMean", "bco_loss", "cpo_loss", "dpo_implicit_rewards", "dpo_loss", "kto_kl_estimate", "kto_loss",
-    "orpo_loss", "sft_token_loss", "token_accuracy", "token_dft", "token_nll",
+    "orpo_loss", "sft_loss_from_logps", "sft_token_loss", "token_accuracy", "token_dft", "token_nll",
 ]
 __all__ += ["SAMPLER_IS_MODES", "sampler_importance_weights"]
 __all__ += ["bradley_terry_loss", "center_rewards_penalty", "reward_accuracy", "step_accuracy",

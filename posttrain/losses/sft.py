@@ -23,6 +23,17 @@ def token_dft(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -(logp.detach().exp() * logp)
 
 
+def sft_loss_from_logps(logps: torch.Tensor, loss_type: str = "nll") -> torch.Tensor:
+    """Per-token SFT loss from the log-probs of the targets (N,): ``-log p_t`` (``nll``/``chunked_nll``), or DFT's
+    ``-sg(p_t) log p_t`` (Wu et al. 2025, 'On the Generalization of SFT', Eq. 8). The same values as
+    :func:`sft_token_loss` on the logits those log-probs come from."""
+    if loss_type in ("nll", "chunked_nll"):
+        return -logps
+    if loss_type == "dft":
+        return -(logps.detach().exp() * logps)
+    raise ValueError(f"Unknown SFT loss_type {loss_type!r}; use one of {SFT_LOSS_TYPES}.")
+
+
 def sft_token_loss(logits: torch.Tensor, targets: torch.Tensor, loss_type: str = "nll") -> torch.Tensor:
     """Per-token SFT loss for ``loss_type`` in ``nll``/``chunked_nll`` (same math) or ``dft``."""
     if loss_type in ("nll", "chunked_nll"):

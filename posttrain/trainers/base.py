@@ -129,6 +129,8 @@ class PosttrainConfig(TrainingArguments):
             self.use_cpu = True
         if isinstance(self.model_init_kwargs, str):
             self.model_init_kwargs = json.loads(self.model_init_kwargs)
+        if self.use_liger_kernel:
+            check_liger()
         # transformers 5 renamed gradient_checkpointing* to activation_checkpointing* and warns on the old names; TRL's
         # (and our) configs keep the old field, so carry it to the new one here, where the new one is unset
         for old, new in (("gradient_checkpointing", "activation_checkpointing"),
@@ -162,6 +164,23 @@ def _training_autocast(args):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(args.device.type, dtype=dtype)
+
+
+def check_liger() -> None:
+    """``use_liger_kernel=True`` runs Liger's Triton kernels (applied to the model by Trainer: RMSNorm, RoPE, SwiGLU,
+    its fused linear cross-entropy); they need the package and a CUDA GPU. Elsewhere the flag fails here instead of
+    at the first forward (or silently). posttrain's own fused head takes the log-probs either way (docs/performance.md,
+    "Log-probs without full-vocabulary tensors")."""
+    import importlib.util
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ValueError("use_liger_kernel=True needs the liger-kernel package: pip install 'posttrain[liger]' (it runs "
+                         "on CUDA GPUs only). posttrain computes log-probs without full-vocabulary logits on any device "
+                         "without it; leave use_liger_kernel=False.")
+    if not torch.cuda.is_available():
+        raise ValueError("use_liger_kernel=True: Liger's kernels are Triton kernels and need a CUDA GPU; none is "
+                         "available. posttrain's own fused output head already computes log-probs in chunks without "
+                         "full-vocabulary logits on this device; leave use_liger_kernel=False.")
 
 
 class BaseTrainer(Trainer):

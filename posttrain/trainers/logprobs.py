@@ -1,11 +1,13 @@
 """The log-probs of completion tokens: one path from model rows to per-token and per-sequence log-probs.
 
-:func:`completion_head` runs a model with its output head restricted to the positions that predict a completion
-token (:func:`~posttrain.models.select_head_positions`), so no (R, L, V) logits are ever built; it is the one place
-the offline and online trainers run the head. On top of it, :func:`completion_logps` returns
-:class:`SequenceLogps` (per-token log-probs, per-sequence sums and counts, optional token statistics; the offline
-preference trainers) and :func:`token_logps` (B, T) log-probs at a temperature with entropies (the online
-trainers). Rows come from :func:`~posttrain.data.preference.build_rows`, padded or padding-free.
+:func:`head_logps` is the one place the trainers run the output head for log-probs: fused with the log-softmax and
+chunked over tokens where the head allows (:mod:`posttrain.models.fused_head`: no (tokens, vocabulary) logits in
+forward or backward), else restricted to the positions that carry a target
+(:func:`~posttrain.models.select_head_positions`). :func:`completion_head` selects the positions that predict a
+completion token; on top of it, :func:`completion_logps` returns :class:`SequenceLogps` (per-token log-probs,
+per-sequence sums and counts, optional token statistics; the offline preference trainers) and :func:`token_logps`
+(B, T) log-probs at a temperature with entropies (the online trainers). Rows come from
+:func:`~posttrain.data.preference.build_rows`, padded or padding-free.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from ..losses.tokens import entropy_from_logits, selective_log_softmax
 from ..models import select_head_positions
+from ..models.fused_head import STATS, fused_head, fused_head_supported
 
 
 @dataclass
@@ -81,22 +84,66 @@ ROW_KEYS = ("input_ids", "attention_mask", "position_ids", "completion_mask", "s
 
 def head_logits(model, inputs: Mapping[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
     """(N, V) logits of ``model`` on ``inputs`` at the N True entries of ``positions`` (R, L), row-major: the output
-    head projects only those hidden states (:func:`~posttrain.models.select_head_positions`). The one place every
-    trainer (SFT, GKD, the preference and online trainers) runs the output head."""
+    head projects only those hidden states (:func:`~posttrain.models.select_head_positions`). For the callers that
+    need the logits themselves (GKD's two distributions, evaluation outputs); log-probs come from :func:`head_logps`."""
     with select_head_positions(model, positions):
         return model(**inputs, use_cache=False).logits[0]
+
+
+def head_logps(model, inputs: Mapping[str, torch.Tensor], positions: torch.Tensor, targets: torch.Tensor, *,
+               temperature: float = 1.0, stats: tuple[str, ...] = (), fused: bool | None = None
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Log-probs (N,) of ``targets`` under ``softmax(logits / temperature)`` of ``model`` on ``inputs`` at the N True
+    entries of ``positions`` (R, L), row-major, in float32, and the per-token statistics ``stats`` (names of
+    :data:`posttrain.models.fused_head.STATS`: entropy, mean logit, top-1 hit, ``log sum p^2``; detached).
+
+    The one place every trainer runs its output head for log-probs. Where the head allows it
+    (:func:`~posttrain.models.fused_head.fused_head_supported`; ``fused=None``), the head is fused with the
+    log-softmax and runs in chunks of tokens, so no (N, V) logits exist in forward or backward; otherwise the head
+    projects the N positions and the log-probs are taken chunk by chunk from those logits."""
+    if fused is None:
+        fused = fused_head_supported(model)
+    if fused:
+        with fused_head(model, positions, targets, temperature=temperature, stats=stats):
+            out = model(**inputs, use_cache=False).logits[0]
+        return out[:, 0], {name: out[:, j + 1] for j, name in enumerate(stats)}
+    logits = head_logits(model, inputs, positions)
+    if temperature != 1.0:
+        logits = logits / temperature
+    return selective_log_softmax(logits, targets), logit_stats(logits.detach(), targets, stats)
+
+
+def logit_stats(logits: torch.Tensor, targets: torch.Tensor, stats: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The statistics of :func:`head_logps` from (N, V) logits (the unfused path), float32."""
+    out = {}
+    for name in stats:
+        if name == "entropy":
+            out[name] = entropy_from_logits(logits).float()
+        elif name == "mean_logit":
+            out[name] = logits.float().mean(-1)
+        elif name == "top1":
+            out[name] = (logits.argmax(dim=-1) == targets).float()
+        elif name == "log_sum_sq_probs":
+            from ..losses.preference import log_sum_squared_probs
+
+            out[name] = log_sum_squared_probs(logits)
+        else:
+            raise ValueError(f"Unknown head statistic {name!r}; valid: {', '.join(STATS)}.")
+    return out
 
 
 @dataclass
 class CompletionHead:
     """The output head run on the positions that predict a completion token (:func:`completion_head`).
 
-    ``logits`` (N, V) in the order of the rows' tokens (row-major); ``targets`` (N,) the tokens they predict;
-    ``token_seq`` (N,) the sequence of each, ``order`` the permutation that groups them by sequence when bin-packed
-    rows interleave sequences (else None; ``token_seq`` is already in that order); ``num_rows`` the number of
-    sequences; ``nxt`` (R, L-1) the rows' positions whose next token is a completion token."""
+    ``logps`` (N,) the log-probs of the completion tokens and ``stats`` their requested statistics, in the order of
+    the rows' tokens (row-major); ``targets`` (N,) the tokens; ``token_seq`` (N,) the sequence of each, ``order`` the
+    permutation that groups them by sequence when bin-packed rows interleave sequences (else None; ``token_seq`` is
+    already in that order); ``num_rows`` the number of sequences; ``nxt`` (R, L-1) the rows' positions whose next
+    token is a completion token."""
 
-    logits: torch.Tensor
+    logps: torch.Tensor
+    stats: dict[str, torch.Tensor]
     targets: torch.Tensor
     token_seq: torch.Tensor
     order: torch.Tensor | None
@@ -104,11 +151,12 @@ class CompletionHead:
     nxt: torch.Tensor
 
 
-def completion_head(model, rows: Mapping[str, torch.Tensor]) -> CompletionHead:
+def completion_head(model, rows: Mapping[str, torch.Tensor], *, temperature: float = 1.0,
+                    stats: tuple[str, ...] = (), fused: bool | None = None) -> CompletionHead:
     """Run ``model`` on ``rows`` (from :func:`~posttrain.data.preference.build_rows`, padded or padding-free, plus a
-    vision-language model's image inputs: every key not in :data:`ROW_KEYS`) with its output head restricted to the
-    positions whose next token is a completion token (:func:`~posttrain.models.select_head_positions`), so the
-    (R, L, V) logits are never built. Every log-prob of the trainers starts here: the one place the head runs."""
+    vision-language model's image inputs: every key not in :data:`ROW_KEYS`) and take the log-probs of the
+    completion tokens at the positions that predict them (:func:`head_logps`), so the (R, L, V) logits are never
+    built. Every log-prob of the trainers starts here."""
     input_ids = rows["input_ids"]
     cmask = rows["completion_mask"].bool()
     position_ids = rows.get("position_ids")
@@ -134,34 +182,23 @@ def completion_head(model, rows: Mapping[str, torch.Tensor]) -> CompletionHead:
         model_inputs = {"input_ids": input_ids, "attention_mask": rows["attention_mask"]}
     # a vision-language model's image inputs (pixel_values, image_sizes, token_type_ids, ...): every other key
     model_inputs.update({k: v for k, v in rows.items() if k not in ROW_KEYS})
-    return CompletionHead(head_logits(model, model_inputs, head_mask), targets, token_seq, order, num_rows, nxt)
+    logps, extra = head_logps(model, model_inputs, head_mask, targets, temperature=temperature, stats=stats,
+                              fused=fused)
+    return CompletionHead(logps, extra, targets, token_seq, order, num_rows, nxt)
 
 
 def completion_logps(model, rows: Mapping[str, torch.Tensor], *, with_log_sum_sq_probs: bool = False,
-                     with_token_stats: bool = False) -> SequenceLogps:
-    """Per-sequence completion log-probs of ``rows`` under ``model`` (the offline trainers' layout).
-
-    The log-probs are ``logit[target] - logsumexp(logits)`` in float32 over the head positions of
-    :func:`completion_head`, so neither the (R, L, V) logits nor a full-vocabulary ``log_softmax`` tensor is ever
-    materialised.
-    """
-    head = completion_head(model, rows)
-    logits, targets, order = head.logits, head.targets, head.order
-    token_seq, num_rows = head.token_seq, head.num_rows
-    logits32 = logits.float()
-    lse = torch.logsumexp(logits32, dim=-1)
-    token_logps = logits32.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
-    token_mean_logit = logits32.detach().mean(-1)
-    entropy = top1 = None
-    if with_token_stats:  # the metrics TRL's DPO/KTO log: entropy and whether the target is the top-1 token
-        entropy = entropy_from_logits(logits.detach())
-        top1 = logits.detach().argmax(dim=-1) == targets
-    lssp = None
-    if with_log_sum_sq_probs:
-        from ..losses.preference import log_sum_squared_probs
-
-        lssp = log_sum_squared_probs(logits.detach())
-    del logits32, logits, head
+                     with_token_stats: bool = False, fused: bool | None = None) -> SequenceLogps:
+    """Per-sequence completion log-probs of ``rows`` under ``model`` (the offline trainers' layout), from
+    :func:`completion_head`: neither the (R, L, V) logits nor a full-vocabulary ``log_softmax`` tensor is ever
+    materialised (nor, where the head is fused, any (N, V) logits)."""
+    stats = ("mean_logit",) + (("entropy", "top1") if with_token_stats else ()) + \
+        (("log_sum_sq_probs",) if with_log_sum_sq_probs else ())
+    head = completion_head(model, rows, stats=stats, fused=fused)
+    token_logps, order, token_seq, num_rows = head.logps, head.order, head.token_seq, head.num_rows
+    token_mean_logit = head.stats["mean_logit"]
+    entropy, lssp = head.stats.get("entropy"), head.stats.get("log_sum_sq_probs")
+    top1 = head.stats["top1"].bool() if with_token_stats else None
     if order is not None:  # tokens grouped by sequence, in sequence order (SequenceLogps.per_token relies on it)
         token_logps, token_mean_logit = token_logps[order], token_mean_logit[order]
         lssp, entropy, top1 = (x[order] if x is not None else None for x in (lssp, entropy, top1))
@@ -182,21 +219,17 @@ def completion_layout(flat: torch.Tensor, nxt: torch.Tensor) -> tuple[torch.Tens
     return out, torch.arange(width, device=counts.device).unsqueeze(0) < counts.unsqueeze(1)
 
 
-def token_logps(model, rows: Mapping[str, torch.Tensor], *, temperature: float = 1.0, with_entropy: bool = False):
+def token_logps(model, rows: Mapping[str, torch.Tensor], *, temperature: float = 1.0, with_entropy: bool = False,
+                fused: bool | None = None):
     """``(logps, mask, entropies)`` of padded ``rows`` (the online trainers' layout): (B, T) log-probs of the
-    completion tokens under ``logits / temperature`` (chunked log-softmax), their 0/1 mask, and (B, T) detached
-    entropies when asked. The logits come from :func:`completion_head`."""
-    head = completion_head(model, rows)
-    logits = head.logits
-    if temperature != 1.0:
-        logits = logits / temperature
-    logps, mask = completion_layout(selective_log_softmax(logits, head.targets), head.nxt)
-    entropies = None
-    if with_entropy:
-        with torch.no_grad():
-            entropies = completion_layout(entropy_from_logits(logits.detach()), head.nxt)[0]
+    completion tokens under ``logits / temperature``, their 0/1 mask, and (B, T) detached entropies when asked.
+    From :func:`completion_head`."""
+    head = completion_head(model, rows, temperature=temperature, stats=("entropy",) if with_entropy else (),
+                           fused=fused)
+    logps, mask = completion_layout(head.logps, head.nxt)
+    entropies = completion_layout(head.stats["entropy"], head.nxt)[0] if with_entropy else None
     return logps, mask, entropies
 
 
-__all__ = ["SequenceLogps", "sequence_sums", "ROW_KEYS", "head_logits", "CompletionHead", "completion_head", "completion_logps",
-           "completion_layout", "token_logps"]
+__all__ = ["SequenceLogps", "sequence_sums", "ROW_KEYS", "head_logits", "head_logps", "logit_stats", "CompletionHead",
+           "completion_head", "completion_logps", "completion_layout", "token_logps"]

@@ -29,10 +29,10 @@ from ..data.formats import LANGUAGE_MODELING, PROMPT_COMPLETION
 from ..data.vision import padded_only_error
 from ..data.tokenize import TRUNCATION_MODES
 from ..losses.tokens import entropy_from_logits
-from ..losses.sft import SFT_LOSS_TYPES, sft_token_loss
+from ..losses.sft import SFT_LOSS_TYPES, sft_loss_from_logps, sft_token_loss
 from ..models import accepts_videos, is_vision_model, unwrap
 from .base import BaseTrainer, PosttrainConfig, check_choice, require_positive
-from .logprobs import head_logits
+from .logprobs import head_logits, head_logps
 
 
 @dataclass
@@ -245,19 +245,24 @@ class SFTTrainer(BaseTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         targets, mask, real_tokens = self.pop_targets(inputs)
-        if self.args.loss_type == "nll":
-            outputs = model(**inputs, use_cache=False)
-            logits = outputs.logits[mask]
-        else:
-            logits = head_logits(model, inputs, mask)
         tgt = targets[mask]
-        per_token = sft_token_loss(logits, tgt, "nll" if self.args.loss_type == "chunked_nll" else self.args.loss_type)
+        loss_type = self.args.loss_type
+        logits = None
+        if loss_type != "nll" and not return_outputs:  # the log-probs straight from the head (fused where it can be)
+            logps, stats = head_logps(model, inputs, mask, tgt, stats=("top1", "entropy"))
+            per_token = sft_loss_from_logps(logps, loss_type)
+            hits, entropy = stats["top1"].bool(), stats["entropy"]
+        else:  # "nll": the model's full logits (the reference path); an evaluation that returns the logits
+            logits = model(**inputs, use_cache=False).logits[mask] if loss_type == "nll" else \
+                head_logits(model, inputs, mask)
+            per_token = sft_token_loss(logits, tgt, "nll" if loss_type == "chunked_nll" else loss_type)
+            hits, entropy = logits.detach().argmax(dim=-1) == tgt, entropy_from_logits(logits.detach())
         loss = self.reduce_loss(per_token.sum(), tgt.numel(), num_items_in_batch)
 
         # token means pooled over the micro-batches and processes of the logging window (as one process would log
         # them with the same global batch), not means of per-micro-batch or per-process means
-        self.record_pooled("mean_token_accuracy", logits.detach().argmax(dim=-1) == tgt)
-        self.record_pooled("entropy", entropy_from_logits(logits.detach()))
+        self.record_pooled("mean_token_accuracy", hits)
+        self.record_pooled("entropy", entropy)
         self.count_input_tokens(inputs, real_tokens)
         if return_outputs:
             return loss, {"logits": logits.detach()}

@@ -53,3 +53,19 @@ def test_accumulated_processes_give_the_update_of_one_big_batch(with_step_count)
     else:
         expected = sum(float(x.mean()) for x in every) / len(every)
     assert update == pytest.approx(expected, rel=1e-12)
+
+
+def test_use_liger_kernel_where_it_cannot_run_is_an_error(monkeypatch, tmp_path):
+    """Liger's kernels need the package and a CUDA GPU: elsewhere the flag fails when the config is built."""
+    import importlib.util
+
+    from posttrain import DPOConfig
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "liger_kernel" else real(name, *a))
+    with pytest.raises(ValueError, match="needs the liger-kernel package"):
+        DPOConfig(output_dir=str(tmp_path), use_liger_kernel=True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "liger_kernel" else real(name, *a))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="need a CUDA GPU"):
+        DPOConfig(output_dir=str(tmp_path), use_liger_kernel=True)

@@ -1,0 +1,180 @@
+"""The output head fused with the log-softmax: per-token log-probs of given target tokens straight from the last
+hidden states, in chunks of tokens, so no (tokens, vocabulary) logits tensor is ever alive, in forward or backward
+(docs/performance.md, "Log-probs without full-vocabulary tensors").
+
+Forward, chunk by chunk: ``z = h W^T (+ b)`` in the compute precision (autocast's, else the weight's), then in
+float32 ``z / T``, its log-sum-exp ``L`` (kept, one float a token) and ``log p_t = z_t - L``, plus the statistics
+asked for (entropy ``L - sum_v p_v z_v``, the mean logit, whether the target is the argmax, ``log sum_v p_v^2``;
+detached). Backward recomputes each chunk's logits: with ``p = softmax(z / T)``,
+``d log p_t / d z = (onehot(t) - p) / T``, so the chunk gives ``grad_h = G W`` and adds ``G^T h`` to ``grad_W``
+(``G = g (onehot - p) / T``). Peak memory is one chunk's logits, whatever the vocabulary.
+
+:func:`fused_head` swaps a model's output head for this computation during one forward, through DDP, DeepSpeed
+(ZeRO-3 gathers the head's weight for that call and for its backward, as for the head itself) and PEFT wrappers: the
+model then returns, in place of logits, a (1, N, 1 + k) tensor: the N log-probs and k statistics.
+:func:`fused_head_supported` says where it applies: a plain ``nn.Linear`` head (tied or not; not LoRA-wrapped or
+quantized) of a model that uses its logits as the head gives them (no final soft-capping or logit scaling).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from .wrappers import base_model
+
+STATS = ("entropy", "mean_logit", "top1", "log_sum_sq_probs")
+"""The per-token statistics the fused head can add to the log-probs (all detached)."""
+
+CHUNK_BYTES = 64 * 2**20
+"""Float32 logits of one chunk: 64 MiB, about 110 tokens at a 151,936-token vocabulary (docs/performance.md)."""
+
+# config fields that change the logits after the head; where one is set, the fused head does not apply
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def chunk_tokens(vocab_size: int, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Tokens per chunk so one chunk's float32 logits take about ``chunk_bytes``."""
+    return max(1, chunk_bytes // (4 * max(int(vocab_size), 1)))
+
+
+def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return weight.dtype
+
+
+def _chunk_logits(h, weight, bias, dtype, temperature) -> torch.Tensor:
+    z = h.to(dtype) @ weight.to(dtype).t()
+    if bias is not None:
+        z = z + bias.to(dtype)
+    z = z.float()
+    return z / temperature if temperature != 1.0 else z
+
+
+class _FusedHeadLogps(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature: float, chunk: int, stats: tuple[str, ...]):
+        dtype = _compute_dtype(hidden, weight)
+        n = hidden.shape[0]
+        logps = hidden.new_empty(n, dtype=torch.float32)
+        lse = hidden.new_empty(n, dtype=torch.float32)
+        extra = hidden.new_zeros((n, len(stats)), dtype=torch.float32)
+        with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, n, chunk):
+                stop = min(start + chunk, n)
+                z = _chunk_logits(hidden[start:stop], weight, bias, dtype, temperature)
+                t = targets[start:stop].unsqueeze(-1)
+                norm = torch.logsumexp(z, dim=-1)
+                lse[start:stop] = norm
+                logps[start:stop] = z.gather(-1, t).squeeze(-1) - norm
+                for j, name in enumerate(stats):
+                    if name == "entropy":
+                        p = torch.exp(z - norm.unsqueeze(-1))
+                        extra[start:stop, j] = norm - (p * z).sum(-1)
+                    elif name == "mean_logit":
+                        extra[start:stop, j] = z.mean(-1)
+                    elif name == "top1":
+                        extra[start:stop, j] = (z.argmax(-1, keepdim=True) == t).squeeze(-1).float()
+                    else:  # log_sum_sq_probs
+                        extra[start:stop, j] = torch.logsumexp(2.0 * (z - norm.unsqueeze(-1)), dim=-1)
+                del z
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.temperature, ctx.chunk, ctx.dtype = temperature, chunk, dtype
+        ctx.mark_non_differentiable(extra)
+        return logps, extra
+
+    @staticmethod
+    def backward(ctx, grad_logps, _grad_extra):
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        temperature, chunk, dtype = ctx.temperature, ctx.chunk, ctx.dtype
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.zeros_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b and bias is not None else None
+        w = weight.to(dtype)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.shape[0], chunk):
+                stop = min(start + chunk, hidden.shape[0])
+                g = grad_logps[start:stop].float().unsqueeze(-1)
+                z = _chunk_logits(hidden[start:stop], weight, bias, dtype, temperature)
+                d = torch.exp(z - lse[start:stop].unsqueeze(-1)).mul_(-g)   # -g p
+                d.scatter_add_(1, targets[start:stop].unsqueeze(-1), g)    # + g onehot(t)
+                if temperature != 1.0:
+                    d.div_(temperature)
+                del z
+                if grad_b is not None:
+                    grad_b += d.sum(0)
+                d = d.to(dtype)
+                if grad_h is not None:
+                    grad_h[start:stop] = (d @ w).to(hidden.dtype)
+                if grad_w is not None:
+                    grad_w += (d.t() @ hidden[start:stop].to(dtype)).float()
+        return (grad_h, grad_w.to(weight.dtype) if grad_w is not None else None,
+                grad_b.to(bias.dtype) if grad_b is not None else None, None, None, None, None)
+
+
+def fused_head_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, *,
+                     temperature: float = 1.0, stats: tuple[str, ...] = (), chunk_size: int | None = None
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Log-probs (N,) of ``targets`` (N,) under ``softmax((hidden @ weight.T + bias) / temperature)`` for ``hidden``
+    (N, H), without the (N, V) logits: see the module docstring. Returns the float32 log-probs (differentiable in
+    ``hidden``, ``weight`` and ``bias``) and the requested ``stats`` (names of :data:`STATS`; (N,), detached)."""
+    unknown = set(stats) - set(STATS)
+    if unknown:
+        raise ValueError(f"Unknown fused-head statistics {sorted(unknown)}; valid: {', '.join(STATS)}.")
+    chunk = chunk_size or chunk_tokens(weight.shape[0])
+    logps, extra = _FusedHeadLogps.apply(hidden, weight, bias, targets.long(), float(temperature), int(chunk),
+                                         tuple(stats))
+    return logps, {name: extra[:, j] for j, name in enumerate(stats)}
+
+
+def fused_head_supported(model) -> bool:
+    """True when :func:`fused_head` computes exactly what the model's own head and logits would: a plain
+    ``nn.Linear`` output head without hooks of its own, and no transformation of the logits after it."""
+    from .heads import output_head
+
+    try:
+        head = output_head(model)
+    except ValueError:
+        return False
+    if type(head) is not torch.nn.Linear:  # LoRA-wrapped, quantized or custom heads keep the unfused path
+        return False
+    config = getattr(base_model(model), "config", None)
+    configs = [config, getattr(config, "text_config", None)]
+    return not any(getattr(c, name, None) not in (None, 1, 1.0) for c in configs if c is not None
+                   for name in _LOGIT_TRANSFORMS)
+
+
+@contextmanager
+def fused_head(model, positions: torch.Tensor, targets: torch.Tensor, *, temperature: float = 1.0,
+               stats: tuple[str, ...] = (), chunk_size: int | None = None):
+    """Within the block, ``model(...)`` returns as ``logits`` a (1, N, 1 + len(stats)) tensor: the log-probs of
+    ``targets`` (N,) at the N True entries of ``positions`` (row-major), then the statistics. Check
+    :func:`fused_head_supported` first."""
+    from .heads import output_head
+
+    head = output_head(model)
+    flat = positions.reshape(-1).nonzero(as_tuple=True)[0]
+    own = vars(head).get("forward")  # normally none: the class's forward
+
+    def forward(hidden_states):
+        h = hidden_states.reshape(-1, hidden_states.shape[-1]).index_select(0, flat.to(hidden_states.device))
+        logps, extra = fused_head_logps(h, head.weight, head.bias, targets.to(h.device), temperature=temperature,
+                                        stats=stats, chunk_size=chunk_size)
+        return torch.cat([logps.unsqueeze(-1), torch.stack([extra[s] for s in stats], -1)], -1).unsqueeze(0) \
+            if stats else logps.view(1, -1, 1)
+
+    head.forward = forward
+    try:
+        yield flat
+    finally:
+        if own is None:
+            del head.forward
+        else:
+            head.forward = own
+
+
+__all__ = ["STATS", "CHUNK_BYTES", "chunk_tokens", "fused_head_logps", "fused_head_supported", "fused_head"]

@@ -1,0 +1,162 @@
+"""The fused, chunked output head (posttrain.models.fused_head): the log-probs, statistics and gradients of the
+unfused path in every layout, without any (tokens, vocabulary) tensor in forward or backward."""
+
+import pytest
+import torch
+
+from posttrain.data.preference import build_rows
+from posttrain.kit import build_tiny_model
+from posttrain.models.fused_head import STATS, chunk_tokens, fused_head_logps, fused_head_supported
+from posttrain.trainers.logprobs import completion_logps, token_logps
+
+
+def reference(hidden, weight, bias, targets, temperature):
+    """log softmax(z / T) at the targets and the statistics, from whole float64 logits (the definition)."""
+    z = (hidden @ weight.t() + (bias if bias is not None else 0)) / temperature
+    logp = torch.log_softmax(z, -1)
+    p = logp.exp()
+    return logp.gather(-1, targets[:, None]).squeeze(-1), {
+        "entropy": -(p * logp).sum(-1), "mean_logit": z.mean(-1), "top1": (z.argmax(-1) == targets).double(),
+        "log_sum_sq_probs": torch.logsumexp(2 * logp, -1)}
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("chunk", [1, 5, 64])
+def test_log_probs_statistics_and_gradients_are_the_definition(temperature, with_bias, chunk):
+    gen = torch.Generator().manual_seed(0)
+    n, h, v = 37, 16, 300
+    hidden = torch.randn(n, h, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(v, h, generator=gen, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(v, generator=gen, dtype=torch.float64, requires_grad=True) if with_bias else None
+    targets = torch.randint(0, v, (n,), generator=gen)
+    upstream = torch.randn(n, generator=gen, dtype=torch.float64)
+    logps, stats = fused_head_logps(hidden, weight, bias, targets, temperature=temperature, stats=STATS,
+                                    chunk_size=chunk)
+    grads = torch.autograd.grad((logps.double() * upstream).sum(), [hidden, weight] + ([bias] if with_bias else []))
+    ref, ref_stats = reference(hidden, weight, bias, targets, temperature)
+    ref_grads = torch.autograd.grad((ref * upstream).sum(), [hidden, weight] + ([bias] if with_bias else []))
+    torch.testing.assert_close(logps.double(), ref, rtol=1e-5, atol=1e-5)  # float32 inside
+    for name in STATS:
+        torch.testing.assert_close(stats[name].double(), ref_stats[name], rtol=1e-5, atol=1e-4)
+        assert not stats[name].requires_grad
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_no_tensor_of_tokens_times_vocabulary_is_saved_or_allocated():
+    """What backward keeps is the inputs and one float a token; the largest allocation is one chunk's logits."""
+    n, h, v, chunk = 64, 8, 4096, 16
+    hidden = torch.randn(n, h, requires_grad=True)
+    weight = torch.randn(v, h, requires_grad=True)
+    targets = torch.randint(0, v, (n,))
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            logps, _ = fused_head_logps(hidden, weight, None, targets, stats=("entropy",), chunk_size=chunk)
+        logps.sum().backward()
+    assert max(saved) == v * h  # the weight itself; nothing of size n * v
+    largest = max(e.cpu_memory_usage for e in prof.events())
+    assert largest <= 4 * max(chunk * v, v * h) * 1.01  # a chunk's logits, or the weight's gradient
+    assert 4 * n * v > 3 * largest  # the whole logits, four times a chunk's, would have been the largest
+
+
+@pytest.mark.parametrize("vocab", [20_000, 80_000])
+def test_peak_allocation_does_not_grow_with_the_vocabulary_at_fixed_tokens(vocab):
+    """The logits of one chunk stay within CHUNK_BYTES (64 MiB): the chunk shrinks as the vocabulary grows. At 80k
+    the whole (512, 80k) float32 logits would be 164 MB."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from posttrain.models.fused_head import CHUNK_BYTES
+
+    n, h = 512, 8
+    hidden, weight = torch.randn(n, h, requires_grad=True), torch.randn(vocab, h)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fused_head_logps(hidden, weight, None, torch.randint(0, vocab, (n,)))[0].sum().backward()
+    largest = max(e.cpu_memory_usage for e in prof.events())
+    assert largest <= 4 * min(n, chunk_tokens(vocab)) * vocab * 1.01 <= CHUNK_BYTES * 1.01
+    if vocab == 80_000:  # (at 20k the 512 tokens fit in one chunk)
+        assert largest < 4 * n * vocab / 2
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_tiny_model("qwen2", size="tiny", seed=0).float()
+
+
+def layouts():
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 1000, (int(n),), generator=gen).tolist() for n in (5, 3, 9, 4, 6)]
+    completions = [torch.randint(3, 1000, (int(n),), generator=gen).tolist() for n in (7, 2, 4, 11, 5)]
+    return {"padded": build_rows(prompts, completions, pad_token_id=0),
+            "padding-free": build_rows(prompts, completions, pad_token_id=0, padding_free=True),
+            "bin-packed": build_rows(prompts, completions, pad_token_id=0, padding_free=True, flatten=False)}
+
+
+@pytest.mark.parametrize("layout", ["padded", "padding-free", "bin-packed"])
+def test_completion_logps_equal_the_unfused_path_in_every_layout(model, layout):
+    assert fused_head_supported(model)
+    rows = layouts()[layout]
+    results = {}
+    for fused in (True, False):
+        model.zero_grad()
+        out = completion_logps(model, rows, with_log_sum_sq_probs=True, with_token_stats=True, fused=fused)
+        (out.sum * torch.arange(1, out.sum.numel() + 1)).sum().backward()
+        results[fused] = out, {n: p.grad.clone() for n, p in model.named_parameters()}
+    (a, ga), (b, gb) = results[True], results[False]
+    for field in ("sum", "count", "mean_logits", "token_logps", "token_seq", "log_sum_sq_probs", "token_entropy"):
+        torch.testing.assert_close(getattr(a, field).detach(), getattr(b, field).detach(), rtol=1e-5, atol=1e-5)
+    assert torch.equal(a.token_top1, b.token_top1)
+    for name in ga:
+        torch.testing.assert_close(ga[name], gb[name], rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_token_logps_at_a_temperature_equal_the_unfused_path(model, temperature):
+    rows = layouts()["padded"]
+    a = token_logps(model, rows, temperature=temperature, with_entropy=True, fused=True)
+    b = token_logps(model, rows, temperature=temperature, with_entropy=True, fused=False)
+    torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-5)
+    assert torch.equal(a[1], b[1])
+    torch.testing.assert_close(a[2], b[2], rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_matches_the_unfused_path_to_bf16_rounding(model):
+    rows = layouts()["padded"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a = token_logps(model, rows, fused=True)[0]
+        b = token_logps(model, rows, fused=False)[0]
+    torch.testing.assert_close(a, b, rtol=0, atol=2e-2)
+
+
+def test_lora_on_the_head_and_logit_softcapping_keep_the_unfused_path(model):
+    import copy
+
+    peft = pytest.importorskip("peft")
+    wrapped = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    assert fused_head_supported(wrapped)  # LoRA elsewhere: the head is still a plain Linear
+    on_head = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(r=2, target_modules=["lm_head"]))
+    assert not fused_head_supported(on_head)
+    capped = copy.deepcopy(model)
+    capped.config.final_logit_softcapping = 30.0
+    assert not fused_head_supported(capped)
+
+
+def test_the_head_is_restored_after_the_block(model):
+    from posttrain.models.fused_head import fused_head
+    from posttrain.models.heads import output_head
+
+    head = output_head(model)
+    rows = layouts()["padded"]
+    with fused_head(model, rows["completion_mask"].bool(), torch.zeros(int(rows["completion_mask"].sum()),
+                                                                       dtype=torch.long)):
+        assert "forward" in vars(head)
+    assert "forward" not in vars(head)  # the decode loop checks for instance-level forwards
