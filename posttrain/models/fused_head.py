@@ -131,6 +131,75 @@ def fused_head_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     return logps, {name: extra[:, j] for j, name in enumerate(stats)}
 
 
+class _ChunkedRecompute(torch.autograd.Function):
+    """Per-token values ``fn(h[chunk], weight, bias)`` (N,) computed chunk by chunk without keeping any chunk's
+    intermediates; backward recomputes each chunk with gradients (activation checkpointing at the chunk level). For
+    values whose gradient has no short closed form (GKD's divergence)."""
+
+    @staticmethod
+    def forward(ctx, fn, chunk: int, hidden, weight, bias):
+        n = hidden.shape[0]
+        out = hidden.new_empty(n, dtype=torch.float32)
+        with torch.no_grad():
+            for start in range(0, n, chunk):
+                out[start:start + chunk] = fn(slice(start, start + chunk), hidden[start:start + chunk], weight, bias)
+        ctx.fn, ctx.chunk = fn, chunk
+        ctx.autocast = (torch.is_autocast_enabled(hidden.device.type), torch.get_autocast_dtype(hidden.device.type))
+        ctx.save_for_backward(hidden, weight, bias)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias = ctx.saved_tensors
+        need = ctx.needs_input_grad[2:5]
+        grad_h = torch.zeros_like(hidden) if need[0] else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need[1] else None
+        grad_b = torch.zeros_like(bias, dtype=torch.float32) if need[2] and bias is not None else None
+        w = weight.detach().requires_grad_(need[1])
+        b = bias.detach().requires_grad_(need[2]) if bias is not None else None
+        enabled, dtype = ctx.autocast
+        for start in range(0, hidden.shape[0], ctx.chunk):
+            h = hidden[start:start + ctx.chunk].detach().requires_grad_(need[0])
+            with torch.enable_grad(), torch.autocast(hidden.device.type, dtype=dtype, enabled=enabled):
+                value = ctx.fn(slice(start, start + ctx.chunk), h, w, b)
+            inputs = [x for x, n in zip((h, w, b), need) if n and x is not None]
+            grads = iter(torch.autograd.grad(value, inputs, grad_out[start:start + ctx.chunk].to(value.dtype)))
+            if need[0]:
+                grad_h[start:start + ctx.chunk] = next(grads)
+            if need[1]:
+                grad_w += next(grads).float()
+            if grad_b is not None:
+                grad_b += next(grads).float()
+        return (None, None, grad_h, grad_w.to(weight.dtype) if grad_w is not None else None,
+                grad_b.to(bias.dtype) if grad_b is not None else None)
+
+
+def fused_head_divergence(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                          other_hidden: torch.Tensor, other_weight: torch.Tensor, other_bias: torch.Tensor | None,
+                          divergence, *, chunk_size: int | None = None) -> torch.Tensor:
+    """Per-token ``divergence(logits, other_logits)`` (N,) between two heads' distributions, ``hidden`` (N, H)
+    through ``weight`` (differentiable) and ``other_hidden`` (N, H') through ``other_weight`` (a frozen model's,
+    no gradient), chunk by chunk: neither (N, V) logits tensor exists, in forward or backward (each chunk is
+    recomputed in backward). ``divergence`` maps two (chunk, V) float32 logit tensors to (chunk,) values."""
+    if other_weight.shape[0] != weight.shape[0]:
+        raise ValueError(f"The two heads' vocabularies differ: {weight.shape[0]} and {other_weight.shape[0]}.")
+    other_hidden, other_weight = other_hidden.detach(), other_weight.detach()
+    other_bias = other_bias.detach() if other_bias is not None else None
+
+    def per_chunk(rows, h, w, b):
+        autocast = torch.is_autocast_enabled(h.device.type)
+        dtype = torch.get_autocast_dtype(h.device.type) if autocast else w.dtype
+        other_dtype = dtype if autocast else other_weight.dtype
+        with torch.autocast(h.device.type, enabled=False):
+            z = _chunk_logits(h, w, b, dtype, 1.0)
+            with torch.no_grad():
+                z_other = _chunk_logits(other_hidden[rows], other_weight, other_bias, other_dtype, 1.0)
+            return divergence(z, z_other)
+
+    chunk = chunk_size or max(1, chunk_tokens(weight.shape[0]) // 2)  # two logit chunks alive
+    return _ChunkedRecompute.apply(per_chunk, int(chunk), hidden, weight, bias)
+
+
 def fused_head_supported(model) -> bool:
     """True when :func:`fused_head` computes exactly what the model's own head and logits would: a plain
     ``nn.Linear`` output head without hooks of its own, and no transformation of the logits after it."""
@@ -149,11 +218,10 @@ def fused_head_supported(model) -> bool:
 
 
 @contextmanager
-def fused_head(model, positions: torch.Tensor, targets: torch.Tensor, *, temperature: float = 1.0,
-               stats: tuple[str, ...] = (), chunk_size: int | None = None):
-    """Within the block, ``model(...)`` returns as ``logits`` a (1, N, 1 + len(stats)) tensor: the log-probs of
-    ``targets`` (N,) at the N True entries of ``positions`` (row-major), then the statistics. Check
-    :func:`fused_head_supported` first."""
+def head_computes(model, positions: torch.Tensor, compute):
+    """Within the block, the output head of ``model`` returns ``compute(hidden)`` for the (N, H) hidden states at the N
+    True entries of ``positions`` (row-major) instead of logits; ``model(...).logits`` is what it returns (shape
+    (1, N, ...)). The head's own hooks still run (ZeRO-3 gathers its weight for the call and for its backward)."""
     from .heads import output_head
 
     head = output_head(model)
@@ -161,15 +229,11 @@ def fused_head(model, positions: torch.Tensor, targets: torch.Tensor, *, tempera
     own = vars(head).get("forward")  # normally none: the class's forward
 
     def forward(hidden_states):
-        h = hidden_states.reshape(-1, hidden_states.shape[-1]).index_select(0, flat.to(hidden_states.device))
-        logps, extra = fused_head_logps(h, head.weight, head.bias, targets.to(h.device), temperature=temperature,
-                                        stats=stats, chunk_size=chunk_size)
-        return torch.cat([logps.unsqueeze(-1), torch.stack([extra[s] for s in stats], -1)], -1).unsqueeze(0) \
-            if stats else logps.view(1, -1, 1)
+        return compute(hidden_states.reshape(-1, hidden_states.shape[-1]).index_select(0, flat.to(hidden_states.device)))
 
     head.forward = forward
     try:
-        yield flat
+        yield head
     finally:
         if own is None:
             del head.forward
@@ -177,4 +241,22 @@ def fused_head(model, positions: torch.Tensor, targets: torch.Tensor, *, tempera
             head.forward = own
 
 
-__all__ = ["STATS", "CHUNK_BYTES", "chunk_tokens", "fused_head_logps", "fused_head_supported", "fused_head"]
+@contextmanager
+def fused_head(model, positions: torch.Tensor, targets: torch.Tensor, *, temperature: float = 1.0,
+               stats: tuple[str, ...] = (), chunk_size: int | None = None):
+    """Within the block, ``model(...)`` returns as ``logits`` a (1, N, 1 + len(stats)) tensor: the log-probs of
+    ``targets`` (N,) at the N True entries of ``positions`` (row-major), then the statistics. Check
+    :func:`fused_head_supported` first."""
+    head = None
+
+    def compute(h):
+        logps, extra = fused_head_logps(h, head.weight, head.bias, targets.to(h.device), temperature=temperature,
+                                        stats=stats, chunk_size=chunk_size)
+        return torch.stack([logps, *(extra[s] for s in stats)], -1).unsqueeze(0)
+
+    with head_computes(model, positions, compute) as head:
+        yield
+
+
+__all__ = ["STATS", "CHUNK_BYTES", "chunk_tokens", "fused_head_logps", "fused_head_divergence", "fused_head_supported",
+           "head_computes", "fused_head"]

@@ -30,6 +30,8 @@ from ..losses.distill import generalized_jsd_loss
 from ..data.preference import build_rows
 from ..models import disable_dropout, load_frozen, load_tokenizer, output_head, unwrap
 from ..rollout import generate
+from ..models.fused_head import fused_head_divergence, fused_head_supported, head_computes
+from ..models.sharding import is_zero3_partitioned
 from .logprobs import head_logits
 from .sft import SFTConfig, SFTTrainer
 
@@ -255,18 +257,46 @@ class GKDTrainer(SFTTrainer):
     # -- loss -----------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         _, mask, real_tokens = self.pop_targets(inputs)  # packed rows: the collator ignores each sequence's first label
-        student_logits = head_logits(model, inputs, mask)
-        # the teacher in the training precision, like the student (accelerate wraps only the student's forward)
-        with torch.no_grad(), self.autocast_region():
-            teacher_logits = head_logits(self.teacher_model, inputs, mask)
-        divergence = generalized_jsd_loss(student_logits.float(), teacher_logits.float(), beta=self.args.beta,
-                                          temperature=1.0, reduction="sum")
-        count = student_logits.shape[0]
-        loss = self.reduce_loss(divergence, count, num_items_in_batch if self._dataset_targets_only else None)
+        student_logits = None
+        if not return_outputs and self._fused_divergence(model):
+            per_token = self._fused_jsd(model, inputs, mask)
+        else:  # both heads' logits at the labelled positions
+            student_logits = head_logits(model, inputs, mask)
+            # the teacher in the training precision, like the student (accelerate wraps only the student's forward)
+            with torch.no_grad(), self.autocast_region():
+                teacher_logits = head_logits(self.teacher_model, inputs, mask)
+            per_token = generalized_jsd_loss(student_logits.float(), teacher_logits.float(), beta=self.args.beta,
+                                             temperature=1.0, reduction="none")
+        loss = self.reduce_loss(per_token.sum(), per_token.numel(),
+                                num_items_in_batch if self._dataset_targets_only else None)
         self.count_input_tokens(inputs, real_tokens)
         if return_outputs:
             return loss, {"logits": student_logits.detach()}
         return loss
+
+    def _fused_divergence(self, model) -> bool:
+        """Both heads fusable, and the teacher's head readable outside its own forward (not ZeRO-3 partitioned)."""
+        return (fused_head_supported(model) and fused_head_supported(self.teacher_model)
+                and not is_zero3_partitioned(self.teacher_model))
+
+    def _fused_jsd(self, model, inputs, mask) -> torch.Tensor:
+        """Per-token generalized JSD at the labelled positions, the two distributions compared chunk by chunk
+        (:func:`~posttrain.models.fused_head.fused_head_divergence`): neither model's (tokens, vocabulary) logits
+        exist. The teacher's forward gives its last hidden states there; the student's head computes the divergence."""
+        with torch.no_grad(), self.autocast_region(), \
+                head_computes(self.teacher_model, mask, lambda h: h.unsqueeze(0)) as teacher_head:
+            teacher_hidden = self.teacher_model(**inputs, use_cache=False).logits[0]
+        beta = self.args.beta
+
+        def jsd(student_logits, teacher_logits):
+            return generalized_jsd_loss(student_logits, teacher_logits, beta=beta, temperature=1.0, reduction="none")
+
+        def compute(h):
+            return fused_head_divergence(h, head.weight, head.bias, teacher_hidden, teacher_head.weight,
+                                         teacher_head.bias, jsd).view(1, -1, 1)
+
+        with head_computes(model, mask, compute) as head:
+            return model(**inputs, use_cache=False).logits[0, :, 0]
 
 
 __all__ = ["GKDConfig", "GKDTrainer", "split_last_message"]

@@ -86,6 +86,32 @@ def test_peak_allocation_does_not_grow_with_the_vocabulary_at_fixed_tokens(vocab
         assert largest < 4 * n * vocab / 2
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_divergence_of_two_heads_is_the_definition_with_its_gradients(beta):
+    """GKD's generalized JSD between a student head and a frozen teacher head, chunk by chunk and recomputed in
+    backward: the values and the student's gradients of whole float64 logits."""
+    from posttrain.losses.distill import generalized_jsd_loss
+    from posttrain.models.fused_head import fused_head_divergence
+
+    gen = torch.Generator().manual_seed(0)
+    n, h, ht, v = 23, 12, 20, 257
+    hs = torch.randn(n, h, generator=gen, dtype=torch.float64, requires_grad=True)
+    ws = torch.randn(v, h, generator=gen, dtype=torch.float64, requires_grad=True)
+    hidden_t, wt = torch.randn(n, ht, generator=gen, dtype=torch.float64), torch.randn(v, ht, generator=gen, dtype=torch.float64)
+    upstream = torch.randn(n, generator=gen, dtype=torch.float64)
+
+    def jsd(a, b):
+        return generalized_jsd_loss(a, b, beta=beta, reduction="none")
+
+    out = fused_head_divergence(hs, ws, None, hidden_t, wt, None, jsd, chunk_size=4)
+    grads = torch.autograd.grad((out * upstream).sum(), [hs, ws])
+    ref = jsd(hs @ ws.t(), hidden_t @ wt.t())
+    ref_grads = torch.autograd.grad((ref * upstream).sum(), [hs, ws])
+    torch.testing.assert_close(out, ref.float(), rtol=1e-5, atol=1e-6)
+    for g, r in zip(grads, ref_grads):  # float32 logits inside
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

@@ -1,5 +1,5 @@
-"""The fused output head (posttrain.models.fused_head) in every trainer that takes log-probs: two training steps with
-it and two without (the head projecting the selected positions, log-softmax from those logits) log the same losses
+"""The fused output head (posttrain.models.fused_head) in every trainer that takes log-probs (and GKD's fused
+divergence): two training steps with it and two without (the head projecting the selected positions, log-softmax from those logits) log the same losses
 and metrics and leave the same weights, fp32, SGD (so a weight difference is a gradient difference)."""
 
 import json
@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / "tests" / "distributed"))
 
 from matrix_run import main as run_family  # noqa: E402
 
-FAMILIES = ["sft", "dpo", "kto", "bco", "cpo", "orpo", "grpo", "rloo", "ppo", "online_dpo", "xpo", "nash_md"]
+FAMILIES = ["sft", "gkd", "dpo", "kto", "bco", "cpo", "orpo", "grpo", "rloo", "ppo", "online_dpo", "xpo", "nash_md"]
 ONLINE = ("grpo", "rloo", "ppo", "online_dpo", "xpo", "nash_md")
 SKIP = {"epoch", "learning_rate", "num_tokens", "step"}
 
@@ -27,18 +27,25 @@ def tiny_value_dir(tmp_path_factory):
     return build_tiny_model("qwen2", head="seq-cls", size="tiny", output_dir=tmp_path_factory.mktemp("tiny-value"))
 
 
+@pytest.fixture(scope="module")
+def tiny_teacher_dir(tmp_path_factory):
+    from posttrain.kit import build_tiny_model
+
+    return build_tiny_model("qwen2", size="tiny", seed=1, output_dir=tmp_path_factory.mktemp("tiny-teacher"))
+
+
 def run(family, model_dir, out, fused, monkeypatch, extra):
+    import posttrain.trainers.gkd as gkd
     import posttrain.trainers.logprobs as logprobs
 
     calls = []
-    real = logprobs.fused_head
 
-    def counting(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
+    def counting(real):
+        return lambda *a, **k: calls.append(1) or real(*a, **k)
 
-    monkeypatch.setattr(logprobs, "fused_head_supported", lambda model: fused)
-    monkeypatch.setattr(logprobs, "fused_head", counting)
+    for module, name in ((logprobs, "fused_head"), (gkd, "fused_head_divergence")):
+        monkeypatch.setattr(module, name, counting(getattr(module, name)))
+        monkeypatch.setattr(module, "fused_head_supported", lambda model: fused)
     run_family([family, str(model_dir), str(out), "4", json.dumps(dict(extra, max_steps=2, optim="sgd",
                                                                        learning_rate=0.1))])
     assert bool(calls) == fused
@@ -47,12 +54,15 @@ def run(family, model_dir, out, fused, monkeypatch, extra):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_fused_head_steps_equal_the_unfused_ones(family, tiny_model_dir, tiny_value_dir, tmp_path, monkeypatch):
+def test_fused_head_steps_equal_the_unfused_ones(family, tiny_model_dir, tiny_value_dir, tiny_teacher_dir, tmp_path,
+                                                 monkeypatch):
     extra = {"top_k": 0} if family in ONLINE else {}  # sampled completions: greedy ones are equal within a group
     if family == "ppo":
         extra["value_model"] = str(tiny_value_dir)
     if family == "nash_md":
         extra["judge_model"] = str(tiny_model_dir)
+    if family == "gkd":  # a teacher unlike the student: the divergence has a gradient
+        extra["teacher_model_name_or_path"] = str(tiny_teacher_dir)
     logs_f, weights_f = run(family, tiny_model_dir, tmp_path / "fused", True, monkeypatch, extra)
     logs_u, weights_u = run(family, tiny_model_dir, tmp_path / "unfused", False, monkeypatch, extra)
     assert len(logs_f) == len(logs_u) == 2
