@@ -31,7 +31,7 @@ __all__ = ["build_parser", "main"]
 _ARCHS = ("qwen2", "llama", "gpt2", "gemma3")
 _VLM_ARCHS = ("llava", "gemma3-vlm", "smolvlm")
 _HEADS = ("causal-lm", "seq-cls", "token-cls")
-_SIZES = ("tiny", "small", "bench")
+_SIZES = ("tiny", "small", "bench", "real", "real-262k")
 _FORMATS = (
     "language_modeling",
     "prompt_only",

@@ -64,9 +64,14 @@ SIZES: dict[str, dict[str, int]] = {
     "tiny": _preset(64, 2, 4, 2, 128),  # fast unit tests (~0.14M parameters; gpt2 ~0.26M)
     "small": _preset(128, 4, 4, 2, 512),  # demos that must actually learn (~1.1M parameters)
     "bench": _preset(512, 8, 8, 4, 1536),  # benchmarks (~26M parameters; gpt2 ~23M)
+    # real shapes, few layers: Qwen2.5-0.5B's widths and vocabulary (158M parameters, 136M of them the tied
+    # embedding), and Gemma 3 1B's widths and vocabulary (332M, 302M the embedding); token ids past the kit
+    # tokenizer's 1024 are never in the data, but the head scores every one of them
+    "real": dict(_preset(896, 2, 14, 2, 4864), vocab_size=151_936),
+    "real-262k": dict(_preset(1152, 2, 4, 1, 6912), vocab_size=262_144),
 }
 """Size presets, in Llama/Qwen2 config names (mapped to GPT-2 names for ``gpt2``, which has no
-grouped-query attention)."""
+grouped-query attention); ``vocab_size``, where given, replaces the tokenizer's (the real-shape presets)."""
 
 MAX_POSITION_EMBEDDINGS = 2048
 GEMMA3_SLIDING_WINDOW = 512
@@ -145,7 +150,7 @@ def build_tiny_config(
 
     preset = dict(SIZES[size])
     kwargs: dict[str, Any] = {
-        "vocab_size": len(tok),
+        "vocab_size": preset.pop("vocab_size", len(tok)),
         "max_position_embeddings": MAX_POSITION_EMBEDDINGS,
         "pad_token_id": pad_id,
         "eos_token_id": eos_id,

@@ -181,7 +181,13 @@ def test_seed_leaves_global_rng_alone(tok):
 
 
 def test_sizes_and_overrides(tok):
-    assert set(SIZES) == {"tiny", "small", "bench"}
+    assert set(SIZES) == {"tiny", "small", "bench", "real", "real-262k"}
+    from posttrain.kit.models import build_tiny_config
+
+    real = build_tiny_config("qwen2", size="real", tokenizer=tok)  # Qwen2.5-0.5B's widths and vocabulary
+    assert (real.vocab_size, real.hidden_size, real.intermediate_size, real.num_attention_heads,
+            real.num_key_value_heads) == (151_936, 896, 4864, 14, 2)
+    assert build_tiny_config("qwen2", size="real-262k", tokenizer=tok).vocab_size == 262_144
     model = build_tiny_model("qwen2", size="small", tokenizer=tok, num_hidden_layers=1)
     assert (model.config.hidden_size, model.config.num_hidden_layers) == (128, 1)
     gpt2 = build_tiny_model("gpt2", tokenizer=tok)
