@@ -17,7 +17,7 @@ PYTEST := $(BIN)/python -m pytest
 TEST_WORKERS ?= 2
 OUT    ?= outputs/demo
 
-.PHONY: install demo test test-fast test-slow test-distributed test-all test-seeds test-newest lock bench bench-packing bench-trl trl-venv clean
+.PHONY: install demo test test-fast test-slow test-distributed test-all test-seeds test-newest lock bench bench-packing bench-trl trl-venv gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -97,6 +97,11 @@ bench: install
 # posttrain alone: SFT with packing off and on (benchmarks/archive/RESULTS.md, first section)
 bench-packing: install
 	$(BIN)/python benchmarks/run.py
+
+# on a machine with one CUDA GPU: the CUDA paths (fused head, SFT/DPO/GRPO in bf16 and fp16 on a kit and a real-shape
+# model, ZeRO-2/3, Liger and vLLM where installed, the tests marked gpu) as a PASS/FAIL table and outputs/gpu-check.json
+gpu-check: install
+	$(BIN)/python tools/gpu_check.py
 
 trl-venv:
 	PYTHON=$(PYTHON) benchmarks/peer/make_venv.sh $(TRL_VERSION)

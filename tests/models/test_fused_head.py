@@ -186,3 +186,19 @@ def test_the_head_is_restored_after_the_block(model):
                                                                        dtype=torch.long)):
         assert "forward" in vars(head)
     assert "forward" not in vars(head)  # the decode loop checks for instance-level forwards
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16, torch.float16])
+def test_fused_head_on_cuda_equals_the_unfused_path(model, dtype):
+    import copy
+
+    cuda = copy.deepcopy(model).cuda()
+    rows = {k: v.cuda() for k, v in layouts()["padded"].items()}
+    with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+        a = completion_logps(cuda, rows, fused=True, with_token_stats=True)
+        b = completion_logps(cuda, rows, fused=False, with_token_stats=True)
+    tol = 1e-5 if dtype is None else 3e-2
+    torch.testing.assert_close(a.token_logps, b.token_logps, rtol=0, atol=tol)
+    torch.testing.assert_close(a.token_entropy, b.token_entropy, rtol=0, atol=tol * 10)
