@@ -47,7 +47,9 @@ def worker(cfg: dict) -> dict:
 
     if cfg["head"] == "unfused":
         logprobs.fused_head_supported = lambda model: False
-    tok = load_tokenizer(cfg["tokenizer"])
+    from posttrain.kit.models import extend_vocabulary
+
+    tok = extend_vocabulary(load_tokenizer(cfg["tokenizer"]), cfg["vocab"])  # as a real checkpoint's tokenizer
     config = Qwen2Config(vocab_size=cfg["vocab"], max_position_embeddings=8192, pad_token_id=tok.pad_token_id,
                          eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id, **QWEN)
     torch.manual_seed(0)

@@ -121,6 +121,18 @@ def _load_tokenizer(tokenizer: PreTrainedTokenizerBase | str | os.PathLike[str] 
     return tokenizer
 
 
+def extend_vocabulary(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> PreTrainedTokenizerBase:
+    """A copy of ``tokenizer`` with placeholder tokens ``<|extra_N|>`` up to ``vocab_size``, so a real-shape model's
+    tokenizer covers its embedding rows as a real checkpoint's does (posttrain refuses a tokenizer much smaller than
+    its model: ``models.check_tokenizer``). Text encodes to the same ids as before."""
+    import copy
+
+    tokenizer = copy.deepcopy(tokenizer)
+    if vocab_size > len(tokenizer):
+        tokenizer.add_tokens([f"<|extra_{i}|>" for i in range(len(tokenizer), vocab_size)])
+    return tokenizer
+
+
 def build_tiny_config(
     arch: str = "qwen2",
     head: str = "causal-lm",
@@ -228,7 +240,11 @@ def build_tiny_model(
         torch.manual_seed(seed)
         model = auto_cls.from_config(config)
     _finish(model, config)
-    return model if output_dir is None else _save(output_dir, model, tok)
+    if output_dir is None:
+        return model
+    if "vocab_size" in SIZES[size]:  # the real-shape presets: the tokenizer covers the embedding, as a checkpoint's
+        tok = extend_vocabulary(tok, config.vocab_size)
+    return _save(output_dir, model, tok)
 
 
 def _finish(model: PreTrainedModel, text_config: PreTrainedConfig) -> None:

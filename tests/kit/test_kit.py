@@ -188,6 +188,15 @@ def test_sizes_and_overrides(tok):
     assert (real.vocab_size, real.hidden_size, real.intermediate_size, real.num_attention_heads,
             real.num_key_value_heads) == (151_936, 896, 4864, 14, 2)
     assert build_tiny_config("qwen2", size="real-262k", tokenizer=tok).vocab_size == 262_144
+    # a real-shape model is saved with the tokenizer extended by placeholders to its vocabulary (text keeps its ids), so
+    # posttrain's check of a tokenizer much smaller than its model passes, as for a real checkpoint
+    from posttrain.kit.models import extend_vocabulary
+    from posttrain.models import check_tokenizer
+
+    wide = extend_vocabulary(tok, 20_480)
+    assert len(wide) == 20_480 and len(tok) == 1024
+    assert wide("hello world")["input_ids"] == tok("hello world")["input_ids"]
+    check_tokenizer(wide, "kit", build_tiny_model("qwen2", size="tiny", tokenizer=tok, vocab_size=20_480))
     model = build_tiny_model("qwen2", size="small", tokenizer=tok, num_hidden_layers=1)
     assert (model.config.hidden_size, model.config.num_hidden_layers) == (128, 1)
     gpt2 = build_tiny_model("gpt2", tokenizer=tok)
