@@ -47,9 +47,10 @@ def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 
 
 def _chunk_logits(h, weight, bias, dtype, temperature) -> torch.Tensor:
-    z = h.to(dtype) @ weight.to(dtype).t()
+    """Float32 logits of one chunk; ``weight`` and ``bias`` already in ``dtype`` (cast once a call, not a chunk)."""
+    z = h.to(dtype) @ weight.t()
     if bias is not None:
-        z = z + bias.to(dtype)
+        z = z + bias
     z = z.float()
     return z / temperature if temperature != 1.0 else z
 
@@ -58,6 +59,7 @@ class _FusedHeadLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, temperature: float, chunk: int, stats: tuple[str, ...]):
         dtype = _compute_dtype(hidden, weight)
+        w, b = weight.to(dtype), bias.to(dtype) if bias is not None else None
         n = hidden.shape[0]
         logps = hidden.new_empty(n, dtype=torch.float32)
         lse = hidden.new_empty(n, dtype=torch.float32)
@@ -65,7 +67,7 @@ class _FusedHeadLogps(torch.autograd.Function):
         with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
-                z = _chunk_logits(hidden[start:stop], weight, bias, dtype, temperature)
+                z = _chunk_logits(hidden[start:stop], w, b, dtype, temperature)
                 t = targets[start:stop].unsqueeze(-1)
                 norm = torch.logsumexp(z, dim=-1)
                 lse[start:stop] = norm
@@ -81,6 +83,7 @@ class _FusedHeadLogps(torch.autograd.Function):
                     else:  # log_sum_sq_probs
                         extra[start:stop, j] = torch.logsumexp(2.0 * (z - norm.unsqueeze(-1)), dim=-1)
                 del z
+        del w, b
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.temperature, ctx.chunk, ctx.dtype = temperature, chunk, dtype
         ctx.mark_non_differentiable(extra)
@@ -94,12 +97,12 @@ class _FusedHeadLogps(torch.autograd.Function):
         grad_h = torch.zeros_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b and bias is not None else None
-        w = weight.to(dtype)
+        w, b = weight.to(dtype), bias.to(dtype) if bias is not None else None
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.shape[0], chunk):
                 stop = min(start + chunk, hidden.shape[0])
                 g = grad_logps[start:stop].float().unsqueeze(-1)
-                z = _chunk_logits(hidden[start:stop], weight, bias, dtype, temperature)
+                z = _chunk_logits(hidden[start:stop], w, b, dtype, temperature)
                 d = torch.exp(z - lse[start:stop].unsqueeze(-1)).mul_(-g)   # -g p
                 d.scatter_add_(1, targets[start:stop].unsqueeze(-1), g)    # + g onehot(t)
                 if temperature != 1.0:
@@ -191,9 +194,10 @@ def fused_head_divergence(hidden: torch.Tensor, weight: torch.Tensor, bias: torc
         dtype = torch.get_autocast_dtype(h.device.type) if autocast else w.dtype
         other_dtype = dtype if autocast else other_weight.dtype
         with torch.autocast(h.device.type, enabled=False):
-            z = _chunk_logits(h, w, b, dtype, 1.0)
+            z = _chunk_logits(h, w.to(dtype), b.to(dtype) if b is not None else None, dtype, 1.0)
             with torch.no_grad():
-                z_other = _chunk_logits(other_hidden[rows], other_weight, other_bias, other_dtype, 1.0)
+                z_other = _chunk_logits(other_hidden[rows], other_weight.to(other_dtype),
+                                        other_bias.to(other_dtype) if other_bias is not None else None, other_dtype, 1.0)
             return divergence(z, z_other)
 
     chunk = chunk_size or max(1, chunk_tokens(weight.shape[0]) // 2)  # two logit chunks alive
