@@ -110,11 +110,10 @@ class _FusedHeadLogps(torch.autograd.Function):
                 del z
                 if grad_b is not None:
                     grad_b += d.sum(0)
-                d = d.to(dtype)
+                if grad_w is not None:  # in place, in float32: no (V, H) temporary a chunk
+                    grad_w.addmm_(d.t(), hidden[start:stop].float())
                 if grad_h is not None:
-                    grad_h[start:stop] = (d @ w).to(hidden.dtype)
-                if grad_w is not None:
-                    grad_w += (d.t() @ hidden[start:stop].to(dtype)).float()
+                    grad_h[start:stop] = (d.to(dtype) @ w).to(hidden.dtype)
         return (grad_h, grad_w.to(weight.dtype) if grad_w is not None else None,
                 grad_b.to(bias.dtype) if grad_b is not None else None, None, None, None, None)
 
