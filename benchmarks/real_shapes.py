@@ -7,9 +7,9 @@ with the fused output head and without it (issue 20).
 The model has Qwen2.5-0.5B's widths (hidden 896, 14/2 heads, MLP 4864, tied embedding, 2 layers) and the given
 vocabulary, random weights, float32, built in the worker (nothing on disk). Every point is a fresh process
 (``run_isolated``): the model, its AdamW state and then ``steps`` training steps (the first is warm-up) on rows of
-exactly ``length`` tokens: SFT ``batch`` sequences (loss on the second half), DPO ``batch`` pairs of a ``length / 4``
-prompt and two ``length`` completions... of ``length`` tokens each (prompt a quarter), GRPO ``batch`` completions of
-``length`` tokens (a quarter prompt) on fixed completions (no sampling: the step is the loss). Reported: peak RSS,
+exactly ``length`` tokens: SFT ``batch`` sequences (loss on the second half); DPO ``batch`` pairs, each side a
+``length / 4`` prompt and a completion filling the rest; GRPO ``batch`` completions filling the rest after a
+``length / 4`` prompt, fixed (no sampling: the step is the loss). Reported: peak RSS,
 the model state (parameters x 16 bytes: fp32 weights, gradients, two AdamW moments), the memory above it, and
 tokens/s of the timed steps. ``unfused`` runs the head on the selected positions and takes log-probs from the
 (tokens, vocabulary) logits (the harness patches ``fused_head_supported``; posttrain has no switch for it).

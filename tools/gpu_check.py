@@ -42,7 +42,7 @@ def _model(size: str, out: str) -> str:
     return build_tiny_model("qwen2", size=size, seed=0, output_dir=os.path.join(out, f"model-{size}"))
 
 
-def _train(trainer: str, size: str, precision: str, extra: dict | None = None, launcher_env: bool = False) -> str:
+def _train(trainer: str, size: str, precision: str, extra: dict | None = None) -> str:
     """A few steps of ``trainer`` on the same rows again and again: the loss must be finite and fall."""
     import torch
 

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 
 import torch
 
+from .heads import output_head, select_head_positions
 from .wrappers import base_model
 
 STATS = ("entropy", "mean_logit", "top1", "log_sum_sq_probs")
@@ -189,9 +190,7 @@ def fused_head_divergence(hidden: torch.Tensor, weight: torch.Tensor, bias: torc
     other_bias = other_bias.detach() if other_bias is not None else None
 
     def per_chunk(rows, h, w, b):
-        autocast = torch.is_autocast_enabled(h.device.type)
-        dtype = torch.get_autocast_dtype(h.device.type) if autocast else w.dtype
-        other_dtype = dtype if autocast else other_weight.dtype
+        dtype, other_dtype = _compute_dtype(h, w), _compute_dtype(h, other_weight)
         with torch.autocast(h.device.type, enabled=False):
             z = _chunk_logits(h, w.to(dtype), b.to(dtype) if b is not None else None, dtype, 1.0)
             with torch.no_grad():
@@ -206,8 +205,6 @@ def fused_head_divergence(hidden: torch.Tensor, weight: torch.Tensor, bias: torc
 def fused_head_supported(model) -> bool:
     """True when :func:`fused_head` computes exactly what the model's own head and logits would: a plain
     ``nn.Linear`` output head without hooks of its own, and no transformation of the logits after it."""
-    from .heads import output_head
-
     try:
         head = output_head(model)
     except ValueError:
@@ -224,19 +221,14 @@ def fused_head_supported(model) -> bool:
 def head_computes(model, positions: torch.Tensor, compute):
     """Within the block, the output head of ``model`` returns ``compute(hidden)`` for the (N, H) hidden states at the N
     True entries of ``positions`` (row-major) instead of logits; ``model(...).logits`` is what it returns (shape
-    (1, N, ...)). The head's own hooks still run (ZeRO-3 gathers its weight for the call and for its backward)."""
-    from .heads import output_head
-
+    (1, N, ...)). The positions are selected as for the unfused path (:func:`~posttrain.models.select_head_positions`);
+    the head's own hooks still run (ZeRO-3 gathers its weight for the call and for its backward)."""
     head = output_head(model)
-    flat = positions.reshape(-1).nonzero(as_tuple=True)[0]
     own = vars(head).get("forward")  # normally none: the class's forward
-
-    def forward(hidden_states):
-        return compute(hidden_states.reshape(-1, hidden_states.shape[-1]).index_select(0, flat.to(hidden_states.device)))
-
-    head.forward = forward
+    head.forward = lambda selected: compute(selected[0])  # (1, N, H) after select_head_positions' pre-hook
     try:
-        yield head
+        with select_head_positions(model, positions):
+            yield head
     finally:
         if own is None:
             del head.forward
@@ -250,14 +242,14 @@ def fused_head(model, positions: torch.Tensor, targets: torch.Tensor, *, tempera
     """Within the block, ``model(...)`` returns as ``logits`` a (1, N, 1 + len(stats)) tensor: the log-probs of
     ``targets`` (N,) at the N True entries of ``positions`` (row-major), then the statistics. Check
     :func:`fused_head_supported` first."""
-    head = None
+    head = output_head(model)
 
     def compute(h):
         logps, extra = fused_head_logps(h, head.weight, head.bias, targets.to(h.device), temperature=temperature,
                                         stats=stats, chunk_size=chunk_size)
         return torch.stack([logps, *(extra[s] for s in stats)], -1).unsqueeze(0)
 
-    with head_computes(model, positions, compute) as head:
+    with head_computes(model, positions, compute):
         yield
 
 
