@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.compare_data import OUT, model_dir, prepare, prepare_diffusion, prepare_vision  # noqa: E402
+from benchmarks.compare_data import OUT, model_dir, prepare, prepare_diffusion, prepare_long, prepare_vision  # noqa: E402
 
 WORKER = str(Path(__file__).with_name("compare_worker.py"))
 # The peer: TRL 1.16.0 for the trainers it ships; TRL 0.21.0 (the last release with them) for PPO, XPO, Nash-MD, PRM and
@@ -460,12 +460,22 @@ def speed(argv=None) -> str:
     p.add_argument("--posttrain_args", default=None, type=json.loads,
                    help='JSON of config fields for the posttrain runs only, e.g. \'{"gradient_checkpointing": true}\' '
                         "(the table then says so in its setting column)")
+    p.add_argument("--length", type=int, default=None,
+                   help="every sequence exactly this many tokens (SFT, DPO, Reward: rows longer than it, truncated "
+                        "by max_length; compare_data.prepare_long)")
     a = p.parse_args(argv)
     paths = all_paths(a.size, a.examples, a.scenarios)
+    if a.length:
+        paths.update(prepare_long(a.examples, a.length))
     results: dict[tuple[str, str], dict[str, list[dict]]] = {}
     for scenario in a.scenarios:
         for setting in a.settings:
             cfg = dict(base_config(scenario, a.size, paths, a), mode=setting)
+            if a.length:
+                if cfg["max_length"] is None:
+                    raise SystemExit(f"--length: {scenario} has no max_length (online trainers: prompt and completion "
+                                     "lengths)")
+                cfg["max_length"] = a.length
             if a.posttrain_args:
                 cfg["overrides"]["posttrain"] = {**cfg["overrides"].get("posttrain", {}), **a.posttrain_args}
             runs = results.setdefault((scenario, setting), {lib: [] for lib in LIBS})
@@ -483,7 +493,7 @@ def speed(argv=None) -> str:
     text = speed_table(results, a)
     if a.baseline:
         text = f"Baseline: the TRL columns hold posttrain from {a.baseline}.\n\n" + text
-    save(f"speed-{a.size}" + ("-baseline" if a.baseline else ""), {f"{k[0]}/{k[1]}": v for k, v in results.items()}, text)
+    save(f"speed-{a.size}" + (f"-length{a.length}" if a.length else "") + ("-baseline" if a.baseline else ""), {f"{k[0]}/{k[1]}": v for k, v in results.items()}, text)
     print(text)
     return text
 

@@ -110,6 +110,34 @@ def prepare_diffusion() -> dict[str, str]:
     return {"diffusion": str(d), "diffusion_data": ""}
 
 
+TOKENS_PER_WORD = 1.46  # the kit tokenizer on _text's sentences (1464 tokens for 1002 words)
+
+
+def prepare_long(n: int, length: int) -> dict[str, str]:
+    """Rows longer than ``length`` tokens, for runs at a fixed sequence length (``compare.py speed --length``): SFT
+    conversations of a ``length / 4``-token question and a ``length``-token answer, and preference rows of a
+    ``length / 4``-token prompt with ``3 length / 4``-token answers; ``max_length = length`` then truncates every
+    sequence to exactly ``length`` tokens in both libraries."""
+    rng = random.Random(2)
+
+    def text(tokens: int) -> str:
+        return _text(rng, int(tokens / TOKENS_PER_WORD) + 8)
+
+    paths = {}
+    f = data_file(f"sft_long{length}", n)
+    if not f.exists():
+        write_jsonl([{"messages": [{"role": "user", "content": text(length / 4)},
+                                   {"role": "assistant", "content": text(length)}]} for _ in range(n)], f)
+    paths["sft_data"] = str(f)
+    f = data_file(f"pref_long{length}", n)
+    if not f.exists():
+        write_jsonl([{"prompt": [{"role": "user", "content": text(length / 4)}],
+                      "chosen": [{"role": "assistant", "content": text(3 * length / 4)}],
+                      "rejected": [{"role": "assistant", "content": text(3 * length / 4)}]} for _ in range(n)], f)
+    paths["pref_data"] = str(f)
+    return paths
+
+
 def prepare(size: str, sft_examples: int, pref_examples: int) -> dict[str, str]:
     """Build (if missing) the model folders (causal LM, sequence and token classification) and the data files; return
     their paths."""

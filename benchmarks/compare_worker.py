@@ -142,6 +142,67 @@ def _malloc_mb() -> str:
     return f"malloc in use {i.uordblks / mb:.0f} MB, free in heap {i.fordblks / mb:.0f} MB, mmapped {i.hblkhd / mb:.0f} MB"
 
 
+
+class PeakTracer:
+    """Where a step's resident-memory peak happens (``COMPARE_TRACE_PEAK=1``): a thread samples RSS every millisecond
+    and the model's blocks (embedding, each decoder layer, final norm, output head) and the optimizer label the samples
+    with the phase running then (``fwd layers.3``, ``bwd embed_tokens``, ``optimizer``). After each step it prints the
+    RSS at the step's start, the peak and its phase, and the highest RSS of every phase, on stderr."""
+
+    def __init__(self, model, optimizer_holder):
+        import threading
+
+        self.phase, self.samples, self.running = "step", [], True
+        base = getattr(model, "base_model", model)
+        inner = getattr(base, "model", base)
+        inner = getattr(inner, "model", inner) if not hasattr(inner, "layers") else inner
+        blocks = [("embed_tokens", getattr(inner, "embed_tokens", None)), ("norm", getattr(inner, "norm", None)),
+                  ("lm_head", getattr(base, "lm_head", None) or getattr(model, "lm_head", None))]
+        blocks += [(f"layers.{i}", layer) for i, layer in enumerate(getattr(inner, "layers", []))]
+        for name, module in blocks:
+            if module is None:
+                continue
+            module.register_forward_pre_hook(lambda m, a, n=name: self.set(f"fwd {n}"))
+            module.register_full_backward_pre_hook(lambda m, g, n=name: self.set(f"bwd {n}"))
+        self.optimizer_holder = optimizer_holder
+        self.hooked = False
+        threading.Thread(target=self.sample, daemon=True).start()
+
+    def set(self, phase: str) -> None:
+        self.phase = phase
+
+    def sample(self) -> None:
+        while self.running:
+            self.samples.append((_rss_now_mb(), self.phase))
+            time.sleep(0.001)
+
+    def begin(self) -> None:
+        """Start a step: report the previous one (its training_step, then the optimizer step that followed it)."""
+        self.report()
+        opt = getattr(self.optimizer_holder, "optimizer", None)
+        if opt is not None and not self.hooked:
+            opt = getattr(opt, "optimizer", opt)  # accelerate's wrapper
+            opt.register_step_pre_hook(lambda *a: self.set("optimizer"))
+            opt.register_step_post_hook(lambda *a: self.set("after optimizer"))
+            self.hooked = True
+        self.samples = []
+        self.set("step")
+        self.start_rss = _rss_now_mb()
+        self.step = getattr(self, "step", 0) + 1
+
+    def report(self) -> None:
+        samples = list(self.samples)
+        if not samples or not hasattr(self, "step"):
+            return
+        peaks: dict[str, float] = {}
+        for rss, phase in samples:
+            peaks[phase] = max(peaks.get(phase, 0.0), rss)
+        rss, phase = max(samples)
+        top = sorted(peaks.items(), key=lambda kv: -kv[1])[:8]
+        print(f"step {self.step} (peak tracer): start {self.start_rss:.0f} MB, peak {rss:.0f} MB in '{phase}'; by phase: "
+              + ", ".join(f"{p} {v:.0f}" for p, v in top), file=sys.stderr, flush=True)
+
+
 def cpu_snapshot() -> tuple[float, float]:
     """(seconds of CPU the whole machine has been busy, seconds of CPU this process has used), from /proc/stat."""
     busy = 0.0
@@ -792,6 +853,7 @@ def main(cfg: dict) -> dict:
 
     profile_step = int(os.environ.get("COMPARE_PROFILE_STEP", "0"))  # profile that step: op table on stderr
     trace_rss = os.environ.get("COMPARE_TRACE_RSS") == "1"  # each step's resident memory on stderr
+    tracer = PeakTracer(trainer.model, trainer) if os.environ.get("COMPARE_TRACE_PEAK") == "1" else None
 
     step_cpu: list[float] = []  # CPU seconds of each training_step call (the rest of a step: data, optimizer, logging)
 
@@ -808,6 +870,8 @@ def main(cfg: dict) -> dict:
             print(prof.key_averages(group_by_input_shape=shapes).table(sort_by="self_cpu_time_total", row_limit=30,
                                                                        max_name_column_width=60), file=sys.stderr)
         else:
+            if tracer is not None:
+                tracer.begin()
             cpu = time.process_time()
             loss = training_step(*a, **k)
             cpu = time.process_time() - cpu
@@ -822,6 +886,9 @@ def main(cfg: dict) -> dict:
     train_start = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - train_start
+    if tracer is not None:
+        tracer.report()
+        tracer.running = False
     key = "loss/policy_avg" if scenario == "ppo" else "loss"  # TRL 0.21 PPO logs no "loss"
     logs = [dict(h) for h in trainer.state.log_history if key in h]
     if scenario != "ppo" and len(step_losses) == len(logs):

@@ -7,7 +7,9 @@ float32 ``z / T``, its log-sum-exp ``L`` (kept, one float a token) and ``log p_t
 asked for (entropy ``L - sum_v p_v z_v``, the mean logit, whether the target is the argmax, ``log sum_v p_v^2``;
 detached). Backward recomputes each chunk's logits: with ``p = softmax(z / T)``,
 ``d log p_t / d z = (onehot(t) - p) / T``, so the chunk gives ``grad_h = G W`` and adds ``G^T h`` to ``grad_W``
-(``G = g (onehot - p) / T``). Peak memory is one chunk's logits, whatever the vocabulary.
+(``G = g (onehot - p) / T``). The backward works in tiles of tokens and of vocabulary rows (``p`` needs only ``L``,
+not the whole row), so the weight is cast to the compute precision a block at a time. Peak memory is one chunk's
+logits, whatever the vocabulary.
 
 :func:`fused_head` swaps a model's output head for this computation during one forward, through DDP, DeepSpeed
 (ZeRO-3 gathers the head's weight for that call and for its backward, as for the head itself) and PEFT wrappers: the
@@ -23,6 +25,7 @@ from contextlib import contextmanager
 import torch
 
 from .heads import output_head, select_head_positions
+from .tied_gradient import tied_gradient
 from .wrappers import base_model
 
 STATS = ("entropy", "mean_logit", "top1", "log_sum_sq_probs")
@@ -30,6 +33,9 @@ STATS = ("entropy", "mean_logit", "top1", "log_sum_sq_probs")
 
 CHUNK_BYTES = 64 * 2**20
 """Float32 logits of one chunk: 64 MiB, about 110 tokens at a 151,936-token vocabulary (docs/performance.md)."""
+
+VOCAB_BLOCK = 16384
+"""Most rows of the weight the backward casts and multiplies at once (29 MiB in bf16 at hidden size 896)."""
 
 # config fields that change the logits after the head; where one is set, the fused head does not apply
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -93,29 +99,40 @@ class _FusedHeadLogps(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logps, _grad_extra):
         hidden, weight, bias, targets, lse = ctx.saved_tensors
-        temperature, chunk, dtype = ctx.temperature, ctx.chunk, ctx.dtype
+        temperature, dtype = ctx.temperature, ctx.dtype
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_h = torch.zeros_like(hidden) if need_h else None
+        # tiles of (tokens, vocabulary block): the weight is cast to the compute dtype a block at a time (each block
+        # once a call), so no whole copy of it sits beside its float32 gradient; a tile has the forward chunk's size
+        vocab = weight.shape[0]
+        blocks = -(-vocab // VOCAB_BLOCK)
+        block, tokens = -(-vocab // blocks), ctx.chunk * blocks
+        grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b and bias is not None else None
-        w, b = weight.to(dtype), bias.to(dtype) if bias is not None else None
+        g_all = grad_logps.float().unsqueeze(-1)
         with torch.autocast(hidden.device.type, enabled=False):
-            for start in range(0, hidden.shape[0], chunk):
-                stop = min(start + chunk, hidden.shape[0])
-                g = grad_logps[start:stop].float().unsqueeze(-1)
-                z = _chunk_logits(hidden[start:stop], w, b, dtype, temperature)
-                d = torch.exp(z - lse[start:stop].unsqueeze(-1)).mul_(-g)   # -g p
-                d.scatter_add_(1, targets[start:stop].unsqueeze(-1), g)    # + g onehot(t)
-                if temperature != 1.0:
-                    d.div_(temperature)
-                del z
-                if grad_b is not None:
-                    grad_b += d.sum(0)
-                if grad_w is not None:  # in place, in float32: no (V, H) temporary a chunk
-                    grad_w.addmm_(d.t(), hidden[start:stop].float())
-                if grad_h is not None:
-                    grad_h[start:stop] = (d.to(dtype) @ w).to(hidden.dtype)
-        return (grad_h, grad_w.to(weight.dtype) if grad_w is not None else None,
+            for v0 in range(0, vocab, block):
+                v1 = min(v0 + block, vocab)
+                w = weight[v0:v1].to(dtype)
+                b = bias[v0:v1].to(dtype) if bias is not None else None
+                for start in range(0, hidden.shape[0], tokens):
+                    stop = min(start + tokens, hidden.shape[0])
+                    g, t = g_all[start:stop], targets[start:stop] - v0
+                    # in place on the tile's float32 logits: one (tokens, block) tensor alive, not three
+                    d = _chunk_logits(hidden[start:stop], w, b, dtype, temperature)
+                    d.sub_(lse[start:stop].unsqueeze(-1)).exp_().mul_(-g)  # -g p
+                    hit = ((t >= 0) & (t < v1 - v0)).nonzero().squeeze(-1)
+                    d.index_put_((hit, t[hit]), g[hit, 0], accumulate=True)  # + g onehot(t)
+                    if temperature != 1.0:
+                        d.div_(temperature)
+                    if grad_b is not None:
+                        grad_b[v0:v1] += d.sum(0)
+                    if grad_w is not None:  # in place, in float32: no (V, H) temporary a tile
+                        grad_w[v0:v1].addmm_(d.t(), hidden[start:stop].float())
+                    if grad_h is not None:
+                        grad_h[start:stop] += (d.to(dtype) @ w).float()
+        return (grad_h.to(hidden.dtype) if grad_h is not None else None,
+                grad_w.to(weight.dtype) if grad_w is not None else None,
                 grad_b.to(bias.dtype) if grad_b is not None else None, None, None, None, None)
 
 
@@ -219,21 +236,26 @@ def fused_head_supported(model) -> bool:
 
 @contextmanager
 def head_computes(model, positions: torch.Tensor, compute):
-    """Within the block, the output head of ``model`` returns ``compute(hidden)`` for the (N, H) hidden states at the N
-    True entries of ``positions`` (row-major) instead of logits; ``model(...).logits`` is what it returns (shape
-    (1, N, ...)). The positions are selected as for the unfused path (:func:`~posttrain.models.select_head_positions`);
-    the head's own hooks still run (ZeRO-3 gathers its weight for the call and for its backward)."""
+    """Within the block, the output head of ``model`` returns ``compute(hidden, weight)`` for the (N, H) hidden states
+    at the N True entries of ``positions`` (row-major) instead of logits; ``model(...).logits`` is what it returns
+    (shape (1, N, ...)). ``weight`` is the head's weight as ``compute`` is to use it: where the head is tied to the
+    input embedding, the embedding's gradient is added into the head's (:mod:`~posttrain.models.tied_gradient`), so
+    a forward in the block holds one (V, H) weight gradient, not two. The positions are selected as for the unfused
+    path (:func:`~posttrain.models.select_head_positions`); the head's own hooks still run (ZeRO-3 gathers its weight
+    for the call and for its backward)."""
     head = output_head(model)
     own = vars(head).get("forward")  # normally none: the class's forward
-    head.forward = lambda selected: compute(selected[0])  # (1, N, H) after select_head_positions' pre-hook
-    try:
-        with select_head_positions(model, positions):
-            yield head
-    finally:
-        if own is None:
-            del head.forward
-        else:
-            head.forward = own
+    embeddings = base_model(model).get_input_embeddings() if hasattr(base_model(model), "get_input_embeddings") else None
+    with tied_gradient(head.weight, embeddings) as weight:
+        head.forward = lambda selected: compute(selected[0], weight(head.weight))  # (1, N, H) after the pre-hook
+        try:
+            with select_head_positions(model, positions):
+                yield head
+        finally:
+            if own is None:
+                del head.forward
+            else:
+                head.forward = own
 
 
 @contextmanager
@@ -244,8 +266,8 @@ def fused_head(model, positions: torch.Tensor, targets: torch.Tensor, *, tempera
     :func:`fused_head_supported` first."""
     head = output_head(model)
 
-    def compute(h):
-        logps, extra = fused_head_logps(h, head.weight, head.bias, targets.to(h.device), temperature=temperature,
+    def compute(h, weight):
+        logps, extra = fused_head_logps(h, weight, head.bias, targets.to(h.device), temperature=temperature,
                                         stats=stats, chunk_size=chunk_size)
         return torch.stack([logps, *(extra[s] for s in stats)], -1).unsqueeze(0)
 

@@ -284,15 +284,15 @@ class GKDTrainer(SFTTrainer):
         (:func:`~posttrain.models.fused_head.fused_head_divergence`): neither model's (tokens, vocabulary) logits
         exist. The teacher's forward gives its last hidden states there; the student's head computes the divergence."""
         with torch.no_grad(), self.autocast_region(), \
-                head_computes(self.teacher_model, mask, lambda h: h.unsqueeze(0)) as teacher_head:
+                head_computes(self.teacher_model, mask, lambda h, w: h.unsqueeze(0)) as teacher_head:
             teacher_hidden = self.teacher_model(**inputs, use_cache=False).logits[0]
         beta = self.args.beta
 
         def jsd(student_logits, teacher_logits):
             return generalized_jsd_loss(student_logits, teacher_logits, beta=beta, temperature=1.0, reduction="none")
 
-        def compute(h):
-            return fused_head_divergence(h, head.weight, head.bias, teacher_hidden, teacher_head.weight,
+        def compute(h, weight):
+            return fused_head_divergence(h, weight, head.bias, teacher_hidden, teacher_head.weight,
                                          teacher_head.bias, jsd).view(1, -1, 1)
 
         with head_computes(model, mask, compute) as head:

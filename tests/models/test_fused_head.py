@@ -23,7 +23,11 @@ def reference(hidden, weight, bias, targets, temperature):
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("chunk", [1, 5, 64])
-def test_log_probs_statistics_and_gradients_are_the_definition(temperature, with_bias, chunk):
+@pytest.mark.parametrize("vocab_block", [None, 64])  # 64: the backward's tiles split the vocabulary (300) in 5
+def test_log_probs_statistics_and_gradients_are_the_definition(temperature, with_bias, chunk, vocab_block,
+                                                               monkeypatch):
+    if vocab_block:
+        monkeypatch.setattr("posttrain.models.fused_head.VOCAB_BLOCK", vocab_block)
     gen = torch.Generator().manual_seed(0)
     n, h, v = 37, 16, 300
     hidden = torch.randn(n, h, generator=gen, dtype=torch.float64, requires_grad=True)
