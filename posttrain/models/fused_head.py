@@ -152,18 +152,22 @@ def fused_head_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
 
 
 class _ChunkedRecompute(torch.autograd.Function):
-    """Per-token values ``fn(h[chunk], weight, bias)`` (N,) computed chunk by chunk without keeping any chunk's
+    """Per-token values ``fn(rows, h[rows], w, b, *shared)`` (N,) computed chunk by chunk without keeping any chunk's
     intermediates; backward recomputes each chunk with gradients (activation checkpointing at the chunk level). For
-    values whose gradient has no short closed form (GKD's divergence)."""
+    values whose gradient has no short closed form (GKD's divergence). ``w`` and ``b`` are the weight and bias in the
+    compute precision and ``shared = setup()`` further tensors (a frozen head's weight in its precision): both made
+    once a call, in forward and again in backward, not kept in between and not once a chunk."""
 
     @staticmethod
-    def forward(ctx, fn, chunk: int, hidden, weight, bias):
+    def forward(ctx, fn, setup, chunk: int, hidden, weight, bias):
+        dtype = _compute_dtype(hidden, weight)
         n = hidden.shape[0]
         out = hidden.new_empty(n, dtype=torch.float32)
         with torch.no_grad():
+            w, b, shared = weight.to(dtype), bias.to(dtype) if bias is not None else None, setup()
             for start in range(0, n, chunk):
-                out[start:start + chunk] = fn(slice(start, start + chunk), hidden[start:start + chunk], weight, bias)
-        ctx.fn, ctx.chunk = fn, chunk
+                out[start:start + chunk] = fn(slice(start, start + chunk), hidden[start:start + chunk], w, b, *shared)
+        ctx.fn, ctx.setup, ctx.chunk, ctx.dtype = fn, setup, chunk, dtype
         ctx.autocast = (torch.is_autocast_enabled(hidden.device.type), torch.get_autocast_dtype(hidden.device.type))
         ctx.save_for_backward(hidden, weight, bias)
         return out
@@ -171,26 +175,28 @@ class _ChunkedRecompute(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         hidden, weight, bias = ctx.saved_tensors
-        need = ctx.needs_input_grad[2:5]
+        need = ctx.needs_input_grad[3:6]
         grad_h = torch.zeros_like(hidden) if need[0] else None
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need[1] else None
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if need[2] and bias is not None else None
-        w = weight.detach().requires_grad_(need[1])
-        b = bias.detach().requires_grad_(need[2]) if bias is not None else None
+        with torch.no_grad():  # leaves in the compute precision: each chunk's gradient is taken with respect to them
+            w = weight.detach().to(ctx.dtype).requires_grad_(need[1])
+            b = bias.detach().to(ctx.dtype).requires_grad_(need[2]) if bias is not None else None
+            shared = ctx.setup()
         enabled, dtype = ctx.autocast
         for start in range(0, hidden.shape[0], ctx.chunk):
             h = hidden[start:start + ctx.chunk].detach().requires_grad_(need[0])
             with torch.enable_grad(), torch.autocast(hidden.device.type, dtype=dtype, enabled=enabled):
-                value = ctx.fn(slice(start, start + ctx.chunk), h, w, b)
+                value = ctx.fn(slice(start, start + ctx.chunk), h, w, b, *shared)
             inputs = [x for x, n in zip((h, w, b), need) if n and x is not None]
             grads = iter(torch.autograd.grad(value, inputs, grad_out[start:start + ctx.chunk].to(value.dtype)))
             if need[0]:
                 grad_h[start:start + ctx.chunk] = next(grads)
             if need[1]:
-                grad_w += next(grads).float()
+                grad_w.add_(next(grads))  # float32 += compute dtype, element by element: no float32 copy
             if grad_b is not None:
-                grad_b += next(grads).float()
-        return (None, None, grad_h, grad_w.to(weight.dtype) if grad_w is not None else None,
+                grad_b.add_(next(grads))
+        return (None, None, None, grad_h, grad_w.to(weight.dtype) if grad_w is not None else None,
                 grad_b.to(bias.dtype) if grad_b is not None else None)
 
 
@@ -205,18 +211,20 @@ def fused_head_divergence(hidden: torch.Tensor, weight: torch.Tensor, bias: torc
         raise ValueError(f"The two heads' vocabularies differ: {weight.shape[0]} and {other_weight.shape[0]}.")
     other_hidden, other_weight = other_hidden.detach(), other_weight.detach()
     other_bias = other_bias.detach() if other_bias is not None else None
+    other_dtype = _compute_dtype(hidden, other_weight)
 
-    def per_chunk(rows, h, w, b):
-        dtype, other_dtype = _compute_dtype(h, w), _compute_dtype(h, other_weight)
+    def setup():  # the frozen head in its compute precision, once a call
+        return other_weight.to(other_dtype), other_bias.to(other_dtype) if other_bias is not None else None
+
+    def per_chunk(rows, h, w, b, ow, ob):
         with torch.autocast(h.device.type, enabled=False):
-            z = _chunk_logits(h, w.to(dtype), b.to(dtype) if b is not None else None, dtype, 1.0)
+            z = _chunk_logits(h, w, b, w.dtype, 1.0)
             with torch.no_grad():
-                z_other = _chunk_logits(other_hidden[rows], other_weight.to(other_dtype),
-                                        other_bias.to(other_dtype) if other_bias is not None else None, other_dtype, 1.0)
+                z_other = _chunk_logits(other_hidden[rows], ow, ob, ow.dtype, 1.0)
             return divergence(z, z_other)
 
     chunk = chunk_size or max(1, chunk_tokens(weight.shape[0]) // 2)  # two logit chunks alive
-    return _ChunkedRecompute.apply(per_chunk, int(chunk), hidden, weight, bias)
+    return _ChunkedRecompute.apply(per_chunk, setup, int(chunk), hidden, weight, bias)
 
 
 def fused_head_supported(model) -> bool:

@@ -116,6 +116,45 @@ def test_divergence_of_two_heads_is_the_definition_with_its_gradients(beta):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
 
 
+def test_divergence_under_bf16_autocast_casts_each_weight_once_a_call_and_matches_the_unfused_path():
+    """Under bf16 autocast the heads' products are bf16, as the unfused path's: values and gradients agree to bf16
+    rounding, and each head's weight is cast once in forward and once in backward, not once a chunk."""
+    from posttrain.losses.distill import generalized_jsd_loss
+    from posttrain.models.fused_head import fused_head_divergence
+
+    gen = torch.Generator().manual_seed(0)
+    n, h, v, chunk = 40, 16, 300, 4
+    hs = torch.randn(n, h, generator=gen, requires_grad=True)
+    ws = torch.randn(v, h, generator=gen, requires_grad=True)
+    hidden_t, wt = torch.randn(n, h, generator=gen), torch.randn(v, h, generator=gen)
+    upstream = torch.randn(n, generator=gen)
+
+    def jsd(a, b):
+        return generalized_jsd_loss(a, b, beta=0.5, reduction="none")
+
+    casts = []
+    real_to = torch.Tensor.to
+
+    def counting_to(self, *a, **k):
+        if self.shape == (v, h) and torch.bfloat16 in a:
+            casts.append(1)
+        return real_to(self, *a, **k)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.Tensor.to = counting_to
+        try:
+            out = fused_head_divergence(hs, ws, None, hidden_t, wt, None, jsd, chunk_size=chunk)
+            grads = torch.autograd.grad((out * upstream).sum(), [hs, ws])
+        finally:
+            torch.Tensor.to = real_to
+        ref = jsd(torch.nn.functional.linear(hs, ws).float(), torch.nn.functional.linear(hidden_t, wt).float())
+        ref_grads = torch.autograd.grad((ref * upstream).sum(), [hs, ws])
+    assert len(casts) == 4  # student and teacher heads, forward and backward (n / chunk = 10 chunks)
+    torch.testing.assert_close(out, ref, rtol=0, atol=2e-2)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g.float(), r.float(), rtol=5e-2, atol=5e-3)
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
