@@ -27,6 +27,11 @@ _EXPORTS = {
     "CheckpointWriteError": "posttrain.trainers.run_dir",
     "OutputDirError": "posttrain.trainers.run_dir",
     "ScriptArguments": "posttrain.scripts.args",
+    # TRL's data utilities, under TRL's names (posttrain/data_utils.py)
+    **{name: "posttrain.data_utils" for name in (
+        "apply_chat_template", "extract_prompt", "is_conversational", "is_conversational_from_value",
+        "maybe_apply_chat_template", "maybe_convert_to_chatml", "maybe_extract_prompt", "maybe_unpair_preference_dataset",
+        "pack_dataset", "prepare_multimodal_messages", "prepare_multimodal_messages_vllm", "unpair_preference_dataset")},
     "PosttrainParser": "posttrain.scripts.args",
     "DataCollatorForLanguageModeling": "posttrain.data.collators",
     "DataCollatorForVisionLanguageModeling": "posttrain.data.vision_collator",

@@ -48,20 +48,35 @@ def rows_within_longest(lengths: Sequence[int]) -> list[list[int]]:
     return [sorted(b) for b in sorted(best_fit_decreasing(lengths, max(lengths)), key=min)]
 
 
+def _lengths_column(columns: dict[str, list]) -> str:
+    """The column whose sequences' lengths are packed: ``input_ids``, else the first (TRL packs any list columns)."""
+    return "input_ids" if "input_ids" in columns else next(iter(columns))
+
+
 def _pieces(columns: dict[str, list[list[int]]], max_length: int, split: bool) -> dict[str, list[list[int]]]:
     out: dict[str, list[list[int]]] = {k: [] for k in columns}
-    n = len(columns["input_ids"])
-    for i in range(n):
-        length = len(columns["input_ids"][i])
-        starts = range(0, length, max_length) if split else [0]
+    main = columns[_lengths_column(columns)]
+    for i in range(len(main)):
+        length = len(main[i])
+        starts = range(0, length, max_length) if split else ([0] if length else [])  # empty sequences: nothing to pack
         for s in starts:
             for k, col in columns.items():
                 out[k].append(col[i][s : s + max_length])
     return out
 
 
-def pack_columns(columns: dict[str, list[list[int]]], max_length: int, strategy: str = "bfd") -> dict[str, list]:
-    """Pack token columns (``input_ids`` plus aligned masks) into rows with ``seq_lengths``."""
+def pack_columns(columns: dict[str, list[list[int]]], max_length: int, strategy: str = "bfd",
+                 dataset_order: bool = True) -> dict[str, list]:
+    """Pack token columns (``input_ids`` plus aligned masks) into rows with ``seq_lengths``. Inside a row the
+    sequences keep the dataset's order (``dataset_order``), or the order best-fit placed them in (longest first: TRL's
+    ``pack_dataset``)."""
+    if not columns:
+        raise ValueError("Nothing to pack: no list columns.")
+    lengths_of = _lengths_column(columns)
+    for name, col in columns.items():
+        if len(col) != len(columns[lengths_of]) or any(len(a) != len(b) for a, b in zip(col, columns[lengths_of])):
+            raise ValueError(f"Column {name!r} is not aligned with {lengths_of!r} (every row the same length in both); "
+                             "only token-aligned list columns can be packed.")
     if strategy not in PACKING_STRATEGIES:
         raise ValueError(f"Unknown packing_strategy {strategy!r}; use one of {PACKING_STRATEGIES}.")
     if not max_length or max_length <= 0:
@@ -70,12 +85,12 @@ def pack_columns(columns: dict[str, list[list[int]]], max_length: int, strategy:
     if strategy == "wrapped":
         flat = {k: [t for seq in columns[k] for t in seq] for k in keys}
         boundaries, pos = [], 0
-        for seq in columns["input_ids"]:
+        for seq in columns[lengths_of]:
             pos += len(seq)
             boundaries.append(pos)
         out: dict[str, list] = {k: [] for k in keys}
         out["seq_lengths"] = []
-        total = len(flat["input_ids"])
+        total = len(flat[lengths_of])
         b = 0
         for start in range(0, total, max_length):
             end = min(start + max_length, total)
@@ -92,12 +107,13 @@ def pack_columns(columns: dict[str, list[list[int]]], max_length: int, strategy:
             out["seq_lengths"].append(cuts)
         return out
     pieces = _pieces(columns, max_length, split=strategy == "bfd_split")
-    lengths = [len(s) for s in pieces["input_ids"]]
+    lengths = [len(s) for s in pieces[lengths_of]]
     bins = best_fit_decreasing(lengths, max_length)
     out = {k: [] for k in keys}
     out["seq_lengths"] = []
     for members in bins:
-        members = sorted(members)  # keep dataset order inside a row
+        if dataset_order:
+            members = sorted(members)
         for k in keys:
             out[k].append([t for i in members for t in pieces[k][i]])
         out["seq_lengths"].append([lengths[i] for i in members])

@@ -64,59 +64,80 @@ def extract_prompt(example: Mapping[str, Any], row: int | None = None) -> dict[s
     return {"prompt": chosen[:n], "chosen": chosen[n:], "rejected": rejected[n:]}
 
 
+def unpair_rows(batch: dict[str, list]) -> dict[str, list]:
+    """A batch of paired rows (``chosen``, ``rejected``, optional ``prompt``) as unpaired ones: the chosen rows
+    (``label`` True) then the rejected ones (False), ``prompt`` and every other column repeated."""
+    n = len(batch["chosen"])
+    out: dict[str, list] = {"completion": batch["chosen"] + batch["rejected"], "label": [True] * n + [False] * n}
+    for key, values in batch.items():
+        if key not in ("chosen", "rejected"):
+            out[key] = values + values
+    return out
+
+
 def unpair_preference(dataset, num_proc: int | None = None):
     """Turn paired preference rows into unpaired rows: each pair gives a desirable and an undesirable row."""
     if "prompt" not in dataset.column_names:
         dataset = dataset.map(extract_prompt, num_proc=num_proc, desc="Extracting prompts")
-
-    def _unpair(batch: dict[str, list]) -> dict[str, list]:
-        n = len(batch["chosen"])
-        out: dict[str, list] = {
-            "prompt": batch["prompt"] + batch["prompt"],
-            "completion": batch["chosen"] + batch["rejected"],
-            "label": [True] * n + [False] * n,
-        }
-        for key, values in batch.items():
-            if key not in ("prompt", "chosen", "rejected"):
-                out[key] = values + values
-        return out
-
-    return dataset.map(_unpair, batched=True, remove_columns=dataset.column_names, num_proc=num_proc, desc="Unpairing")
+    return dataset.map(unpair_rows, batched=True, remove_columns=dataset.column_names, num_proc=num_proc,
+                       desc="Unpairing")
 
 
 def render_messages(tokenizer, messages: list, add_generation_prompt: bool = False, **kwargs) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs)
 
 
-def apply_chat_template(example: Mapping[str, Any], tokenizer, **template_kwargs) -> dict[str, Any]:
+_ROW_KEYS = ({"messages"}, {"prompt"}, {"prompt", "completion"}, {"prompt", "chosen", "rejected"},
+             {"chosen", "rejected"}, {"prompt", "completion", "label"})
+
+
+def _common_prefix(a: str, b: str) -> str:
+    return a[:_common_prefix_len(a, b)]
+
+
+def apply_chat_template(example: Mapping[str, Any], tokenizer, tools: list | None = None,
+                        **template_kwargs) -> dict[str, Any]:
     """Render a conversational row (any kind) into standard text with the tokenizer's chat template.
 
-    The prompt is rendered with the generation prompt appended, and each completion is the remainder of
-    ``render(prompt + completion)`` after the rendered prompt, so ``prompt + completion`` is exactly the
-    rendered conversation. Rows that are already standard are returned unchanged.
+    ``messages`` becomes ``text``. The prompt is rendered with the generation prompt appended (or, when it ends with
+    an assistant message, continuing that message); each of ``completion``/``chosen``/``rejected`` is the remainder
+    of ``render(prompt + completion)`` after the prompt, so ``prompt + completion`` is exactly the rendered
+    conversation. Where a template renders the prompt differently once an answer follows it (a generation prompt
+    that opens a ``<think>`` block the rendered answers lack), the prompt is cut back to what every rendering shares.
+    Implicit-prompt ``chosen``/``rejected`` are rendered whole; ``label`` is kept. ``tools`` and the row's
+    ``chat_template_kwargs`` reach the template. Rows that are already standard are returned unchanged.
     """
+    kwargs = {**dict(example.get("chat_template_kwargs") or {}), **template_kwargs}
+    if tools:  # an empty list renders tool boilerplate in some templates: none then
+        kwargs["tools"] = tools
+    keys = {k for k in ("prompt", "chosen", "rejected", "completion", "messages", "label") if k in example}
+    main = example.get("messages", example.get("prompt", example.get("chosen")))
+    if not is_conversational_value(main):
+        return dict(example)
+    if keys not in _ROW_KEYS and "completions" not in example:
+        raise DatasetFormatError(f"A row with the columns {sorted(keys)} is not a dataset kind a chat template "
+                                 "applies to: language modeling (messages), prompt-only, prompt-completion, preference "
+                                 "(with or without prompt) or unpaired preference (prompt, completion, label).")
     out: dict[str, Any] = {}
     if "messages" in example:
-        out["text"] = render_messages(tokenizer, example["messages"], **template_kwargs)
+        out["text"] = render_messages(tokenizer, example["messages"], **kwargs)
         return out
     prompt = example.get("prompt")
-    if prompt is None or not is_conversational_value(prompt):
-        return dict(example)
-    last_role = prompt[-1]["role"]
-    add_gen = last_role in ("user", "tool", "system")
-    prompt_text = render_messages(tokenizer, prompt, add_generation_prompt=add_gen, **template_kwargs)
+    answers = [k for k in ("completion", "chosen", "rejected") if example.get(k) is not None]
+    if prompt is None:  # implicit prompt: each side is a whole conversation
+        return {**{k: render_messages(tokenizer, example[k], **kwargs) for k in answers},
+                **({"label": example["label"]} if "label" in example else {})}
+    continues = prompt[-1]["role"] == "assistant"
+    prompt_text = render_messages(tokenizer, prompt, add_generation_prompt=not continues,
+                                  **({"continue_final_message": True} if continues else {}), **kwargs)
+    full = {k: render_messages(tokenizer, prompt + example[k], **kwargs) for k in answers}
+    for text in full.values():
+        prompt_text = _common_prefix(prompt_text, text)
     out["prompt"] = prompt_text
-    for key in ("completion", "chosen", "rejected"):
-        if key in example and example[key] is not None:
-            full = render_messages(tokenizer, prompt + example[key], **template_kwargs)
-            if not full.startswith(prompt_text):
-                raise DatasetFormatError(
-                    f"The chat template renders the prompt differently when a '{key}' follows it, so the prompt and "
-                    f"the completion cannot be separated. Rendered prompt: {prompt_text[-80:]!r}; rendered "
-                    f"conversation: {full[:160]!r}. Use a chat template whose prompt rendering is a prefix of the "
-                    "full conversation."
-                )
-            out[key] = full[len(prompt_text):]
+    for key, text in full.items():
+        out[key] = text[len(prompt_text):]
+    if "label" in example:
+        out["label"] = example["label"]
     if "completions" in example:  # stepwise: steps stay plain strings
         out["completions"] = example["completions"]
     return out

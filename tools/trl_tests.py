@@ -1,0 +1,185 @@
+"""TRL's own tests run against posttrain, with only the imports changed: the measure of "porting means changing an
+import" (issue 22). Nothing of TRL is vendored: the tests are read from a TRL git snapshot at run time.
+
+    .venv/bin/python tools/trl_tests.py --trl /work/.mirror/huggingface+trl/repo --tag v1.9.0 test_data_utils.py
+    benchmarks/.venv-trl-1.16.0/bin/python tools/trl_tests.py --lib trl ... test_data_utils.py   # TRL itself
+
+Each test file is copied into a temporary package with ``trl`` imports rewritten to ``posttrain`` (``--lib trl``
+keeps them, for TRL's own count on the same machine) beside a stand-in ``testing_utils`` (TRL's test helpers:
+``TrlTestCase`` and the ``require_*`` skip markers, written here) and a ``conftest.py`` that serves every
+``trl-internal-testing/...`` tokenizer from posttrain's kit (one ChatML tokenizer for all: tests of a particular
+template's output fail in both libraries alike). pytest runs it there and the counts are printed with every
+failure's first line; tests that still reach for the Hub (models, datasets) are counted apart. Compare the two
+libraries' counts, not either alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TESTING_UTILS = '''"""Stand-in for TRL's tests/testing_utils.py (tools/trl_tests.py)."""
+import functools
+import importlib.util
+import warnings
+
+import pytest
+import torch
+
+
+def _has(module):
+    return importlib.util.find_spec(module) is not None
+
+
+class TrlTestCase:
+    @pytest.fixture(autouse=True)
+    def set_tmp_dir(self, tmp_path):
+        self.tmp_dir = str(tmp_path)
+
+
+def ignore_warnings(message=None, category=Warning):
+    def decorator(test_func):
+        @functools.wraps(test_func)
+        def wrapper(*args, **kwargs):
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=message, category=category)
+                return test_func(*args, **kwargs)
+        return wrapper
+    return decorator
+
+
+_NEEDS = {"peft": "peft", "vision": "PIL", "bitsandbytes": "bitsandbytes", "liger_kernel": "liger_kernel",
+          "vllm": "vllm", "wandb": "wandb", "comet": "comet_ml", "rich": "rich", "sklearn": "sklearn",
+          "math_latex": "math_verify", "mergekit": "mergekit", "kernels": "kernels", "jmespath": "jmespath"}
+
+
+def __getattr__(name):
+    if name == "require_no_wandb":
+        return pytest.mark.skipif(_has("wandb"), reason="test requires no wandb")
+    if name.startswith("require_"):
+        what = name[len("require_"):]
+        if what in _NEEDS:
+            return pytest.mark.skipif(not _has(_NEEDS[what]), reason=f"test requires {what}")
+        return pytest.mark.skipif(not torch.cuda.is_available(), reason=f"test requires {what}")
+    raise AttributeError(name)
+'''
+
+
+CONFTEST = '''"""Stand-ins for TRL's tiny Hub models (tools/trl_tests.py): every ``trl-internal-testing/...`` tokenizer or
+processor is posttrain's kit tokenizer (a Qwen2-style byte-level BPE with a ChatML template), built once."""
+import os
+
+import transformers
+
+STAND_IN = os.environ["TRL_TESTS_STAND_IN"]
+
+
+def _redirect(cls):
+    real = cls.from_pretrained.__func__
+
+    def from_pretrained(klass, name, *args, **kwargs):
+        if isinstance(name, str) and name.startswith("trl-internal-testing/"):
+            kwargs.pop("revision", None)
+            name = STAND_IN
+        return real(klass, name, *args, **kwargs)
+
+    cls.from_pretrained = classmethod(from_pretrained)
+
+
+for _cls in (transformers.AutoTokenizer, transformers.AutoProcessor):
+    _redirect(_cls)
+'''
+
+
+def stand_in_dir() -> Path:
+    """The kit model folder that stands in for TRL's tiny Hub models (built on first use)."""
+    d = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "posttrain" / "trl-tests" / "qwen2-tiny"
+    if not (d / "config.json").exists():
+        sys.path.insert(0, str(ROOT))
+        from posttrain.kit import build_tiny_model
+
+        build_tiny_model("qwen2", size="tiny", seed=0, output_dir=d)
+    return d
+
+
+def rewrite(source: str) -> str:
+    """``trl`` imports as ``posttrain`` ones: ``from trl...``, ``import trl...`` and string module paths
+    (``"trl.trainer..."`` in patches)."""
+    source = re.sub(r"\bfrom trl(\.| )", r"from posttrain\1", source)
+    source = re.sub(r"\bimport trl\b", "import posttrain as trl", source)
+    return re.sub(r"([\"'])trl\.", r"\1posttrain.", source)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("tests", nargs="+", help="test files under TRL's tests/ (e.g. test_data_utils.py)")
+    p.add_argument("--trl", required=True, help="a TRL git snapshot (the `fetch` tool's github:huggingface/trl)")
+    p.add_argument("--tag", default="v1.9.0")
+    p.add_argument("--lib", default="posttrain", choices=["posttrain", "trl"])
+    p.add_argument("-k", default=None, help="pytest -k expression")
+    a = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        pkg = Path(tmp) / "tests"
+        pkg.mkdir()
+        (pkg / "__init__.py").write_text("")
+        (pkg / "testing_utils.py").write_text(TESTING_UTILS)
+        (pkg / "conftest.py").write_text(CONFTEST)
+        for name in a.tests:
+            source = subprocess.run(["git", "-C", a.trl, "show", f"{a.tag}:tests/{name}"], check=True,
+                                    capture_output=True, text=True).stdout
+            (pkg / name).write_text(rewrite(source) if a.lib == "posttrain" else source)
+        report = Path(tmp) / "report.json"
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=line", "-rN",
+               f"--junitxml={Path(tmp) / 'junit.xml'}", *(["-k", a.k] if a.k else []),
+               *[str(pkg / n) for n in a.tests]]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRL_TESTS_STAND_IN": str(stand_in_dir())}
+        if a.lib == "posttrain":  # this checkout's posttrain, whatever the environment has installed
+            env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, env=env)
+        counts = _junit_counts(Path(tmp) / "junit.xml")
+        report.write_text(json.dumps(counts))
+    print(f"{a.lib} on TRL {a.tag} {' '.join(a.tests)}: {counts['passed']} passed, {counts['failed']} failed, "
+          f"{counts['needs_hub']} need the Hub (offline), {counts['skipped']} skipped")
+    for name, message in counts["failures"]:
+        print(f"  FAIL {name}: {message}")
+    if proc.returncode not in (0, 1):  # collection errors and the like
+        print(proc.stdout[-3000:], proc.stderr[-3000:])
+    return counts
+
+
+# a test that loaded a model, tokenizer or dataset from the Hub, offline: not counted as a failure of either library
+HUB_OFFLINE = ("couldn't connect to 'https://huggingface.co'", "OfflineModeIsEnabled", "LocalEntryNotFoundError")
+
+
+def _junit_counts(path: Path) -> dict:
+    import xml.etree.ElementTree as ET
+
+    counts = {"passed": 0, "failed": 0, "needs_hub": 0, "skipped": 0, "failures": []}
+    if not path.exists():
+        return counts
+    for case in ET.parse(path).getroot().iter("testcase"):
+        name = f"{case.get('classname', '').split('.')[-1]}::{case.get('name')}"
+        bad = case.find("failure") if case.find("failure") is not None else case.find("error")
+        if bad is not None and any(sign in (bad.get("message") or "") + (bad.text or "") for sign in HUB_OFFLINE):
+            counts["needs_hub"] += 1
+        elif bad is not None:
+            counts["failed"] += 1
+            counts["failures"].append((name, (bad.get("message") or "").splitlines()[0][:160] if bad.get("message")
+                                       else ""))
+        elif case.find("skipped") is not None:
+            counts["skipped"] += 1
+        else:
+            counts["passed"] += 1
+    return counts
+
+
+if __name__ == "__main__":
+    main()
