@@ -27,6 +27,7 @@ _EXPORTS = {
     "CheckpointWriteError": "posttrain.trainers.run_dir",
     "OutputDirError": "posttrain.trainers.run_dir",
     "ScriptArguments": "posttrain.scripts.args",
+    "create_reference_model": "posttrain.models.sharding",
     # TRL's data utilities, under TRL's names (posttrain/data_utils.py)
     **{name: "posttrain.data_utils" for name in (
         "apply_chat_template", "extract_prompt", "is_conversational", "is_conversational_from_value",

@@ -160,7 +160,7 @@ def check_launch(accelerator) -> str | None:
     return None
 
 
-__all__ = ["check_launch", "deepspeed_inference_config", "frozen_copy", "gathered_parameters", "is_zero3_partitioned",
+__all__ = ["check_launch", "create_reference_model", "deepspeed_inference_config", "frozen_copy", "gathered_parameters", "is_zero3_partitioned",
            "prepare_frozen"]
 
 
@@ -198,3 +198,37 @@ def destroy_process_group_at_exit() -> None:
     if not _exit_hook_registered:
         atexit.register(_leave_process_group)
         _exit_hook_registered = True
+
+
+def create_reference_model(model: torch.nn.Module, num_shared_layers: int | None = None,
+                           pattern: str | None = None) -> torch.nn.Module:
+    """A frozen copy of ``model`` in evaluation mode (TRL's ``create_reference_model``; the copy as
+    :func:`frozen_copy` makes it, ZeRO-3 included). With ``num_shared_layers=n`` the parameters before layer ``n``
+    (the embeddings and layers ``0 .. n-1``) are shared, not copied: the copy points at the same storage and they
+    are frozen in ``model`` too, so the reference stays what it was while ``model`` trains its other layers.
+    ``pattern`` names where layer ``n`` starts (e.g. ``"transformer.h.{layer}"``); by default the first parameter
+    under a ``layers``/``h``/``blocks`` container's entry ``n``."""
+    if num_shared_layers is not None and is_zero3_partitioned(model):
+        raise ValueError("create_reference_model(num_shared_layers=...) cannot share ZeRO-3 partitioned parameters; "
+                         "leave num_shared_layers unset for a full frozen copy.")
+    reference = frozen_copy(model).eval()
+    reference.requires_grad_(False)
+    if num_shared_layers is None:
+        return reference
+    names = [name for name, _ in model.named_parameters()]
+    if pattern is not None:
+        target = pattern.format(layer=num_shared_layers)
+        first = next((i for i, name in enumerate(names) if target in name), None)
+    else:
+        import re
+
+        start = re.compile(rf"(^|\.)(layers|h|blocks|block|layer)\.{num_shared_layers}\.")
+        first = next((i for i, name in enumerate(names) if start.search(name)), None)
+    if first is None:
+        raise ValueError(f"No layer {num_shared_layers} found in {type(model).__name__}'s parameters; pass `pattern` "
+                         "(e.g. 'model.layers.{layer}') naming where a layer's parameters start.")
+    for name in names[:first]:
+        param = model.get_parameter(name)
+        param.requires_grad_(False)
+        reference.get_parameter(name).data = param.data
+    return reference

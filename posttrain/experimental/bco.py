@@ -1,0 +1,5 @@
+"""TRL's ``trl.experimental.bco``: posttrain's BCOTrainer (:mod:`posttrain.trainers.bco`)."""
+
+from ..trainers.bco import BCOConfig, BCOTrainer
+
+__all__ = ["BCOConfig", "BCOTrainer"]
