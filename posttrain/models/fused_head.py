@@ -2,14 +2,14 @@
 hidden states, in chunks of tokens, so no (tokens, vocabulary) logits tensor is ever alive, in forward or backward
 (docs/performance.md, "Log-probs without full-vocabulary tensors").
 
-Forward, chunk by chunk: ``z = h W^T (+ b)`` in the compute precision (autocast's, else the weight's), then in
-float32 ``z / T``, its log-sum-exp ``L`` (kept, one float a token) and ``log p_t = z_t - L``, plus the statistics
-asked for (entropy ``L - sum_v p_v z_v``, the mean logit, whether the target is the argmax, ``log sum_v p_v^2``;
-detached). Backward recomputes each chunk's logits: with ``p = softmax(z / T)``,
-``d log p_t / d z = (onehot(t) - p) / T``, so the chunk gives ``grad_h = G W`` and adds ``G^T h`` to ``grad_W``
-(``G = g (onehot - p) / T``). The backward works in tiles of tokens and of vocabulary rows (``p`` needs only ``L``,
-not the whole row), so the weight is cast to the compute precision a block at a time. Peak memory is one chunk's
-logits, whatever the vocabulary.
+Both passes work in tiles of tokens and of vocabulary rows, so the weight is cast to the compute precision (autocast's,
+else the weight's) a block of rows at a time, never whole. Forward: ``z = h W^T (+ b)`` for the tile, then in float32
+``z / T``; each token's log-sum-exp ``L`` accumulates over the blocks (a running maximum and rescaled sum; ``L`` is
+kept, one float a token) and gives ``log p_t = z_t - L``, with the statistics asked for (entropy ``L - sum_v p_v z_v``,
+the mean logit, whether the target is the (first) argmax, ``log sum_v p_v^2``; detached) accumulated alike. Backward
+recomputes each tile's logits: with ``p = softmax(z / T)`` (which needs only ``L``, not the whole row),
+``d log p_t / d z = (onehot(t) - p) / T``, so the tile adds ``G W`` to ``grad_h`` and ``G^T h`` to its rows of
+``grad_W`` (``G = g (onehot - p) / T``). Peak memory is one tile's logits, whatever the vocabulary.
 
 :func:`fused_head` swaps a model's output head for this computation during one forward, through DDP, DeepSpeed
 (ZeRO-3 gathers the head's weight for that call and for its backward, as for the head itself) and PEFT wrappers: the
@@ -62,35 +62,71 @@ def _chunk_logits(h, weight, bias, dtype, temperature) -> torch.Tensor:
     return z / temperature if temperature != 1.0 else z
 
 
+def _tiles(vocab: int, chunk: int) -> tuple[int, int]:
+    """(rows of the weight, tokens) of one tile: the vocabulary in equal blocks of at most :data:`VOCAB_BLOCK` rows,
+    and as many tokens as keep a tile's logits the size of a ``chunk``-token row of the whole vocabulary."""
+    blocks = -(-vocab // VOCAB_BLOCK)
+    return -(-vocab // blocks), chunk * blocks
+
+
 class _FusedHeadLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, temperature: float, chunk: int, stats: tuple[str, ...]):
+        # tiles of (tokens, vocabulary block), the weight cast a block at a time; each token's log-sum-exp and
+        # statistics accumulate over the blocks (running maximum m, sum of e = exp(z - m), rescaled when m grows)
         dtype = _compute_dtype(hidden, weight)
-        w, b = weight.to(dtype), bias.to(dtype) if bias is not None else None
-        n = hidden.shape[0]
-        logps = hidden.new_empty(n, dtype=torch.float32)
-        lse = hidden.new_empty(n, dtype=torch.float32)
-        extra = hidden.new_zeros((n, len(stats)), dtype=torch.float32)
+        n, vocab = hidden.shape[0], weight.shape[0]
+        block, tokens = _tiles(vocab, chunk)
+
+        def zeros():
+            return hidden.new_zeros(n, dtype=torch.float32)
+
+        run_max, run_sum, target_logit = torch.full_like(zeros(), -float("inf")), zeros(), zeros()
+        e_z = zeros() if "entropy" in stats else None  # sum e z
+        e_sq = zeros() if "log_sum_sq_probs" in stats else None  # sum e^2
+        z_sum = zeros() if "mean_logit" in stats else None
+        best = torch.full_like(zeros(), -float("inf")) if "top1" in stats else None
+        best_at = torch.zeros(n, dtype=torch.long, device=hidden.device) if "top1" in stats else None
         with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
-            for start in range(0, n, chunk):
-                stop = min(start + chunk, n)
-                z = _chunk_logits(hidden[start:stop], w, b, dtype, temperature)
-                t = targets[start:stop].unsqueeze(-1)
-                norm = torch.logsumexp(z, dim=-1)
-                lse[start:stop] = norm
-                logps[start:stop] = z.gather(-1, t).squeeze(-1) - norm
-                for j, name in enumerate(stats):
-                    if name == "entropy":
-                        p = torch.exp(z - norm.unsqueeze(-1))
-                        extra[start:stop, j] = norm - (p * z).sum(-1)
-                    elif name == "mean_logit":
-                        extra[start:stop, j] = z.mean(-1)
-                    elif name == "top1":
-                        extra[start:stop, j] = (z.argmax(-1, keepdim=True) == t).squeeze(-1).float()
-                    else:  # log_sum_sq_probs
-                        extra[start:stop, j] = torch.logsumexp(2.0 * (z - norm.unsqueeze(-1)), dim=-1)
-                del z
-        del w, b
+            for v0 in range(0, vocab, block):
+                v1 = min(v0 + block, vocab)
+                w = weight[v0:v1].to(dtype)
+                b = bias[v0:v1].to(dtype) if bias is not None else None
+                for start in range(0, n, tokens):
+                    rows = slice(start, min(start + tokens, n))
+                    z = _chunk_logits(hidden[rows], w, b, dtype, temperature)
+                    t = targets[rows] - v0
+                    hit = (t >= 0) & (t < v1 - v0)
+                    target_logit[rows] += torch.where(hit, z.gather(1, t.clamp(0, v1 - v0 - 1)[:, None])[:, 0], 0.0)
+                    top, at = z.max(-1)
+                    if best is not None:  # the first maximum over the whole row, as argmax
+                        better = top > best[rows]
+                        best[rows] = torch.where(better, top, best[rows])
+                        best_at[rows] = torch.where(better, at + v0, best_at[rows])
+                    if z_sum is not None:
+                        z_sum[rows] += z.sum(-1)
+                    m = torch.maximum(run_max[rows], top)
+                    scale = torch.exp(run_max[rows] - m)
+                    e = (z - m[:, None]).exp_()
+                    run_sum[rows] = run_sum[rows] * scale + e.sum(-1)
+                    if e_z is not None:
+                        e_z[rows] = e_z[rows] * scale + (e * z).sum(-1)
+                    if e_sq is not None:
+                        e_sq[rows] = e_sq[rows] * scale.square() + e.square().sum(-1)
+                    run_max[rows] = m
+                    del z, e
+        lse = run_max + run_sum.log()
+        logps = target_logit - lse
+        extra = hidden.new_zeros((n, len(stats)), dtype=torch.float32)
+        for j, name in enumerate(stats):
+            if name == "entropy":
+                extra[:, j] = lse - e_z / run_sum
+            elif name == "mean_logit":
+                extra[:, j] = z_sum / vocab
+            elif name == "top1":
+                extra[:, j] = (best_at == targets).float()
+            else:  # log_sum_sq_probs: log sum p^2 = log sum e^2 + 2 m - 2 lse
+                extra[:, j] = e_sq.log() + 2 * run_max - 2 * lse
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.temperature, ctx.chunk, ctx.dtype = temperature, chunk, dtype
         ctx.mark_non_differentiable(extra)
@@ -104,8 +140,7 @@ class _FusedHeadLogps(torch.autograd.Function):
         # tiles of (tokens, vocabulary block): the weight is cast to the compute dtype a block at a time (each block
         # once a call), so no whole copy of it sits beside its float32 gradient; a tile has the forward chunk's size
         vocab = weight.shape[0]
-        blocks = -(-vocab // VOCAB_BLOCK)
-        block, tokens = -(-vocab // blocks), ctx.chunk * blocks
+        block, tokens = _tiles(vocab, ctx.chunk)
         grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b and bias is not None else None
