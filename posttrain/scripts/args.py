@@ -39,6 +39,41 @@ class PosttrainParser(HfArgumentParser):
     def __init__(self, dataclass_types, **kwargs):
         kwargs.setdefault("allow_abbrev", False)  # '--learning_rat' must be an error, not learning_rate
         super().__init__(dataclass_types, **kwargs)
+        self._group_help()
+
+    def _group_help(self) -> None:
+        """``--help`` in sections, the trainer's own options first: each config's fields that
+        ``transformers.TrainingArguments`` does not have (``--beta``, ``--loss_type``, ...), then the script's and the
+        model's arguments, then the ``TrainingArguments`` every trainer shares. (HfArgumentParser lists them all in
+        one section, base class first: ``--beta`` came after 700 lines of ``TrainingArguments``.)"""
+        from transformers import TrainingArguments
+
+        if self.usage is None:  # argparse's lists every option (160 lines for a trainer): the sections below do
+            self.usage = "%(prog)s [--config FILE.yaml] [--OPTION VALUE ...]"
+        shared = {f.name for f in dataclasses.fields(TrainingArguments)}
+        owner: dict[str, argparse._ArgumentGroup] = {}
+        first, last = [], []
+        for dc in self.dataclass_types:
+            names = {f.name for f in dataclasses.fields(dc) if f.init}
+            if issubclass(dc, TrainingArguments):
+                own = self.add_argument_group(f"{dc.__name__} options")
+                rest = self.add_argument_group("TrainingArguments options (shared by every trainer)")
+                owner.update({n: own for n in names - shared})
+                owner.update({n: rest for n in names & shared})
+                first.insert(0, own)
+                last.append(rest)
+            else:
+                group = self.add_argument_group(f"{dc.__name__}")
+                owner.update({n: group for n in names})
+                first.append(group)
+        default = self._optionals
+        for action in list(default._group_actions):
+            group = owner.get(action.dest)
+            if group is not None:
+                default._group_actions.remove(action)
+                group._group_actions.append(action)
+        # the help flag's own section, then the trainer's options, the script's and model's, the shared ones
+        self._action_groups = [g for g in self._action_groups if g not in first + last] + first + last
 
     def parse_args_and_config(self, args: list[str] | None = None) -> tuple[Any, ...]:
         argv = list(sys.argv[1:] if args is None else args)

@@ -67,6 +67,21 @@ def test_unknown_cli_flag_is_an_error(capsys):
     assert "learning_rat" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command, own", [("dpo", "--beta"), ("grpo", "--num_generations"), ("sft", "--packing")])
+def test_help_shows_the_trainers_own_options_first(command, own, capsys):
+    with pytest.raises(SystemExit) as err:
+        main([command, "--help"])
+    assert err.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines[0]) < 100  # a one-line usage, not every option
+    sections = [i for i, line in enumerate(lines) if line.endswith(":") and not line.startswith(" ")]
+    titles = [lines[i] for i in sections]
+    assert titles[1].endswith("Config options:") and titles[-1].startswith("TrainingArguments options")
+    where = next(i for i, line in enumerate(lines) if line.startswith(f"  {own} "))
+    assert sections[1] < where < sections[2] and where < 120
+    assert any(line.startswith("  --learning_rate ") for line in lines[sections[-1]:])
+
+
 def test_missing_dataset_is_a_clear_error(tiny_model_dir, tmp_path):
     with pytest.raises(SystemExit, match="dataset_name is required"):
         main(["sft", "--model_name_or_path", tiny_model_dir, "--output_dir", str(tmp_path)])
