@@ -8,8 +8,8 @@ The model has Qwen2.5-0.5B's widths (hidden 896, 14/2 heads, MLP 4864, tied embe
 vocabulary, random weights, float32, built in the worker (nothing on disk). Every point is a fresh process
 (``run_isolated``): the model, its AdamW state and then ``steps`` training steps (the first is warm-up) on rows of
 exactly ``length`` tokens: SFT ``batch`` sequences (loss on the second half); DPO ``batch`` pairs, each side a
-``length / 4`` prompt and a completion filling the rest; GRPO ``batch`` completions filling the rest after a
-``length / 4`` prompt, fixed (no sampling: the step is the loss). Reported: peak RSS,
+``length / 4`` prompt and a completion filling the rest; GRPO ``batch`` (at least 2: one group) completions filling
+the rest after a ``length / 4`` prompt, fixed (no sampling: the step is the loss). Reported: peak RSS,
 the model state (parameters x 16 bytes: fp32 weights, gradients, two AdamW moments), the memory above it, and
 tokens/s of the timed steps. ``unfused`` runs the head on the selected positions and takes log-probs from the
 (tokens, vocabulary) logits (the harness patches ``fused_head_supported``; posttrain has no switch for it).
@@ -83,9 +83,10 @@ def worker(cfg: dict) -> dict:
         from benchmarks.compare_worker import length_reward
 
         p = n // 4
+        batch = max(batch, 2)  # a group needs two completions to compare (num_generations >= 2)
         prompts = [ids(p) for _ in range(batch * steps)]
         args = posttrain.GRPOConfig(max_completion_length=n - p, max_prompt_length=p, num_generations=batch,
-                                    **common)
+                                    **dict(common, per_device_train_batch_size=batch))
         trainer = posttrain.GRPOTrainer(model, length_reward, args=args, processing_class=tok,
                                         train_dataset=Dataset.from_list([{"prompt_input_ids": x, "prompt": ""}
                                                                          for x in prompts]))
