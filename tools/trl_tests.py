@@ -6,9 +6,10 @@ import" (issue 22). Nothing of TRL is vendored: the tests are read from a TRL gi
 
 Each test file is copied into a temporary package with ``trl`` imports rewritten to ``posttrain`` (``--lib trl``
 keeps them, for TRL's own count on the same machine) beside a stand-in ``testing_utils`` (TRL's test helpers:
-``TrlTestCase`` and the ``require_*`` skip markers, written here) and a ``conftest.py`` that serves every
-``trl-internal-testing/...`` tokenizer from posttrain's kit (one ChatML tokenizer for all: tests of a particular
-template's output fail in both libraries alike). pytest runs it there and the counts are printed with every
+``TrlTestCase`` and the ``require_*`` skip markers, written here) and a ``conftest.py`` that serves every text-only
+``trl-internal-testing/tiny-*`` model and tokenizer from posttrain's kit (one Qwen2 with a ChatML tokenizer for all:
+tests of a particular architecture's or template's output fail in both libraries alike) and the ``zen`` datasets from
+the kit's addition task. pytest runs it there and the counts are printed with every
 failure's first line; tests that still reach for the Hub (models, datasets) are counted apart. Compare the two
 libraries' counts, not either alone.
 """
@@ -73,40 +74,81 @@ def __getattr__(name):
 '''
 
 
-CONFTEST = '''"""Stand-ins for TRL's tiny Hub models (tools/trl_tests.py): every ``trl-internal-testing/...`` tokenizer or
-processor is posttrain's kit tokenizer (a Qwen2-style byte-level BPE with a ChatML template), built once."""
+CONFTEST = '''"""Stand-ins for TRL's tiny Hub models and datasets (tools/trl_tests.py): every text-only
+``trl-internal-testing/tiny-*`` model, tokenizer or processor is posttrain's kit Qwen2 (causal LM, or its sequence /
+token classification twin), and ``trl-internal-testing/zen`` is the kit's addition task in the asked format."""
 import os
+import re
 
+import datasets
 import transformers
+from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
-STAND_IN = os.environ["TRL_TESTS_STAND_IN"]
+STAND_INS = os.environ["TRL_TESTS_STAND_INS"]
+VISION = re.compile(r"Llava|VL|Vision|Idefics|PaliGemma|SmolVLM|Gemma3ForConditional|ImageText|Qwen3_5|Mllama|Blip")
 
 
-def _redirect(cls):
-    real = cls.from_pretrained.__func__
+def _stand_in(name, cls):
+    if not (isinstance(name, str) and name.startswith("trl-internal-testing/tiny-")) or VISION.search(name):
+        return name
+    kind = next((k for k in ("SequenceClassification", "TokenClassification")
+                 if k in name or k in getattr(cls, "__name__", "")), None)
+    head = {"SequenceClassification": "seq-cls", "TokenClassification": "token-cls"}.get(kind, "causal-lm")
+    return os.path.join(STAND_INS, head)
+
+
+def _redirect(owner):
+    real = owner.from_pretrained.__func__
 
     def from_pretrained(klass, name, *args, **kwargs):
-        if isinstance(name, str) and name.startswith("trl-internal-testing/"):
+        new = _stand_in(name, klass)
+        if new is not name:
             kwargs.pop("revision", None)
-            name = STAND_IN
-        return real(klass, name, *args, **kwargs)
+        return real(klass, new, *args, **kwargs)
 
-    cls.from_pretrained = classmethod(from_pretrained)
+    owner.from_pretrained = classmethod(from_pretrained)
 
 
-for _cls in (transformers.AutoTokenizer, transformers.AutoProcessor):
-    _redirect(_cls)
+for _owner in (transformers.AutoTokenizer, transformers.AutoProcessor, _BaseAutoModelClass,
+               transformers.PreTrainedModel):
+    _redirect(_owner)
+
+_FORMATS = {"language_modeling": "language_modeling", "prompt_only": "prompt_only",
+            "prompt_completion": "prompt_completion", "preference": "preference",
+            "implicit_prompt_preference": "preference_implicit", "unpaired_preference": "unpaired_preference",
+            "stepwise_supervision": "stepwise"}
+_real_load_dataset = datasets.load_dataset
+
+
+def load_dataset(path, name=None, *args, split=None, **kwargs):
+    if path != "trl-internal-testing/zen" or name is None:
+        return _real_load_dataset(path, name, *args, split=split, **kwargs)
+    from posttrain.kit import make_dataset
+
+    style, _, fmt = name.partition("_")
+    conversational = style == "conversational"
+    parts = {part: make_dataset("addition", _FORMATS[fmt], n=n, seed=seed, conversational=conversational)
+             for part, n, seed in (("train", 17, 0), ("test", 3, 1))}
+    for part, ds in parts.items():
+        parts[part] = ds.remove_columns([c for c in ("answer",) if c in ds.column_names])
+    data = datasets.DatasetDict(parts)
+    return data[split] if split else data
+
+
+datasets.load_dataset = load_dataset
 '''
 
 
 def stand_in_dir() -> Path:
-    """The kit model folder that stands in for TRL's tiny Hub models (built on first use)."""
-    d = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "posttrain" / "trl-tests" / "qwen2-tiny"
-    if not (d / "config.json").exists():
-        sys.path.insert(0, str(ROOT))
-        from posttrain.kit import build_tiny_model
+    """The kit model folders that stand in for TRL's tiny Hub models (built on first use): ``causal-lm``,
+    ``seq-cls`` and ``token-cls``."""
+    d = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "posttrain" / "trl-tests"
+    for head in ("causal-lm", "seq-cls", "token-cls"):
+        if not (d / head / "config.json").exists():
+            sys.path.insert(0, str(ROOT))
+            from posttrain.kit import build_tiny_model
 
-        build_tiny_model("qwen2", size="tiny", seed=0, output_dir=d)
+            build_tiny_model("qwen2", head=head, size="tiny", seed=0, output_dir=d / head)
     return d
 
 
@@ -140,7 +182,7 @@ def main(argv=None) -> dict:
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=line", "-rN",
                f"--junitxml={Path(tmp) / 'junit.xml'}", *(["-k", a.k] if a.k else []),
                *[str(pkg / n) for n in a.tests]]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRL_TESTS_STAND_IN": str(stand_in_dir())}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRL_TESTS_STAND_INS": str(stand_in_dir())}
         if a.lib == "posttrain":  # this checkout's posttrain, whatever the environment has installed
             env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, env=env)
