@@ -62,6 +62,37 @@ _NEEDS = {"peft": "peft", "vision": "PIL", "bitsandbytes": "bitsandbytes", "lige
           "math_latex": "math_verify", "mergekit": "mergekit", "kernels": "kernels", "jmespath": "jmespath"}
 
 
+class _Missing:
+    """A name TRL's tests import that posttrain does not have (often a TRL internal): the tests that use it fail, the
+    rest of the module still runs."""
+
+    def __init__(self, where):
+        self.where = where
+
+    def _fail(self, *args, **kwargs):
+        raise NotImplementedError(f"posttrain has no {self.where}")
+
+    def __getattr__(self, attr):
+        if attr.startswith("__"):  # introspection (pytest's collector, copy, pickle): a plain missing attribute
+            raise AttributeError(attr)
+        self._fail()
+
+    __call__ = __getitem__ = __iter__ = _fail
+
+
+def _compat(module, name):
+    """``from <module> import <name>``, else the name from posttrain's top level or its data layer (where posttrain
+    keeps TRL's public names), else a :class:`_Missing`."""
+    import importlib
+
+    for where in (module, "posttrain", "posttrain.data", "posttrain.data_utils", "posttrain.data.preference"):
+        try:
+            return getattr(importlib.import_module(where), name)
+        except (ImportError, AttributeError):
+            continue
+    return _Missing(f"{module}.{name}")
+
+
 def __getattr__(name):
     if name == "require_no_wandb":
         return pytest.mark.skipif(_has("wandb"), reason="test requires no wandb")
@@ -111,9 +142,12 @@ def _redirect(owner):
     owner.from_pretrained = classmethod(from_pretrained)
 
 
+# every Auto class carries its own copy of from_pretrained (transformers' auto_class_update): patch each
+_AUTO = [getattr(transformers, n) for n in dir(transformers) if n.startswith("AutoModel") or n == "AutoConfig"]
 for _owner in (transformers.AutoTokenizer, transformers.AutoProcessor, _BaseAutoModelClass,
-               transformers.PreTrainedModel):
-    _redirect(_owner)
+               transformers.PreTrainedModel, *_AUTO):
+    if isinstance(_owner, type) and hasattr(_owner, "from_pretrained"):
+        _redirect(_owner)
 
 _FORMATS = {"language_modeling": "language_modeling", "prompt_only": "prompt_only",
             "prompt_completion": "prompt_completion", "preference": "preference",
@@ -154,12 +188,35 @@ def stand_in_dir() -> Path:
     return d
 
 
+_FROM_IMPORT = re.compile(r"^from trl((?:\.\w+)*) import (\([^)]*\)|[^\n]+)", re.MULTILINE)
+
+
+def _names(spec: str) -> list[tuple[str, str]]:
+    spec = re.sub(r"#[^\n]*", "", spec.strip().strip("()"))
+    out = []
+    for part in (p.strip() for p in spec.replace("\n", " ").split(",")):
+        if part:
+            name, _, alias = part.partition(" as ")
+            out.append((name.strip(), (alias or name).strip()))
+    return out
+
+
 def rewrite(source: str) -> str:
-    """``trl`` imports as ``posttrain`` ones: ``from trl...``, ``import trl...`` and string module paths
-    (``"trl.trainer..."`` in patches)."""
-    source = re.sub(r"\bfrom trl(\.| )", r"from posttrain\1", source)
+    """``trl`` imports as ``posttrain`` ones. ``from trl.x import a, b`` becomes one ``_compat`` lookup a name (the
+    same module path under ``posttrain``, else posttrain's top level or data layer, else a placeholder that fails
+    the tests that use it), so a TRL internal posttrain lacks fails those tests, not the whole module;
+    ``import trl`` and string module paths (``"trl.trainer..."`` in patches) are renamed."""
+    def lookups(match: re.Match) -> str:
+        module = "posttrain" + match.group(1)
+        return "\n".join(f"{alias} = _compat({module!r}, {name!r})" for name, alias in _names(match.group(2)))
+
+    source = _FROM_IMPORT.sub(lookups, source)
     source = re.sub(r"\bimport trl\b", "import posttrain as trl", source)
-    return re.sub(r"([\"'])trl\.", r"\1posttrain.", source)
+    source = re.sub(r"([\"'])trl\.", r"\1posttrain.", source)
+    head = "from tests.testing_utils import _compat  # (tools/trl_tests.py)\n"
+    future = list(re.finditer(r"^from __future__ import [^\n]+\n", source, re.MULTILINE))
+    cut = future[-1].end() if future else 0
+    return source[:cut] + head + source[cut:]
 
 
 def main(argv=None) -> dict:
@@ -169,6 +226,7 @@ def main(argv=None) -> dict:
     p.add_argument("--tag", default="v1.9.0")
     p.add_argument("--lib", default="posttrain", choices=["posttrain", "trl"])
     p.add_argument("-k", default=None, help="pytest -k expression")
+    p.add_argument("--show_hub", action="store_true", help="print where each Hub-bound test reached for the Hub")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         pkg = Path(tmp) / "tests"
@@ -194,6 +252,9 @@ def main(argv=None) -> dict:
           f"{counts['needs_hub']} need the Hub (offline), {counts['skipped']} skipped")
     for name, message in counts["failures"]:
         print(f"  FAIL {name}: {message}")
+    if a.show_hub:
+        for name, message in counts["hub"]:
+            print(f"  HUB {name}: {message}")
     if proc.returncode not in (0, 1):  # collection errors and the like
         print(proc.stdout[-3000:], proc.stderr[-3000:])
     return counts
@@ -206,7 +267,7 @@ HUB_OFFLINE = ("couldn't connect to 'https://huggingface.co'", "OfflineModeIsEna
 def _junit_counts(path: Path) -> dict:
     import xml.etree.ElementTree as ET
 
-    counts = {"passed": 0, "failed": 0, "needs_hub": 0, "skipped": 0, "failures": []}
+    counts = {"passed": 0, "failed": 0, "needs_hub": 0, "skipped": 0, "failures": [], "hub": []}
     if not path.exists():
         return counts
     for case in ET.parse(path).getroot().iter("testcase"):
@@ -214,6 +275,9 @@ def _junit_counts(path: Path) -> dict:
         bad = case.find("failure") if case.find("failure") is not None else case.find("error")
         if bad is not None and any(sign in (bad.get("message") or "") + (bad.text or "") for sign in HUB_OFFLINE):
             counts["needs_hub"] += 1
+            text = (bad.text or "").splitlines()
+            counts["hub"].append((name, next((line for line in text if "from_pretrained" in line or "load_dataset" in line
+                                              or "hf_hub" in line), text[-1] if text else "")[:200]))
         elif bad is not None:
             counts["failed"] += 1
             counts["failures"].append((name, (bad.get("message") or "").splitlines()[0][:160] if bad.get("message")
