@@ -116,7 +116,9 @@ import transformers
 from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
 STAND_INS = os.environ["TRL_TESTS_STAND_INS"]
+# no kit stand-in (yet) for vision-language models: they go to the Hub, and count as needing it
 VISION = re.compile(r"Llava|VL|Vision|Idefics|PaliGemma|SmolVLM|Gemma3ForConditional|ImageText|Qwen3_5|Mllama|Blip")
+SEQ2SEQ = re.compile(r"T5|Bart")
 
 
 def _stand_in(name, cls):
@@ -127,6 +129,8 @@ def _stand_in(name, cls):
     kind = next((k for k in ("SequenceClassification", "TokenClassification")
                  if k in name or k in getattr(cls, "__name__", "")), None)
     head = {"SequenceClassification": "seq-cls", "TokenClassification": "token-cls"}.get(kind, "causal-lm")
+    if SEQ2SEQ.search(name):
+        head = "seq2seq"
     return os.path.join(STAND_INS, head)
 
 
@@ -177,7 +181,7 @@ datasets.load_dataset = load_dataset
 
 def stand_in_dir() -> Path:
     """The kit model folders that stand in for TRL's tiny Hub models (built on first use): ``causal-lm``,
-    ``seq-cls`` and ``token-cls``."""
+    ``seq-cls`` and ``token-cls`` (the kit's Qwen2) and ``seq2seq`` (a tiny T5 with the kit tokenizer)."""
     d = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "posttrain" / "trl-tests"
     for head in ("causal-lm", "seq-cls", "token-cls"):
         if not (d / head / "config.json").exists():
@@ -185,6 +189,15 @@ def stand_in_dir() -> Path:
             from posttrain.kit import build_tiny_model
 
             build_tiny_model("qwen2", head=head, size="tiny", seed=0, output_dir=d / head)
+    if not (d / "seq2seq" / "config.json").exists():  # a tiny T5 with the kit tokenizer, for TRL's T5 / BART ids
+        from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+        tok = AutoTokenizer.from_pretrained(d / "causal-lm")
+        config = T5Config(vocab_size=len(tok), d_model=32, d_ff=64, d_kv=16, num_layers=2, num_heads=2,
+                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                          decoder_start_token_id=tok.pad_token_id)
+        T5ForConditionalGeneration(config).save_pretrained(d / "seq2seq")
+        tok.save_pretrained(d / "seq2seq")
     return d
 
 
@@ -237,7 +250,11 @@ def main(argv=None) -> dict:
         for name in a.tests:
             source = subprocess.run(["git", "-C", a.trl, "show", f"{a.tag}:tests/{name}"], check=True,
                                     capture_output=True, text=True).stdout
-            (pkg / name).write_text(rewrite(source) if a.lib == "posttrain" else source)
+            target = pkg / name
+            for folder in [p for p in target.parents if pkg in p.parents]:  # tests/experimental/... as packages
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "__init__.py").touch()
+            target.write_text(rewrite(source) if a.lib == "posttrain" else source)
         report = Path(tmp) / "report.json"
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=line", "-rN",
                f"--junitxml={Path(tmp) / 'junit.xml'}", *(["-k", a.k] if a.k else []),
