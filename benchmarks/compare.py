@@ -493,7 +493,8 @@ def speed(argv=None) -> str:
     text = speed_table(results, a)
     if a.baseline:
         text = f"Baseline: the TRL columns hold posttrain from {a.baseline}.\n\n" + text
-    save(f"speed-{a.size}" + (f"-length{a.length}" if a.length else "") + ("-baseline" if a.baseline else ""), {f"{k[0]}/{k[1]}": v for k, v in results.items()}, text)
+    name = f"speed-{a.size}" + (f"-length{a.length}" if a.length else "") + ("-baseline" if a.baseline else "")
+    save(name, {f"{k[0]}/{k[1]}": v for k, v in results.items()}, text)
     print(text)
     return text
 

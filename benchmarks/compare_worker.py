@@ -142,7 +142,6 @@ def _malloc_mb() -> str:
     return f"malloc in use {i.uordblks / mb:.0f} MB, free in heap {i.fordblks / mb:.0f} MB, mmapped {i.hblkhd / mb:.0f} MB"
 
 
-
 class PeakTracer:
     """Where a step's resident-memory peak happens (``COMPARE_TRACE_PEAK=1``): a thread samples RSS every millisecond
     and the model's blocks (embedding, each decoder layer, final norm, output head) and the optimizer label the samples
@@ -153,6 +152,7 @@ class PeakTracer:
         import threading
 
         self.phase, self.samples, self.running = "step", [], True
+        self.step, self.start_rss = 0, 0.0  # the step being sampled (0: none yet) and its starting RSS
         base = getattr(model, "base_model", model)
         inner = getattr(base, "model", base)
         inner = getattr(inner, "model", inner) if not hasattr(inner, "layers") else inner
@@ -188,11 +188,11 @@ class PeakTracer:
         self.samples = []
         self.set("step")
         self.start_rss = _rss_now_mb()
-        self.step = getattr(self, "step", 0) + 1
+        self.step += 1
 
     def report(self) -> None:
         samples = list(self.samples)
-        if not samples or not hasattr(self, "step"):
+        if not samples or not self.step:
             return
         peaks: dict[str, float] = {}
         for rss, phase in samples:

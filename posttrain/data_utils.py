@@ -93,9 +93,7 @@ def maybe_extract_prompt(example: Mapping[str, Any]) -> Mapping[str, Any]:
 def get_dataset_column_names(dataset) -> list[str]:
     """The column names of a ``Dataset``, ``IterableDataset`` (read from its first row when its features are not
     known) or a dataset dict (its first split's)."""
-    if hasattr(dataset, "keys") and not hasattr(dataset, "column_names"):
-        dataset = next(iter(dataset.values()))
-    elif hasattr(dataset, "values") and isinstance(getattr(dataset, "column_names", None), dict):
+    if isinstance(dataset.column_names, dict):  # a dataset dict: its first split
         dataset = next(iter(dataset.values()))
     names = dataset.column_names
     return list(names) if names is not None else list(next(iter(dataset)).keys())
@@ -194,7 +192,7 @@ def pack_dataset(dataset, seq_length: int, strategy: str = "bfd", map_kwargs: di
         return out
 
     packed = dataset.with_format(None).map(pack, batched=True, remove_columns=names, **(map_kwargs or {}))
-    if fmt is None or fmt.get("type") is None and not fmt.get("columns"):
+    if fmt is None or (fmt.get("type") is None and fmt.get("columns") is None):  # no format to put back
         return packed
     if fmt.get("columns") is not None and strategy != "wrapped":
         fmt["columns"] = list(fmt["columns"]) + ["seq_lengths"]

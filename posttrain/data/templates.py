@@ -91,10 +91,6 @@ _ROW_KEYS = ({"messages"}, {"prompt"}, {"prompt", "completion"}, {"prompt", "cho
              {"chosen", "rejected"}, {"prompt", "completion", "label"})
 
 
-def _common_prefix(a: str, b: str) -> str:
-    return a[:_common_prefix_len(a, b)]
-
-
 def apply_chat_template(example: Mapping[str, Any], tokenizer, tools: list | None = None,
                         **template_kwargs) -> dict[str, Any]:
     """Render a conversational row (any kind) into standard text with the tokenizer's chat template.
@@ -132,7 +128,7 @@ def apply_chat_template(example: Mapping[str, Any], tokenizer, tools: list | Non
                                   **({"continue_final_message": True} if continues else {}), **kwargs)
     full = {k: render_messages(tokenizer, prompt + example[k], **kwargs) for k in answers}
     for text in full.values():
-        prompt_text = _common_prefix(prompt_text, text)
+        prompt_text = prompt_text[:_common_prefix_len(prompt_text, text)]
     out["prompt"] = prompt_text
     for key, text in full.items():
         out[key] = text[len(prompt_text):]

@@ -35,7 +35,7 @@ CHUNK_BYTES = 64 * 2**20
 """Float32 logits of one chunk: 64 MiB, about 110 tokens at a 151,936-token vocabulary (docs/performance.md)."""
 
 VOCAB_BLOCK = 16384
-"""Most rows of the weight the backward casts and multiplies at once (29 MiB in bf16 at hidden size 896)."""
+"""Most rows of the weight forward and backward cast and multiply at once (29 MiB in bf16 at hidden size 896)."""
 
 # config fields that change the logits after the head; where one is set, the fused head does not apply
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -69,6 +69,13 @@ def _tiles(vocab: int, chunk: int) -> tuple[int, int]:
     return -(-vocab // blocks), chunk * blocks
 
 
+def _weight_blocks(weight, bias, dtype, block: int):
+    """``(v0, v1, w, b)`` for each block of ``block`` rows: the rows ``v0:v1`` of the weight and bias in ``dtype``."""
+    for v0 in range(0, weight.shape[0], block):
+        v1 = min(v0 + block, weight.shape[0])
+        yield v0, v1, weight[v0:v1].to(dtype), bias[v0:v1].to(dtype) if bias is not None else None
+
+
 class _FusedHeadLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, temperature: float, chunk: int, stats: tuple[str, ...]):
@@ -88,10 +95,7 @@ class _FusedHeadLogps(torch.autograd.Function):
         best = torch.full_like(zeros(), -float("inf")) if "top1" in stats else None
         best_at = torch.zeros(n, dtype=torch.long, device=hidden.device) if "top1" in stats else None
         with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
-            for v0 in range(0, vocab, block):
-                v1 = min(v0 + block, vocab)
-                w = weight[v0:v1].to(dtype)
-                b = bias[v0:v1].to(dtype) if bias is not None else None
+            for v0, v1, w, b in _weight_blocks(weight, bias, dtype, block):
                 for start in range(0, n, tokens):
                     rows = slice(start, min(start + tokens, n))
                     z = _chunk_logits(hidden[rows], w, b, dtype, temperature)
@@ -139,17 +143,13 @@ class _FusedHeadLogps(torch.autograd.Function):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         # tiles of (tokens, vocabulary block): the weight is cast to the compute dtype a block at a time (each block
         # once a call), so no whole copy of it sits beside its float32 gradient; a tile has the forward chunk's size
-        vocab = weight.shape[0]
-        block, tokens = _tiles(vocab, ctx.chunk)
+        block, tokens = _tiles(weight.shape[0], ctx.chunk)
         grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b and bias is not None else None
         g_all = grad_logps.float().unsqueeze(-1)
         with torch.autocast(hidden.device.type, enabled=False):
-            for v0 in range(0, vocab, block):
-                v1 = min(v0 + block, vocab)
-                w = weight[v0:v1].to(dtype)
-                b = bias[v0:v1].to(dtype) if bias is not None else None
+            for v0, v1, w, b in _weight_blocks(weight, bias, dtype, block):
                 for start in range(0, hidden.shape[0], tokens):
                     stop = min(start + tokens, hidden.shape[0])
                     g, t = g_all[start:stop], targets[start:stop] - v0
@@ -288,7 +288,8 @@ def head_computes(model, positions: torch.Tensor, compute):
     for the call and for its backward)."""
     head = output_head(model)
     own = vars(head).get("forward")  # normally none: the class's forward
-    embeddings = base_model(model).get_input_embeddings() if hasattr(base_model(model), "get_input_embeddings") else None
+    base = base_model(model)
+    embeddings = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
     with tied_gradient(head.weight, embeddings) as weight:
         head.forward = lambda selected: compute(selected[0], weight(head.weight))  # (1, N, H) after the pre-hook
         try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import re
 from contextlib import nullcontext
 
 import torch
@@ -160,8 +161,8 @@ def check_launch(accelerator) -> str | None:
     return None
 
 
-__all__ = ["check_launch", "create_reference_model", "deepspeed_inference_config", "frozen_copy", "gathered_parameters", "is_zero3_partitioned",
-           "prepare_frozen"]
+__all__ = ["check_launch", "create_reference_model", "deepspeed_inference_config", "frozen_copy", "gathered_parameters",
+           "is_zero3_partitioned", "prepare_frozen"]
 
 
 _exit_hook_registered = False
@@ -220,8 +221,6 @@ def create_reference_model(model: torch.nn.Module, num_shared_layers: int | None
         target = pattern.format(layer=num_shared_layers)
         first = next((i for i, name in enumerate(names) if target in name), None)
     else:
-        import re
-
         start = re.compile(rf"(^|\.)(layers|h|blocks|block|layer)\.{num_shared_layers}\.")
         first = next((i for i, name in enumerate(names) if start.search(name)), None)
     if first is None:
