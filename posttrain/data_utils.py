@@ -18,6 +18,7 @@ from typing import Any
 from .data.formats import is_conversational_value
 from .data.packing import PACKING_STRATEGIES, pack_columns
 from .data.templates import apply_chat_template as _render_row
+from .data.streaming import column_names
 from .data.templates import extract_prompt as _extract_prompt
 from .data.templates import unpair_rows
 
@@ -93,10 +94,7 @@ def maybe_extract_prompt(example: Mapping[str, Any]) -> Mapping[str, Any]:
 def get_dataset_column_names(dataset) -> list[str]:
     """The column names of a ``Dataset``, ``IterableDataset`` (read from its first row when its features are not
     known) or a dataset dict (its first split's)."""
-    if isinstance(dataset.column_names, dict):  # a dataset dict: its first split
-        dataset = next(iter(dataset.values()))
-    names = dataset.column_names
-    return list(names) if names is not None else list(next(iter(dataset)).keys())
+    return column_names(dataset)
 
 
 def unpair_preference_dataset(dataset, **map_kwargs):

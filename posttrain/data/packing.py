@@ -120,10 +120,28 @@ def pack_columns(columns: dict[str, list[list[int]]], max_length: int, strategy:
     return out
 
 
+_TOKEN_COLUMNS = ("input_ids", "completion_mask", "assistant_masks")
+
+
 def pack_dataset(dataset, max_length: int, strategy: str = "bfd", columns: Sequence[str] | None = None):
-    """Pack a tokenized :class:`datasets.Dataset`; other columns are dropped."""
+    """Pack a tokenized :class:`datasets.Dataset` as a whole; other columns are dropped."""
     from datasets import Dataset
 
-    keep = [c for c in (columns or ("input_ids", "completion_mask", "assistant_masks")) if c in dataset.column_names]
+    keep = [c for c in (columns or _TOKEN_COLUMNS) if c in dataset.column_names]
     data = {k: dataset[k] for k in keep}
     return Dataset.from_dict(pack_columns(data, max_length, strategy))
+
+
+def pack_stream(dataset, max_length: int, strategy: str = "bfd", columns: Sequence[str] | None = None,
+                rows_at_a_time: int = 1000):
+    """Pack a tokenized stream (``datasets.IterableDataset``) as it is read, ``rows_at_a_time`` rows into each round
+    of packing (a stream cannot be packed as a whole); other columns are dropped."""
+    from .streaming import column_names
+
+    names = column_names(dataset)
+    keep = [c for c in (columns or _TOKEN_COLUMNS) if c in names]
+
+    def pack(batch: dict[str, list]) -> dict[str, list]:
+        return pack_columns({k: batch[k] for k in keep}, max_length, strategy)
+
+    return dataset.map(pack, batched=True, batch_size=rows_at_a_time, remove_columns=names)

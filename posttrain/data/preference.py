@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .collators import pad_sequences, padding_free_rows, row_width
+from .streaming import is_streaming
 from .formats import (PREFERENCE, PREFERENCE_IMPLICIT, DatasetFormat, DatasetFormatError, detect_format, require_kind,
                       validate_example)
 from .templates import extract_prompt, render_messages, require_chat_template
@@ -148,7 +149,20 @@ PROMPT_CUT = "_prompt_truncated"
 def report_truncation(dataset, split: str, args, paired: bool):
     """Warn how many prompts truncation shortened; for pairs, how many have identical chosen and rejected tokens
     (in the data, or after truncation: such a pair has no preference to learn), and refuse a split where no pair
-    differs. Returns the dataset without the :data:`PROMPT_CUT` column."""
+    differs. Returns the dataset without the :data:`PROMPT_CUT` column. A stream (data/streaming.py) is not read
+    ahead: it warns at its first truncated prompt."""
+    if is_streaming(dataset):
+        warned = []
+
+        def check(row):
+            if row.pop(PROMPT_CUT) and not warned:
+                warned.append(True)
+                logger.warning("%s prompts are being truncated (max_prompt_length=%s, max_length=%s, truncation_mode="
+                               "%r): they keep only their last tokens.", split, args.max_prompt_length,
+                               args.max_length, args.truncation_mode)
+            return row
+
+        return dataset.map(check, remove_columns=[PROMPT_CUT])
     n = len(dataset)
     cut = sum(dataset[PROMPT_CUT])
     if cut:

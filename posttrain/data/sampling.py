@@ -1,9 +1,9 @@
-"""The order in which the online trainers read their prompts: :class:`RepeatedPromptSampler`."""
+"""The order in which the online trainers read their prompts: :class:`RepeatedPromptSampler` (a dataset), :class:`RepeatedPromptStream` (a stream)."""
 
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import IterableDataset, Sampler
 
 
 class RepeatedPromptSampler(Sampler[int]):
@@ -40,4 +40,30 @@ class RepeatedPromptSampler(Sampler[int]):
                 yield from chunk
 
 
-__all__ = ["RepeatedPromptSampler"]
+class RepeatedPromptStream(IterableDataset):
+    """:class:`RepeatedPromptSampler`'s order for a stream of rows (a ``datasets.IterableDataset``, which has no
+    indices): the rows are read ``prompts_per_batch`` at a time (a last batch they do not fill is dropped), each row
+    repeated ``num_generations`` times consecutively, the whole generation batch yielded ``repeats`` times. Every
+    process reads the same stream in the same order (shuffle it, seeded, before); accelerate hands each its slice of
+    every batch."""
+
+    def __init__(self, rows, num_generations: int, prompts_per_batch: int, repeats: int = 1):
+        self.rows, self.num_generations = rows, num_generations
+        self.prompts_per_batch, self.repeats = prompts_per_batch, repeats
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.rows, "set_epoch"):  # reseeds a shuffled stream's buffer
+            self.rows.set_epoch(epoch)
+
+    def __iter__(self):
+        batch = []
+        for row in self.rows:
+            batch.append(row)
+            if len(batch) == self.prompts_per_batch:
+                chunk = [r for r in batch for _ in range(self.num_generations)]
+                for _ in range(self.repeats):
+                    yield from chunk
+                batch = []
+
+
+__all__ = ["RepeatedPromptSampler", "RepeatedPromptStream"]

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .formats import DatasetFormatError, is_conversational_value
+from .streaming import column_names, map_options
 
 
 def require_chat_template(tokenizer, what: str = "this dataset") -> None:
@@ -77,10 +78,10 @@ def unpair_rows(batch: dict[str, list]) -> dict[str, list]:
 
 def unpair_preference(dataset, num_proc: int | None = None):
     """Turn paired preference rows into unpaired rows: each pair gives a desirable and an undesirable row."""
-    if "prompt" not in dataset.column_names:
-        dataset = dataset.map(extract_prompt, num_proc=num_proc, desc="Extracting prompts")
-    return dataset.map(unpair_rows, batched=True, remove_columns=dataset.column_names, num_proc=num_proc,
-                       desc="Unpairing")
+    if "prompt" not in column_names(dataset):
+        dataset = dataset.map(extract_prompt, **map_options(dataset, num_proc, "Extracting prompts"))
+    return dataset.map(unpair_rows, batched=True, remove_columns=column_names(dataset),
+                       **map_options(dataset, num_proc, "Unpairing"))
 
 
 def render_messages(tokenizer, messages: list, add_generation_prompt: bool = False, **kwargs) -> str:

@@ -31,6 +31,7 @@ from transformers.trainer_utils import enable_full_determinism, set_seed
 from ..models import (check_tokenizer, disable_dropout, ensure_pad_token, load_pretrained, load_processing_class,
                       prepare_peft_model, set_chat_template, unwrap)
 from ..models.sharding import check_launch, destroy_process_group_at_exit, prepare_frozen
+from ..data.streaming import is_streaming
 from .run_dir import (OutputDirLock, TrainingDivergedError, check_fresh_output_dir, checkpoints, compare_settings,
                       last_checkpoint_note, nonfinite_parameters, publish, publish_files, run_settings, save_settings,
                       staging_dir, write_error)
@@ -153,6 +154,13 @@ def check_choice(name: str, value: Any, choices) -> None:
         raise ValueError(f"Unknown {name} {value!r}; valid values: {', '.join(map(str, choices))}.")
 
 
+def _splits(eval_dataset) -> list:
+    """The datasets of an ``eval_dataset`` argument: none, one, or a dict's values."""
+    if eval_dataset is None:
+        return []
+    return list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset]
+
+
 def _mixed_precision_dtype(args) -> torch.dtype | None:
     """The autocast dtype of ``args``' mixed precision (bf16/fp16), or None in full precision."""
     return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
@@ -223,8 +231,11 @@ class BaseTrainer(Trainer):
             eval_dataset = {k: self.prepare_dataset(v, processing_class, args, k) for k, v in eval_dataset.items()}
         else:
             eval_dataset = self.prepare_dataset(eval_dataset, processing_class, args, "eval")
+        self._prepared_ids = {id(d) for d in (train_dataset, *_splits(eval_dataset)) if d is not None}
         if data_collator is None:
             data_collator = self.make_collator(processing_class, args)
+        if any(is_streaming(d) for d in (train_dataset, *_splits(eval_dataset))):
+            self.settle_streaming(args, train=is_streaming(train_dataset))
 
         if peft_config is not None:
             model = prepare_peft_model(model, peft_config, args.gradient_checkpointing)
@@ -242,6 +253,28 @@ class BaseTrainer(Trainer):
             warnings.warn(problem, stacklevel=2)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             destroy_process_group_at_exit()  # else a gloo worker can abort at interpreter teardown (SIGABRT)
+
+    def settle_streaming(self, args, train: bool) -> None:
+        """Streamed splits (data/streaming.py; ``train``: the train split is one): each process reads its own share
+        of the stream (accelerate's ``dispatch_batches=False``; dispatching from the main process fails on a
+        stream's short last batch)."""
+        if train and args.max_steps <= 0:
+            raise ValueError("The train dataset is a stream (an IterableDataset has no length, so an epoch cannot be "
+                             "counted): set max_steps to the number of optimizer steps to train.")
+        if args.accelerator_config.dispatch_batches is None:
+            args.accelerator_config.dispatch_batches = False
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """The Trainer's ``evaluate``; a dataset given here (a raw split, a stream, or a dict of them) is prepared as
+        the constructor prepares ``eval_dataset``."""
+        if eval_dataset is not None and not isinstance(eval_dataset, (str, dict)) \
+                and id(eval_dataset) not in self._prepared_ids:
+            split = metric_key_prefix.removeprefix("eval_") if metric_key_prefix != "eval" else "eval"
+            eval_dataset = self.prepare_dataset(eval_dataset, self.processing_class, self.args, split)
+            self._prepared_ids.add(id(eval_dataset))
+            if is_streaming(eval_dataset):
+                self.settle_streaming(self.args, train=False)
+        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
     # -- hooks ----------------------------------------------------------------------------------
     def prepare_dataset(self, dataset, processing_class, args, split: str):

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 
 from ..data import IGNORE_INDEX, DatasetFormatError
+from ..data.streaming import column_names, map_options
 from ..losses.distill import generalized_jsd_loss
 from ..data.preference import build_rows
 from ..models import disable_dropout, load_frozen, load_tokenizer, output_head, unwrap
@@ -215,12 +216,12 @@ class GKDTrainer(SFTTrainer):
     def prepare_dataset(self, dataset, processing_class, args: GKDConfig, split: str):
         if dataset is None:
             return None
-        columns = list(dataset.column_names)
+        columns = column_names(dataset)
         if "messages" in columns and "input_ids" not in columns:
             dataset = dataset.map(split_last_message, with_indices=True, remove_columns=columns,
-                                  num_proc=args.dataset_num_proc, desc=f"Splitting {split} conversations")
+                                  **map_options(dataset, args.dataset_num_proc, f"Splitting {split} conversations"))
         dataset = super().prepare_dataset(dataset, processing_class, args, split)
-        if "completion_mask" not in dataset.column_names:
+        if "completion_mask" not in column_names(dataset):
             raise DatasetFormatError(
                 f"GKDTrainer needs prompt-completion data (columns 'prompt' and 'completion', text or messages) or "
                 f"conversations ('messages' ending with the assistant's answer); the {split} dataset has "

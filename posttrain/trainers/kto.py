@@ -23,6 +23,7 @@ import torch
 from ..losses.tokens import LossSum
 from ..losses.kto import RunningMean, bco_loss, kto_kl_estimate, kto_loss
 from .base import check_choice
+from ..data.streaming import is_streaming, require_sized
 from ..data.preference import concat_rows, kl_rows
 from .logprobs import completion_logps
 from .preference_base import ReferenceConfig, ReferencePreferenceTrainer
@@ -82,6 +83,8 @@ class KTOTrainer(ReferencePreferenceTrainer):
         return args.loss_type == "kto"
 
     def _after_tokenize(self, dataset, args):
+        if args.precompute_ref_log_probs:
+            require_sized(dataset, "train", "precompute_ref_log_probs=True")
         if args.precompute_ref_log_probs and self._needs_kl_rows(args) and len(dataset) > 1:
             # precomputed KL reference log-probs need fixed mismatched pairs: row i gets row i+1's completion
             comps = list(dataset["completion_input_ids"])
@@ -90,7 +93,7 @@ class KTOTrainer(ReferencePreferenceTrainer):
 
     def _warn_if_unbalanced(self) -> None:
         ds = self.train_dataset
-        if ds is None or "label" not in getattr(ds, "column_names", []) or self.args.loss_type != "kto":
+        if ds is None or is_streaming(ds) or "label" not in ds.column_names or self.args.loss_type != "kto":
             return
         labels = list(ds["label"])
         n_d = sum(1 for x in labels if x)

@@ -53,11 +53,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..data import DatasetFormatError
+from ..data import DatasetFormatError, column_names, first_row, is_streaming, map_options
 from ..data.formats import is_conversational_value
 from ..data.templates import require_chat_template
 from ..data.preference import build_rows
-from ..data.sampling import RepeatedPromptSampler
+from ..data.sampling import RepeatedPromptSampler, RepeatedPromptStream
 from ..data.tokenize import chat_template_ids, truncate
 from ..losses.tokens import nanstd
 from ..models import disable_dropout, is_peft_model, load_frozen, unwrap
@@ -269,23 +269,27 @@ class OnlineTrainer(BaseTrainer):
     def _remove_unused_columns(self, dataset, description=None):
         return dataset  # every column reaches the reward functions
 
+    def _get_collator_with_removed_columns(self, data_collator, description=None):
+        return data_collator  # a stream's rows too
+
     def prepare_dataset(self, dataset, processing_class, args: OnlineConfig, split: str):
         if dataset is None:
             return None
-        columns = getattr(dataset, "column_names", None) or []
+        columns = column_names(dataset)
         if "prompt" not in columns:
             raise DatasetFormatError(
                 f"{type(self).__name__} needs a 'prompt' column (text, or a list of messages), but the {split} dataset "
                 f"has {sorted(columns)}. Expected rows like {{\"prompt\": \"...\"}} or "
                 "{\"prompt\": [{\"role\": \"user\", \"content\": \"...\"}]}; other columns go to the reward functions.")
-        if len(dataset) == 0:
-            raise DatasetFormatError(f"The {split} dataset is empty.")
+        row = first_row(dataset, split)
         if "prompt_input_ids" in columns:
             return dataset
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
-        if is_conversational_value(dataset[0]["prompt"]):
+        if is_conversational_value(row["prompt"]):
             require_chat_template(tokenizer, f"The {split} dataset")
         limit = args.max_prompt_length
+        streaming = is_streaming(dataset)
+        warned = []
 
         def tokenize(example, row):
             prompt = example["prompt"]
@@ -299,10 +303,19 @@ class OnlineTrainer(BaseTrainer):
             if not ids:
                 raise DatasetFormatError(f"Row {row} (0-based), column 'prompt': the prompt has no tokens; every row needs a "
                                          "non-empty prompt.")
-            return {"prompt_input_ids": ids, "_prompt_truncated": bool(limit is not None and len(ids) > limit)}
+            cut = limit is not None and len(ids) > limit
+            if not streaming:  # counted below, then truncated
+                return {"prompt_input_ids": ids, "_prompt_truncated": cut}
+            if cut and not warned:  # a stream is not read ahead: truncated as it is read, a warning at the first
+                warned.append(True)
+                logger.warning("%s prompts longer than max_prompt_length=%d tokens keep only their last %d tokens "
+                               "(row %d: %d tokens).", split, limit, limit, row, len(ids))
+            return {"prompt_input_ids": truncate(ids, limit, "keep_end") if cut else ids}
 
-        dataset = dataset.map(tokenize, with_indices=True, num_proc=args.dataset_num_proc,
-                              desc=f"Tokenizing {split} prompts")
+        dataset = dataset.map(tokenize, with_indices=True,
+                              **map_options(dataset, args.dataset_num_proc, f"Tokenizing {split} prompts"))
+        if streaming:
+            return dataset
         cut = sum(dataset["_prompt_truncated"])
         dataset = dataset.remove_columns("_prompt_truncated")
         if cut:
@@ -313,6 +326,42 @@ class OnlineTrainer(BaseTrainer):
                 lambda ex: {"prompt_input_ids": truncate(ex["prompt_input_ids"], limit, "keep_end")},
                 num_proc=args.dataset_num_proc, desc=f"Truncating {split} prompts")
         return dataset
+
+    def settle_streaming(self, args, train: bool) -> None:
+        """As every trainer's (:meth:`BaseTrainer.settle_streaming`), and: a stream cannot be dispatched from the main
+        process here at all (rows are lists of prompts, which accelerate cannot concatenate), and one read by several
+        dataloader workers would split the groups of repeated prompts (``RepeatedPromptStream``)."""
+        if args.accelerator_config.dispatch_batches:
+            raise ValueError("Iterable datasets require `dispatch_batches=False`, but it is set to `True` in "
+                             "`accelerator_config`. Please set it to `False` (each process then reads its share of "
+                             "the stream).")
+        super().settle_streaming(args, train)
+        if train and args.dataloader_num_workers:
+            logger.warning("dataloader_num_workers=%d set to 0: the train dataset is a stream, read in one process so "
+                           "that each prompt's group stays together.", args.dataloader_num_workers)
+            args.dataloader_num_workers = 0
+
+    def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False,
+                        dataloader_key=None):
+        """A stream (which takes no sampler) is read in :class:`RepeatedPromptStream`'s order: the sampler's, the
+        whole-split shuffle becoming a buffered one."""
+        if not is_streaming(dataset):
+            return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
+        args = self.args
+        if is_training and args.shuffle_dataset:
+            dataset = dataset.shuffle(seed=args.seed)
+        if is_training:  # the samplers' layouts (get_train_dataloader, _get_eval_sampler)
+            per_process, repeats = batch_size, args.steps_per_generation * args.num_iterations
+        else:
+            per_process, repeats = args.per_device_eval_batch_size * args.completions_per_row, 1
+        dataset = RepeatedPromptStream(dataset, args.num_generations,
+                                       per_process * args.world_size // args.num_generations, repeats)
+        workers = args.dataloader_num_workers
+        args.dataloader_num_workers = 0  # one reader, so that each prompt's group stays together (an eval stream too)
+        try:
+            return super()._get_dataloader(dataset, description, batch_size, None, is_training, dataloader_key)
+        finally:
+            args.dataloader_num_workers = workers
 
     def _sampler(self, dataset, per_process_batch: int, repeats: int, shuffle: bool):
         G = self.args.num_generations

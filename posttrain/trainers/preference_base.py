@@ -36,7 +36,8 @@ from typing import Any
 
 import torch
 
-from ..data import DatasetFormatError, detect_format, require_kind, validate_example
+from ..data import (DatasetFormatError, column_names, detect_format, first_row, is_streaming, map_options, require_kind,
+                    require_sized, validate_example)
 from ..data.formats import PREFERENCE, PREFERENCE_IMPLICIT, UNPAIRED_PREFERENCE
 from ..data.preference import (DataCollatorForPreference, DataCollatorForUnpairedPreference,
                                DataCollatorForVisionPreference, report_truncation,
@@ -222,17 +223,15 @@ class PreferenceTrainer(BaseTrainer):
         if dataset is None:
             return None
         trainer = type(self).__name__
-        columns = dataset.column_names
+        columns = column_names(dataset)
         if self._paired and "prompt_input_ids" in columns and "chosen_input_ids" in columns:
             return dataset  # already tokenized
         if not self._paired and "prompt_input_ids" in columns and "completion_input_ids" in columns:
             return dataset
         if image_column(columns) is not None:
             return self.prepare_vision_dataset(dataset, processing_class, args, split)
-        if len(dataset) == 0:
-            raise DatasetFormatError(f"The {split} dataset is empty.")
         self._check_columns(columns, trainer, split)
-        fmt = detect_format(columns, dataset[0])
+        fmt = detect_format(columns, first_row(dataset, split))
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         lengths = dict(max_prompt_length=args.max_prompt_length, max_completion_length=args.max_completion_length,
                        max_length=args.max_length, truncation_mode=args.truncation_mode)
@@ -244,11 +243,14 @@ class PreferenceTrainer(BaseTrainer):
         else:
             require_kind(fmt, (UNPAIRED_PREFERENCE, PREFERENCE, PREFERENCE_IMPLICIT), trainer)
             if fmt.kind != UNPAIRED_PREFERENCE:
-                # validate the pairs first, so errors name the row of the user's data
-                for i, example in enumerate(dataset):
-                    validate_example(example, fmt, i)
+                # validate the pairs first, so errors name the row of the user's data (a stream: as it is read)
+                if is_streaming(dataset):
+                    dataset = dataset.map(lambda ex, i, f=fmt: validate_example(ex, f, i) or ex, with_indices=True)
+                else:
+                    for i, example in enumerate(dataset):
+                        validate_example(example, fmt, i)
                 dataset = unpair_preference(dataset, num_proc=args.dataset_num_proc)
-                fmt = detect_format(dataset.column_names, dataset[0])
+                fmt = detect_format(column_names(dataset), first_row(dataset, split))
             out_columns = ("completion",)
         kwargs = dict(tokenizer=processing_class, fmt=fmt, eos_token_id=tokenizer.eos_token_id,
                       columns=out_columns, lengths=lengths)
@@ -260,8 +262,8 @@ class PreferenceTrainer(BaseTrainer):
                 out["label"] = example["label"]
             return out
 
-        dataset = dataset.map(fn, with_indices=True, remove_columns=dataset.column_names,
-                              num_proc=args.dataset_num_proc, desc=f"Tokenizing {split} dataset")
+        dataset = dataset.map(fn, with_indices=True, remove_columns=column_names(dataset),
+                              **map_options(dataset, args.dataset_num_proc, f"Tokenizing {split} dataset"))
         dataset = report_truncation(dataset, split, args, self._paired)
         return self._after_tokenize(dataset, args)
 
@@ -501,8 +503,9 @@ class ReferencePreferenceTrainer(PreferenceTrainer):
         return {k: torch.cat(v) for k, v in parts.items()}
 
     def _with_reference_columns(self, dataset, name: str, checkpoint: str | None):
-        if dataset is None or all(c in dataset.column_names for c in self._ref_columns):
+        if dataset is None or all(c in column_names(dataset) for c in self._ref_columns):
             return dataset
+        require_sized(dataset, name, "precompute_ref_log_probs=True")
         key = self._dataset_key(dataset)
         table = None
         for folder in (checkpoint, self.args.output_dir):

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from ..data import IGNORE_INDEX, DatasetFormatError, detect_format, pad_sequences, require_kind, truncate, validate_example
+from ..data.streaming import column_names, first_row, is_streaming, map_options
 from ..data.formats import STEPWISE
 from ..losses.reward import step_accuracy, step_classification_loss
 from .base import PosttrainConfig, checkpointing_field, require_positive
@@ -122,10 +123,10 @@ def prepare_stepwise_dataset(dataset, processing_class, args: PRMConfig, split: 
     if dataset is None:
         return None
     tokenizer = getattr(processing_class, "tokenizer", processing_class)
-    if len(dataset) == 0:
-        raise DatasetFormatError(f"The {split} dataset is empty.")
-    if "input_ids" not in dataset.column_names:
-        fmt = detect_format(dataset.column_names, dataset[0])
+    names = column_names(dataset)
+    row = first_row(dataset, split)
+    if "input_ids" not in names:
+        fmt = detect_format(names, row)
         require_kind(fmt, (STEPWISE,), "PRMTrainer")
         kwargs = dict(
             tokenizer=tokenizer, fmt=fmt, step_separator=args.step_separator, max_length=args.max_length,
@@ -138,8 +139,10 @@ def prepare_stepwise_dataset(dataset, processing_class, args: PRMConfig, split: 
         features = Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int64"))})
         dataset = dataset.map(
             lambda ex, i: tokenize_stepwise(ex, i, **kwargs), with_indices=True, features=features,
-            remove_columns=dataset.column_names, num_proc=args.dataset_num_proc, desc=f"Tokenizing {split} dataset",
+            remove_columns=names, **map_options(dataset, args.dataset_num_proc, f"Tokenizing {split} dataset"),
         )
+    if is_streaming(dataset):  # rows without a labelled step are dropped as the stream is read
+        return dataset.filter(lambda ex: any(x != IGNORE_INDEX for x in ex["labels"]))
     keep = [i for i, labels in enumerate(dataset["labels"]) if any(x != IGNORE_INDEX for x in labels)]
     if not keep:
         raise DatasetFormatError(

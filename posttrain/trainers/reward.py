@@ -30,6 +30,7 @@ from ..data import (
     tokenize_prompt_completion,
     validate_example,
 )
+from ..data.streaming import column_names, first_row, is_streaming, map_options
 from ..data.formats import PREFERENCE, PREFERENCE_IMPLICIT
 from ..losses.reward import bradley_terry_loss, reward_accuracy
 from ..models import disable_dropout, unwrap
@@ -126,12 +127,13 @@ def prepare_reward_dataset(dataset, processing_class, args: RewardConfig, split:
         return None
     tokenizer = getattr(processing_class, "tokenizer", processing_class)
     for old, new in _LEGACY_TOKENIZED.items():
-        if old in dataset.column_names and new not in dataset.column_names:
+        names = column_names(dataset)
+        if old in names and new not in names:
             dataset = dataset.rename_column(old, new)
-    if len(dataset) == 0:
-        raise DatasetFormatError(f"The {split} dataset is empty.")
-    if not all(c in dataset.column_names for c in _TOKENIZED):
-        fmt = detect_format(dataset.column_names, dataset[0])
+    names = column_names(dataset)
+    row = first_row(dataset, split)
+    if not all(c in names for c in _TOKENIZED):
+        fmt = detect_format(names, row)
         require_kind(fmt, (PREFERENCE, PREFERENCE_IMPLICIT), "RewardTrainer",
                      hint="A reward model learns from pairs of a better (chosen) and a worse (rejected) completion.")
         if fmt.conversational:
@@ -139,14 +141,15 @@ def prepare_reward_dataset(dataset, processing_class, args: RewardConfig, split:
         kwargs = dict(tokenizer=tokenizer, fmt=fmt, eos_token_id=tokenizer.eos_token_id)
         dataset = dataset.map(
             lambda ex, i: tokenize_preference_pair(ex, i, **kwargs), with_indices=True,
-            remove_columns=[c for c in dataset.column_names if c != "margin"],
-            num_proc=args.dataset_num_proc, desc=f"Tokenizing {split} dataset",
+            remove_columns=[c for c in names if c != "margin"],
+            **map_options(dataset, args.dataset_num_proc, f"Tokenizing {split} dataset"),
         )
-    if "margin" in dataset.column_names:
-        bad = [i for i, m in enumerate(dataset["margin"]) if not isinstance(m, (int, float)) or isinstance(m, bool)]
+    if is_streaming(dataset):  # checked and filtered as the stream is read
+        return _checked_stream(dataset, split, args.max_length, "margin" in names)
+    if "margin" in names:
+        bad = [i for i, m in enumerate(dataset["margin"]) if not _is_margin(m)]
         if bad:
-            raise DatasetFormatError(f"Row {bad[0]} (0-based), column 'margin': expected a number (how much better 'chosen' "
-                                     f"is than 'rejected'), got {dataset[bad[0]]['margin']!r}.")
+            raise DatasetFormatError(_margin_error(bad[0], dataset[bad[0]]["margin"]))
     if args.max_length is not None:
         lengths = [max(len(c), len(r)) for c, r in zip(dataset["chosen_input_ids"], dataset["rejected_input_ids"])]
         keep_rows = [i for i, n in enumerate(lengths) if n <= args.max_length]
@@ -160,6 +163,35 @@ def prepare_reward_dataset(dataset, processing_class, args: RewardConfig, split:
                            split, len(dataset) - len(keep_rows), len(dataset), args.max_length, max(lengths))
             dataset = dataset.select(keep_rows)
     return dataset
+
+
+def _is_margin(m) -> bool:
+    return isinstance(m, (int, float)) and not isinstance(m, bool)
+
+
+def _margin_error(row: int, value) -> str:
+    return (f"Row {row} (0-based), column 'margin': expected a number (how much better 'chosen' is than 'rejected'), "
+            f"got {value!r}.")
+
+
+def _checked_stream(dataset, split: str, max_length: int | None, margin: bool):
+    """A tokenized stream whose margins are checked and whose pairs longer than ``max_length`` are dropped as it is
+    read (a warning at the first)."""
+    warned = []
+
+    def keep(ex, i):
+        if margin and not _is_margin(ex["margin"]):
+            raise DatasetFormatError(_margin_error(i, ex["margin"]))
+        longest = max(len(ex["chosen_input_ids"]), len(ex["rejected_input_ids"]))
+        if max_length is None or longest <= max_length:
+            return True
+        if not warned:
+            warned.append(True)
+            logger.warning("%s dataset: pairs longer than max_length=%d tokens are dropped (row %d: %d tokens).",
+                           split, max_length, i, longest)
+        return False
+
+    return dataset.filter(keep, with_indices=True)
 
 
 class ClassifierTrainer(BaseTrainer):

@@ -14,12 +14,17 @@ from ..data import (
     DataCollatorForLanguageModeling,
     DataCollatorForVisionLanguageModeling,
     DatasetFormatError,
+    column_names,
     detect_format,
+    first_row,
     has_image_processor,
     has_media,
     has_video_processor,
     image_column,
+    is_streaming,
+    map_options,
     pack_dataset,
+    pack_stream,
     processor_chat_template,
     require_kind,
     tokenize_sft_example,
@@ -165,24 +170,23 @@ class SFTTrainer(BaseTrainer):
         name = split
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         skip = bool((args.dataset_kwargs or {}).get("skip_prepare_dataset"))
-        if has_media(dataset.column_names) and "input_ids" not in dataset.column_names:
+        columns = column_names(dataset)
+        if has_media(columns) and "input_ids" not in columns:
             return self.prepare_vision_dataset(dataset, processing_class, args, name, check=not skip)
-        if skip or "input_ids" in dataset.column_names:
-            return pack_dataset(dataset, args.max_length, args.packing_strategy) if packing else dataset
+        if skip or "input_ids" in columns:
+            return self._pack(dataset, args) if packing else dataset
         if args.shuffle_dataset:
             dataset = dataset.shuffle(seed=args.seed)
         if has_image_processor(processing_class) and (args.packing or args.padding_free):
             raise _no_padding_free(args, "a vision-language model's processor")
         if self._formatting_func is not None:
             fn = self._formatting_func
-            dataset = dataset.map(lambda ex: {"text": fn(ex)}, remove_columns=dataset.column_names,
-                                  desc=f"Formatting {name} dataset")
-            text_field = "text"
+            dataset = dataset.map(lambda ex: {"text": fn(ex)}, remove_columns=columns,
+                                  **map_options(dataset, None, f"Formatting {name} dataset"))
+            columns, text_field = ["text"], "text"
         else:
             text_field = args.dataset_text_field
-        if len(dataset) == 0:
-            raise DatasetFormatError(f"The {name} dataset is empty.")
-        fmt = detect_format(dataset.column_names, dataset[0], text_field=text_field)
+        fmt = detect_format(columns, first_row(dataset, name), text_field=text_field)
         _check_sft_format(fmt, args, name)
         template = processor_chat_template(processing_class) if processing_class is not tokenizer else None
         kwargs = dict(
@@ -192,12 +196,20 @@ class SFTTrainer(BaseTrainer):
             template_kwargs={"chat_template": template} if template else None,
         )
         dataset = dataset.map(
-            lambda ex, i: tokenize_sft_example(ex, i, **kwargs), with_indices=True,
-            remove_columns=dataset.column_names, num_proc=args.dataset_num_proc, desc=f"Tokenizing {name} dataset",
+            lambda ex, i: tokenize_sft_example(ex, i, **kwargs), with_indices=True, remove_columns=columns,
+            **map_options(dataset, args.dataset_num_proc, f"Tokenizing {name} dataset"),
         )
         if packing:
-            dataset = pack_dataset(dataset, args.max_length, args.packing_strategy)
+            dataset = self._pack(dataset, args)
         return dataset
+
+    @staticmethod
+    def _pack(dataset, args: SFTConfig):
+        """A split packed into rows of ``max_length``: a ``Dataset`` as a whole (the tightest fit), a stream a
+        thousand rows at a time as it is read (``data_utils.pack_dataset``)."""
+        if is_streaming(dataset):
+            return pack_stream(dataset, args.max_length, args.packing_strategy)
+        return pack_dataset(dataset, args.max_length, args.packing_strategy)
 
     def prepare_vision_dataset(self, dataset, processing_class, args: SFTConfig, name: str, check: bool = True):
         """A dataset with images stays raw (the collator processes images batch by batch); every row is checked
@@ -205,7 +217,8 @@ class SFTTrainer(BaseTrainer):
         the collator reads."""
         if args.shuffle_dataset:
             dataset = dataset.shuffle(seed=args.seed)
-        columns = [c for c in (image_column(dataset.column_names), video_column(dataset.column_names)) if c]
+        names = column_names(dataset)
+        columns = [c for c in (image_column(names), video_column(names)) if c]
         if not has_image_processor(processing_class):
             raise DatasetFormatError(
                 f"The {name} dataset has an '{columns[0]}' column but the processing class is "
@@ -218,11 +231,10 @@ class SFTTrainer(BaseTrainer):
                              "in the dataset's columns instead.")
         self._vision = True
         if check:
-            if len(dataset) == 0:
-                raise DatasetFormatError(f"The {name} dataset is empty.")
-            _check_sft_format(detect_format(dataset.column_names, dataset[0], text_field=args.dataset_text_field),
+            _check_sft_format(detect_format(names, first_row(dataset, name), text_field=args.dataset_text_field),
                               args, name)
-            self.make_collator(processing_class, args).validate(dataset, name)
+            if not is_streaming(dataset):  # a stream's rows are checked by the collator as they come
+                self.make_collator(processing_class, args).validate(dataset, name)
         columns = {*columns, "messages", "prompt", "completion", args.dataset_text_field}
         self._input_columns = tuple(sorted(set(self._input_columns) | columns))
         return dataset

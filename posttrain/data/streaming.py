@@ -1,0 +1,61 @@
+"""Datasets given as streams (``datasets.IterableDataset``, e.g. ``load_dataset(..., streaming=True)``): what dataset
+preparation may ask of a split without reading it all, in one place for every trainer.
+
+A stream has no length and no random access: preparation maps it lazily (rows are tokenized as training reads them),
+reads its first row to tell the format, and anything that needs the whole split (precomputed reference log-probs, a
+count of dropped rows before training) either works row by row or says clearly that it cannot stream. Training on a
+stream needs ``max_steps`` (the Trainer cannot know an epoch's length).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .formats import DatasetFormatError
+
+
+def is_streaming(dataset) -> bool:
+    """Whether ``dataset`` is a stream (no length, no indexing): a ``datasets.IterableDataset``."""
+    from datasets import IterableDataset
+
+    return isinstance(dataset, IterableDataset)
+
+
+def column_names(dataset) -> list[str]:
+    """The column names of a ``Dataset`` or ``IterableDataset`` (read from its first row when a stream's features are
+    not known, e.g. after a ``map``), or of a dataset dict's first split."""
+    names = dataset.column_names
+    if isinstance(names, dict):  # a dataset dict: its first split
+        return column_names(next(iter(dataset.values())))
+    if names is not None:
+        return list(names)
+    row = next(iter(dataset), None)
+    return list(row) if row is not None else []
+
+
+def first_row(dataset, split: str) -> dict[str, Any]:
+    """The first row of ``dataset`` (a stream's first element), or a clear error when the split is empty."""
+    if is_streaming(dataset):
+        row = next(iter(dataset), None)
+    else:
+        row = dataset[0] if len(dataset) else None
+    if row is None:
+        raise DatasetFormatError(f"The {split} dataset is empty.")
+    return row
+
+
+def map_options(dataset, num_proc: int | None, desc: str) -> dict[str, Any]:
+    """The ``map`` options a split takes: processes and a progress bar for a ``Dataset``; none for a stream (its
+    ``map`` is lazy and takes neither)."""
+    return {} if is_streaming(dataset) else {"num_proc": num_proc, "desc": desc}
+
+
+def require_sized(dataset, split: str, feature: str) -> None:
+    """Refuse a stream where ``feature`` needs the whole split before training."""
+    if is_streaming(dataset):
+        raise ValueError(f"{feature} needs the whole {split} dataset before training, but it is a stream "
+                         "(IterableDataset). Load it without streaming=True (or convert it with "
+                         "Dataset.from_generator), or turn the option off.")
+
+
+__all__ = ["is_streaming", "column_names", "first_row", "map_options", "require_sized"]
