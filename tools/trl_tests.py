@@ -80,6 +80,10 @@ class _Missing:
     __call__ = __getitem__ = __iter__ = _fail
 
 
+def is_ampere_or_newer(device_index=0):
+    return torch.cuda.is_available() and torch.cuda.get_device_capability(device_index)[0] >= 8
+
+
 def _compat(module, name):
     """``from <module> import <name>``, else the name from posttrain's top level or its data layer (where posttrain
     keeps TRL's public names), else a :class:`_Missing`."""
@@ -171,11 +175,28 @@ def load_dataset(path, name=None, *args, split=None, **kwargs):
              for part, n, seed in (("train", 17, 0), ("test", 3, 1))}
     for part, ds in parts.items():
         parts[part] = ds.remove_columns([c for c in ("answer",) if c in ds.column_names])
-    data = datasets.DatasetDict(parts)
+    if kwargs.get("streaming"):  # an IterableDataset, as the Hub's loader gives with streaming=True
+        data = datasets.IterableDatasetDict({part: ds.to_iterable_dataset() for part, ds in parts.items()})
+    else:
+        data = datasets.DatasetDict(parts)
     return data[split] if split else data
 
 
 datasets.load_dataset = load_dataset
+
+
+# TRL's configs default to bf16=True, which transformers refuses on a machine without a CUDA GPU unless use_cpu is set
+# (TRL's CI runs these tests on GPU runners): set it there, for both libraries alike
+import torch
+
+if not torch.cuda.is_available():
+    _real_post_init = transformers.TrainingArguments.__post_init__
+
+    def _post_init(self, *args, **kwargs):
+        self.use_cpu = True
+        return _real_post_init(self, *args, **kwargs)
+
+    transformers.TrainingArguments.__post_init__ = _post_init
 '''
 
 
