@@ -13,9 +13,10 @@
   than the batch's longest example: the same examples and tokens as the padded batch, no row longer,
   fewer rows (on log-normal chat lengths, batch 8: ~6 rows, 86% real tokens against 65% padded).
 
-``labels`` are ``-100`` on padding, on tokens the loss skips (prompt tokens under completion-only loss,
-non-assistant tokens under assistant-only loss) and on the first token of every sequence (so the
-shifted loss never predicts one sequence's first token from the previous sequence).
+``labels`` are a row's own ``labels`` when it has them (the SFT trainer's prepared rows), else its ``input_ids`` with
+``-100`` on tokens the loss skips (prompt tokens under completion-only loss, non-assistant tokens under assistant-only
+loss); ``-100`` on padding and, in padding-free batches, on the first token of every sequence (so the shifted loss
+never predicts one sequence's first token from the previous sequence).
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ def padding_free_rows(lengths: Sequence[int], flatten: bool, per_sequence_cost: 
 
 
 def label_ids(example: Mapping[str, Any], completion_only_loss: bool) -> list[int]:
+    """A row's labels: its ``labels`` as given (never re-masked), else its ``input_ids`` with ``-100`` on the tokens
+    its masks leave out (``completion_mask`` under completion-only loss, ``assistant_masks``)."""
+    if example.get("labels") is not None:
+        return list(example["labels"])
     ids = list(example["input_ids"])
     keep = [1] * len(ids)
     if completion_only_loss and "completion_mask" in example:
@@ -110,6 +115,10 @@ class DataCollatorForLanguageModeling:
     return_num_real_tokens: bool = False
     """Padding-free batches also carry ``num_real_tokens`` (the tokens before the row-end padding), for a trainer
     that counts them; not a model input."""
+    mask_first_label: bool = False
+    """Padded batches: ``-100`` as every row's first label too. A causal LM's loss never predicts it (labels are
+    shifted), so it changes no loss; the SFT trainer sets it so that every transformers version counts the loss
+    tokens alike (some count ``labels`` unshifted). TRL's collator keeps it, and so does this one by default."""
 
     def __call__(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if self.padding_free or any("seq_lengths" in ex for ex in examples):
@@ -118,7 +127,7 @@ class DataCollatorForLanguageModeling:
         labels = []
         for ex in examples:
             lab = label_ids(ex, self.completion_only_loss)
-            if lab:
+            if lab and self.mask_first_label:
                 lab[0] = IGNORE_INDEX
             labels.append(lab)
         input_ids = pad_sequences(ids, self.pad_token_id, multiple_of=self.pad_to_multiple_of)
@@ -149,6 +158,12 @@ class DataCollatorForLanguageModeling:
         if self.return_num_real_tokens:
             batch["num_real_tokens"] = torch.tensor(sum(len(r[0]) for r in rows))
         return batch
+
+    @staticmethod
+    def get_position_ids_from_packed_seq_lengths(batch_seq_lengths: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """Each example's ``position_ids`` from the lengths of the sequences packed into it (restarting at 0)."""
+        return [torch.cat([torch.arange(n) for n in lengths]) if len(lengths) else torch.zeros(0, dtype=torch.long)
+                for lengths in batch_seq_lengths]
 
     def _row(self, ex: Mapping[str, Any]) -> tuple[list[int], list[int], list[int]]:
         """One example (or packed row): ids, labels with the first token of each sequence ignored, positions."""

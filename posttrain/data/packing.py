@@ -120,7 +120,7 @@ def pack_columns(columns: dict[str, list[list[int]]], max_length: int, strategy:
     return out
 
 
-_TOKEN_COLUMNS = ("input_ids", "completion_mask", "assistant_masks")
+_TOKEN_COLUMNS = ("input_ids", "labels", "completion_mask", "assistant_masks")
 
 
 def pack_dataset(dataset, max_length: int, strategy: str = "bfd", columns: Sequence[str] | None = None):

@@ -20,6 +20,7 @@ from .formats import (
     DatasetFormatError,
     validate_example,
 )
+from .collators import IGNORE_INDEX, label_ids
 from .templates import require_chat_template
 
 TRUNCATION_MODES = ("keep_start", "keep_end")
@@ -135,19 +136,30 @@ def tokenize_sft_example(
     full_len = len(out["input_ids"])
     for key in list(out):
         out[key] = truncate(out[key], max_length, truncation_mode)
-    for key in ("completion_mask", "assistant_masks"):
-        active = key == "assistant_masks" or completion_only_loss
-        if key in out and active and sum(out[key]) == 0:
-            if full_len > (max_length or full_len):
-                raise DatasetFormatError(
-                    f"Row {row} (0-based): the example is {full_len} tokens and max_length={max_length} "
-                    f"({truncation_mode}) cuts away every token the loss trains on. Increase max_length, "
-                    "shorten or filter long prompts, or use truncation_mode='keep_end'."
-                )
-            if key == "assistant_masks":
-                raise DatasetFormatError(
-                    f"Row {row} (0-based): assistant_only_loss=True but no assistant token was found. Either the row has no "
-                    "assistant message, or the chat template lacks the {% generation %} ... {% endgeneration %} "
-                    "markers that locate assistant tokens."
-                )
+    if assistant_only_loss and "assistant_masks" in out and sum(out["assistant_masks"]) == 0 \
+            and full_len <= (max_length or full_len):  # nothing was cut: the template does not mark assistant tokens
+        raise DatasetFormatError(
+            f"Row {row} (0-based): assistant_only_loss=True but no assistant token was found. Either the row has no "
+            "assistant message, or the chat template lacks the {% generation %} ... {% endgeneration %} "
+            "markers that locate assistant tokens."
+        )
     return out
+
+
+MASK_COLUMNS = ("completion_mask", "assistant_masks")
+
+
+def labelled_row(example: Mapping[str, Any], *, completion_only_loss: bool, max_length: int | None = None,
+                 truncation_mode: str = "keep_start") -> dict[str, list[int]]:
+    """A tokenized SFT row as the SFT trainer keeps it (TRL 1.9's layout): ``input_ids`` and ``labels`` cut to
+    ``max_length``; the labels as given, else the ids with ``-100`` where the masks leave a token out
+    (:func:`~posttrain.data.collators.label_ids`). The mask columns are then no longer needed."""
+    cut = {k: truncate(list(example[k]), max_length, truncation_mode)
+           for k in ("input_ids", "labels", *MASK_COLUMNS) if example.get(k) is not None}
+    return {"input_ids": cut["input_ids"], "labels": label_ids(cut, completion_only_loss)}
+
+
+def has_trainable_label(example: Mapping[str, Any]) -> bool:
+    """Whether a labelled row leaves the loss anything to learn from (a label after its first token, which a causal
+    LM's shifted loss never predicts)."""
+    return any(t != IGNORE_INDEX for t in list(example["labels"])[1:])

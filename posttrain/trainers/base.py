@@ -30,6 +30,7 @@ from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from ..models import (check_tokenizer, disable_dropout, ensure_pad_token, load_pretrained, load_processing_class,
                       prepare_peft_model, set_chat_template, unwrap)
+from ..models.moe import enable_aux_loss
 from ..models.sharding import check_launch, destroy_process_group_at_exit, prepare_frozen
 from ..data.streaming import is_streaming
 from .run_dir import (OutputDirLock, TrainingDivergedError, check_fresh_output_dir, checkpoints, compare_settings,
@@ -264,6 +265,26 @@ class BaseTrainer(Trainer):
         if args.accelerator_config.dispatch_batches is None:
             args.accelerator_config.dispatch_batches = False
 
+    # -- MoE router loss ---------------------------------------------------------------------------
+    aux_loss_enabled = False  # TRL's name: whether the MoE load-balancing loss is added
+
+    def use_router_aux_loss(self, coef: float) -> None:
+        """For a Mixture-of-Experts model, add ``coef`` x the router's load-balancing loss to the loss
+        (``router_aux_loss_coef`` of the configs that have it; ``models/moe.py``); ``coef=0`` turns it off."""
+        self.router_aux_loss_coef = coef
+        self.aux_loss_enabled = enable_aux_loss(self.model, coef)
+
+    def add_router_aux_loss(self, loss: torch.Tensor, found: list[torch.Tensor], model) -> torch.Tensor:
+        """``loss`` plus ``router_aux_loss_coef`` x the load-balancing loss of the forwards ``found`` by
+        :func:`~posttrain.models.moe.collect_aux_loss`, as a mean over the optimizer step's micro-batches (divided by
+        the accumulation steps while training); logged as ``aux_loss``."""
+        if not found:
+            return loss
+        aux = torch.stack([a.float().reshape(()) for a in found]).sum()
+        self.record("aux_loss", aux.detach())
+        steps = self.current_gradient_accumulation_steps if model.training else 1
+        return loss + self.router_aux_loss_coef * aux.to(loss.device) / steps
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """The Trainer's ``evaluate``; a dataset given here (a raw split, a stream, or a dict of them) is prepared as
         the constructor prepares ``eval_dataset``."""
@@ -490,6 +511,7 @@ class BaseTrainer(Trainer):
         user handed over keeps its dtype, since they may still call it outside the autocast region."""
         from accelerate.utils import DistributedType
 
+        enable_aux_loss(model, 0.0)  # a MoE model that only scores need not compute its router's loss
         trained = getattr(self, "model", None)
         if trained is not None:
             trained_ids = {id(p) for p in unwrap(trained).parameters()}

@@ -220,13 +220,15 @@ class GKDTrainer(SFTTrainer):
         if "messages" in columns and "input_ids" not in columns:
             dataset = dataset.map(split_last_message, with_indices=True, remove_columns=columns,
                                   **map_options(dataset, args.dataset_num_proc, f"Splitting {split} conversations"))
-        dataset = super().prepare_dataset(dataset, processing_class, args, split)
-        if "completion_mask" not in column_names(dataset):
+            columns = ["prompt", "completion"]
+        if not ({"prompt", "completion"} <= set(columns)
+                or "input_ids" in columns and ("completion_mask" in columns or "labels" in columns)):
             raise DatasetFormatError(
                 f"GKDTrainer needs prompt-completion data (columns 'prompt' and 'completion', text or messages) or "
                 f"conversations ('messages' ending with the assistant's answer); the {split} dataset has "
-                f"{sorted(columns)}. Pre-tokenized data needs a 'completion_mask' column (1 on completion tokens).")
-        return dataset
+                f"{sorted(columns)}. Pre-tokenized data needs a 'completion_mask' column (1 on completion tokens) or "
+                "'labels' (-100 on the prompt).")
+        return super().prepare_dataset(dataset, processing_class, args, split)
 
     # -- on-policy / teacher-generated batches -----------------------------------------------------
     def generated_batch(self, model, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

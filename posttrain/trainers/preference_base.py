@@ -48,6 +48,7 @@ from ..data.vision import has_image_processor, image_column, padded_only_error
 from ..losses.tokens import LossSum
 from ..losses.kto import RunningMean
 from ..models import disable_dropout, is_peft_model, is_vision_model, load_frozen, unwrap
+from ..models.moe import collect_aux_loss
 from ..models.sharding import frozen_copy, is_zero3_partitioned
 from .base import BaseTrainer, PosttrainConfig, check_choice, require_positive
 from .logprobs import ROW_KEYS, SequenceLogps, completion_logps
@@ -80,6 +81,9 @@ class PreferenceConfig(PosttrainConfig):
     learning_rate: float = field(default=1e-6, metadata={"help": "Initial AdamW learning rate."})
     beta: float = field(default=0.1, metadata={"help": "Temperature of the loss (strength of the implicit KL penalty)."})
     max_length: int | None = field(default=1024, metadata={"help": "Maximum tokens of prompt + completion."})
+    router_aux_loss_coef: float = field(default=0.001, metadata={"help": (
+        "Mixture-of-Experts models: the weight of the router's load-balancing loss added to the loss (logged as "
+        "aux_loss); 0 turns it off. No effect on dense models.")})
     max_prompt_length: int | None = field(default=512, metadata={"help": "Maximum prompt tokens (the prompt keeps its end)."})
     max_completion_length: int | None = field(default=None, metadata={"help": "Maximum completion tokens (completions keep their start)."})
     truncation_mode: str = field(
@@ -180,6 +184,7 @@ class PreferenceTrainer(BaseTrainer):
             callbacks=callbacks, optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
+        self.use_router_aux_loss(self.args.router_aux_loss_coef)
         if is_vision_model(self.model) and self.args.padding_free:
             raise _no_padding_free("a vision-language model")
         if self._vision and not is_vision_model(self.model):
@@ -348,7 +353,8 @@ class PreferenceTrainer(BaseTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = self._with_reference_inputs(inputs)
-        loss = self.reduce_loss(*self._compute_loss(model, inputs))
+        with collect_aux_loss(model, self.aux_loss_enabled) as aux:  # the policy's forwards (the reference's: above)
+            loss = self.add_router_aux_loss(self.reduce_loss(*self._compute_loss(model, inputs)), aux, model)
         attn = inputs.get("attention_mask")
         index = inputs.get("sequence_index")  # padding-free: -1 on the row-end padding
         self.count_tokens(attn.sum() if attn is not None else (index >= 0).sum() if index is not None

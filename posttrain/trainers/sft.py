@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -32,12 +33,15 @@ from ..data import (
 )
 from ..data.formats import LANGUAGE_MODELING, PROMPT_COMPLETION
 from ..data.vision import padded_only_error
-from ..data.tokenize import TRUNCATION_MODES
+from ..data.tokenize import MASK_COLUMNS, TRUNCATION_MODES, has_trainable_label, labelled_row
 from ..losses.tokens import entropy_from_logits
 from ..losses.sft import SFT_LOSS_TYPES, sft_loss_from_logps, sft_token_loss
 from ..models import accepts_videos, is_vision_model, unwrap
+from ..models.moe import collect_aux_loss
 from .base import BaseTrainer, PosttrainConfig, check_choice, require_positive
 from .logprobs import head_logits, head_logps
+
+logger = logging.getLogger("posttrain")
 
 
 @dataclass
@@ -55,6 +59,9 @@ class SFTConfig(PosttrainConfig):
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset preparation."})
     eos_token: str | None = field(default=None, metadata={"help": "End-of-sequence token appended to standard text (default: the tokenizer's)."})
     max_length: int | None = field(default=1024, metadata={"help": "Truncate tokenized sequences to this length (packing: row length)."})
+    router_aux_loss_coef: float = field(default=0.001, metadata={"help": (
+        "Mixture-of-Experts models: the weight of the router's load-balancing loss added to the loss (logged as "
+        "aux_loss); 0 turns it off. No effect on dense models.")})
     truncation_mode: str = field(default="keep_start", metadata={"help": "'keep_start' or 'keep_end'.", "choices": list(TRUNCATION_MODES)})
     shuffle_dataset: bool = field(default=False, metadata={"help": "Shuffle the dataset before preparation."})
     packing: bool = field(default=False, metadata={"help": "Pack sequences into rows of max_length tokens (padding-free)."})
@@ -82,6 +89,34 @@ class SFTConfig(PosttrainConfig):
         super().__post_init__()
 
 
+def _drop_unlearnable(dataset, name: str, args: SFTConfig):
+    """Drop the rows whose labels leave nothing to learn, as TRL does, with a count (a stream: as it is read, a
+    warning at the first); a split left with none is an error."""
+    hint = (f"max_length={args.max_length} ({args.truncation_mode}) may cut away every token the loss trains on "
+            "(increase it, shorten or filter long prompts, or use truncation_mode='keep_end'), or the masks leave no "
+            "token to train on (completion_only_loss, assistant_only_loss).")
+    if is_streaming(dataset):
+        warned = []
+
+        def keep(ex, i):
+            if has_trainable_label(ex):
+                return True
+            if not warned:
+                warned.append(True)
+                logger.warning("%s dataset: rows with no token to train on are dropped (row %d). %s", name, i, hint)
+            return False
+
+        return dataset.filter(keep, with_indices=True)
+    keep = [i for i, labels in enumerate(dataset["labels"]) if has_trainable_label({"labels": labels})]
+    if not keep:
+        raise DatasetFormatError(f"No row of the {name} dataset has a token to train on: {hint}")
+    if len(keep) < len(dataset):
+        logger.warning("%s dataset: dropped %d of %d rows with no token to train on. %s",
+                       name, len(dataset) - len(keep), len(dataset), hint)
+        dataset = dataset.select(keep)
+    return dataset
+
+
 class SFTTrainer(BaseTrainer):
     """Supervised fine-tuning on language-modeling or prompt-completion data, standard or conversational.
 
@@ -97,7 +132,7 @@ class SFTTrainer(BaseTrainer):
 
     config_class = SFTConfig
     _run_suffix = "SFT"
-    _input_columns = ("input_ids", "completion_mask", "assistant_masks", "seq_lengths")
+    _input_columns = ("input_ids", "labels", "completion_mask", "assistant_masks", "seq_lengths")
     _vision = False  # the data has images: raw rows, collated by DataCollatorForVisionLanguageModeling
 
     def __init__(
@@ -126,6 +161,7 @@ class SFTTrainer(BaseTrainer):
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
         self._check_vision_model()
+        self.use_router_aux_loss(self.args.router_aux_loss_coef)
         if data_collator is None and not self._vision:
             supported = self.settle_padding_free(self.data_collator, self.args.padding_free)
             if self.args.padding_free is not None and self.data_collator.padding_free and not supported:
@@ -160,6 +196,7 @@ class SFTTrainer(BaseTrainer):
             padding_free=bool(args.padding_free) or args.packing,  # None (auto): settled once the model is known
             pad_to_multiple_of=args.pad_to_multiple_of,
             return_num_real_tokens=True,
+            mask_first_label=True,
         )
 
     # -- data -----------------------------------------------------------------------------------
@@ -173,8 +210,10 @@ class SFTTrainer(BaseTrainer):
         columns = column_names(dataset)
         if has_media(columns) and "input_ids" not in columns:
             return self.prepare_vision_dataset(dataset, processing_class, args, name, check=not skip)
-        if skip or "input_ids" in columns:
+        if skip:
             return self._pack(dataset, args) if packing else dataset
+        if "input_ids" in columns:  # pre-tokenized: cut to max_length and labelled like tokenized rows
+            return self._labelled(dataset, args, packing, name, columns)
         if args.shuffle_dataset:
             dataset = dataset.shuffle(seed=args.seed)
         if has_image_processor(processing_class) and (args.packing or args.padding_free):
@@ -199,9 +238,22 @@ class SFTTrainer(BaseTrainer):
             lambda ex, i: tokenize_sft_example(ex, i, **kwargs), with_indices=True, remove_columns=columns,
             **map_options(dataset, args.dataset_num_proc, f"Tokenizing {name} dataset"),
         )
-        if packing:
-            dataset = self._pack(dataset, args)
-        return dataset
+        return self._labelled(dataset, args, packing, name, column_names(dataset))
+
+    def _labelled(self, dataset, args: SFTConfig, packing: bool, name: str, columns: list[str]):
+        """Tokenized rows as the collator takes them (TRL 1.9's layout): ``input_ids`` and ``labels`` (the masks
+        baked in, given labels kept) cut to ``max_length`` unless packing; rows left with nothing to learn (every
+        loss token truncated away, or masked out) dropped with a count; packed last."""
+        completion_only = args.completion_only_loss is not False
+        packed_already = "seq_lengths" in columns  # a row holds several sequences: not cut
+        limit = None if packing or packed_already else args.max_length
+        dataset = dataset.map(
+            lambda ex: labelled_row(ex, completion_only_loss=completion_only, max_length=limit,
+                                    truncation_mode=args.truncation_mode),
+            remove_columns=[c for c in MASK_COLUMNS if c in columns],
+            **map_options(dataset, args.dataset_num_proc, f"Labelling {name} dataset"))
+        dataset = _drop_unlearnable(dataset, name, args)
+        return self._pack(dataset, args) if packing else dataset
 
     @staticmethod
     def _pack(dataset, args: SFTConfig):
@@ -260,16 +312,17 @@ class SFTTrainer(BaseTrainer):
         tgt = targets[mask]
         loss_type = self.args.loss_type
         logits = None
-        if loss_type != "nll" and not return_outputs:  # the log-probs straight from the head (fused where it can be)
-            logps, stats = head_logps(model, inputs, mask, tgt, stats=("top1", "entropy"))
-            per_token = sft_loss_from_logps(logps, loss_type)
-            hits, entropy = stats["top1"].bool(), stats["entropy"]
-        else:  # "nll": the model's full logits (the reference path); an evaluation that returns the logits
-            logits = model(**inputs, use_cache=False).logits[mask] if loss_type == "nll" else \
-                head_logits(model, inputs, mask)
-            per_token = sft_token_loss(logits, tgt, "nll" if loss_type == "chunked_nll" else loss_type)
-            hits, entropy = logits.detach().argmax(dim=-1) == tgt, entropy_from_logits(logits.detach())
-        loss = self.reduce_loss(per_token.sum(), tgt.numel(), num_items_in_batch)
+        with collect_aux_loss(model, self.aux_loss_enabled) as aux:
+            if loss_type != "nll" and not return_outputs:  # the log-probs straight from the head (fused where it can)
+                logps, stats = head_logps(model, inputs, mask, tgt, stats=("top1", "entropy"))
+                per_token = sft_loss_from_logps(logps, loss_type)
+                hits, entropy = stats["top1"].bool(), stats["entropy"]
+            else:  # "nll": the model's full logits (the reference path); an evaluation that returns the logits
+                logits = model(**inputs, use_cache=False).logits[mask] if loss_type == "nll" else \
+                    head_logits(model, inputs, mask)
+                per_token = sft_token_loss(logits, tgt, "nll" if loss_type == "chunked_nll" else loss_type)
+                hits, entropy = logits.detach().argmax(dim=-1) == tgt, entropy_from_logits(logits.detach())
+        loss = self.add_router_aux_loss(self.reduce_loss(per_token.sum(), tgt.numel(), num_items_in_batch), aux, model)
 
         # token means pooled over the micro-batches and processes of the logging window (as one process would log
         # them with the same global batch), not means of per-micro-batch or per-process means

@@ -62,9 +62,31 @@ def test_assistant_only_loss_needs_generation_markers(tokenizer):
              assistant_only_loss=True)
 
 
-def test_prompt_longer_than_max_length_is_a_clear_error(tokenizer):
-    with pytest.raises(DatasetFormatError, match=r"Row 0 \(0-based\): the example is \d+ tokens and max_length=4"):
-        _tok(tokenizer, {"prompt": "a b c d e f g h i j", "completion": "k"}, max_length=4)
+def test_rows_truncation_leaves_nothing_to_learn_from_are_dropped_with_a_count(tiny_model_dir, tokenizer, tmp_path,
+                                                                                caplog):
+    """As TRL 1.9: a row whose completion max_length cuts away is dropped (a warning counts them); labels are baked
+    into the prepared rows (the masks' tokens -100), and a split left with no row is an error."""
+    rows = [{"prompt": "a b c d e f g h i j k l", "completion": "m"}, {"prompt": "a", "completion": "b"}]
+    args = train_args(SFTConfig, tmp_path, max_length=6)
+    with caplog.at_level("WARNING", logger="posttrain"):
+        trainer = SFTTrainer(tiny_model_dir, args=args, train_dataset=datasets.Dataset.from_list(rows),
+                             processing_class=tokenizer)
+    assert "dropped 1 of 2 rows with no token to train on" in caplog.text
+    (row,) = trainer.train_dataset
+    assert set(row) == {"input_ids", "labels"}
+    prompt = len(tokenizer("a")["input_ids"])
+    assert row["labels"][:prompt] == [IGNORE_INDEX] * prompt and row["labels"][prompt:] == row["input_ids"][prompt:]
+    with pytest.raises(DatasetFormatError, match="No row of the train dataset has a token to train on: max_length=6"):
+        SFTTrainer(tiny_model_dir, args=args, train_dataset=datasets.Dataset.from_list(rows[:1]),
+                   processing_class=tokenizer)
+
+
+def test_given_labels_are_kept_and_pre_tokenized_rows_are_cut_and_labelled(tiny_model_dir, tokenizer, tmp_path):
+    rows = [{"input_ids": [5, 6, 7, 8, 9], "labels": [-100, 6, -100, 8, 9], "assistant_masks": [1, 1, 1, 1, 1]},
+            {"input_ids": [5, 6, 7], "assistant_masks": [0, 1, 1]}]
+    trainer = SFTTrainer(tiny_model_dir, args=train_args(SFTConfig, tmp_path, max_length=4),
+                         train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer)
+    assert trainer.train_dataset["labels"] == [[-100, 6, -100, 8], [-100, 6, 7]]
 
 
 def test_missing_chat_template_is_a_clear_error(tokenizer):

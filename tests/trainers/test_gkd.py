@@ -202,8 +202,8 @@ def test_rows_are_never_packed_so_every_prompt_is_generated_from(tiny_model_dir,
 
     monkeypatch.setattr(gkd_module, "generate", generate)
     trainer.train()
-    expected = [ids[: mask.index(1)] for ids, mask in zip(trainer.train_dataset["input_ids"],
-                                                          trainer.train_dataset["completion_mask"])]
+    expected = [ids[: next(i for i, t in enumerate(labels) if t != -100)]
+                for ids, labels in zip(trainer.train_dataset["input_ids"], trainer.train_dataset["labels"])]
     assert sorted(prompts) == sorted(expected)
 
 
@@ -221,11 +221,11 @@ def test_conversations_are_split_before_the_last_message(tiny_model_dir, tiny_te
     args = train_args(GKDConfig, tmp_path, max_steps=2, per_device_train_batch_size=4, lmbda=1.0, max_new_tokens=4)
     trainer = GKDTrainer(tiny_model_dir, tiny_teacher, args=args, train_dataset=train, processing_class=tokenizer)
     row = trainer.train_dataset[0]
-    prompt = [t for t, m in zip(row["input_ids"], row["completion_mask"]) if not m]
+    prompt = [t for t, m in zip(row["input_ids"], row["labels"]) if m == -100]
     expected = tokenizer.apply_chat_template(train[0]["messages"][:1], tokenize=True, add_generation_prompt=True,
                                              return_dict=True)["input_ids"]
     assert prompt == list(expected)
-    prompts = {tuple(t for t, m in zip(r["input_ids"], r["completion_mask"]) if not m) for r in trainer.train_dataset}
+    prompts = {tuple(t for t, m in zip(r["input_ids"], r["labels"]) if m == -100) for r in trainer.train_dataset}
     trainer.train()
     generated_for = {tuple(p) for _, gens in spy["calls"] for p in gens.prompt_ids}
     assert len(generated_for) == 8 and generated_for <= prompts  # 2 steps x 4 prompts, each a dataset prompt

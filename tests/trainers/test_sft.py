@@ -85,7 +85,7 @@ def test_formatting_func_and_model_path(tiny_model_dir, tmp_path):
     args = train_args(SFTConfig, tmp_path, max_steps=2)
     trainer = SFTTrainer(tiny_model_dir, args=args, train_dataset=rows,
                          formatting_func=lambda ex: f"Q: {ex['prompt']}A: {ex['completion']}")
-    assert trainer.train_dataset.column_names == ["input_ids"]
+    assert trainer.train_dataset.column_names == ["input_ids", "labels"]
     trainer.train()
     trainer.save_model(str(tmp_path / "final"))
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
