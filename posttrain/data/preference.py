@@ -28,7 +28,7 @@ from .streaming import is_streaming
 from .formats import (PREFERENCE, PREFERENCE_IMPLICIT, DatasetFormat, DatasetFormatError, detect_format, require_kind,
                       validate_example)
 from .templates import extract_prompt, render_messages, require_chat_template
-from .tokenize import check_truncation_mode, tokenize_prompt_completion, truncate
+from .tokenize import check_truncation_mode, row_template_kwargs, tokenize_prompt_completion, truncate
 from .vision import (check_image_parts, process_images, processor_image_token, rendering, row_images,
                      template_kwargs, text_rows)
 
@@ -97,7 +97,7 @@ def tokenize_preference_texts(
     """Validate one row and tokenize its prompt and completion ``columns``, untruncated. Returns the row with an
     explicit prompt (extracted from implicit-prompt rows), the prompt's ids and each column's completion ids.
     ``template_kwargs`` (e.g. a processor's ``chat_template``) go to the chat template."""
-    template_kwargs = dict(template_kwargs or {})
+    template_kwargs = row_template_kwargs(example, template_kwargs)
     if fmt.kind == PREFERENCE_IMPLICIT:
         validate_example(example, fmt, row)
         example = {**example, **extract_prompt(example, row)}
@@ -128,12 +128,14 @@ def tokenize_preference_row(
     eos_token_id: int | None,
     columns: Sequence[str],
     lengths: Mapping[str, Any],
+    template_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, list[int]]:
     """Validate and tokenize one row with an explicit prompt; ``columns`` are its completion columns
     (``("chosen", "rejected")`` or ``("completion",)``). Returns ``prompt_input_ids`` and
-    ``<column>_input_ids`` for each column."""
+    ``<column>_input_ids`` for each column. ``template_kwargs``: the config's ``chat_template_kwargs``."""
     _, full_prompt, comps = tokenize_preference_texts(example, row, tokenizer=tokenizer, fmt=fmt,
-                                                      eos_token_id=eos_token_id, columns=columns)
+                                                      eos_token_id=eos_token_id, columns=columns,
+                                                      template_kwargs=template_kwargs)
     prompt_ids, comps = fit_lengths(full_prompt, comps, row=row, **lengths)
     out = {"prompt_input_ids": prompt_ids}
     for col, ids in zip(columns, comps):

@@ -50,6 +50,19 @@ def map_options(dataset, num_proc: int | None, desc: str) -> dict[str, Any]:
     return {} if is_streaming(dataset) else {"num_proc": num_proc, "desc": desc}
 
 
+def refuse_transform(dataset, split: str, can_skip: bool = False) -> None:
+    """A split with an on-the-fly transform (``Dataset.with_transform()``, ``set_transform``) cannot be prepared:
+    ``map`` reads its rows without the transform, which would be silently lost. ``can_skip``: the trainer takes
+    ``dataset_kwargs={"skip_prepare_dataset": True}`` (SFT), which the message then offers."""
+    if (getattr(dataset, "format", None) or {}).get("type") == "custom":
+        raise ValueError(
+            f"The {split} dataset has a transform (Dataset.with_transform() or set_transform()), which dataset "
+            "preparation would not apply (map() reads the rows without it). Apply it with dataset.map(...) first"
+            + (", or pass dataset_kwargs={'skip_prepare_dataset': True} with a transform that gives trainer-ready "
+               "rows (tokenized, with the columns the collator takes): it then runs as the rows are read."
+               if can_skip else "."))
+
+
 def require_sized(dataset, split: str, feature: str) -> None:
     """Refuse a stream where ``feature`` needs the whole split before training."""
     if is_streaming(dataset):
@@ -58,4 +71,4 @@ def require_sized(dataset, split: str, feature: str) -> None:
                          "Dataset.from_generator), or turn the option off.")
 
 
-__all__ = ["is_streaming", "column_names", "first_row", "map_options", "require_sized"]
+__all__ = ["is_streaming", "column_names", "first_row", "map_options", "refuse_transform", "require_sized"]

@@ -47,6 +47,17 @@ def truncate(seq: Sequence, max_length: int | None, mode: str = "keep_start") ->
     return seq[truncation_window(len(seq), max_length, mode)]
 
 
+def row_template_kwargs(example: Mapping[str, Any], configured: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The keyword arguments a row's chat template is rendered with: the config's ``chat_template_kwargs``, then the
+    row's own ``chat_template_kwargs`` column (TRL's per-row column) over them. A None in the row is no value: an
+    Arrow column of dicts gives every row every key, None where the row had none."""
+    row = example.get("chat_template_kwargs")
+    if row is not None and not isinstance(row, Mapping):
+        raise DatasetFormatError(f"Column 'chat_template_kwargs': expected a dict of template arguments, got "
+                                 f"{type(row).__name__}.")
+    return {**dict(configured or {}), **{k: v for k, v in (row or {}).items() if v is not None}}
+
+
 def chat_template_ids(tokenizer, messages: list, add_generation_prompt: bool = False, assistant_mask: bool = False, **kwargs):
     """Token ids (and optionally the assistant mask) of a rendered conversation."""
     enc = tokenizer.apply_chat_template(
@@ -104,7 +115,7 @@ def tokenize_sft_example(
 ) -> dict[str, list[int]]:
     """Validate and tokenize one SFT row (language modeling or prompt-completion, standard or conversational)."""
     validate_example(example, fmt, row, text_field=text_field)
-    template_kwargs = dict(template_kwargs or {})
+    template_kwargs = row_template_kwargs(example, template_kwargs)
     out: dict[str, list[int]] = {}
     if fmt.conversational and not template_kwargs.get("chat_template"):
         require_chat_template(tokenizer)

@@ -13,9 +13,11 @@ Trainers differ only in how they prepare data and compute the loss.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import warnings
 from collections import defaultdict
@@ -209,6 +211,7 @@ class BaseTrainer(Trainer):
     def __init__(self, model, args: PosttrainConfig | None = None, *, processing_class=None, peft_config=None,
                  auto_class=None, train_dataset=None, eval_dataset=None, data_collator=None, **kwargs):
         self.speed = SpeedPlan()  # docs/performance.md: the allocator now, the rest as the trainer is set up
+        args = self._as_config(args)
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
             args = self.config_class(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-{self._run_suffix}")
@@ -247,6 +250,8 @@ class BaseTrainer(Trainer):
                          eval_dataset=eval_dataset, data_collator=data_collator, **kwargs)
         # Have the Trainer count the loss items of the whole (accumulated, all-process) batch for us.
         self.model_accepts_loss_kwargs = True
+        if hasattr(self.model, "add_model_tags"):  # on the model card the Trainer writes (a PeftModel: its base's)
+            self.model.add_model_tags(["posttrain", re.sub(r"(?<=[a-z])(?=[A-Z])", "-", self._run_suffix).lower()])
         sharded = self.is_fsdp_enabled or (self.is_deepspeed_enabled and is_deepspeed_zero3_enabled())
         if (callback := self.speed.checkpointing_callback(args, sharded)) is not None:
             self.add_callback(callback)
@@ -254,6 +259,16 @@ class BaseTrainer(Trainer):
             warnings.warn(problem, stacklevel=2)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             destroy_process_group_at_exit()  # else a gloo worker can abort at interpreter teardown (SIGABRT)
+
+    def _as_config(self, args):
+        """``args`` as this trainer's config: a plain ``TrainingArguments`` (what a TRL script may pass) becomes one
+        with the same values and this trainer's defaults for the rest."""
+        if args is None or isinstance(args, PosttrainConfig) or not isinstance(args, TrainingArguments):
+            return args
+        names = {f.name for f in dataclasses.fields(self.config_class) if f.init}
+        values = {k: v for k, v in args.to_dict().items() if k in names}
+        values.update({k: getattr(args, k) for k in ("hub_token",) if k in names})  # to_dict masks it
+        return self.config_class(**values)
 
     def settle_streaming(self, args, train: bool) -> None:
         """Streamed splits (data/streaming.py; ``train``: the train split is one): each process reads its own share

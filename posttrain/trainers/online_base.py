@@ -53,12 +53,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..data import DatasetFormatError, column_names, first_row, is_streaming, map_options
+from ..data import DatasetFormatError, column_names, first_row, is_streaming, map_options, refuse_transform
 from ..data.formats import is_conversational_value
 from ..data.templates import require_chat_template
 from ..data.preference import build_rows
 from ..data.sampling import RepeatedPromptSampler, RepeatedPromptStream
-from ..data.tokenize import chat_template_ids, truncate
+from ..data.tokenize import chat_template_ids, row_template_kwargs, truncate
 from ..losses.tokens import nanstd
 from ..models import disable_dropout, is_peft_model, load_frozen, unwrap
 from ..models.sharding import frozen_copy
@@ -87,6 +87,9 @@ class OnlineConfig(PosttrainConfig):
 
     learning_rate: float = field(default=1e-6, metadata={"help": "Initial AdamW learning rate."})
     chat_template_path: str | None = field(default=None, metadata={"help": "Tokenizer folder or .jinja file whose chat template to use."})
+    chat_template_kwargs: dict | None = field(default=None, metadata={"help": (
+        "Keyword arguments for the chat template (e.g. {\"enable_thinking\": false}); a row's own "
+        "'chat_template_kwargs' column overrides them for that row.")})
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset preparation."})
     shuffle_dataset: bool = field(default=True, metadata={"help": "Draw the prompts of each epoch in random order."})
     disable_dropout: bool = field(default=False, metadata={"help": "Set every dropout probability of the model(s) to 0."})
@@ -275,6 +278,7 @@ class OnlineTrainer(BaseTrainer):
     def prepare_dataset(self, dataset, processing_class, args: OnlineConfig, split: str):
         if dataset is None:
             return None
+        refuse_transform(dataset, split)
         columns = column_names(dataset)
         if "prompt" not in columns:
             raise DatasetFormatError(
@@ -294,7 +298,8 @@ class OnlineTrainer(BaseTrainer):
         def tokenize(example, row):
             prompt = example["prompt"]
             if is_conversational_value(prompt):
-                ids = chat_template_ids(tokenizer, prompt, add_generation_prompt=True)
+                ids = chat_template_ids(tokenizer, prompt, add_generation_prompt=True,
+                                        **row_template_kwargs(example, args.chat_template_kwargs))
             elif isinstance(prompt, str):
                 ids = tokenizer(prompt)["input_ids"]
             else:

@@ -36,8 +36,8 @@ from typing import Any
 
 import torch
 
-from ..data import (DatasetFormatError, column_names, detect_format, first_row, is_streaming, map_options, require_kind,
-                    require_sized, validate_example)
+from ..data import (DatasetFormatError, column_names, detect_format, first_row, is_streaming, map_options,
+                    refuse_transform, require_kind, require_sized, validate_example)
 from ..data.formats import PREFERENCE, PREFERENCE_IMPLICIT, UNPAIRED_PREFERENCE
 from ..data.preference import (DataCollatorForPreference, DataCollatorForUnpairedPreference,
                                DataCollatorForVisionPreference, report_truncation,
@@ -97,6 +97,9 @@ class PreferenceConfig(PosttrainConfig):
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset preparation."})
     disable_dropout: bool = field(default=True, metadata={"help": "Set every dropout probability of the model(s) to 0."})
     chat_template_path: str | None = field(default=None, metadata={"help": "Tokenizer folder or .jinja file whose chat template to use."})
+    chat_template_kwargs: dict | None = field(default=None, metadata={"help": (
+        "Keyword arguments for the chat template (e.g. {\"enable_thinking\": false}); a row's own "
+        "'chat_template_kwargs' column overrides them for that row.")})
     use_logits_to_keep: bool = field(
         default=False,
         metadata={"help": "Accepted for TRL compatibility. posttrain always projects only completion positions "
@@ -227,6 +230,7 @@ class PreferenceTrainer(BaseTrainer):
         """Validate and tokenize a raw split (see the module docstring); tokenized splits pass through."""
         if dataset is None:
             return None
+        refuse_transform(dataset, split)
         trainer = type(self).__name__
         columns = column_names(dataset)
         if self._paired and "prompt_input_ids" in columns and "chosen_input_ids" in columns:
@@ -258,7 +262,7 @@ class PreferenceTrainer(BaseTrainer):
                 fmt = detect_format(column_names(dataset), first_row(dataset, split))
             out_columns = ("completion",)
         kwargs = dict(tokenizer=processing_class, fmt=fmt, eos_token_id=tokenizer.eos_token_id,
-                      columns=out_columns, lengths=lengths)
+                      columns=out_columns, lengths=lengths, template_kwargs=args.chat_template_kwargs)
         keep_label = not self._paired
 
         def fn(example, row):

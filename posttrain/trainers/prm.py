@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ..data import IGNORE_INDEX, DatasetFormatError, detect_format, pad_sequences, require_kind, truncate, validate_example
-from ..data.streaming import column_names, first_row, is_streaming, map_options
+from ..data.streaming import column_names, first_row, is_streaming, map_options, refuse_transform
 from ..data.formats import STEPWISE
 from ..losses.reward import step_accuracy, step_classification_loss
 from .base import PosttrainConfig, checkpointing_field, require_positive
@@ -122,6 +122,7 @@ def prepare_stepwise_dataset(dataset, processing_class, args: PRMConfig, split: 
     without any labelled step are dropped with a warning. Pre-tokenized splits (with ``input_ids``) pass through."""
     if dataset is None:
         return None
+    refuse_transform(dataset, split)
     tokenizer = getattr(processing_class, "tokenizer", processing_class)
     names = column_names(dataset)
     row = first_row(dataset, split)

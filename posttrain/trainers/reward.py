@@ -30,7 +30,8 @@ from ..data import (
     tokenize_prompt_completion,
     validate_example,
 )
-from ..data.streaming import column_names, first_row, is_streaming, map_options
+from ..data.streaming import column_names, first_row, is_streaming, map_options, refuse_transform
+from ..data.tokenize import row_template_kwargs
 from ..data.formats import PREFERENCE, PREFERENCE_IMPLICIT
 from ..losses.reward import bradley_terry_loss, reward_accuracy
 from ..models import disable_dropout, unwrap
@@ -55,6 +56,10 @@ class RewardConfig(PosttrainConfig):
     max_length: int | None = field(default=1024, metadata={"help": "Drop pairs whose chosen or rejected sequence is longer than this (None: keep all)."})
     disable_dropout: bool = field(default=True, metadata={"help": "Set every dropout probability of the model to 0."})
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset preparation."})
+    chat_template_path: str | None = field(default=None, metadata={"help": "Tokenizer folder or .jinja file whose chat template to use."})
+    chat_template_kwargs: dict | None = field(default=None, metadata={"help": (
+        "Keyword arguments for the chat template (e.g. {\"enable_thinking\": false}); a row's own "
+        "'chat_template_kwargs' column overrides them for that row.")})
     center_rewards_coefficient: float | None = field(
         default=None,
         metadata={"help": "Weight of the reward-centering term mean((r_c + r_r)^2) (Eisenstein et al., 2023); e.g. 0.01."},
@@ -69,7 +74,8 @@ class RewardConfig(PosttrainConfig):
         super().__post_init__()
 
 
-def tokenize_preference_pair(example: Mapping[str, Any], row: int, *, tokenizer, fmt, eos_token_id: int | None) -> dict[str, Any]:
+def tokenize_preference_pair(example: Mapping[str, Any], row: int, *, tokenizer, fmt, eos_token_id: int | None,
+                             template_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Validate one preference row and tokenize ``prompt + chosen`` and ``prompt + rejected``.
 
     Explicit prompts: prompt and completion are tokenized separately and concatenated (standard rows: EOS appended
@@ -79,18 +85,19 @@ def tokenize_preference_pair(example: Mapping[str, Any], row: int, *, tokenizer,
     found (one answer may even be a prefix of the other).
     """
     validate_example(example, fmt, row)
+    template_kwargs = row_template_kwargs(example, template_kwargs)
     out: dict[str, Any] = {}
     for key in ("chosen", "rejected"):
         if fmt.kind == PREFERENCE_IMPLICIT:
             if fmt.conversational:
-                ids = chat_template_ids(tokenizer, example[key])
+                ids = chat_template_ids(tokenizer, example[key], **template_kwargs)
             else:
                 ids = list(tokenizer(example[key])["input_ids"])
                 if eos_token_id is not None and (not ids or ids[-1] != eos_token_id):
                     ids.append(eos_token_id)
         else:
             prompt_ids, completion_ids = tokenize_prompt_completion(
-                tokenizer, example["prompt"], example[key], fmt.conversational, eos_token_id, row)
+                tokenizer, example["prompt"], example[key], fmt.conversational, eos_token_id, row, **template_kwargs)
             if not completion_ids:
                 raise DatasetFormatError(f"Row {row} (0-based), column '{key}': the completion has no tokens; every pair needs a "
                                          "non-empty chosen and rejected completion.")
@@ -125,6 +132,7 @@ def prepare_reward_dataset(dataset, processing_class, args: RewardConfig, split:
     dropping pairs longer than ``args.max_length`` (see :class:`RewardConfig`). Pre-tokenized splits pass through."""
     if dataset is None:
         return None
+    refuse_transform(dataset, split)
     tokenizer = getattr(processing_class, "tokenizer", processing_class)
     for old, new in _LEGACY_TOKENIZED.items():
         names = column_names(dataset)
@@ -138,7 +146,8 @@ def prepare_reward_dataset(dataset, processing_class, args: RewardConfig, split:
                      hint="A reward model learns from pairs of a better (chosen) and a worse (rejected) completion.")
         if fmt.conversational:
             require_chat_template(tokenizer, f"The {split} dataset")
-        kwargs = dict(tokenizer=tokenizer, fmt=fmt, eos_token_id=tokenizer.eos_token_id)
+        kwargs = dict(tokenizer=tokenizer, fmt=fmt, eos_token_id=tokenizer.eos_token_id,
+                      template_kwargs=args.chat_template_kwargs)
         dataset = dataset.map(
             lambda ex, i: tokenize_preference_pair(ex, i, **kwargs), with_indices=True,
             remove_columns=[c for c in names if c != "margin"],

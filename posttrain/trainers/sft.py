@@ -27,11 +27,13 @@ from ..data import (
     pack_dataset,
     pack_stream,
     processor_chat_template,
+    refuse_transform,
     require_kind,
     tokenize_sft_example,
     video_column,
 )
 from ..data.formats import LANGUAGE_MODELING, PROMPT_COMPLETION
+from ..data_utils import is_conversational_from_value, maybe_convert_to_chatml
 from ..data.vision import padded_only_error
 from ..data.tokenize import MASK_COLUMNS, TRUNCATION_MODES, has_trainable_label, labelled_row
 from ..losses.tokens import entropy_from_logits
@@ -54,6 +56,9 @@ class SFTConfig(PosttrainConfig):
 
     learning_rate: float = field(default=2e-5, metadata={"help": "Initial AdamW learning rate."})
     chat_template_path: str | None = field(default=None, metadata={"help": "Tokenizer folder or .jinja file whose chat template to use."})
+    chat_template_kwargs: dict | None = field(default=None, metadata={"help": (
+        "Keyword arguments for the chat template (e.g. {\"enable_thinking\": false}); a row's own "
+        "'chat_template_kwargs' column overrides them for that row.")})
     dataset_text_field: str = field(default="text", metadata={"help": "Column holding the text of language-modeling data."})
     dataset_kwargs: dict[str, Any] | str | None = field(default=None, metadata={"help": "{'skip_prepare_dataset': True} for pre-tokenized data."})
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset preparation."})
@@ -212,8 +217,13 @@ class SFTTrainer(BaseTrainer):
             return self.prepare_vision_dataset(dataset, processing_class, args, name, check=not skip)
         if skip:
             return self._pack(dataset, args) if packing else dataset
+        refuse_transform(dataset, name, can_skip=True)
         if "input_ids" in columns:  # pre-tokenized: cut to max_length and labelled like tokenized rows
             return self._labelled(dataset, args, packing, name, columns)
+        if "conversations" in columns and is_conversational_from_value(first_row(dataset, name)):
+            dataset = dataset.map(maybe_convert_to_chatml, remove_columns=["conversations"],  # ShareGPT rows
+                                  **map_options(dataset, args.dataset_num_proc, f"Converting {name} dataset to ChatML"))
+            columns = column_names(dataset)
         if args.shuffle_dataset:
             dataset = dataset.shuffle(seed=args.seed)
         if has_image_processor(processing_class) and (args.packing or args.padding_free):
@@ -232,7 +242,7 @@ class SFTTrainer(BaseTrainer):
             tokenizer=tokenizer, fmt=fmt, text_field=text_field, eos_token_id=_eos_token_id(tokenizer, args),
             max_length=None if packing else args.max_length, truncation_mode=args.truncation_mode,
             assistant_only_loss=args.assistant_only_loss, completion_only_loss=args.completion_only_loss is not False,
-            template_kwargs={"chat_template": template} if template else None,
+            template_kwargs={**(args.chat_template_kwargs or {}), **({"chat_template": template} if template else {})},
         )
         dataset = dataset.map(
             lambda ex, i: tokenize_sft_example(ex, i, **kwargs), with_indices=True, remove_columns=columns,

@@ -1,0 +1,99 @@
+"""What a TRL script passes and expects, accepted as TRL does (issue 22): a plain TrainingArguments, ShareGPT rows,
+chat_template_kwargs (config and per-row column), model tags; a transformed dataset is refused clearly."""
+
+import copy
+
+import datasets
+import pytest
+from transformers import TrainingArguments
+
+from posttrain import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RewardConfig, RewardTrainer, SFTConfig,
+                       SFTTrainer)
+from posttrain.kit import build_tiny_model, make_dataset
+
+from conftest import train_args
+
+# a template with an argument of its own: role names in capitals when `shout`
+SHOUT = ("{% for m in messages %}<|im_start|>{{ m.role.upper() if shout else m.role }}\n{{ m.content }}<|im_end|>\n"
+         "{% endfor %}{% if add_generation_prompt %}<|im_start|>{{ 'ASSISTANT' if shout else 'assistant' }}\n"
+         "{% endif %}")
+
+
+@pytest.fixture
+def shouting(tokenizer):
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = SHOUT
+    return tok
+
+
+def _rendered_ids(tok, messages, shout, **kwargs):
+    return tok(tok.apply_chat_template(messages, tokenize=False, shout=shout, **kwargs))["input_ids"]
+
+
+def test_a_plain_training_arguments_becomes_the_trainers_config(tiny_model_dir, tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), learning_rate=3e-4, per_device_train_batch_size=2,
+                             max_steps=1, report_to=[], save_strategy="no")
+    trainer = SFTTrainer(tiny_model_dir, args=args, train_dataset=make_dataset("addition", "language_modeling", n=4))
+    assert isinstance(trainer.args, SFTConfig)
+    assert (trainer.args.learning_rate, trainer.args.per_device_train_batch_size) == (3e-4, 2)
+    assert trainer.args.max_length == SFTConfig.max_length  # SFT's own fields keep their defaults
+    trainer.train()
+
+
+def test_sharegpt_conversations_train_as_messages(tiny_model_dir, tokenizer, tmp_path):
+    chatml = make_dataset("addition", "language_modeling", n=6, conversational=True)
+    sharegpt = chatml.map(lambda ex: {"conversations": [{"from": m["role"], "value": m["content"]}
+                                                         for m in ex["messages"]]}, remove_columns=["messages"])
+    ours = SFTTrainer(tiny_model_dir, args=train_args(SFTConfig, tmp_path), train_dataset=sharegpt,
+                      processing_class=tokenizer)
+    reference = SFTTrainer(tiny_model_dir, args=train_args(SFTConfig, tmp_path), train_dataset=chatml,
+                           processing_class=tokenizer)
+    assert ours.train_dataset["input_ids"] == reference.train_dataset["input_ids"]
+
+
+def test_a_dataset_with_a_transform_is_refused_with_the_fix(tiny_model_dir, tmp_path):
+    data = datasets.Dataset.from_dict({"text": ["hello world"]}).with_transform(lambda batch: batch)
+    with pytest.raises(ValueError, match=r"Dataset\.with_transform\(\).*skip_prepare_dataset.*trainer-ready"):
+        SFTTrainer(tiny_model_dir, args=train_args(SFTConfig, tmp_path), train_dataset=data)
+    with pytest.raises(ValueError, match=r"with_transform.*dataset\.map\(\.\.\.\) first\.$"):
+        DPOTrainer(tiny_model_dir, args=train_args(DPOConfig, tmp_path),
+                   train_dataset=make_dataset("addition", "preference", n=2).with_transform(lambda batch: batch))
+
+
+def test_the_model_is_tagged_with_the_library_and_the_method(tiny_model_dir, tmp_path):
+    trainer = DPOTrainer(tiny_model_dir, args=train_args(DPOConfig, tmp_path),
+                         train_dataset=make_dataset("addition", "preference", n=2))
+    assert trainer.model.model_tags == ["posttrain", "dpo"]
+
+
+def test_sft_chat_template_kwargs_from_the_config_and_each_row(tiny_model_dir, shouting, tmp_path):
+    data = make_dataset("addition", "language_modeling", n=2, conversational=True)
+    data = data.add_column("chat_template_kwargs", [{}, {"shout": False}])
+    trainer = SFTTrainer(tiny_model_dir, args=train_args(SFTConfig, tmp_path, chat_template_kwargs={"shout": True}),
+                         train_dataset=data, processing_class=shouting)
+    rows = trainer.train_dataset["input_ids"]
+    assert rows[0] == _rendered_ids(shouting, data[0]["messages"], True)  # the config's
+    assert rows[1] == _rendered_ids(shouting, data[1]["messages"], False)  # the row's, over the config's
+    assert rows[0] != rows[1][: len(rows[0])]
+
+
+def test_dpo_reward_and_grpo_render_prompts_with_chat_template_kwargs(tiny_model_dir, shouting, tmp_path):
+    pairs = make_dataset("addition", "preference", n=2, conversational=True)
+    dpo = DPOTrainer(tiny_model_dir, args=train_args(DPOConfig, tmp_path, chat_template_kwargs={"shout": True}),
+                     train_dataset=pairs, processing_class=shouting)
+    prompt = _rendered_ids(shouting, pairs[0]["prompt"], True, add_generation_prompt=True)
+    assert dpo.train_dataset[0]["prompt_input_ids"] == prompt
+
+    reward = RewardTrainer(build_tiny_model("qwen2", head="seq-cls", size="tiny"),
+                           args=train_args(RewardConfig, tmp_path, chat_template_kwargs={"shout": True}),
+                           train_dataset=pairs, processing_class=shouting)
+    assert reward.train_dataset[0]["chosen_input_ids"][: len(prompt)] == prompt
+
+    prompts = make_dataset("addition", "prompt_only", n=2, conversational=True)
+    prompts = prompts.add_column("chat_template_kwargs", [{"shout": True}, {"shout": False}])
+    grpo = GRPOTrainer(tiny_model_dir, reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+                       args=train_args(GRPOConfig, tmp_path, num_generations=2, per_device_train_batch_size=2),
+                       train_dataset=prompts, processing_class=shouting)
+    for i, shout in enumerate((True, False)):
+        assert grpo.train_dataset[i]["prompt_input_ids"] == _rendered_ids(shouting, prompts[i]["prompt"], shout,
+                                                                          add_generation_prompt=True)
