@@ -32,6 +32,7 @@ from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from ..models import (check_tokenizer, disable_dropout, ensure_pad_token, load_pretrained, load_processing_class,
                       prepare_peft_model, set_chat_template, unwrap)
+from ..import_utils import is_liger_kernel_available
 from ..models.moe import enable_aux_loss
 from ..models.sharding import check_launch, destroy_process_group_at_exit, prepare_frozen
 from ..data.streaming import is_streaming
@@ -182,9 +183,7 @@ def check_liger() -> None:
     its fused linear cross-entropy); they need the package and a CUDA GPU. Elsewhere the flag fails here instead of
     at the first forward (or silently). posttrain's own fused head takes the log-probs either way (docs/performance.md,
     "Log-probs without full-vocabulary tensors")."""
-    import importlib.util
-
-    if importlib.util.find_spec("liger_kernel") is None:
+    if not is_liger_kernel_available(min_version=None):
         raise ValueError("use_liger_kernel=True needs the liger-kernel package: pip install 'posttrain[liger]' (it runs "
                          "on CUDA GPUs only). posttrain computes log-probs without full-vocabulary logits on any device "
                          "without it; leave use_liger_kernel=False.")

@@ -97,3 +97,15 @@ def test_dpo_reward_and_grpo_render_prompts_with_chat_template_kwargs(tiny_model
     for i, shout in enumerate((True, False)):
         assert grpo.train_dataset[i]["prompt_input_ids"] == _rendered_ids(shouting, prompts[i]["prompt"], shout,
                                                                           add_generation_prompt=True)
+
+
+def test_import_utils_answer_whether_each_package_imports():
+    import importlib.util
+
+    from posttrain import import_utils
+
+    for name, module in (("is_deepspeed_available", "deepspeed"), ("is_vllm_available", "vllm"),
+                         ("is_liger_kernel_available", "liger_kernel"), ("is_jmespath_available", "jmespath")):
+        assert getattr(import_utils, name)() == (importlib.util.find_spec(module) is not None)
+    assert not import_utils._available("no_such_package_anywhere")
+    assert not import_utils._available("torch", min_version="999.0")
