@@ -17,15 +17,16 @@ __all__ = ["generalized_jsd_loss"]
 JSD_REDUCTIONS = ("batchmean", "sum", "mean", "none")
 
 
-def _kl_from_logprobs(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """KL(P || Q) over the last dim from log-probabilities; terms with p = 0 count as 0."""
+def _kl_from_logprobs(logp: torch.Tensor, logq: torch.Tensor, elementwise: bool = False) -> torch.Tensor:
+    """KL(P || Q) over the last dim from log-probabilities (``elementwise``: its terms p (log p - log q), unsummed);
+    terms with p = 0 count as 0."""
     p = torch.exp(logp)
     support = p > 0
     # zero the log terms off P's support *before* multiplying, so 0 * (-inf) never appears in the
     # forward pass nor in the backward pass
     zero = torch.zeros_like(logp)
     diff = torch.where(support, logp, zero) - torch.where(support, logq, zero)
-    return (p * diff).sum(dim=-1)
+    return p * diff if elementwise else (p * diff).sum(dim=-1)
 
 
 def generalized_jsd_loss(
@@ -37,6 +38,7 @@ def generalized_jsd_loss(
     beta: float = 0.5,
     temperature: float = 1.0,
     reduction: str = "batchmean",
+    elementwise: bool = False,
 ) -> torch.Tensor:
     """Generalized Jensen-Shannon divergence — Agarwal et al. 2024, 'On-Policy Distillation of
     Language Models: Learning from Self-Generated Mistakes' (GKD), Sec. 2, generalized JSD:
@@ -70,7 +72,8 @@ def generalized_jsd_loss(
             * ``"sum"``: sum D;
             * ``"mean"``: sum D / (number of kept positions * V) — the element-wise mean TRL's
               ``F.kl_div``-style ``"mean"`` gives;
-            * ``"none"``: the (...) per-position divergence, 0 at ignored positions.
+            * ``"none"``: the (...) per-position divergence, 0 at ignored positions; with ``elementwise``, its
+              (..., V) terms (each vocabulary entry's share; TRL's ``reduction="none"``).
     """
     if reduction not in JSD_REDUCTIONS:
         raise ValueError(f"reduction must be one of {JSD_REDUCTIONS}, got {reduction!r}")
@@ -83,10 +86,11 @@ def generalized_jsd_loss(
     s_logp = F.log_softmax(student_logits / temperature, dim=-1)
     t_logp = F.log_softmax(teacher_logits / temperature, dim=-1)
 
+    each = elementwise and reduction == "none"
     if beta == 0.0:
-        div = _kl_from_logprobs(t_logp, s_logp)
+        div = _kl_from_logprobs(t_logp, s_logp, each)
     elif beta == 1.0:
-        div = _kl_from_logprobs(s_logp, t_logp)
+        div = _kl_from_logprobs(s_logp, t_logp, each)
     else:
         # clamp -inf (zero-probability tokens) to the most negative finite value: the mixture is
         # unchanged but logsumexp's backward no longer meets (-inf) - (-inf)
@@ -95,14 +99,14 @@ def generalized_jsd_loss(
             torch.stack([t_logp.clamp(min=floor) + math.log(beta), s_logp.clamp(min=floor) + math.log(1.0 - beta)]),
             dim=0,
         )
-        div = beta * _kl_from_logprobs(t_logp, log_mix) + (1.0 - beta) * _kl_from_logprobs(s_logp, log_mix)
+        div = beta * _kl_from_logprobs(t_logp, log_mix, each) + (1.0 - beta) * _kl_from_logprobs(s_logp, log_mix, each)
 
-    keep = torch.ones(div.shape, dtype=torch.bool, device=div.device)
+    keep = torch.ones(div.shape[:-1] if each else div.shape, dtype=torch.bool, device=div.device)
     if labels is not None:
         keep = keep & (labels != -100)
     if mask is not None:
         keep = keep & mask.bool()
-    div = torch.where(keep, div, torch.zeros_like(div))
+    div = torch.where(keep.unsqueeze(-1) if each else keep, div, torch.zeros_like(div))
 
     if reduction == "none":
         return div

@@ -34,6 +34,7 @@ from ..rollout import generate
 from ..models.fused_head import fused_head_divergence, fused_head_supported, head_computes
 from ..models.sharding import is_zero3_partitioned
 from .logprobs import head_logits
+from .base import PosttrainConfig
 from .sft import SFTConfig, SFTTrainer
 
 
@@ -149,12 +150,12 @@ class GKDTrainer(SFTTrainer):
         peft_config=None,
         formatting_func: Callable[[dict], str] | None = None,
     ):
-        if args is not None and not isinstance(args, GKDConfig):
+        if isinstance(args, PosttrainConfig) and not isinstance(args, GKDConfig):  # a TrainingArguments is converted
             raise TypeError(f"GKDTrainer needs a GKDConfig, got {type(args).__name__}.")
         if teacher_model is None and (args is None or args.teacher_model_name_or_path is None):
             raise ValueError("GKDTrainer needs a teacher: pass teacher_model= (a model, hub id or local folder) or set "
                              "GKDConfig.teacher_model_name_or_path.")
-        if teacher_model is not None and teacher_model is model:
+        if isinstance(teacher_model, torch.nn.Module) and teacher_model is model:  # one name twice: two models
             raise ValueError("teacher_model must be a different model than the student (model).")
         super().__init__(
             model, args, data_collator=data_collator, train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -185,6 +186,20 @@ class GKDTrainer(SFTTrainer):
         self._policy_rng = random.Random(args.seed)
         # no batch is ever generated: the Trainer's count of the global batch's loss tokens is exact
         self._dataset_targets_only = args.lmbda == 0.0 and not args.seq_kd
+
+    @staticmethod
+    def generalized_jsd_loss(student_logits, teacher_logits, labels=None, beta=0.5, temperature=1.0,
+                             reduction="batchmean", num_items_in_batch=None):
+        """TRL's ``GKDTrainer.generalized_jsd_loss``: :func:`posttrain.losses.distill.generalized_jsd_loss` of (B, T, V)
+        logits, with TRL's reductions: ``"none"`` gives the (B, T, V) terms (only the kept positions' rows when
+        ``labels`` are given); ``num_items_in_batch`` divides the sum by it instead."""
+        if num_items_in_batch is not None:
+            total = generalized_jsd_loss(student_logits, teacher_logits, labels, beta=beta, temperature=temperature,
+                                         reduction="sum")
+            return total / num_items_in_batch
+        out = generalized_jsd_loss(student_logits, teacher_logits, labels, beta=beta, temperature=temperature,
+                                   reduction=reduction, elementwise=True)
+        return out[labels != -100] if reduction == "none" and labels is not None else out
 
     # -- teacher checks ------------------------------------------------------------------------
     @staticmethod

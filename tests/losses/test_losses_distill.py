@@ -218,3 +218,20 @@ def test_xpo_loss_terms(loss_type):
     assert torch.allclose(x.grad, torch.full_like(x, alpha / 2))
     with pytest.raises(ValueError):
         xpo_loss(t(ch), t(rj), t(rch), t(rrj), x, beta=beta, alpha=alpha, loss_type="hinge")
+
+
+def test_elementwise_terms_sum_to_each_positions_divergence_and_trls_static_method_reduces_like_trl():
+    from posttrain.trainers.gkd import GKDTrainer
+
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    labels = torch.tensor([[1, -100, 2], [3, 4, -100]])
+    for beta in (0.0, 0.3, 1.0):
+        terms = generalized_jsd_loss(s, t, labels, beta=beta, reduction="none", elementwise=True)
+        assert terms.shape == (2, 3, 5)
+        torch.testing.assert_close(terms.sum(-1), generalized_jsd_loss(s, t, labels, beta=beta, reduction="none"))
+    trl_none = GKDTrainer.generalized_jsd_loss(s, t, labels, beta=0.3, reduction="none")
+    assert trl_none.shape == (4, 5)  # the kept positions' rows
+    total = generalized_jsd_loss(s, t, labels, beta=0.3, reduction="sum")
+    torch.testing.assert_close(GKDTrainer.generalized_jsd_loss(s, t, labels, beta=0.3, num_items_in_batch=8), total / 8)
+    torch.testing.assert_close(GKDTrainer.generalized_jsd_loss(s, t, labels, beta=0.3), total / 4)
