@@ -39,6 +39,11 @@ logger = logging.getLogger("posttrain")
 # =============================================================================================
 
 
+class NoCompletionLeft(DatasetFormatError):
+    """:func:`fit_lengths` with ``truncation_mode="keep_start"`` and a prompt of at least ``max_length`` tokens: no
+    completion token is left to train on. Dataset preparation drops such rows (with a count); a batch cannot."""
+
+
 def fit_lengths(
     prompt: list[int],
     completions: Sequence[list[int]],
@@ -70,7 +75,7 @@ def fit_lengths(
     if truncation_mode == "keep_end":
         prompt = truncate(prompt, max(max_length - longest, 1), "keep_end")
     elif len(prompt) >= max_length:
-        raise DatasetFormatError(
+        raise NoCompletionLeft(
             f"{where}the prompt is {len(prompt)} tokens but max_length={max_length}, so truncation_mode='keep_start' "
             "leaves no completion token to train on. Increase max_length, set max_prompt_length below max_length, "
             "use truncation_mode='keep_end' (cuts the start of long prompts), or filter out long prompts."
@@ -136,35 +141,59 @@ def tokenize_preference_row(
     _, full_prompt, comps = tokenize_preference_texts(example, row, tokenizer=tokenizer, fmt=fmt,
                                                       eos_token_id=eos_token_id, columns=columns,
                                                       template_kwargs=template_kwargs)
-    prompt_ids, comps = fit_lengths(full_prompt, comps, row=row, **lengths)
+    try:
+        prompt_ids, comps = fit_lengths(full_prompt, comps, row=row, **lengths)
+        left = True
+    except NoCompletionLeft:  # dropped by report_truncation, with a count
+        prompt_ids, comps, left = [], [[] for _ in columns], False
     out = {"prompt_input_ids": prompt_ids}
     for col, ids in zip(columns, comps):
         out[f"{col}_input_ids"] = ids
     out[PROMPT_CUT] = len(prompt_ids) < len(full_prompt)
+    out[NOTHING_LEFT] = not left
     return out
 
 
 PROMPT_CUT = "_prompt_truncated"
 """The column :func:`tokenize_preference_row` flags truncated prompts in; :func:`report_truncation` removes it."""
+NOTHING_LEFT = "_no_completion_left"
+"""The column flagging rows whose prompt fills ``max_length`` (``keep_start``): :func:`report_truncation` drops them."""
 
 
 def report_truncation(dataset, split: str, args, paired: bool):
     """Warn how many prompts truncation shortened; for pairs, how many have identical chosen and rejected tokens
     (in the data, or after truncation: such a pair has no preference to learn), and refuse a split where no pair
-    differs. Returns the dataset without the :data:`PROMPT_CUT` column. A stream (data/streaming.py) is not read
-    ahead: it warns at its first truncated prompt."""
+    differs; drop the rows whose prompt left no completion token (:data:`NOTHING_LEFT`, as TRL does), with a count, and
+    refuse a split left with none. Returns the dataset without those columns. A stream (data/streaming.py) is not read
+    ahead: it warns at its first truncated prompt and first dropped row."""
+    drop_hint = (f"max_length={args.max_length} with truncation_mode='keep_start' leaves no completion token after "
+                 "a prompt that long. Increase max_length, set max_prompt_length below max_length, use "
+                 "truncation_mode='keep_end' (cuts the start of long prompts), or filter out long prompts.")
     if is_streaming(dataset):
-        warned = []
+        warned = set()
 
-        def check(row):
-            if row.pop(PROMPT_CUT) and not warned:
-                warned.append(True)
+        def check(row, i):
+            if row.pop(PROMPT_CUT) and "cut" not in warned:
+                warned.add("cut")
                 logger.warning("%s prompts are being truncated (max_prompt_length=%s, max_length=%s, truncation_mode="
                                "%r): they keep only their last tokens.", split, args.max_prompt_length,
                                args.max_length, args.truncation_mode)
+            if row[NOTHING_LEFT] and "drop" not in warned:
+                warned.add("drop")
+                logger.warning("%s dataset: rows with no completion token left are dropped (row %d). %s", split, i,
+                               drop_hint)
             return row
 
-        return dataset.map(check, remove_columns=[PROMPT_CUT])
+        checked = dataset.map(check, with_indices=True, remove_columns=[PROMPT_CUT])
+        return checked.filter(lambda row: not row[NOTHING_LEFT]).remove_columns(NOTHING_LEFT)
+    empty = [i for i, flag in enumerate(dataset[NOTHING_LEFT]) if flag]
+    if len(empty) == len(dataset):
+        raise DatasetFormatError(f"No row of the {split} dataset has a completion token left: {drop_hint}")
+    if empty:
+        logger.warning("%s dataset: dropped %d of %d rows with no completion token left (row %d first). %s",
+                       split, len(empty), len(dataset), empty[0], drop_hint)
+        dataset = dataset.select(sorted(set(range(len(dataset))) - set(empty)))
+    dataset = dataset.remove_columns(NOTHING_LEFT)
     n = len(dataset)
     cut = sum(dataset[PROMPT_CUT])
     if cut:

@@ -66,9 +66,9 @@ def refuse_transform(dataset, split: str, can_skip: bool = False) -> None:
 def require_sized(dataset, split: str, feature: str) -> None:
     """Refuse a stream where ``feature`` needs the whole split before training."""
     if is_streaming(dataset):
-        raise ValueError(f"{feature} needs the whole {split} dataset before training, but it is a stream "
-                         "(IterableDataset). Load it without streaming=True (or convert it with "
-                         "Dataset.from_generator), or turn the option off.")
+        raise ValueError(f"{feature} is not supported with IterableDataset: it needs the whole {split} dataset "
+                         "before training, but that split is a stream. Load it without streaming=True (or convert it "
+                         "with Dataset.from_generator), or turn the option off.")
 
 
 __all__ = ["is_streaming", "column_names", "first_row", "map_options", "refuse_transform", "require_sized"]

@@ -23,7 +23,7 @@ import torch
 from ..losses.tokens import LossSum
 from ..losses.kto import RunningMean, bco_loss, kto_kl_estimate, kto_loss
 from .base import check_choice
-from ..data.streaming import is_streaming, require_sized
+from ..data.streaming import is_streaming
 from ..data.preference import concat_rows, kl_rows
 from .logprobs import completion_logps
 from .preference_base import ReferenceConfig, ReferencePreferenceTrainer
@@ -83,8 +83,6 @@ class KTOTrainer(ReferencePreferenceTrainer):
         return args.loss_type == "kto"
 
     def _after_tokenize(self, dataset, args):
-        if args.precompute_ref_log_probs:
-            require_sized(dataset, "train", "precompute_ref_log_probs=True")
         if args.precompute_ref_log_probs and self._needs_kl_rows(args) and len(dataset) > 1:
             # precomputed KL reference log-probs need fixed mismatched pairs: row i gets row i+1's completion
             comps = list(dataset["completion_input_ids"])
@@ -139,6 +137,7 @@ class KTOTrainer(ReferencePreferenceTrainer):
                 self.record("kl", kl)
             out = kto_loss(policy.sum, ref, labels, kl, beta=args.beta, desirable_weight=args.desirable_weight,
                            undesirable_weight=args.undesirable_weight, loss_type=args.loss_type)
+        self.keep_predictions(args.beta * (policy.sum - ref), labels.long())
         self.record_pooled("rewards/chosen", out.chosen_rewards)
         self.record_pooled("rewards/rejected", out.rejected_rewards)
         self.record_pooled("logps/chosen", policy.sum.detach()[labels])

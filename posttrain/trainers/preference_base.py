@@ -369,10 +369,25 @@ class PreferenceTrainer(BaseTrainer):
         raise NotImplementedError
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """The loss, and for ``compute_metrics`` the batch's :meth:`keep_predictions` (no logits: they would be
+        (tokens, vocabulary) tensors gathered over the whole evaluation)."""
         inputs = self._prepare_inputs(inputs)
+        self._predictions = None
         with torch.no_grad(), self.compute_loss_context_manager(), self.sequence_rows(inputs):
             loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
+        if prediction_loss_only or self._predictions is None:
+            return loss.detach(), None, None
+        return (loss.detach(), *self._predictions)
+
+    _predictions = None
+
+    def keep_predictions(self, predictions: torch.Tensor, labels: torch.Tensor) -> None:
+        """What an evaluation hands ``compute_metrics`` (``EvalPrediction.predictions`` and ``.label_ids``) for this
+        batch: paired trainers the (B, 2) implicit rewards of chosen and rejected, labelled 0 (the chosen column is the
+        preferred one: accuracy is ``(predictions.argmax(-1) == label_ids).mean()``); unpaired ones the (B,) implicit
+        rewards with the rows' labels (1 desirable, 0 undesirable). Only while evaluating with ``compute_metrics``."""
+        if self.compute_metrics is not None and not self.model.training:
+            self._predictions = (predictions.detach().float(), labels.detach())
 
     def model_rows(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The model inputs of a collated batch: the rows, and with image data everything the processor returned."""
@@ -384,6 +399,8 @@ class PreferenceTrainer(BaseTrainer):
     def record_pair_metrics(self, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps, policy: SequenceLogps):
         """TRL's paired metrics for one micro-batch."""
         n = chosen_rewards.shape[0]
+        self.keep_predictions(torch.stack([chosen_rewards, rejected_rewards], dim=1),
+                              torch.zeros(n, dtype=torch.long, device=chosen_rewards.device))
         self.record("rewards/chosen", chosen_rewards.mean())
         self.record("rewards/rejected", rejected_rewards.mean())
         self.record("rewards/accuracies", (chosen_rewards > rejected_rewards).float().mean())
@@ -442,6 +459,11 @@ class ReferencePreferenceTrainer(PreferenceTrainer):
                 raise ValueError("sync_ref_model=True needs a reference model in memory, but the reference is the "
                                  "policy with its adapter disabled (PEFT) or absent. Pass ref_model= or drop PEFT.")
             self.add_callback(SyncRefModelCallback(self))
+
+    def prepare_dataset(self, dataset, processing_class, args: ReferenceConfig, split: str):
+        if dataset is not None and args.precompute_ref_log_probs:  # a table of every row's reference log-probs
+            require_sized(dataset, split, "precompute_ref_log_probs=True")
+        return super().prepare_dataset(dataset, processing_class, args, split)
 
     @property
     def ref_model(self) -> torch.nn.Module | None:
@@ -515,7 +537,6 @@ class ReferencePreferenceTrainer(PreferenceTrainer):
     def _with_reference_columns(self, dataset, name: str, checkpoint: str | None):
         if dataset is None or all(c in column_names(dataset) for c in self._ref_columns):
             return dataset
-        require_sized(dataset, name, "precompute_ref_log_probs=True")
         key = self._dataset_key(dataset)
         table = None
         for folder in (checkpoint, self.args.output_dir):

@@ -69,11 +69,11 @@ class ReferencePolicy:
             with eval_mode(policy):
                 yield policy
             return
-        raise RuntimeError(
-            "No reference policy is available: there is no separate reference model or peft adapter, and the policy "
-            "has already been trained, so it no longer stands in for the reference. (precompute_ref_log_probs=True: "
-            "a dataset without precomputed reference columns reached the trainer after training started; prepare "
-            "every dataset before training.)")
+        raise ValueError(
+            "Cannot compute reference log-probs for a dataset passed to evaluate() (or any dataset without precomputed "
+            "reference columns) once training has started: there is no separate reference model or peft adapter, and "
+            "the trained policy no longer stands in for the reference (precompute_ref_log_probs=True). Give every "
+            "dataset to the trainer before training, or pass ref_model=.")
 
 
 def reference_cache_key(dataset, reference: torch.nn.Module, trainer_name: str) -> str:

@@ -88,12 +88,20 @@ def test_empty_or_missing_completion_names_row(tiny_model_dir, tmp_path):
         dpo(tiny_model_dir, tmp_path, Dataset.from_list(rows))
 
 
-def test_prompt_longer_than_max_length(tiny_model_dir, tmp_path, tokenizer):
+def test_prompt_longer_than_max_length(tiny_model_dir, tmp_path, tokenizer, caplog):
     rows = pref_data(3).to_list()
     rows[1]["prompt"] = "Sort: " + " ".join(["3"] * 80) + "\n"
     data = Dataset.from_list(rows)
-    with pytest.raises(DatasetFormatError, match=r"Row 1 \(0-based\): the prompt is \d+ tokens but max_length=32"):
-        dpo(tiny_model_dir, tmp_path, data, max_length=32, max_prompt_length=None, truncation_mode="keep_start")
+    # keep_start leaves row 1 no completion token: dropped with a count (as TRL 1.9); a split left with none: an error
+    with caplog.at_level("WARNING", logger="posttrain"):
+        kept = dpo(tiny_model_dir, tmp_path, data, max_length=32, max_prompt_length=None,
+                   truncation_mode="keep_start").train_dataset
+    assert "dropped 1 of 3 rows with no completion token left (row 1 first)" in caplog.text
+    assert kept["prompt_input_ids"] == [tokenizer(rows[i]["prompt"])["input_ids"] for i in (0, 2)]
+    with pytest.raises(DatasetFormatError, match="No row of the train dataset has a completion token left: "
+                                                 "max_length=32 with truncation_mode='keep_start'"):
+        dpo(tiny_model_dir, tmp_path, Dataset.from_list(rows[1:2]), max_length=32, max_prompt_length=None,
+            truncation_mode="keep_start")
     # keep_end (the default) cuts the start of the prompt and keeps the whole completions
     ds = dpo(tiny_model_dir, tmp_path, data, max_length=32, max_prompt_length=None).train_dataset
     row = ds[1]

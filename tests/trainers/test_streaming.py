@@ -41,7 +41,8 @@ def test_an_empty_stream_is_a_clear_error():
 
 
 def test_what_needs_the_whole_split_refuses_a_stream():
-    with pytest.raises(ValueError, match="precompute_ref_log_probs=True needs the whole train dataset.*stream"):
+    with pytest.raises(ValueError, match="precompute_ref_log_probs=True is not supported with IterableDataset: it "
+                                         "needs the whole train dataset"):
         require_sized(_stream("preference"), "train", "precompute_ref_log_probs=True")
     require_sized(make_dataset("addition", "preference", n=4), "train", "anything")  # a Dataset passes
 
@@ -113,12 +114,13 @@ def test_preference_trainers_train_on_a_stream(trainer_cls, config_cls, kind, ti
     assert metrics["eval_stream_loss"] == pytest.approx(metrics["eval_raw_loss"], rel=1e-6)
 
 
-def test_precomputed_reference_log_probs_refuse_a_stream(tiny_model_dir, tmp_path):
-    trainer = DPOTrainer(str(tiny_model_dir), args=train_args(DPOConfig, tmp_path, max_steps=1,
-                                                              precompute_ref_log_probs=True),
-                         train_dataset=_stream("preference"))
-    with pytest.raises(ValueError, match="precompute_ref_log_probs=True needs the whole train dataset"):
-        trainer.train()
+@pytest.mark.parametrize("where", ["train", "eval"])
+def test_precomputed_reference_log_probs_refuse_a_stream(where, tiny_model_dir, tmp_path):
+    data = {"train": make_dataset("addition", "preference", n=4), "eval": None}
+    data[where] = _stream("preference")
+    with pytest.raises(ValueError, match=f"precompute_ref_log_probs=True is not supported with IterableDataset.*{where}"):
+        DPOTrainer(str(tiny_model_dir), args=train_args(DPOConfig, tmp_path, max_steps=1, precompute_ref_log_probs=True),
+                   train_dataset=data["train"], eval_dataset=data["eval"])
 
 
 def test_reward_trainer_drops_overlong_pairs_of_a_stream_as_it_reads_them(tokenizer, tmp_path):

@@ -7,8 +7,8 @@ import datasets
 import pytest
 from transformers import TrainingArguments
 
-from posttrain import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RewardConfig, RewardTrainer, SFTConfig,
-                       SFTTrainer)
+from posttrain import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, KTOConfig, KTOTrainer, RewardConfig,
+                       RewardTrainer, SFTConfig, SFTTrainer)
 from posttrain.kit import build_tiny_model, make_dataset
 
 from conftest import train_args
@@ -109,3 +109,38 @@ def test_import_utils_answer_whether_each_package_imports():
         assert getattr(import_utils, name)() == (importlib.util.find_spec(module) is not None)
     assert not import_utils._available("no_such_package_anywhere")
     assert not import_utils._available("torch", min_version="999.0")
+
+
+@pytest.mark.parametrize("trainer_cls,config_cls,kind", [(DPOTrainer, DPOConfig, "preference"),
+                                                          (KTOTrainer, KTOConfig, "unpaired_preference")])
+def test_compute_metrics_gets_each_examples_implicit_rewards(trainer_cls, config_cls, kind, tiny_model_dir, tmp_path):
+    seen = []
+
+    def accuracy(pred):
+        seen.append(pred)
+        scores, labels = pred.predictions, pred.label_ids
+        right = scores.argmax(-1) == labels if scores.ndim == 2 else (scores > 0) == labels.astype(bool)
+        return {"my_accuracy": float(right.mean())}
+
+    data = make_dataset("addition", kind, n=6)
+    trainer = trainer_cls(tiny_model_dir, args=train_args(config_cls, tmp_path, max_steps=1), train_dataset=data,
+                          eval_dataset=data, compute_metrics=accuracy)
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert 0.0 <= metrics["eval_my_accuracy"] <= 1.0
+    (pred,) = seen
+    if kind == "preference":  # (chosen, rejected) rewards of each pair; label 0: the chosen one
+        assert pred.predictions.shape == (6, 2) and (pred.label_ids == 0).all()
+        assert metrics["eval_rewards/accuracies"] == pytest.approx(metrics["eval_my_accuracy"])
+    else:  # each row's reward and its label
+        assert pred.predictions.shape == (6,) and sorted(pred.label_ids.tolist()) == sorted(int(x) for x in data["label"])
+
+
+def test_evaluating_a_new_dataset_once_the_initial_policy_is_trained_is_refused(tiny_model_dir, tmp_path):
+    data = make_dataset("addition", "preference", n=4)
+    trainer = DPOTrainer(tiny_model_dir, args=train_args(DPOConfig, tmp_path, max_steps=1, precompute_ref_log_probs=True),
+                         train_dataset=data)
+    assert trainer.evaluate(eval_dataset=data)["eval_loss"] > 0  # before training the policy is the reference
+    trainer.train()
+    with pytest.raises(ValueError, match="Cannot compute reference log-probs for a dataset passed to evaluate"):
+        trainer.evaluate(eval_dataset=make_dataset("addition", "preference", n=4, seed=5))
