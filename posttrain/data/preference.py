@@ -39,6 +39,18 @@ logger = logging.getLogger("posttrain")
 # =============================================================================================
 
 
+TRL_1X_NAMES = {"prompt_ids": "prompt_input_ids", "chosen_ids": "chosen_input_ids", "rejected_ids": "rejected_input_ids",
+                "completion_ids": "completion_input_ids"}
+"""TRL 1.x's names of tokenized preference columns, and posttrain's (TRL 0.x's, which CPO/ORPO/BCO keep)."""
+
+
+def ids_of(example: Mapping[str, Any], column: str) -> Any:
+    """A row's token ids of ``column`` (``prompt``, ``chosen``, ...) under posttrain's name (``<column>_input_ids``)
+    or TRL 1.x's (``<column>_ids``)."""
+    value = example.get(f"{column}_input_ids")
+    return value if value is not None else example[f"{column}_ids"]
+
+
 class NoCompletionLeft(DatasetFormatError):
     """:func:`fit_lengths` with ``truncation_mode="keep_start"`` and a prompt of at least ``max_length`` tokens: no
     completion token is left to train on. Dataset preparation drops such rows (with a count); a batch cannot."""
@@ -279,8 +291,8 @@ class DataCollatorForPreference:
     per_sequence_cost: float | None = None  # padding-free: one row or bin-packed, per batch (padding_free_rows)
 
     def __call__(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        prompts = [ex["prompt_input_ids"] for ex in examples]
-        completions = [ex["chosen_input_ids"] for ex in examples] + [ex["rejected_input_ids"] for ex in examples]
+        prompts = [ids_of(ex, "prompt") for ex in examples]
+        completions = [ids_of(ex, "chosen") for ex in examples] + [ids_of(ex, "rejected") for ex in examples]
         batch = build_rows(prompts + prompts, completions, pad_token_id=self.pad_token_id,
                            padding_free=self.padding_free, pad_to_multiple_of=self.pad_to_multiple_of,
                            flatten=self.flatten, length_buckets=self.length_buckets,
@@ -450,8 +462,8 @@ class DataCollatorForUnpairedPreference:
     per_sequence_cost: float | None = None  # padding-free: one row or bin-packed, per batch (padding_free_rows)
 
     def __call__(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        prompts = [ex["prompt_input_ids"] for ex in examples]
-        comps = [ex["completion_input_ids"] for ex in examples]
+        prompts = [ids_of(ex, "prompt") for ex in examples]
+        comps = [ids_of(ex, "completion") for ex in examples]
         kw = dict(pad_token_id=self.pad_token_id, padding_free=self.padding_free, pad_to_multiple_of=self.pad_to_multiple_of,
                   flatten=self.flatten, length_buckets=self.length_buckets, per_sequence_cost=self.per_sequence_cost)
         batch = build_rows(prompts, comps, **kw)

@@ -40,7 +40,7 @@ from ..data import (DatasetFormatError, column_names, detect_format, first_row, 
                     refuse_transform, require_kind, require_sized, validate_example)
 from ..data.formats import PREFERENCE, PREFERENCE_IMPLICIT, UNPAIRED_PREFERENCE
 from ..data.preference import (DataCollatorForPreference, DataCollatorForUnpairedPreference,
-                               DataCollatorForVisionPreference, report_truncation,
+                               TRL_1X_NAMES, DataCollatorForVisionPreference, report_truncation,
                                tokenize_preference_row)
 from ..data.templates import unpair_preference
 from ..data.tokenize import TRUNCATION_MODES
@@ -233,6 +233,10 @@ class PreferenceTrainer(BaseTrainer):
         refuse_transform(dataset, split)
         trainer = type(self).__name__
         columns = column_names(dataset)
+        renames = {old: new for old, new in TRL_1X_NAMES.items() if old in columns and new not in columns}
+        if renames:  # pre-tokenized with TRL 1.x's names
+            dataset = dataset.rename_columns(renames)
+            columns = column_names(dataset)
         if self._paired and "prompt_input_ids" in columns and "chosen_input_ids" in columns:
             return dataset  # already tokenized
         if not self._paired and "prompt_input_ids" in columns and "completion_input_ids" in columns:

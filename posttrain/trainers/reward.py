@@ -14,6 +14,7 @@ right-padded batch: the B chosen rows, then the B rejected rows).
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,8 +41,10 @@ from .base import BaseTrainer, PosttrainConfig
 logger = logging.getLogger("posttrain")
 
 # Pre-tokenized column names accepted as they are (TRL's current names, and its older ones).
-_TOKENIZED = ("chosen_input_ids", "rejected_input_ids")
-_LEGACY_TOKENIZED = {"input_ids_chosen": "chosen_input_ids", "input_ids_rejected": "rejected_input_ids"}
+_TOKENIZED = ("chosen_ids", "rejected_ids")  # TRL 1.x's names
+# older names of pre-tokenized columns: TRL 0.x's, and TRL 1.x's (and posttrain's) before TRL 1.9
+_LEGACY_TOKENIZED = {"input_ids_chosen": "chosen_ids", "input_ids_rejected": "rejected_ids",
+                     "chosen_input_ids": "chosen_ids", "rejected_input_ids": "rejected_ids"}
 
 
 @dataclass
@@ -102,7 +105,7 @@ def tokenize_preference_pair(example: Mapping[str, Any], row: int, *, tokenizer,
                 raise DatasetFormatError(f"Row {row} (0-based), column '{key}': the completion has no tokens; every pair needs a "
                                          "non-empty chosen and rejected completion.")
             ids = prompt_ids + completion_ids
-        out[f"{key}_input_ids"] = ids
+        out[f"{key}_ids"] = ids
     return out
 
 
@@ -117,7 +120,7 @@ class RewardDataCollator:
     pad_to_multiple_of: int | None = None
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        seqs = [list(ex["chosen_input_ids"]) for ex in examples] + [list(ex["rejected_input_ids"]) for ex in examples]
+        seqs = [list(ex["chosen_ids"]) for ex in examples] + [list(ex["rejected_ids"]) for ex in examples]
         batch = {
             "input_ids": pad_sequences(seqs, self.pad_token_id, multiple_of=self.pad_to_multiple_of),
             "attention_mask": pad_sequences([[1] * len(s) for s in seqs], 0, multiple_of=self.pad_to_multiple_of),
@@ -128,7 +131,7 @@ class RewardDataCollator:
 
 
 def prepare_reward_dataset(dataset, processing_class, args: RewardConfig, split: str = "train"):
-    """Validate and tokenize a preference split into ``chosen_input_ids``/``rejected_input_ids`` (+ ``margin``) rows,
+    """Validate and tokenize a preference split into ``chosen_ids``/``rejected_ids`` (+ ``margin``) rows,
     dropping pairs longer than ``args.max_length`` (see :class:`RewardConfig`). Pre-tokenized splits pass through."""
     if dataset is None:
         return None
@@ -137,6 +140,9 @@ def prepare_reward_dataset(dataset, processing_class, args: RewardConfig, split:
     for old, new in _LEGACY_TOKENIZED.items():
         names = column_names(dataset)
         if old in names and new not in names:
+            warnings.warn(f"The {split} dataset's column '{old}' is an older name of '{new}' (TRL 1.x's name), which "
+                          "RewardTrainer reads it as; rename it, as the old name will stop being read.", FutureWarning,
+                          stacklevel=3)
             dataset = dataset.rename_column(old, new)
     names = column_names(dataset)
     row = first_row(dataset, split)
@@ -160,7 +166,7 @@ def prepare_reward_dataset(dataset, processing_class, args: RewardConfig, split:
         if bad:
             raise DatasetFormatError(_margin_error(bad[0], dataset[bad[0]]["margin"]))
     if args.max_length is not None:
-        lengths = [max(len(c), len(r)) for c, r in zip(dataset["chosen_input_ids"], dataset["rejected_input_ids"])]
+        lengths = [max(len(c), len(r)) for c, r in zip(dataset["chosen_ids"], dataset["rejected_ids"])]
         keep_rows = [i for i, n in enumerate(lengths) if n <= args.max_length]
         if not keep_rows:
             raise DatasetFormatError(
@@ -191,7 +197,7 @@ def _checked_stream(dataset, split: str, max_length: int | None, margin: bool):
     def keep(ex, i):
         if margin and not _is_margin(ex["margin"]):
             raise DatasetFormatError(_margin_error(i, ex["margin"]))
-        longest = max(len(ex["chosen_input_ids"]), len(ex["rejected_input_ids"]))
+        longest = max(len(ex["chosen_ids"]), len(ex["rejected_ids"]))
         if max_length is None or longest <= max_length:
             return True
         if not warned:
@@ -263,7 +269,7 @@ class RewardTrainer(ClassifierTrainer):
     * ``model``: a sequence-classification model with ``num_labels=1``, or its name/path (loaded with
       ``AutoModelForSequenceClassification`` and ``num_labels=1``; a causal-LM checkpoint gets a fresh score head).
     * ``train_dataset``/``eval_dataset``: ``prompt``/``chosen``/``rejected`` or ``chosen``/``rejected`` rows, with an
-      optional float ``margin`` column; or pre-tokenized ``chosen_input_ids``/``rejected_input_ids`` rows.
+      optional float ``margin`` column; or pre-tokenized ``chosen_ids``/``rejected_ids`` rows.
     * ``peft_config``: LoRA; the task type is set to ``SEQ_CLS`` so the score head is trained and saved in full
       (``modules_to_save``).
 
@@ -276,7 +282,7 @@ class RewardTrainer(ClassifierTrainer):
 
     config_class = RewardConfig
     _run_suffix = "Reward"
-    _input_columns = ("chosen_input_ids", "rejected_input_ids", "margin")
+    _input_columns = ("chosen_ids", "rejected_ids", "margin")
 
     # -- hooks ----------------------------------------------------------------------------------
     def prepare_dataset(self, dataset, processing_class, args: RewardConfig, split: str):

@@ -59,9 +59,9 @@ def test_explicit_and_implicit_prompts_tokenize_identically(tokenizer):
     implicit = prepare_reward_dataset(_implicit(_pairs()), tokenizer, RewardConfig(output_dir="x", report_to=[]), "train")
     row = _pairs()[0]
     want = tokenizer(row["prompt"] + row["chosen"])["input_ids"] + [tokenizer.eos_token_id]
-    assert explicit[0]["chosen_input_ids"] == want
-    assert explicit["chosen_input_ids"] == implicit["chosen_input_ids"]
-    assert explicit["rejected_input_ids"] == implicit["rejected_input_ids"]
+    assert explicit[0]["chosen_ids"] == want
+    assert explicit["chosen_ids"] == implicit["chosen_ids"]
+    assert explicit["rejected_ids"] == implicit["rejected_ids"]
 
 
 def _implicit(ds):
@@ -74,23 +74,23 @@ def test_conversational_pairs_use_the_chat_template(tokenizer):
     ds = make_dataset("sort", "preference", n=4, seed=0, conversational=True)
     out = prepare_reward_dataset(ds, tokenizer, RewardConfig(output_dir="x", report_to=[]), "train")
     row = ds[0]
-    assert out[0]["chosen_input_ids"] == chat_template_ids(tokenizer, row["prompt"] + row["chosen"])
-    assert out[0]["rejected_input_ids"] == chat_template_ids(tokenizer, row["prompt"] + row["rejected"])
+    assert out[0]["chosen_ids"] == chat_template_ids(tokenizer, row["prompt"] + row["chosen"])
+    assert out[0]["rejected_ids"] == chat_template_ids(tokenizer, row["prompt"] + row["rejected"])
     # implicit-prompt conversations: the whole conversation through the chat template
     imp = Dataset.from_list([{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in ds])
     out2 = prepare_reward_dataset(imp, tokenizer, RewardConfig(output_dir="x", report_to=[]), "train")
-    assert out2["chosen_input_ids"] == out["chosen_input_ids"]
+    assert out2["chosen_ids"] == out["chosen_ids"]
 
 
 def test_collator_concatenates_chosen_then_rejected_with_margin(tokenizer):
     ds = _pairs(3).add_column("margin", [0.5, 1.0, 2.0])
     prepared = prepare_reward_dataset(ds, tokenizer, RewardConfig(output_dir="x", report_to=[]), "train")
-    assert set(prepared.column_names) == {"chosen_input_ids", "rejected_input_ids", "margin"}
+    assert set(prepared.column_names) == {"chosen_ids", "rejected_ids", "margin"}
     batch = RewardDataCollator(tokenizer.pad_token_id)(list(prepared))
     assert batch["input_ids"].shape[0] == 6 and batch["margin"].tolist() == [0.5, 1.0, 2.0]
     for i in range(3):
-        n = len(prepared[i]["rejected_input_ids"])
-        assert batch["input_ids"][3 + i, :n].tolist() == prepared[i]["rejected_input_ids"]
+        n = len(prepared[i]["rejected_ids"])
+        assert batch["input_ids"][3 + i, :n].tolist() == prepared[i]["rejected_ids"]
         assert batch["attention_mask"][3 + i].sum() == n
         assert (batch["input_ids"][3 + i, n:] == tokenizer.pad_token_id).all()
 
@@ -116,7 +116,7 @@ def test_max_length_drops_long_pairs_and_errors_when_none_fit(tokenizer, caplog)
                             {"prompt": "Sort: 9 8 7 6 5 4 3 2 1 0 9 8 7 6\n", "chosen": "0 1", "rejected": "1 0"}])
     lengths = [len(tokenizer(r["prompt"] + r["chosen"])["input_ids"]) + 1 for r in ds]
     out = prepare_reward_dataset(ds, tokenizer, RewardConfig(output_dir="x", report_to=[], max_length=lengths[0]), "train")
-    assert len(out) == 1 and len(out[0]["chosen_input_ids"]) == lengths[0]
+    assert len(out) == 1 and len(out[0]["chosen_ids"]) == lengths[0]
     assert "dropped 1 of 2 pairs longer than max_length" in caplog.text
     with pytest.raises(DatasetFormatError, match=r"longer than max_length=4 tokens .*Increase max_length"):
         prepare_reward_dataset(ds, tokenizer, RewardConfig(output_dir="x", report_to=[], max_length=4), "train")

@@ -128,7 +128,7 @@ def test_reward_trainer_drops_overlong_pairs_of_a_stream_as_it_reads_them(tokeni
     data = make_dataset("addition", "preference", n=12)
     short = RewardTrainer(model, args=train_args(RewardConfig, tmp_path, max_length=None, max_steps=1),
                           train_dataset=data.to_iterable_dataset(), processing_class=tokenizer)
-    lengths = [max(len(r["chosen_input_ids"]), len(r["rejected_input_ids"])) for r in short.train_dataset]
+    lengths = [max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in short.train_dataset]
     limit = min(lengths)
     assert max(lengths) > limit
     trainer = RewardTrainer(model, args=train_args(RewardConfig, tmp_path, max_length=limit, max_steps=2,
@@ -136,7 +136,7 @@ def test_reward_trainer_drops_overlong_pairs_of_a_stream_as_it_reads_them(tokeni
                             train_dataset=data.to_iterable_dataset(), processing_class=tokenizer)
     kept = list(trainer.train_dataset)
     assert 0 < len(kept) < len(lengths)
-    assert all(max(len(r["chosen_input_ids"]), len(r["rejected_input_ids"])) <= limit for r in kept)
+    assert all(max(len(r["chosen_ids"]), len(r["rejected_ids"])) <= limit for r in kept)
     before = _snapshot(trainer)
     trainer.train()
     assert _changed(before, trainer.model)

@@ -4,6 +4,7 @@ chat_template_kwargs (config and per-row column), model tags; a transformed data
 import copy
 
 import datasets
+import torch
 import pytest
 from transformers import TrainingArguments
 
@@ -87,7 +88,7 @@ def test_dpo_reward_and_grpo_render_prompts_with_chat_template_kwargs(tiny_model
     reward = RewardTrainer(build_tiny_model("qwen2", head="seq-cls", size="tiny"),
                            args=train_args(RewardConfig, tmp_path, chat_template_kwargs={"shout": True}),
                            train_dataset=pairs, processing_class=shouting)
-    assert reward.train_dataset[0]["chosen_input_ids"][: len(prompt)] == prompt
+    assert reward.train_dataset[0]["chosen_ids"][: len(prompt)] == prompt
 
     prompts = make_dataset("addition", "prompt_only", n=2, conversational=True)
     prompts = prompts.add_column("chat_template_kwargs", [{"shout": True}, {"shout": False}])
@@ -144,3 +145,55 @@ def test_evaluating_a_new_dataset_once_the_initial_policy_is_trained_is_refused(
     trainer.train()
     with pytest.raises(ValueError, match="Cannot compute reference log-probs for a dataset passed to evaluate"):
         trainer.evaluate(eval_dataset=make_dataset("addition", "preference", n=4, seed=5))
+
+
+def test_trl_module_paths_name_posttrains_classes():
+    import posttrain
+    from posttrain.data import DataCollatorForLanguageModeling
+    from posttrain.data.preference import DataCollatorForPreference as DPOCollator
+    from posttrain.trainer import dpo_trainer, grpo_trainer, kto_trainer, reward_trainer, rloo_trainer, sft_trainer
+    from posttrain.trainers.reward import RewardDataCollator
+
+    assert sft_trainer.SFTTrainer is posttrain.SFTTrainer and sft_trainer.DataCollatorForLanguageModeling is \
+        DataCollatorForLanguageModeling
+    assert dpo_trainer.DataCollatorForPreference is DPOCollator
+    assert reward_trainer.DataCollatorForPreference is RewardDataCollator  # TRL's name for the reward pairs' collator
+    assert (kto_trainer.KTOTrainer, grpo_trainer.GRPOTrainer, rloo_trainer.RLOOTrainer) == \
+        (posttrain.KTOTrainer, posttrain.GRPOTrainer, posttrain.RLOOTrainer)
+
+
+def test_collators_and_pre_tokenized_data_take_trl_1x_column_names(tiny_model_dir, tokenizer, tmp_path):
+    from posttrain.trainer.dpo_trainer import DataCollatorForPreference
+    from posttrain.trainer.kto_trainer import DataCollatorForUnpairedPreference
+
+    old = [{"prompt_input_ids": [1, 2, 3], "chosen_input_ids": [4, 5], "rejected_input_ids": [6]}]
+    new = [{"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6]}]
+    pairs = DataCollatorForPreference(pad_token_id=0)
+    for key, value in pairs(old).items():
+        torch.testing.assert_close(pairs(new)[key], value)
+    unpaired = DataCollatorForUnpairedPreference(pad_token_id=0)
+    rows_old = [{"prompt_input_ids": [1, 2], "completion_input_ids": [3], "label": True}]
+    rows_new = [{"prompt_ids": [1, 2], "completion_ids": [3], "label": True}]
+    for key, value in unpaired(rows_old).items():
+        torch.testing.assert_close(unpaired(rows_new)[key], value)
+
+    raw = make_dataset("addition", "preference", n=4)
+    ours = DPOTrainer(tiny_model_dir, args=train_args(DPOConfig, tmp_path), train_dataset=raw,
+                      processing_class=tokenizer).train_dataset
+    trl_named = ours.rename_columns({"prompt_input_ids": "prompt_ids", "chosen_input_ids": "chosen_ids",
+                                     "rejected_input_ids": "rejected_ids"})
+    again = DPOTrainer(tiny_model_dir, args=train_args(DPOConfig, tmp_path), train_dataset=trl_named,
+                       processing_class=tokenizer).train_dataset
+    assert again.to_list() == ours.to_list()
+
+
+def test_reward_data_uses_trl_1x_names_and_reads_older_ones_with_a_warning(tokenizer, tmp_path):
+    model = build_tiny_model("qwen2", head="seq-cls", size="tiny")
+    prepared = RewardTrainer(model, args=train_args(RewardConfig, tmp_path), processing_class=tokenizer,
+                             train_dataset=make_dataset("addition", "preference", n=4)).train_dataset
+    assert set(prepared.column_names) == {"chosen_ids", "rejected_ids"}
+    older = prepared.rename_columns({"chosen_ids": "chosen_input_ids", "rejected_ids": "rejected_input_ids"})
+    with pytest.warns(FutureWarning, match="'chosen_input_ids' is an older name of 'chosen_ids'"):
+        again = RewardTrainer(model, args=train_args(RewardConfig, tmp_path), processing_class=tokenizer,
+                              train_dataset=older).train_dataset
+    assert again.to_list() == prepared.to_list()
