@@ -124,6 +124,7 @@ class BCOTrainer(KTOTrainer):
 
     config_class = BCOConfig
     _run_suffix = "BCO"
+    _trl_1x_names = False  # TRL's BCO (experimental) keeps the prompt_input_ids names
 
     def __init__(self, model, ref_model=None, args: BCOConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, data_collator=None, callbacks=None, optimizers=(None, None),

@@ -93,6 +93,7 @@ class DPOTrainer(ReferencePreferenceTrainer):
 
     config_class = DPOConfig
     _run_suffix = "DPO"
+    _trl_1x_names = True
     _paired = True
     _ref_columns = ("ref_chosen_logps", "ref_rejected_logps")
 

@@ -61,8 +61,9 @@ class KTOTrainer(ReferencePreferenceTrainer):
     config_class = KTOConfig
     _run_suffix = "KTO"
     _paired = False
-    _input_columns = ("prompt_input_ids", "completion_input_ids", "label", "kl_completion_input_ids",
-                      "reference_logps", "reference_KL_logps")
+    _trl_1x_names = True
+    _input_columns = ("prompt_input_ids", "completion_input_ids", "prompt_ids", "completion_ids", "label",
+                      "kl_completion_input_ids", "reference_logps", "reference_KL_logps")
 
     def __init__(self, model, ref_model=None, args: KTOConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, data_collator=None, callbacks=None, optimizers=(None, None),

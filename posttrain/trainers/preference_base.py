@@ -171,8 +171,8 @@ class PreferenceTrainer(BaseTrainer):
 
     _paired = True
     _ref_columns: tuple[str, ...] = ()
-    _input_columns = ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids", "ref_chosen_logps",
-                      "ref_rejected_logps")
+    _input_columns = ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids", "prompt_ids", "chosen_ids",
+                      "rejected_ids", "ref_chosen_logps", "ref_rejected_logps")
     _vision = False  # the data has images: raw rows, collated by DataCollatorForVisionPreference
     _not_model_inputs = ("ref_chosen_logps", "ref_rejected_logps")
 
@@ -226,8 +226,21 @@ class PreferenceTrainer(BaseTrainer):
     def _needs_kl_rows(self, args) -> bool:
         return False
 
+    # DPO, KTO: prepared splits name their token columns as TRL 1.x does (prompt_ids, chosen_ids, ...); CPO, ORPO and
+    # BCO keep TRL 0.x's (prompt_input_ids, ...), as TRL's experimental trainers do
+    _trl_1x_names = False
+
     def prepare_dataset(self, dataset, processing_class, args: PreferenceConfig, split: str):
-        """Validate and tokenize a raw split (see the module docstring); tokenized splits pass through."""
+        """Validate and tokenize a raw split (see the module docstring); tokenized splits pass through. Token
+        columns are named by :attr:`_trl_1x_names`; the collators read either name."""
+        dataset = self._prepare_split(dataset, processing_class, args, split)
+        if dataset is None or not self._trl_1x_names:
+            return dataset
+        names = column_names(dataset)
+        renames = {ours: theirs for theirs, ours in TRL_1X_NAMES.items() if ours in names and theirs not in names}
+        return dataset.rename_columns(renames) if renames else dataset
+
+    def _prepare_split(self, dataset, processing_class, args: PreferenceConfig, split: str):
         if dataset is None:
             return None
         refuse_transform(dataset, split)

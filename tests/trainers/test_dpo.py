@@ -54,16 +54,16 @@ def pair_accuracy(trainer, dataset, average=False):
 def test_prepare_standard_implicit_and_conversational(tiny_model_dir, tmp_path, tokenizer):
     explicit = dpo(tiny_model_dir, tmp_path, pref_data(8)).train_dataset
     implicit = dpo(tiny_model_dir, tmp_path, make_dataset("addition", "preference_implicit", n=8, seed=0)).train_dataset
-    assert explicit.column_names == ["prompt_input_ids", "chosen_input_ids", "rejected_input_ids"]
+    assert explicit.column_names == ["prompt_ids", "chosen_ids", "rejected_ids"]
     # the implicit prompt is extracted: same questions, completions end with EOS
     row = explicit[0]
-    assert row["chosen_input_ids"][-1] == tokenizer.eos_token_id
-    assert tokenizer.decode(row["prompt_input_ids"]).startswith("Sort:")
-    assert tokenizer.decode(implicit[0]["prompt_input_ids"]).startswith("What is")
+    assert row["chosen_ids"][-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(row["prompt_ids"]).startswith("Sort:")
+    assert tokenizer.decode(implicit[0]["prompt_ids"]).startswith("What is")
     conv = dpo(tiny_model_dir, tmp_path, make_dataset("sort", "preference", n=8, seed=0, conversational=True)).train_dataset
-    text = tokenizer.decode(conv[0]["prompt_input_ids"])
+    text = tokenizer.decode(conv[0]["prompt_ids"])
     assert "<|im_start|>user" in text and text.rstrip().endswith("assistant")
-    assert "<|im_end|>" in tokenizer.decode(conv[0]["chosen_input_ids"])
+    assert "<|im_end|>" in tokenizer.decode(conv[0]["chosen_ids"])
 
 
 def test_missing_rejected_column_is_named(tiny_model_dir, tmp_path):
@@ -97,7 +97,7 @@ def test_prompt_longer_than_max_length(tiny_model_dir, tmp_path, tokenizer, capl
         kept = dpo(tiny_model_dir, tmp_path, data, max_length=32, max_prompt_length=None,
                    truncation_mode="keep_start").train_dataset
     assert "dropped 1 of 3 rows with no completion token left (row 1 first)" in caplog.text
-    assert kept["prompt_input_ids"] == [tokenizer(rows[i]["prompt"])["input_ids"] for i in (0, 2)]
+    assert kept["prompt_ids"] == [tokenizer(rows[i]["prompt"])["input_ids"] for i in (0, 2)]
     with pytest.raises(DatasetFormatError, match="No row of the train dataset has a completion token left: "
                                                  "max_length=32 with truncation_mode='keep_start'"):
         dpo(tiny_model_dir, tmp_path, Dataset.from_list(rows[1:2]), max_length=32, max_prompt_length=None,
@@ -105,10 +105,10 @@ def test_prompt_longer_than_max_length(tiny_model_dir, tmp_path, tokenizer, capl
     # keep_end (the default) cuts the start of the prompt and keeps the whole completions
     ds = dpo(tiny_model_dir, tmp_path, data, max_length=32, max_prompt_length=None).train_dataset
     row = ds[1]
-    assert len(row["prompt_input_ids"]) + max(len(row["chosen_input_ids"]), len(row["rejected_input_ids"])) == 32
+    assert len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"])) == 32
     full_prompt = tokenizer(rows[1]["prompt"])["input_ids"]
-    assert row["prompt_input_ids"] == full_prompt[-len(row["prompt_input_ids"]):]
-    assert tokenizer.decode(row["chosen_input_ids"]).startswith(rows[1]["chosen"])
+    assert row["prompt_ids"] == full_prompt[-len(row["prompt_ids"]):]
+    assert tokenizer.decode(row["chosen_ids"]).startswith(rows[1]["chosen"])
 
 
 def test_fit_lengths_rules():

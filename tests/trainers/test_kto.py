@@ -26,11 +26,11 @@ def test_kto_unpairs_paired_data(tiny_model_dir, tmp_path, tokenizer):
     for data in (pref_data(6), make_dataset("addition", "preference_implicit", n=6, seed=0)):
         ds = kto(tiny_model_dir, tmp_path, data).train_dataset
         assert len(ds) == 12 and sum(ds["label"]) == 6
-        assert set(ds.column_names) == {"prompt_input_ids", "completion_input_ids", "label"}
+        assert set(ds.column_names) == {"prompt_ids", "completion_ids", "label"}
     unpaired = make_dataset("sort", "unpaired_preference", n=6, seed=0)
     ds = kto(tiny_model_dir, tmp_path, unpaired).train_dataset
     assert list(ds["label"]) == list(unpaired["label"])
-    assert tokenizer.decode(ds[0]["completion_input_ids"]).startswith(unpaired[0]["completion"])
+    assert tokenizer.decode(ds[0]["completion_ids"]).startswith(unpaired[0]["completion"])
 
 
 def test_kto_non_bool_labels_are_an_error(tiny_model_dir, tmp_path):
@@ -58,10 +58,10 @@ def test_kto_kl_rows_are_shifted_completions(tiny_model_dir, tmp_path):
     assert batch["label"].dtype == torch.bool
     for i in range(4):
         j = (i + 1) % 4
-        expected = examples[i]["prompt_input_ids"] + examples[j]["completion_input_ids"]
+        expected = examples[i]["prompt_ids"] + examples[j]["completion_ids"]
         n = int(batch["kl_attention_mask"][i].sum())
         assert batch["kl_input_ids"][i, :n].tolist() == expected
-        assert batch["kl_completion_mask"][i, :n].sum() == len(examples[j]["completion_input_ids"])
+        assert batch["kl_completion_mask"][i, :n].sum() == len(examples[j]["completion_ids"])
     # loss types without the KL term skip the mismatched rows
     apo = kto(tiny_model_dir, tmp_path, pref_data(4), loss_type="apo_zero_unpaired")
     assert "kl_input_ids" not in apo.data_collator(examples)

@@ -8,8 +8,8 @@ import torch
 import pytest
 from transformers import TrainingArguments
 
-from posttrain import (DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, KTOConfig, KTOTrainer, RewardConfig,
-                       RewardTrainer, SFTConfig, SFTTrainer)
+from posttrain import (CPOConfig, CPOTrainer, DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, KTOConfig, KTOTrainer,
+                       RewardConfig, RewardTrainer, SFTConfig, SFTTrainer)
 from posttrain.kit import build_tiny_model, make_dataset
 
 from conftest import train_args
@@ -83,7 +83,7 @@ def test_dpo_reward_and_grpo_render_prompts_with_chat_template_kwargs(tiny_model
     dpo = DPOTrainer(tiny_model_dir, args=train_args(DPOConfig, tmp_path, chat_template_kwargs={"shout": True}),
                      train_dataset=pairs, processing_class=shouting)
     prompt = _rendered_ids(shouting, pairs[0]["prompt"], True, add_generation_prompt=True)
-    assert dpo.train_dataset[0]["prompt_input_ids"] == prompt
+    assert dpo.train_dataset[0]["prompt_ids"] == prompt
 
     reward = RewardTrainer(build_tiny_model("qwen2", head="seq-cls", size="tiny"),
                            args=train_args(RewardConfig, tmp_path, chat_template_kwargs={"shout": True}),
@@ -177,14 +177,17 @@ def test_collators_and_pre_tokenized_data_take_trl_1x_column_names(tiny_model_di
     for key, value in unpaired(rows_old).items():
         torch.testing.assert_close(unpaired(rows_new)[key], value)
 
+    # DPO's prepared splits carry TRL 1.x's names (CPO's TRL 0.x's); pre-tokenized data may use either
     raw = make_dataset("addition", "preference", n=4)
-    ours = DPOTrainer(tiny_model_dir, args=train_args(DPOConfig, tmp_path), train_dataset=raw,
-                      processing_class=tokenizer).train_dataset
-    trl_named = ours.rename_columns({"prompt_input_ids": "prompt_ids", "chosen_input_ids": "chosen_ids",
-                                     "rejected_input_ids": "rejected_ids"})
-    again = DPOTrainer(tiny_model_dir, args=train_args(DPOConfig, tmp_path), train_dataset=trl_named,
-                       processing_class=tokenizer).train_dataset
-    assert again.to_list() == ours.to_list()
+    prepared = DPOTrainer(tiny_model_dir, args=train_args(DPOConfig, tmp_path), train_dataset=raw,
+                          processing_class=tokenizer).train_dataset
+    assert prepared.column_names == ["prompt_ids", "chosen_ids", "rejected_ids"]
+    cpo = CPOTrainer(tiny_model_dir, args=train_args(CPOConfig, tmp_path), train_dataset=raw, processing_class=tokenizer)
+    assert cpo.train_dataset.column_names == ["prompt_input_ids", "chosen_input_ids", "rejected_input_ids"]
+    for given in (prepared, cpo.train_dataset):
+        again = DPOTrainer(tiny_model_dir, args=train_args(DPOConfig, tmp_path), train_dataset=given,
+                           processing_class=tokenizer).train_dataset
+        assert again.to_list() == prepared.to_list()
 
 
 def test_reward_data_uses_trl_1x_names_and_reads_older_ones_with_a_warning(tokenizer, tmp_path):
