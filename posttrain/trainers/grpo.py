@@ -15,6 +15,7 @@ import torch
 from ..losses.policy import GRPO_LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_loss
 from ..losses.tokens import masked_mean, nanstd, top_entropy_mask
 from ..losses.sampler_correction import SAMPLER_IS_MODES, sampler_importance_weights
+from ..models.moe import collect_aux_loss
 from .base import check_choice
 from .online_base import OnlineConfig, OnlineTrainer
 
@@ -27,6 +28,9 @@ class GRPOConfig(OnlineConfig):
     (``loss_type="dapo"``, ``beta=0``, ``num_generations=8``, ``learning_rate=1e-6``)."""
 
     epsilon: float = field(default=0.2, metadata={"help": "Lower clip range of the importance ratio (and upper, unless epsilon_high)."})
+    router_aux_loss_coef: float = field(default=0.001, metadata={"help": (
+        "Mixture-of-Experts policies: the weight of the router's load-balancing loss added to the loss (logged as "
+        "aux_loss); 0 turns it off. No effect on dense models.")})
     epsilon_high: float | None = field(default=None, metadata={"help": "Upper clip range (DAPO's clip-higher, e.g. 0.28; default: epsilon)."})
     delta: float | None = field(default=None, metadata={"help": "Upper bound of the unclipped ratio (two-sided clipping; None: off)."})
     use_bias_correction_kl: bool = field(
@@ -108,6 +112,10 @@ class GRPOTrainer(OnlineTrainer):
     """
 
     config_class = GRPOConfig
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.use_router_aux_loss(self.args.router_aux_loss_coef)  # after the reference's copy: it only scores
     _run_suffix = "GRPO"
 
     def needs_sampling_logps(self) -> bool:
@@ -145,7 +153,8 @@ class GRPOTrainer(OnlineTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args = self.args
-        logps, mask, entropies = self.token_logps(model, inputs, with_entropy=True)
+        with collect_aux_loss(model, self.aux_loss_enabled) as aux:
+            logps, mask, entropies = self.token_logps(model, inputs, with_entropy=True)
         if args.mask_truncated_completions:
             mask = mask & ~inputs["truncated"].unsqueeze(1)
         entropy_mask = None
@@ -169,6 +178,7 @@ class GRPOTrainer(OnlineTrainer):
             self.record(name, value)
         self.record("entropy", masked_mean(entropies, mask))
         loss = self.reduce_loss(out.total, out.count, inputs.get("num_items_in_batch") if out.spans_batch else None)
+        loss = self.add_router_aux_loss(loss, aux, model)
         return (loss, {}) if return_outputs else loss
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import MixtralConfig, MixtralForCausalLM
 
-from posttrain import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+from posttrain import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 from posttrain.kit import make_dataset
 
 from conftest import train_args
@@ -56,3 +56,14 @@ def test_sft_and_dpo_log_aux_loss_and_a_zero_weight_turns_it_off(tokenizer, tmp_
     assert not off.aux_loss_enabled and off.model.config.output_router_logits is False
     off.train()
     assert not any("aux_loss" in row for row in off.state.log_history)
+
+
+def test_grpo_adds_the_policys_router_loss(tokenizer, tmp_path):
+    args = train_args(GRPOConfig, tmp_path, max_steps=2, per_device_train_batch_size=4, num_generations=2,
+                      max_completion_length=4, learning_rate=1e-2)
+    trainer = GRPOTrainer(_moe(tokenizer), reward_funcs=lambda completions, **kw: [float(len(c)) for c in completions],
+                          args=args, train_dataset=make_dataset("addition", "prompt_only", n=8),
+                          processing_class=tokenizer)
+    assert trainer.aux_loss_enabled
+    trainer.train()
+    assert all(row["aux_loss"] > 0 for row in trainer.state.log_history if "loss" in row)
