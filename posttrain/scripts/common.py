@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 
 from ..data import load_any
 from ..models import ModelConfig, load_pretrained, load_processing_class, model_init_kwargs
@@ -46,13 +48,18 @@ def load_splits(script_args, training_args):
     return train, eval_ds
 
 
-def save_run(trainer, output_dir: str) -> None:
-    """Save the final model and tokenizer, and the log history as ``train_log.jsonl`` (one JSON object a line)."""
+def save_run(trainer, output_dir: str, seconds: float | None = None) -> None:
+    """Save the final model and tokenizer, the log history as ``train_log.jsonl`` (one JSON object a line) and the
+    logged curves as ``curves.png``; with the run's ``seconds``, print its summary (``summary.py``)."""
     from ..trainers.base import write_log
+    from .summary import CURVES_NAME, plot_curves, summarize
 
     trainer.save_model(output_dir)
     if trainer.is_world_process_zero():
-        write_log(trainer.state.log_history, output_dir)
+        log_file = write_log(trainer.state.log_history, output_dir)
+        curves_file = plot_curves(trainer.state.log_history, os.path.join(output_dir, CURVES_NAME))
+        if seconds is not None:
+            print(summarize(trainer, output_dir, seconds, log_file, curves_file), flush=True)
 
 
 def parse(config_class, argv: list[str] | None, prog: str, script_class=None):
@@ -75,8 +82,9 @@ def train(trainer_class, script_args, training_args, model_args: ModelConfig, *,
     train_ds, eval_ds = load_splits(script_args, training_args)
     trainer = trainer_class(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
                             processing_class=tokenizer, peft_config=peft_config(model_args), **trainer_kwargs)
+    started = time.monotonic()
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    save_run(trainer, training_args.output_dir)
+    save_run(trainer, training_args.output_dir, time.monotonic() - started)
     return trainer
 
 
