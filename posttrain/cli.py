@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "xpo": ("posttrain.scripts.xpo", "exploratory preference optimization (XPOTrainer)"),
     "ddpo": ("posttrain.scripts.ddpo", "denoising diffusion policy optimization for text-to-image pipelines (DDPOTrainer)"),
     "alignprop": ("posttrain.scripts.alignprop", "reward backpropagation through a diffusion sampler (AlignPropTrainer)"),
+    "generate": ("posttrain.scripts.generate:main_generate", "sample a model's completions for prompts or a dataset"),
+    "eval": ("posttrain.scripts.generate:main_eval", "score a model's completions with reward functions or a model"),
     "vllm-serve": ("posttrain.scripts.vllm_serve", "serve a model with vLLM for the online trainers' server mode"),
     "env": ("posttrain.cli", "print the versions a bug report needs"),
     "kit": ("posttrain.kit.cli", "build tiny offline models and synthetic datasets"),
@@ -166,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     if command != "kit" and any(a == "--accelerate_config" or a.startswith("--accelerate_config=") for a in rest):
         return relaunch(command, rest)
     quiet_optional_kernel_notices()
-    module = importlib.import_module(COMMANDS[command][0])
-    return leave_deepspeed_worker(run_reporting_errors(f"posttrain {command}", module.main, rest, debug))
+    module_name, _, function = COMMANDS[command][0].partition(":")
+    entry = getattr(importlib.import_module(module_name), function or "main")
+    return leave_deepspeed_worker(run_reporting_errors(f"posttrain {command}", entry, rest, debug))
 
 
 def quiet_optional_kernel_notices() -> None:

@@ -62,14 +62,20 @@ def save_run(trainer, output_dir: str, seconds: float | None = None) -> None:
             print(summarize(trainer, output_dir, seconds, log_file, curves_file), flush=True)
 
 
+def parse_classes(classes, argv: list[str] | None, prog: str):
+    """Instances of the dataclasses ``classes`` from the command line and an optional ``--config`` YAML file."""
+    from .args import PosttrainParser
+
+    return PosttrainParser(classes, prog=prog).parse_args_and_config(argv)
+
+
 def parse(config_class, argv: list[str] | None, prog: str, script_class=None):
     """(script_args, training_args, model_args) from the command line and an optional ``--config`` YAML file.
     ``script_class`` replaces :class:`~posttrain.scripts.args.ScriptArguments` (a subclass of it) for scripts
     with options of their own."""
-    from .args import PosttrainParser, ScriptArguments
+    from .args import ScriptArguments
 
-    classes = (script_class or ScriptArguments, config_class, ModelConfig)
-    return PosttrainParser(classes, prog=prog).parse_args_and_config(argv)
+    return parse_classes((script_class or ScriptArguments, config_class, ModelConfig), argv, prog)
 
 
 def train(trainer_class, script_args, training_args, model_args: ModelConfig, *, auto_class=None,

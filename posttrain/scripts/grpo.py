@@ -24,8 +24,8 @@ from .common import parse, train
 
 
 @dataclass
-class RewardScriptArguments(ScriptArguments):
-    """Data and reward-function options shared by the online scripts (TRL's names)."""
+class RewardOptions:
+    """Reward functions and models (TRL's names): the online scripts' and ``posttrain eval``'s."""
 
     reward_funcs: list[str] | None = field(
         default=None,
@@ -39,6 +39,11 @@ class RewardScriptArguments(ScriptArguments):
 
 
 @dataclass
+class RewardScriptArguments(ScriptArguments, RewardOptions):
+    """Data and reward-function options shared by the online scripts (TRL's names)."""
+
+
+@dataclass
 class GRPOScriptArguments(RewardScriptArguments):
     """Options of the GRPO / RLOO / PPO scripts: the shared reward options plus the older reward-model name."""
 
@@ -46,7 +51,7 @@ class GRPOScriptArguments(RewardScriptArguments):
         default=None, metadata={"help": "Older TRL name of --reward_model_name_or_path (RLOO/PPO scripts)."})
 
 
-def reward_functions(script_args: RewardScriptArguments, max_completion_length: int, required: bool = True) -> list:
+def reward_functions(script_args: RewardOptions, max_completion_length: int, required: bool = True) -> list:
     """The reward models (paths first) and functions named by the script arguments; with ``required``, at least
     one must be given."""
     models = (script_args.reward_model_name_or_path, getattr(script_args, "reward_model_path", None))

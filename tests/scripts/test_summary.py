@@ -3,6 +3,8 @@ curves.png in the output folder (posttrain/scripts/summary.py)."""
 
 import types
 
+import pytest
+
 from posttrain.cli import main
 from posttrain.scripts.summary import curves, plot_curves, summarize
 
@@ -49,3 +51,32 @@ def test_a_cli_run_prints_its_summary_and_draws_its_curves(tiny_model_dir, tmp_p
     assert f"model:       {out}" in printed and "checkpoints: 2 (last: checkpoint-2)" in printed
     assert "final train: loss" in printed and f"curves:      {out / 'curves.png'}" in printed
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_generate_prints_completions_and_writes_them(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "samples.jsonl"
+    assert main(["generate", "--model_name_or_path", tiny_model_dir, "--prompt", "Sort: 3 1 2", "hi",
+                 "--max_new_tokens", "4", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "> Sort: 3 1 2" in printed and "> hi" in printed and "2 samples written to" in printed
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["Sort: 3 1 2", "hi"] and all(isinstance(r["completion"], str) for r in rows)
+
+
+def test_eval_scores_sampled_completions_with_the_kits_answers(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from posttrain.kit import make_dataset, write_dataset
+
+    data = write_dataset(make_dataset("addition", "prompt_only", n=6, seed=0), str(tmp_path / "test.jsonl"))
+    out = tmp_path / "scored.jsonl"
+    assert main(["eval", "--model_name_or_path", tiny_model_dir, "--dataset_name", data, "--reward_funcs", "accuracy",
+                 "--temperature", "1.0", "--num_samples", "2", "--max_new_tokens", "4", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "12 completions of 6 prompts (temperature 1.0):" in printed and "accuracy" in printed
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 12 and all(set(r["scores"]) == {"accuracy_reward"} or len(r["scores"]) == 1 for r in rows)
+    with pytest.raises(SystemExit, match="give --reward_funcs"):  # nothing to score with
+        main(["eval", "--model_name_or_path", tiny_model_dir, "--dataset_name", data])
