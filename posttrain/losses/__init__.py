@@ -4,6 +4,7 @@ from .distill import generalized_jsd_loss
 from .online_preference import geometric_mixture_logits, nash_md_loss, xpo_loss
 from .policy import (
     gae,
+    decoupled_group_rewards,
     group_advantages,
     grpo_loss,
     kl_penalty,
@@ -29,7 +30,7 @@ from .reward import (
 
 __all__ = [
     "generalized_jsd_loss", "geometric_mixture_logits", "nash_md_loss", "xpo_loss", "entropy_from_logits", "gae",
-    "group_advantages", "grpo_loss", "kl_penalty", "masked_mean", "masked_sum", "masked_whiten", "ppo_policy_loss",
+    "decoupled_group_rewards", "group_advantages", "grpo_loss", "kl_penalty", "masked_mean", "masked_sum", "masked_whiten", "ppo_policy_loss",
     "ppo_value_loss", "rloo_advantages", "rloo_loss", "selective_log_softmax", "sequence_kl", "top_entropy_mask",
     "RunningMean", "bco_loss", "cpo_loss", "dpo_implicit_rewards", "dpo_loss", "kto_kl_estimate", "kto_loss",
     "orpo_loss", "sft_loss_from_logps", "sft_token_loss", "token_accuracy", "token_dft", "token_nll",

@@ -25,6 +25,7 @@ from .tokens import as_weights, masked_mean, masked_sum
 
 __all__ = [
     "GroupAdvantages",
+    "decoupled_group_rewards",
     "group_advantages",
     "rloo_advantages",
     "gae",
@@ -65,6 +66,34 @@ class GroupAdvantages(NamedTuple):
         zero = torch.isclose(self.group_std, torch.zeros_like(self.group_std))
         dtype = self.group_std.dtype if self.group_std.is_floating_point() else torch.float32
         return zero.to(dtype).mean()
+
+
+def decoupled_group_rewards(per_function: torch.Tensor, weights: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """Group reward-decoupled normalisation — Liu et al. 2026, 'GDPO: Group reward-Decoupled Normalization Policy
+    Optimization for Multi-reward RL Optimization' (arXiv 2601.05242), its first stage: each reward function's rewards
+    normalised within each prompt's group, (r_k - mean_group(r_k)) / (std_group(r_k) + 1e-4), then summed with the
+    weights, sum_k w_k (...). Summing first (GRPO) lets different combinations of rewards collapse to one advantage.
+
+    ``per_function`` is (N, F) in the group layout of :func:`group_advantages` (NaN where a function did not score a
+    completion: left out of that function's statistics, adding 0); ``weights`` (F,). Returns (N,), NaN for a
+    completion no function scored. The second stage, normalising the sums over the batch, is
+    ``group_advantages(..., scale_rewards="batch")`` (every group of sums has mean 0 already)."""
+    if per_function.dim() != 2 or per_function.shape[1] != weights.numel():
+        raise ValueError(f"per_function must be (N, F) with F = len(weights) = {weights.numel()}, got "
+                         f"{tuple(per_function.shape)}")
+    g = int(num_generations)
+    if g < 1 or per_function.shape[0] % g != 0:
+        raise ValueError(f"{per_function.shape[0]} completions are not a multiple of num_generations={g}")
+    grouped = per_function.view(-1, g, per_function.shape[1]).float()
+    present = ~torch.isnan(grouped)
+    counts = present.sum(dim=1, keepdim=True)
+    filled = torch.where(present, grouped, torch.zeros_like(grouped))
+    mean = filled.sum(dim=1, keepdim=True) / counts.clamp(min=1)
+    var = (torch.where(present, grouped - mean, torch.zeros_like(grouped)) ** 2).sum(dim=1, keepdim=True)
+    std = (var / (counts - 1).clamp(min=1)).sqrt() * (counts > 1)  # unbiased, as torch.std; 0 below two values
+    normalised = torch.where(present, (grouped - mean) / (std + _STD_EPS), torch.zeros_like(grouped))
+    total = (normalised * weights.to(normalised).view(1, 1, -1)).sum(dim=2).reshape(-1)
+    return torch.where(present.any(dim=2).reshape(-1), total, torch.full_like(total, float("nan")))
 
 
 def group_advantages(

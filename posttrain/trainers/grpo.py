@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..losses.policy import GRPO_LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_loss
+from ..losses.policy import GRPO_LOSS_TYPES, SCALE_REWARDS, decoupled_group_rewards, group_advantages, grpo_loss
 from ..losses.tokens import masked_mean, nanstd, top_entropy_mask
 from ..losses.sampler_correction import SAMPLER_IS_MODES, sampler_importance_weights
 from ..models.moe import collect_aux_loss
@@ -22,15 +22,15 @@ from .online_base import OnlineConfig, OnlineTrainer
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 
 
+MULTI_OBJECTIVE_AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
+
+
 @dataclass
 class GRPOConfig(OnlineConfig):
     """Configuration of :class:`GRPOTrainer`. Field names and defaults follow TRL's ``GRPOConfig``
     (``loss_type="dapo"``, ``beta=0``, ``num_generations=8``, ``learning_rate=1e-6``)."""
 
     epsilon: float = field(default=0.2, metadata={"help": "Lower clip range of the importance ratio (and upper, unless epsilon_high)."})
-    router_aux_loss_coef: float = field(default=0.001, metadata={"help": (
-        "Mixture-of-Experts policies: the weight of the router's load-balancing loss added to the loss (logged as "
-        "aux_loss); 0 turns it off. No effect on dense models.")})
     epsilon_high: float | None = field(default=None, metadata={"help": "Upper clip range (DAPO's clip-higher, e.g. 0.28; default: epsilon)."})
     delta: float | None = field(default=None, metadata={"help": "Upper bound of the unclipped ratio (two-sided clipping; None: off)."})
     use_bias_correction_kl: bool = field(
@@ -71,6 +71,14 @@ class GRPOConfig(OnlineConfig):
                                            "choices": list(SAMPLER_IS_MODES)})
     vllm_importance_sampling_cap: float = field(
         default=3.0, metadata={"help": "Cap C of the vLLM importance-sampling ratio."})
+    multi_objective_aggregation: str = field(
+        default="sum_then_normalize", metadata={
+            "help": "With several reward functions: 'sum_then_normalize' (GRPO: the weighted sum's advantage) or "
+                    "'normalize_then_sum' (GDPO: each function's rewards normalised in their group, then summed with "
+                    "the weights and normalised over the batch).", "choices": list(MULTI_OBJECTIVE_AGGREGATIONS)})
+    router_aux_loss_coef: float = field(default=0.001, metadata={"help": (
+        "Mixture-of-Experts policies: the weight of the router's load-balancing loss added to the loss (logged as "
+        "aux_loss); 0 turns it off. No effect on dense models.")})
 
     def __post_init__(self):
         if isinstance(self.scale_rewards, bool) or str(self.scale_rewards).lower() in ("true", "false"):
@@ -79,6 +87,7 @@ class GRPOConfig(OnlineConfig):
         check_choice("importance_sampling_level", self.importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
         check_choice("scale_rewards", self.scale_rewards, SCALE_REWARDS)
         check_choice("vllm_importance_sampling_mode", self.vllm_importance_sampling_mode, SAMPLER_IS_MODES)
+        check_choice("multi_objective_aggregation", self.multi_objective_aggregation, MULTI_OBJECTIVE_AGGREGATIONS)
         if self.vllm_importance_sampling_cap <= 0:
             raise ValueError(f"vllm_importance_sampling_cap must be > 0, got {self.vllm_importance_sampling_cap}.")
         if self.loss_type == "cispo" and self.epsilon_high is None:
@@ -138,8 +147,15 @@ class GRPOTrainer(OnlineTrainer):
         self.record("sampling/importance_sampling_weight/mean", masked_mean(out.weights, ratio_mask))
         return out.weights
 
+    def combine_rewards(self, per_function: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+        if self.args.multi_objective_aggregation == "normalize_then_sum":
+            return decoupled_group_rewards(per_function, self.scorer.reward_weights, self.args.num_generations)
+        return rewards
+
     def process_rewards(self, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
-        adv = group_advantages(rewards, self.args.num_generations, self.args.scale_rewards)
+        # GDPO's sums are normalised over the batch (their groups' means are 0 already)
+        scale = "batch" if self.args.multi_objective_aggregation == "normalize_then_sum" else self.args.scale_rewards
+        adv = group_advantages(rewards, self.args.num_generations, scale)
         self.record("reward_std", nanstd(rewards).nan_to_num(0.0))  # over the whole generation batch, as TRL 1.x
         self.record("frac_reward_zero_std", adv.frac_reward_zero_std)
         return {"advantages": adv.advantages}

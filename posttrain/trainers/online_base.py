@@ -523,7 +523,7 @@ class OnlineTrainer(BaseTrainer):
         columns.update(completion_ids=completion_ids, trainer_state=self.state)
         scores = self.scorer(prompts, completions, **columns)
         per_function = self._gather(scores.per_function)
-        rewards = self._gather(scores.rewards)
+        rewards = self.combine_rewards(per_function, self._gather(scores.rewards))
         if torch.isnan(rewards).any():
             logger.warning("Every reward function returned None for %d completion(s); their reward is 0.",
                            int(torch.isnan(rewards).sum()))
@@ -532,6 +532,11 @@ class OnlineTrainer(BaseTrainer):
             self.record(f"rewards/{name}/mean", torch.nanmean(per_function[:, i]).nan_to_num(0.0))
             self.record(f"rewards/{name}/std", nanstd(per_function[:, i]).nan_to_num(0.0))
         self.record("reward", rewards.mean())
+        return rewards
+
+    def combine_rewards(self, per_function: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+        """The reward (N,) of each completion from each function's (N, F; all processes, group layout). Default: the
+        scorer's weighted sum, ``rewards``."""
         return rewards
 
     def loss_items(self, lengths: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:

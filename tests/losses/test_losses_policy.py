@@ -603,3 +603,29 @@ def test_grpo_bias_corrected_kl_gradient_is_the_reverse_kl_score_function(level)
         torch.testing.assert_close(logps.grad, expected[use], rtol=1e-5, atol=1e-7)
         values[use] = out.loss.item()
     assert values[True] == pytest.approx(values[False]) == pytest.approx(beta * k3.sum().item() / n)
+
+
+def test_decoupled_group_rewards_keep_apart_what_a_summed_reward_collapses():
+    """GDPO's motivating case: two groups of two rollouts, two binary rewards. Summed first (GRPO), the groups (0, 1)
+    and (0, 2) get the same advantages (-0.707, 0.707); normalised per reward first, they do not."""
+    from posttrain.losses.policy import decoupled_group_rewards
+
+    per_function = torch.tensor([[0.0, 0.0], [1.0, 0.0],    # group A: sums 0, 1
+                                 [0.0, 0.0], [1.0, 1.0]])   # group B: sums 0, 2
+    weights = torch.tensor([1.0, 1.0])
+    z = 0.5 / (math.sqrt(0.5) + 1e-4)  # (x - mean) / (unbiased std + eps) of the pair (0, 1)
+    got = decoupled_group_rewards(per_function, weights, 2)
+    torch.testing.assert_close(got, torch.tensor([-z, z, -2 * z, 2 * z]))  # function 2 is constant in group A: 0
+    summed = group_advantages(per_function.sum(1), 2, "group").advantages
+    torch.testing.assert_close(summed[:2], summed[2:], atol=1e-3, rtol=0)  # GRPO: the same for both groups (eps aside)
+    final = group_advantages(got, 2, "batch").advantages  # the second stage: over the batch
+    assert final[3] > final[1] > 0 > final[0] > final[2]
+    # weights scale each function's share; a NaN (not scored) stays out of its function's statistics and adds 0
+    torch.testing.assert_close(decoupled_group_rewards(per_function, torch.tensor([2.0, 0.0]), 2),
+                               torch.tensor([-2 * z, 2 * z, -2 * z, 2 * z]))
+    holes = per_function.clone()
+    holes[3, 1] = float("nan")
+    got = decoupled_group_rewards(holes, weights, 2)
+    torch.testing.assert_close(got, torch.tensor([-z, z, -z, z]))  # group B, function 2: one value, std 0
+    holes[2] = float("nan")
+    assert torch.isnan(decoupled_group_rewards(holes, weights, 2)[2])

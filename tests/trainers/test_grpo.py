@@ -172,6 +172,27 @@ def test_grpo_variants_run(tiny_model_dir, tokenizer, prompts, tmp_path, overrid
     assert ("cispo_clip_ratio" in logs) == (loss_type == "cispo")
 
 
+def test_gdpo_normalises_each_reward_function_in_its_group_before_summing(tiny_model_dir, tokenizer, prompts,
+                                                                          tmp_path):
+    from posttrain.losses.policy import decoupled_group_rewards
+
+    def starts_with_digit(completions, **kwargs):
+        return [float(c[:1].isdigit()) for c in completions]
+
+    args = grpo_args(tmp_path, multi_objective_aggregation="normalize_then_sum", reward_weights=[1.0, 0.5])
+    trainer = GRPOTrainer(tiny_model_dir, [token_count_reward, starts_with_digit], args=args, train_dataset=prompts,
+                          processing_class=tokenizer)
+    per_function = torch.tensor([[3.0, 1.0], [5.0, 0.0], [2.0, 1.0], [2.0, 1.0]] * (args.num_generations // 2))
+    per_function = per_function[: 2 * args.num_generations]
+    got = trainer.combine_rewards(per_function, per_function.sum(1))
+    torch.testing.assert_close(got, decoupled_group_rewards(per_function, torch.tensor([1.0, 0.5]),
+                                                            args.num_generations))
+    trainer.train()
+    assert torch.isfinite(torch.tensor(trainer.state.log_history[0]["loss"]))
+    with pytest.raises(ValueError, match="multi_objective_aggregation"):
+        grpo_args(tmp_path, multi_objective_aggregation="average")
+
+
 def test_grpo_lora_kl_uses_adapter_free_policy_as_reference(tiny_model_dir, tokenizer, prompts, tmp_path):
     from peft import LoraConfig
 
