@@ -8,6 +8,8 @@ Dr. GRPO and GSPO variants). Sampling, scoring and batching live in :mod:`posttr
 
 from __future__ import annotations
 
+import logging
+
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +25,9 @@ IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 
 
 MULTI_OBJECTIVE_AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
+# loss types whose per-token terms are summed over a whole micro- or generation batch (not averaged per sequence)
+TOKEN_SUMMED_LOSS_TYPES = ("bnpo", "dr_grpo", "dapo", "cispo")
+logger = logging.getLogger("posttrain")
 
 
 @dataclass
@@ -125,6 +130,12 @@ class GRPOTrainer(OnlineTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.use_router_aux_loss(self.args.router_aux_loss_coef)  # after the reference's copy: it only scores
+        if self.args.importance_sampling_level == "sequence" and self.args.loss_type in TOKEN_SUMMED_LOSS_TYPES:
+            logger.warning(
+                "importance_sampling_level='sequence' with loss_type=%r: that loss sums per-token contributions, which "
+                "weights each sequence by its completion length instead of optimising the per-sequence objective "
+                "(GSPO, Zheng et al. 2025). loss_type='grpo' (a mean over each sequence's tokens) is GSPO's setup.",
+                self.args.loss_type)
     _run_suffix = "GRPO"
 
     def needs_sampling_logps(self) -> bool:

@@ -193,6 +193,15 @@ def test_gdpo_normalises_each_reward_function_in_its_group_before_summing(tiny_m
         grpo_args(tmp_path, multi_objective_aggregation="average")
 
 
+@pytest.mark.parametrize("loss_type,warns", [("dapo", True), ("bnpo", True), ("grpo", False)])
+def test_sequence_level_ratios_with_a_token_summed_loss_warn(loss_type, warns, tiny_model_dir, tokenizer, prompts,
+                                                             tmp_path, caplog):
+    args = grpo_args(tmp_path, importance_sampling_level="sequence", loss_type=loss_type)
+    with caplog.at_level("WARNING", logger="posttrain"):
+        GRPOTrainer(tiny_model_dir, token_count_reward, args=args, train_dataset=prompts, processing_class=tokenizer)
+    assert ("weights each sequence by its completion length" in caplog.text) == warns
+
+
 def test_grpo_lora_kl_uses_adapter_free_policy_as_reference(tiny_model_dir, tokenizer, prompts, tmp_path):
     from peft import LoraConfig
 
