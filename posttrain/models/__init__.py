@@ -6,6 +6,7 @@ from .loading import (
     ModelConfig,
     check_tokenizer,
     ensure_pad_token,
+    set_pad_token,
     is_vision_checkpoint,
     is_vision_config,
     kbit_device_map,
@@ -25,7 +26,7 @@ from .value_head import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLM
 
 __all__ = [
     "accepts_videos", "base_model", "disable_dropout", "eval_mode", "is_peft_model", "is_vision_model", "output_head", "packed_sequences_supported",
-    "select_head_positions", "unwrap", "varlen_attention", "ModelConfig", "check_tokenizer", "ensure_pad_token", "is_vision_checkpoint",
+    "select_head_positions", "unwrap", "varlen_attention", "ModelConfig", "check_tokenizer", "ensure_pad_token", "set_pad_token", "is_vision_checkpoint",
     "is_vision_config", "kbit_device_map", "load_frozen", "load_pretrained", "load_processing_class", "load_tokenizer",
     "model_init_kwargs", "peft_config", "prepare_peft_model", "quantization_config", "resolve_dtype", "set_chat_template",
 ]

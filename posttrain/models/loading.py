@@ -270,6 +270,15 @@ def load_processing_class(name_or_path: str, **kwargs):
     return processor
 
 
+def set_pad_token(tokenizer, token: str) -> None:
+    """Pad with ``token`` (a config's ``pad_token``); it must be a token of the vocabulary, not a new one."""
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or (token_id == tokenizer.unk_token_id and token != tokenizer.unk_token):
+        raise ValueError(f"pad_token={token!r} is not a token of the tokenizer's vocabulary; give one that is (e.g. "
+                         f"its EOS token {tokenizer.eos_token!r}), or leave pad_token unset.")
+    tokenizer.pad_token = token
+
+
 def ensure_pad_token(tokenizer) -> None:
     if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -41,6 +41,14 @@ class PosttrainParser(HfArgumentParser):
         super().__init__(dataclass_types, **kwargs)
         self._group_help()
 
+    @staticmethod
+    def _parse_dataclass_field(parser, field):
+        """One option for a field two of the dataclasses share (``trust_remote_code`` of the trainer's config and of
+        ``ModelConfig``): its value fills both."""
+        if f"--{field.name}" in parser._option_string_actions:
+            return
+        HfArgumentParser._parse_dataclass_field(parser, field)
+
     def _group_help(self) -> None:
         """``--help`` in sections, the trainer's own options first: each config's fields that
         ``transformers.TrainingArguments`` does not have (``--beta``, ``--loss_type``, ...), then the script's and the
@@ -90,11 +98,13 @@ class PosttrainParser(HfArgumentParser):
             if unknown:
                 self.error(f"unknown key(s) in {known.config}: {self._hints(unknown)}")
             self.set_defaults(**data)
-        *outputs, remaining = self.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
+        namespace, remaining = self.parse_known_args(args=rest)
         if remaining:
             flags = [a for a in remaining if a.startswith("-")] or remaining
             self.error(f"unrecognized arguments: {self._hints(flags)}")
-        return tuple(outputs)
+        values = vars(namespace)  # a field several dataclasses share fills each of them (_parse_dataclass_field)
+        return tuple(dc(**{f.name: values[f.name] for f in dataclasses.fields(dc) if f.init and f.name in values})
+                     for dc in self.dataclass_types)
 
     def error(self, message: str):
         """A usage error in two lines (the problem, with a "did you mean" where one fits, and where to see every

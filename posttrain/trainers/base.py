@@ -31,7 +31,7 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from ..models import (check_tokenizer, disable_dropout, ensure_pad_token, load_pretrained, load_processing_class,
-                      prepare_peft_model, set_chat_template, unwrap)
+                      prepare_peft_model, set_chat_template, set_pad_token, unwrap)
 from ..import_utils import is_liger_kernel_available
 from ..models.moe import enable_aux_loss
 from ..models.sharding import check_launch, destroy_process_group_at_exit, prepare_frozen
@@ -84,6 +84,16 @@ class PosttrainConfig(TrainingArguments):
         default=None,
         metadata={"help": "Keyword arguments for `from_pretrained` when the model is given as a name or path "
                   "(JSON string on the command line)."},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow a model, tokenizer or processor given by name or path to run its own code (custom "
+                  "modeling files on the Hub). Off: such a model is refused with a message naming this option."},
+    )
+    pad_token: str | None = field(
+        default=None,
+        metadata={"help": "The token to pad with (it must be in the tokenizer's vocabulary). Default: the tokenizer's "
+                  "pad token, else its EOS token."},
     )
     overwrite_output_dir: bool = field(
         default=False,
@@ -217,15 +227,18 @@ class BaseTrainer(Trainer):
         # Seed before anything random is created here (a model loaded by name with a freshly initialised head, the
         # LoRA adapter): the Trainer seeds only after, so `seed` alone would not make those reproducible.
         enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
+        remote = {"trust_remote_code": True} if args.trust_remote_code else {}
         if isinstance(model, str):
-            model = load_pretrained(model, auto_class, **(args.model_init_kwargs or {}))
+            model = load_pretrained(model, auto_class, **{**remote, **(args.model_init_kwargs or {})})
         elif args.model_init_kwargs:
             raise ValueError("model_init_kwargs only applies when the model is given as a name or path.")
         if processing_class is None:
-            processing_class = load_processing_class(model.config._name_or_path)
+            processing_class = load_processing_class(model.config._name_or_path, **remote)
         check_tokenizer(processing_class, getattr(processing_class, "name_or_path", None) or "processing_class", model)
         if getattr(args, "chat_template_path", None):
             set_chat_template(processing_class, args.chat_template_path)
+        if args.pad_token is not None:
+            set_pad_token(getattr(processing_class, "tokenizer", processing_class), args.pad_token)
         ensure_pad_token(getattr(processing_class, "tokenizer", processing_class))
 
         self.model = model  # prepare_dataset and make_collator may look at it (Trainer sets it again)

@@ -200,3 +200,26 @@ def test_reward_data_uses_trl_1x_names_and_reads_older_ones_with_a_warning(token
         again = RewardTrainer(model, args=train_args(RewardConfig, tmp_path), processing_class=tokenizer,
                               train_dataset=older).train_dataset
     assert again.to_list() == prepared.to_list()
+
+
+def test_pad_token_and_trust_remote_code_reach_the_tokenizer_and_the_loader(tiny_model_dir, tmp_path, monkeypatch):
+    from posttrain.trainers import base
+
+    data = make_dataset("addition", "language_modeling", n=2)
+    trainer = SFTTrainer(tiny_model_dir, args=train_args(SFTConfig, tmp_path, pad_token="<|endoftext|>"),
+                         train_dataset=data)
+    assert trainer.processing_class.pad_token == "<|endoftext|>"
+    assert trainer.data_collator.pad_token_id == trainer.processing_class.convert_tokens_to_ids("<|endoftext|>")
+    with pytest.raises(ValueError, match="pad_token='<no such token>' is not a token of the tokenizer's vocabulary"):
+        SFTTrainer(tiny_model_dir, args=train_args(SFTConfig, tmp_path, pad_token="<no such token>"),
+                   train_dataset=data)
+    seen = {}
+    real = base.load_pretrained
+
+    def spy(name, auto_class=None, **kwargs):
+        seen.update(kwargs)
+        return real(name, auto_class, **kwargs)
+
+    monkeypatch.setattr(base, "load_pretrained", spy)
+    SFTTrainer(tiny_model_dir, args=train_args(SFTConfig, tmp_path, trust_remote_code=True), train_dataset=data)
+    assert seen["trust_remote_code"] is True
