@@ -174,3 +174,13 @@ def test_a_stream_cannot_be_dispatched_to_an_online_trainer(tiny_model_dir, tmp_
     args = train_args(GRPOConfig, tmp_path, max_steps=1, num_generations=2, accelerator_config={"dispatch_batches": True})
     with pytest.raises(ValueError, match="Iterable datasets require `dispatch_batches=False`"):
         GRPOTrainer(str(tiny_model_dir), reward_funcs=_lengths, args=args, train_dataset=_stream("prompt_only"))
+
+
+def test_a_stream_given_to_evaluate_after_a_map_style_set_up_is_read_per_process(tiny_model_dir, tmp_path):
+    args = train_args(GRPOConfig, tmp_path, per_device_train_batch_size=4, num_generations=2,
+                      max_completion_length=4, per_device_eval_batch_size=4)
+    trainer = GRPOTrainer(str(tiny_model_dir), reward_funcs=_lengths, args=args,
+                          train_dataset=make_dataset("addition", "prompt_only", n=8))
+    metrics = trainer.evaluate(eval_dataset=_stream("prompt_only", n=4, seed=3))
+    assert metrics["eval_completions/mean_length"] > 0
+    assert trainer.accelerator.dataloader_config.dispatch_batches is False
