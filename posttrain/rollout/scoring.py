@@ -149,11 +149,14 @@ class RewardScorer:
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         if not funcs:
             raise ValueError("reward_funcs is empty: give at least one reward model or reward function.")
-        if reward_processing_classes is None or not isinstance(reward_processing_classes, (list, tuple)):
-            reward_processing_classes = [reward_processing_classes] * len(funcs)
+        if reward_processing_classes is not None and not isinstance(reward_processing_classes, (list, tuple)):
+            reward_processing_classes = [reward_processing_classes]  # one class: for the one reward function
+        if reward_processing_classes is None:
+            reward_processing_classes = [None] * len(funcs)
         if len(reward_processing_classes) != len(funcs):
-            raise ValueError(f"{len(reward_processing_classes)} reward_processing_classes for {len(funcs)} reward functions; "
-                             "give one per function (None for callables).")
+            raise ValueError(f"{len(reward_processing_classes)} reward_processing_classes for {len(funcs)} reward "
+                             "functions: their numbers must match; give a list with one per function (None for "
+                             "callables, and for a reward model whose own tokenizer should be loaded).")
         self.reward_funcs: list[Any] = []
         self.processing_classes: list[Any] = []
         for func, tok in zip(funcs, reward_processing_classes):

@@ -265,6 +265,16 @@ class OnlineTrainer(BaseTrainer):
         self._micro_step = 0
         self._last_samples: list[dict[str, Any]] = []
 
+    @property
+    def reward_funcs(self) -> list:
+        """The reward models and functions (TRL's attribute), as the scorer holds them (models loaded)."""
+        return list(self.scorer.reward_funcs) if self.scorer is not None else []
+
+    @property
+    def reward_processing_classes(self) -> list:
+        """Each reward function's processing class (None for a callable), TRL's attribute."""
+        return list(self.scorer.processing_classes) if self.scorer is not None else []
+
     # -- data ------------------------------------------------------------------------------------
     def make_collator(self, processing_class, args):
         return _rows_as_list

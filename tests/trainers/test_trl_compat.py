@@ -223,3 +223,21 @@ def test_pad_token_and_trust_remote_code_reach_the_tokenizer_and_the_loader(tiny
     monkeypatch.setattr(base, "load_pretrained", spy)
     SFTTrainer(tiny_model_dir, args=train_args(SFTConfig, tmp_path, trust_remote_code=True), train_dataset=data)
     assert seen["trust_remote_code"] is True
+
+
+def test_online_trainers_expose_their_reward_functions_and_check_processing_classes(tiny_model_dir, tokenizer,
+                                                                                   tmp_path):
+    def one(completions, **kwargs):
+        return [1.0] * len(completions)
+
+    def two(completions, **kwargs):
+        return [2.0] * len(completions)
+
+    prompts = make_dataset("addition", "prompt_only", n=4)
+    args = train_args(GRPOConfig, tmp_path, num_generations=2, per_device_train_batch_size=2)
+    trainer = GRPOTrainer(tiny_model_dir, reward_funcs=[one, two], args=args, train_dataset=prompts,
+                          reward_processing_classes=[None, None])
+    assert trainer.reward_funcs == [one, two] and trainer.reward_processing_classes == [None, None]
+    with pytest.raises(ValueError, match="1 reward_processing_classes for 2 reward functions: their numbers must match"):
+        GRPOTrainer(tiny_model_dir, reward_funcs=[one, two], args=args, train_dataset=prompts,
+                    reward_processing_classes=tokenizer)
