@@ -2,6 +2,8 @@
 chat_template_kwargs (config and per-row column), model tags; a transformed dataset is refused clearly."""
 
 import copy
+import math
+import types
 
 import datasets
 import torch
@@ -241,3 +243,12 @@ def test_online_trainers_expose_their_reward_functions_and_check_processing_clas
     with pytest.raises(ValueError, match="1 reward_processing_classes for 2 reward functions: their numbers must match"):
         GRPOTrainer(tiny_model_dir, reward_funcs=[one, two], args=args, train_dataset=prompts,
                     reward_processing_classes=tokenizer)
+
+
+def test_trls_dft_loss_function_is_dfts_loss_on_the_shifted_labels():
+    from posttrain.trainer.sft_trainer import dft_loss
+
+    logits = torch.zeros(2, 3, 2)  # two equally likely tokens: DFT's weight p = 1/2 halves the cross-entropy
+    labels = torch.tensor([[1, 0, 0], [0, 1, -100]])
+    loss = dft_loss(types.SimpleNamespace(logits=logits), labels, num_items_in_batch=3)
+    torch.testing.assert_close(loss, torch.tensor(math.log(2) / 2))
