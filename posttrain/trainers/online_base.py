@@ -91,6 +91,8 @@ class OnlineConfig(PosttrainConfig):
         "Keyword arguments for the chat template (e.g. {\"enable_thinking\": false}); a row's own "
         "'chat_template_kwargs' column overrides them for that row.")})
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset preparation."})
+    pad_to_multiple_of: int | None = field(
+        default=None, metadata={"help": "Pad the rows of prompt + completion to a multiple of this length."})
     shuffle_dataset: bool = field(default=True, metadata={"help": "Draw the prompts of each epoch in random order."})
     disable_dropout: bool = field(default=False, metadata={"help": "Set every dropout probability of the model(s) to 0."})
     # -- prompts and generation --
@@ -607,7 +609,8 @@ class OnlineTrainer(BaseTrainer):
         for c in range(num_chunks):
             sl = slice(c * size, (c + 1) * size)
             batch: dict[str, Any] = {k: v.to(args.device) for k, v in
-                                     build_rows(prompt_ids[sl], completion_ids[sl], pad_token_id=pad).items()}
+                                     build_rows(prompt_ids[sl], completion_ids[sl], pad_token_id=pad,
+                                                pad_to_multiple_of=args.pad_to_multiple_of).items()}
             batch["truncated"] = truncated[sl].to(args.device)
             if gens.logprobs is not None:  # the sampler's log-probs, laid out like token_logps
                 batch["sampling_logps"] = torch.nn.utils.rnn.pad_sequence(

@@ -30,6 +30,8 @@ class RLOOConfig(OnlineConfig):
     epsilon: float = field(default=0.2, metadata={"help": "Lower clip range of the sequence importance ratio (and upper, unless epsilon_high)."})
     epsilon_high: float | None = field(default=None, metadata={"help": "Upper clip range (default: epsilon)."})
     normalize_advantages: bool = field(default=False, metadata={"help": "Standardise the advantages over the generation batch."})
+    mask_truncated_completions: bool = field(
+        default=False, metadata={"help": "Completions that hit max_completion_length without EOS get no loss."})
     reward_clip_range: list[float] | None = field(
         default=None, metadata={"help": "Clip scores to [low, high] before the KL penalty (e.g. -10 10); None: no clipping."})
 
@@ -99,6 +101,8 @@ class RLOOTrainer(OnlineTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args = self.args
         logps, mask, entropies = self.token_logps(model, inputs, with_entropy=True)
+        if args.mask_truncated_completions:  # their sequences still count in the mean over sequences, as 0 (TRL)
+            mask = mask & ~inputs["truncated"].unsqueeze(1)
         out = rloo_loss(logps, inputs.get("old_logps"), inputs["advantages"], mask,
                         epsilon_low=args.epsilon, epsilon_high=args.epsilon_high)
         for name, value in out.metrics.items():

@@ -161,3 +161,22 @@ def test_reference_logps_in_the_training_precision(tiny_model_dir, tokenizer, tm
     with torch.no_grad():  # the same weights in a plain float32 forward (the reference's linears are stored in bf16)
         fp32 = trainer.token_logps(AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), batch)[0]
     assert not torch.equal(fp32, batch["ref_logps"])
+
+
+def test_truncated_completions_can_be_left_out_of_the_loss_and_rows_padded_to_a_multiple(tiny_model_dir, tokenizer,
+                                                                                          tmp_path):
+    prompts = make_dataset("copy", "prompt_only", n=8, seed=0)
+    args = rloo_args(tmp_path, beta=0.0, max_completion_length=3, mask_truncated_completions=True,
+                     pad_to_multiple_of=16)
+    trainer = RLOOTrainer(tiny_model_dir, first_token_reward, args=args, train_dataset=prompts,
+                          processing_class=tokenizer)
+    trainer.model.train()
+    rows = [trainer.train_dataset[i] for i in range(2) for _ in range(4)]
+    batch = trainer.generate_and_score(rows, 1)[0]
+    assert batch["input_ids"].shape[1] % 16 == 0
+    assert batch["truncated"].all()  # 3 tokens never reach EOS here: every completion is truncated
+    trainer.current_gradient_accumulation_steps = 1  # set by the Trainer's loop, which this test skips
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    assert abs(float(loss)) < 1e-6  # each sequence: -advantage x a ratio of 1 (no token left); advantages sum to 0
+    loss.backward()
+    assert all(p.grad is None or not p.grad.any() for p in trainer.model.parameters())
