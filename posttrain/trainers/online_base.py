@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -60,7 +61,7 @@ from ..data.preference import build_rows
 from ..data.sampling import RepeatedPromptSampler, RepeatedPromptStream
 from ..data.tokenize import chat_template_ids, row_template_kwargs, truncate
 from ..losses.tokens import nanstd
-from ..models import disable_dropout, is_peft_model, load_frozen, unwrap
+from ..models import disable_dropout, is_peft_model, load_frozen, load_tokenizer, unwrap
 from ..models.sharding import frozen_copy
 from ..rollout import RewardScorer
 from ..rollout.backends import make_backend
@@ -249,6 +250,9 @@ class OnlineTrainer(BaseTrainer):
                                                          model_context=self.autocast_region)
         if self.scorer is not None:
             given = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+            self.scorer.processing_classes = [
+                self._reward_tokenizer(f) if tok is None and isinstance(f, torch.nn.Module) else tok
+                for f, tok in zip(self.scorer.reward_funcs, self.scorer.processing_classes)]
             self.scorer.reward_funcs = [  # those given by name/path were loaded here: stored in the training precision
                 self.prepare_frozen_model(f, autocast_only=isinstance(g, str)) if isinstance(f, torch.nn.Module) else f
                 for f, g in zip(self.scorer.reward_funcs, given)]
@@ -266,6 +270,19 @@ class OnlineTrainer(BaseTrainer):
         self._buffer: list[dict[str, Any]] | None = None
         self._micro_step = 0
         self._last_samples: list[dict[str, Any]] = []
+
+    def _reward_tokenizer(self, model):
+        """The tokenizer of a reward model given as an object without one: its own (from the folder it was loaded
+        from, as TRL's GRPO), else the policy's (as TRL's Nash-MD and XPO), with a note in the log."""
+        name = getattr(getattr(unwrap(model), "config", None), "_name_or_path", "") or ""
+        if name and os.path.isdir(name):
+            try:
+                return load_tokenizer(name)
+            except (OSError, ValueError, TypeError):
+                pass
+        logger.info("Reward model %r: no tokenizer given or found in its folder; it reads the policy's tokenizer "
+                    "(pass reward_processing_classes if it was trained with another).", name or type(model).__name__)
+        return self.tokenizer_
 
     @property
     def reward_funcs(self) -> list:

@@ -252,3 +252,21 @@ def test_trls_dft_loss_function_is_dfts_loss_on_the_shifted_labels():
     labels = torch.tensor([[1, 0, 0], [0, 1, -100]])
     loss = dft_loss(types.SimpleNamespace(logits=logits), labels, num_items_in_batch=3)
     torch.testing.assert_close(loss, torch.tensor(math.log(2) / 2))
+
+
+def test_a_reward_model_given_without_a_tokenizer_reads_its_own_or_the_policys(tiny_model_dir, tokenizer, tmp_path):
+    from posttrain import XPOConfig, XPOTrainer
+
+    prompts = make_dataset("addition", "prompt_only", n=4)
+    saved = build_tiny_model("qwen2", head="seq-cls", size="tiny", output_dir=tmp_path / "rm")  # a folder
+    in_memory = build_tiny_model("qwen2", head="seq-cls", size="tiny")  # no folder: the policy's tokenizer
+    args = train_args(GRPOConfig, tmp_path, num_generations=2, per_device_train_batch_size=2)
+    from transformers import AutoModelForSequenceClassification
+
+    grpo = GRPOTrainer(tiny_model_dir, reward_funcs=AutoModelForSequenceClassification.from_pretrained(saved),
+                       args=args, train_dataset=prompts, processing_class=tokenizer)
+    (own,) = grpo.reward_processing_classes
+    assert own is not tokenizer and own.name_or_path == str(saved)
+    xpo = XPOTrainer(tiny_model_dir, reward_funcs=in_memory, processing_class=tokenizer, train_dataset=prompts,
+                     args=train_args(XPOConfig, tmp_path, per_device_train_batch_size=2))
+    assert xpo.reward_processing_classes == [tokenizer]
