@@ -285,6 +285,11 @@ class OnlineTrainer(BaseTrainer):
         return self.tokenizer_
 
     @property
+    def use_vllm(self) -> bool:
+        """Whether completions come from vLLM (TRL's attribute; ``args.use_vllm``)."""
+        return self.args.use_vllm
+
+    @property
     def reward_funcs(self) -> list:
         """The reward models and functions (TRL's attribute), as the scorer holds them (models loaded)."""
         return list(self.scorer.reward_funcs) if self.scorer is not None else []
