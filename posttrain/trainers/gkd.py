@@ -184,6 +184,13 @@ class GKDTrainer(SFTTrainer):
         self.teacher_model = self.prepare_frozen_model(teacher_model, no_dropout=args.disable_dropout,
                                                        autocast_only=owns_teacher and not args.seq_kd)
         self._policy_rng = random.Random(args.seed)
+        # how on-policy (lmbda) and teacher (seq_kd) completions are sampled; TRL's attribute, read at each generation
+        from transformers import GenerationConfig
+
+        eos = getattr(getattr(unwrap(self.model), "generation_config", None), "eos_token_id", None)
+        self.generation_config = GenerationConfig(
+            max_new_tokens=args.max_new_tokens, temperature=args.temperature, do_sample=True, top_k=0, top_p=1.0,
+            pad_token_id=self.tokenizer_.pad_token_id, eos_token_id=eos if eos is not None else self.tokenizer_.eos_token_id)
         # no batch is ever generated: the Trainer's count of the global batch's loss tokens is exact
         self._dataset_targets_only = args.lmbda == 0.0 and not args.seq_kd
 
@@ -257,8 +264,10 @@ class GKDTrainer(SFTTrainer):
             start = int(has_label[i].nonzero()[0]) if has_label[i].any() else int(inputs["attention_mask"][i].sum())
             prompts.append(input_ids[i, :start].tolist())
         with self.generation_precision():
-            gens = generate(model, self.tokenizer_, prompt_ids=prompts, max_new_tokens=self.args.max_new_tokens,
-                            do_sample=True, temperature=self.args.temperature, top_k=0, batch_size=len(prompts))
+            config = self.generation_config
+            gens = generate(model, self.tokenizer_, prompt_ids=prompts, max_new_tokens=config.max_new_tokens,
+                            do_sample=config.do_sample, temperature=config.temperature, top_k=config.top_k or 0,
+                            top_p=config.top_p, batch_size=len(prompts))
         rows = build_rows(prompts, gens.completion_ids, pad_token_id=self.tokenizer_.pad_token_id,
                           pad_to_multiple_of=self.args.pad_to_multiple_of)
         completion = rows.pop("completion_mask").bool()

@@ -327,3 +327,16 @@ def test_example_script_runs_on_local_paths(tiny_model_dir, tmp_path, script_fil
     assert read_log(out)[-1]["step"] == 2
     source = open(path, encoding="utf-8").read()
     assert "accelerate launch examples/scripts/gkd.py" in source and "DEFAULT_DATASET" in source
+
+
+def test_generation_config_is_how_completions_are_sampled(tiny_model_dir, tiny_teacher, tokenizer, tmp_path, spy):
+    args = train_args(GKDConfig, tmp_path, max_steps=1, per_device_train_batch_size=4, lmbda=1.0, max_new_tokens=3,
+                      temperature=0.7)
+    train = make_dataset("addition", "prompt_completion", n=8)
+    trainer = GKDTrainer(tiny_model_dir, tiny_teacher, args=args, train_dataset=train, processing_class=tokenizer)
+    config = trainer.generation_config
+    assert (config.max_new_tokens, config.temperature, config.top_k, config.top_p) == (3, 0.7, 0, 1.0)
+    assert config.pad_token_id == tokenizer.pad_token_id and config.do_sample
+    trainer.generation_config.max_new_tokens = 2  # TRL's attribute: changing it changes what is sampled
+    trainer.train()
+    assert spy["calls"] and all(len(ids) <= 2 for _, out in spy["calls"] for ids in out.completion_ids)
