@@ -258,7 +258,7 @@ class OnlineTrainer(BaseTrainer):
                 for f, g in zip(self.scorer.reward_funcs, given)]
         if args.disable_dropout:
             disable_dropout(self.model)
-        self.reference = ReferencePolicy.for_policy(lambda: self.model, self._setup_reference(ref_model),
+        self.reference = ReferencePolicy.for_policy(self.reference_source, self._setup_reference(ref_model),
                                                     autocast=self.autocast_region)
         self.rollout_backend = make_backend(args, lambda: self.model, self.tokenizer_, self.accelerator)
         prompts_per_batch = args.generation_batch_size // args.num_generations
@@ -442,7 +442,7 @@ class OnlineTrainer(BaseTrainer):
         if ref_model is not None:
             ref, owned = load_frozen(ref_model, self.args.model_init_kwargs)
             return self.frozen_reference(ref, owned=owned)
-        if not self.uses_reference() or is_peft_model(self.model):
+        if not self.uses_reference() or is_peft_model(self.reference_source()):
             return None  # no KL term, or the policy with its adapter disabled is the reference
         return self.frozen_reference(frozen_copy(self.reference_source()))
 

@@ -24,7 +24,7 @@ import torch
 
 from ..losses.policy import gae, kl_penalty, ppo_policy_loss, ppo_value_loss
 from ..losses.tokens import masked_mean, masked_whiten
-from ..models import unwrap
+from ..models import prepare_peft_model, unwrap
 from ..models.loading import load_pretrained, load_tokenizer
 from ..models.policy_value import PolicyAndValue, token_values
 from .base import check_choice, checkpointing_field
@@ -114,8 +114,6 @@ class PPOTrainer(OnlineTrainer):
                  optimizers=(None, None), callbacks=None, peft_config=None, reward_funcs=None):
         if model is None:
             raise ValueError("PPOTrainer needs model= (the policy: a causal LM object, name or path).")
-        if peft_config is not None:
-            raise NotImplementedError("PPOTrainer does not support peft_config yet; train the full model.")
         if data_collator is not None:
             raise ValueError("PPOTrainer builds its own batches from generations; data_collator must be None.")
         funcs = ([reward_model] if reward_model is not None else []) + list(
@@ -124,6 +122,8 @@ class PPOTrainer(OnlineTrainer):
             raise ValueError("PPOTrainer needs reward_model= (a sequence-classification reward model) and/or reward_funcs=.")
         init_kwargs = (args.model_init_kwargs if args is not None else None) or {}
         policy = load_pretrained(model, None, **init_kwargs) if isinstance(model, str) else model
+        if peft_config is not None:  # LoRA on the policy only; the value model trains whole (as TRL's PPO)
+            policy = prepare_peft_model(policy, peft_config, bool(args is not None and args.gradient_checkpointing))
         if value_model is None:
             if not isinstance(reward_model, str):
                 raise ValueError("PPOTrainer needs value_model= (a sequence-classification model with one output, object "

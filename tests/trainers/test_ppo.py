@@ -227,3 +227,21 @@ def test_checkpointing_reaches_both_models_without_the_deprecated_name(tiny_mode
     assert not [w for w in caught if "gradient_checkpointing" in str(w.message)], [str(w.message) for w in caught]
     for model in (policy, value, with_head.pretrained_model):
         assert model.is_gradient_checkpointing, type(model).__name__
+
+
+def test_peft_trains_the_adapter_and_the_value_model_with_the_adapter_free_policy_as_reference(
+        tiny_model_dir, value_dir, tokenizer, prompts, tmp_path):
+    from peft import LoraConfig
+
+    trainer = PPOTrainer(args=ppo_args(tmp_path, kl_coef=0.1), processing_class=tokenizer, model=tiny_model_dir,
+                         reward_funcs=first_token_reward, value_model=value_dir, train_dataset=prompts,
+                         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    assert trainer.ref_model is None and trainer.reference.adapter  # no copy: the adapter disabled is the reference
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p)}
+    assert any("lora_" in n for n in changed) and any(n.startswith("value_model.") for n in changed)
+    assert not any(n.startswith("policy.") and "lora_" not in n for n in changed)  # the base policy stays frozen
+    trainer.save_model(str(tmp_path / "saved"))
+    assert (tmp_path / "saved" / "adapter_config.json").exists()
+    assert (tmp_path / "saved" / "value_model" / "config.json").exists()
