@@ -138,6 +138,22 @@ class _PreTrainedModelWithValueHead(nn.Module):
         return ValueHeadOutput(outputs.logits, getattr(outputs, "loss", None), value)
 
     # -- saving and loading ----------------------------------------------------------------------
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        """The base model's entries under its own names (as ``transformers`` saves them) and the head's as
+        ``v_head.*``: TRL's layout, so a value-head model's weights load into the plain model and back."""
+        out = self.pretrained_model.state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        out.update(self.v_head.state_dict(prefix=f"{prefix}v_head.", keep_vars=keep_vars))
+        return out
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load :meth:`state_dict`'s layout (or ``nn.Module``'s, with ``pretrained_model.`` in front)."""
+        head = {k[len("v_head."):]: v for k, v in state_dict.items() if k.startswith("v_head.")}
+        base = {k.removeprefix("pretrained_model."): v for k, v in state_dict.items() if not k.startswith("v_head.")}
+        first = self.pretrained_model.load_state_dict(base, strict=strict, assign=assign)
+        second = self.v_head.load_state_dict(head, strict=strict, assign=assign)
+        return type(first)(first.missing_keys + [f"v_head.{k}" for k in second.missing_keys],
+                           first.unexpected_keys + [f"v_head.{k}" for k in second.unexpected_keys])
+
     def value_head_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().contiguous() for k, v in self.v_head.state_dict().items()}
 
@@ -192,6 +208,9 @@ class _PreTrainedModelWithValueHead(nn.Module):
 
             if not isinstance(base, PeftModel):
                 base = get_peft_model(base, peft_config)
+        config_dropout = getattr(getattr(base, "config", None), "summary_dropout_prob", None)
+        if head_file is None and config_dropout is not None and "summary_dropout_prob" not in head_kwargs:
+            head_kwargs["summary_dropout_prob"] = float(config_dropout)  # the model's config says (TRL)
         if head_file is not None and "summary_dropout_prob" not in head_kwargs:
             from safetensors import safe_open
 

@@ -184,3 +184,29 @@ def test_a_partial_legacy_value_head_is_an_error(tiny_model_dir, tmp_path):
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"v_head\.summary\.bias missing"):
         AutoModelForCausalLMWithValueHead.from_pretrained(folder)
+
+
+def test_state_dict_is_the_base_models_plus_the_head_and_loads_back(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(tiny_model_dir)
+    state = model.state_dict()
+    assert set(state) == set(plain.state_dict()) | {"v_head.summary.weight", "v_head.summary.bias"}  # TRL's layout
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(state[key], value)
+    other = AutoModelForCausalLMWithValueHead.from_pretrained(tiny_model_dir, v_head_init_strategy="normal")
+    result = other.load_state_dict(state)
+    assert not result.missing_keys and not result.unexpected_keys
+    torch.testing.assert_close(other.v_head.summary.weight, model.v_head.summary.weight)
+    prefixed = {f"pretrained_model.{k}" if not k.startswith("v_head.") else k: v for k, v in state.items()}
+    other.load_state_dict(prefixed)  # nn.Module's own layout loads too
+
+
+def test_summary_dropout_prob_comes_from_the_models_config_unless_given(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    base.config.summary_dropout_prob = 0.5
+    assert AutoModelForCausalLMWithValueHead.from_pretrained(base).v_head.dropout.p == 0.5
+    assert AutoModelForCausalLMWithValueHead.from_pretrained(base, summary_dropout_prob=0.2).v_head.dropout.p == 0.2
