@@ -5,6 +5,7 @@ from .online_preference import geometric_mixture_logits, nash_md_loss, xpo_loss
 from .policy import (
     gae,
     decoupled_group_rewards,
+    off_policy_sequence_mask,
     group_advantages,
     grpo_loss,
     kl_penalty,
@@ -30,7 +31,7 @@ from .reward import (
 
 __all__ = [
     "generalized_jsd_loss", "geometric_mixture_logits", "nash_md_loss", "xpo_loss", "entropy_from_logits", "gae",
-    "decoupled_group_rewards", "group_advantages", "grpo_loss", "kl_penalty", "masked_mean", "masked_sum", "masked_whiten", "ppo_policy_loss",
+    "decoupled_group_rewards", "off_policy_sequence_mask", "group_advantages", "grpo_loss", "kl_penalty", "masked_mean", "masked_sum", "masked_whiten", "ppo_policy_loss",
     "ppo_value_loss", "rloo_advantages", "rloo_loss", "selective_log_softmax", "sequence_kl", "top_entropy_mask",
     "RunningMean", "bco_loss", "cpo_loss", "dpo_implicit_rewards", "dpo_loss", "kto_kl_estimate", "kto_loss",
     "orpo_loss", "sft_loss_from_logps", "sft_token_loss", "token_accuracy", "token_dft", "token_nll",

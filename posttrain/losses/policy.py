@@ -26,6 +26,7 @@ from .tokens import as_weights, masked_mean, masked_sum
 __all__ = [
     "GroupAdvantages",
     "decoupled_group_rewards",
+    "off_policy_sequence_mask",
     "group_advantages",
     "rloo_advantages",
     "gae",
@@ -66,6 +67,19 @@ class GroupAdvantages(NamedTuple):
         zero = torch.isclose(self.group_std, torch.zeros_like(self.group_std))
         dtype = self.group_std.dtype if self.group_std.is_floating_point() else torch.float32
         return zero.to(dtype).mean()
+
+
+def off_policy_sequence_mask(advantages: torch.Tensor, logps: torch.Tensor, behaviour_logps: torch.Tensor,
+                             mask: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Off-policy sequence masking — DeepSeek-AI 2025, 'DeepSeek-V3.2' (arXiv 2512.02556), Eq. 9: a sequence is kept
+    unless its advantage is negative *and* the policy has drifted from the one that sampled it by more than
+    ``threshold``, measured as the mean over its tokens of log pi_behaviour - log pi_theta (a KL estimate).
+
+    ``advantages`` (B,), ``logps`` and ``behaviour_logps`` (B, T), ``mask`` (B, T) of the completion tokens. Returns
+    (B,) bool, True = keep; no gradient flows through it."""
+    m = mask.to(logps.dtype)
+    drift = ((behaviour_logps - logps.detach()) * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+    return (advantages >= 0) | (drift <= threshold)
 
 
 def decoupled_group_rewards(per_function: torch.Tensor, weights: torch.Tensor, num_generations: int) -> torch.Tensor:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..losses.policy import GRPO_LOSS_TYPES, SCALE_REWARDS, decoupled_group_rewards, group_advantages, grpo_loss
+from ..losses.policy import (GRPO_LOSS_TYPES, SCALE_REWARDS, decoupled_group_rewards, group_advantages, grpo_loss,
+                             off_policy_sequence_mask)
 from ..losses.tokens import masked_mean, nanstd, top_entropy_mask
 from ..losses.sampler_correction import SAMPLER_IS_MODES, sampler_importance_weights
 from ..models.moe import collect_aux_loss
@@ -76,6 +77,11 @@ class GRPOConfig(OnlineConfig):
                                            "choices": list(SAMPLER_IS_MODES)})
     vllm_importance_sampling_cap: float = field(
         default=3.0, metadata={"help": "Cap C of the vLLM importance-sampling ratio."})
+    off_policy_mask_threshold: float | None = field(
+        default=None, metadata={"help": "DeepSeek-V3.2's off-policy sequence masking: drop a sequence whose advantage "
+                                "is negative when the policy has drifted more than this (mean per-token log-ratio "
+                                "of the sampling policy to the current one) from the one that sampled it; e.g. 0.5. "
+                                "None: off."})
     multi_objective_aggregation: str = field(
         default="sum_then_normalize", metadata={
             "help": "With several reward functions: 'sum_then_normalize' (GRPO: the weighted sum's advantage) or "
@@ -106,6 +112,9 @@ class GRPOConfig(OnlineConfig):
             self.epsilon_high = self.epsilon
         if self.epsilon < 0 or self.epsilon_high < 0:
             raise ValueError(f"epsilon and epsilon_high must be >= 0, got {self.epsilon} and {self.epsilon_high}.")
+        if self.off_policy_mask_threshold is not None and self.off_policy_mask_threshold <= 0:
+            raise ValueError(f"off_policy_mask_threshold must be > 0 (e.g. 0.5) or None, got "
+                             f"{self.off_policy_mask_threshold}.")
         if not 0.0 < self.top_entropy_quantile <= 1.0:
             raise ValueError(f"top_entropy_quantile must be in (0, 1], got {self.top_entropy_quantile}.")
         if self.num_generations < 2:
@@ -192,6 +201,13 @@ class GRPOTrainer(OnlineTrainer):
                 active = self.accelerator.gather(padded)
                 active = active[~torch.isnan(active)]
             entropy_mask = top_entropy_mask(entropies, mask, 1.0 - args.top_entropy_quantile, reference_entropies=active)
+        if args.off_policy_mask_threshold is not None:  # the sampler's log-probs (vLLM) or the old policy's, if any
+            behaviour = inputs.get("sampling_logps", inputs.get("old_logps"))
+            behaviour = logps.detach() if behaviour is None else behaviour
+            keep = off_policy_sequence_mask(inputs["advantages"], logps, behaviour, mask, args.off_policy_mask_threshold)
+            self.record("off_policy_masked_ratio", 1.0 - keep.float().mean())
+            keep = keep.unsqueeze(1).to(logps.dtype)
+            entropy_mask = keep if entropy_mask is None else entropy_mask * keep
         out = grpo_loss(
             logps, inputs.get("old_logps"), inputs["advantages"], mask,
             ref_logps=inputs.get("ref_logps"), beta=args.beta, epsilon_low=args.epsilon, epsilon_high=args.epsilon_high,

@@ -629,3 +629,17 @@ def test_decoupled_group_rewards_keep_apart_what_a_summed_reward_collapses():
     torch.testing.assert_close(got, torch.tensor([-z, z, -z, z]))  # group B, function 2: one value, std 0
     holes[2] = float("nan")
     assert torch.isnan(decoupled_group_rewards(holes, weights, 2)[2])
+
+
+def test_off_policy_sequence_mask_drops_only_drifted_sequences_with_negative_advantage():
+    """DeepSeek-V3.2, Eq. 9: keep unless A < 0 and mean_t(log pi_old - log pi_theta) > delta."""
+    from posttrain.losses.policy import off_policy_sequence_mask
+
+    logps = torch.log(torch.tensor([[0.5, 0.5, 1.0], [0.5, 0.5, 1.0], [0.5, 0.5, 1.0], [0.5, 0.5, 1.0]]))
+    old = torch.log(torch.tensor([[0.9, 0.9, 0.1], [0.9, 0.9, 0.1], [0.5, 0.5, 0.1], [0.9, 0.9, 0.1]]))
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0], [1, 1, 0], [1, 1, 0]])
+    drift = math.log(0.9 / 0.5)  # the mean over the two completion tokens; the masked third does not count
+    advantages = torch.tensor([-1.0, 1.0, -1.0, -1.0])
+    keep = off_policy_sequence_mask(advantages, logps, old, mask, threshold=drift - 1e-3)
+    assert keep.tolist() == [False, True, True, False]  # rows 0, 3 drifted and negative; 1 positive; 2 no drift
+    assert off_policy_sequence_mask(advantages, logps, old, mask, threshold=drift + 1e-3).all()

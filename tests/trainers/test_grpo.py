@@ -157,7 +157,8 @@ def test_reward_std_is_over_the_batch_and_zero_std_counts_groups(tiny_model_dir,
     dict(scale_rewards="batch", mask_truncated_completions=True, top_entropy_quantile=0.5),
     dict(beta=0.04, epsilon_high=0.28, top_k=20, top_p=0.9, min_p=0.05, repetition_penalty=1.1),
     dict(loss_type="cispo", epsilon_high=5.0, num_iterations=2), dict(loss_type="sapo", num_iterations=2),
-], ids=["grpo", "bnpo", "dr_grpo", "gspo", "batch-scale", "kl-sampling", "cispo", "sapo"])
+    dict(num_iterations=2, off_policy_mask_threshold=0.01, learning_rate=0.1),
+], ids=["grpo", "bnpo", "dr_grpo", "gspo", "batch-scale", "kl-sampling", "cispo", "sapo", "off-policy-mask"])
 def test_grpo_variants_run(tiny_model_dir, tokenizer, prompts, tmp_path, overrides):
     args = grpo_args(tmp_path, **overrides)
     trainer = GRPOTrainer(tiny_model_dir, token_count_reward, args=args, train_dataset=prompts,
@@ -170,6 +171,7 @@ def test_grpo_variants_run(tiny_model_dir, tokenizer, prompts, tmp_path, overrid
     loss_type = overrides.get("loss_type", "dapo")
     assert ("clip_ratio/region_mean" in logs) == (loss_type not in ("cispo", "sapo"))
     assert ("cispo_clip_ratio" in logs) == (loss_type == "cispo")
+    assert ("off_policy_masked_ratio" in logs) == ("off_policy_mask_threshold" in overrides)
 
 
 def test_gdpo_normalises_each_reward_function_in_its_group_before_summing(tiny_model_dir, tokenizer, prompts,
