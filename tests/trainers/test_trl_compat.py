@@ -270,3 +270,14 @@ def test_a_reward_model_given_without_a_tokenizer_reads_its_own_or_the_policys(t
     xpo = XPOTrainer(tiny_model_dir, reward_funcs=in_memory, processing_class=tokenizer, train_dataset=prompts,
                      args=train_args(XPOConfig, tmp_path, per_device_train_batch_size=2))
     assert xpo.reward_processing_classes == [tokenizer]
+
+
+def test_trls_experimental_ppo_paths_hold_the_masked_statistics():
+    from posttrain.experimental.ppo import AutoModelForSeq2SeqLMWithValueHead, PPOTrainer
+    from posttrain.experimental.ppo.ppo_trainer import PPOTrainer as again
+    from posttrain.experimental.ppo.ppo_trainer import masked_mean, masked_var, masked_whiten
+
+    x, mask = torch.tensor([5.0, 1.0, 2.0, 9.0]), torch.tensor([0, 1, 1, 0]).bool()
+    assert again is PPOTrainer and AutoModelForSeq2SeqLMWithValueHead.transformers_parent_class is not None
+    assert float(masked_mean(x, mask)) == 1.5 and float(masked_var(x, mask)) == float(torch.var(x[1:3]))
+    torch.testing.assert_close(masked_whiten(x, mask)[1:3], (x[1:3] - 1.5) * torch.rsqrt(torch.var(x[1:3]) + 1e-8))
