@@ -554,7 +554,9 @@ class OnlineTrainer(BaseTrainer):
         """Rewards (N,) of the whole generation batch (all processes gathered) from the reward functions; records
         ``reward`` and ``rewards/<name>/mean|std``."""
         columns = {k: [r[k] for r in rows] for k in rows[0] if k not in ("prompt", "prompt_input_ids")}
-        columns.update(completion_ids=completion_ids, trainer_state=self.state)
+        columns.update(completion_ids=completion_ids, trainer_state=self.state, log_extra=self._log_extra,
+                       log_metric=self._log_metric)
+        self._extra_columns = {}
         scores = self.scorer(prompts, completions, **columns)
         per_function = self._gather(scores.per_function)
         rewards = self.combine_rewards(per_function, self._gather(scores.rewards))
@@ -567,6 +569,18 @@ class OnlineTrainer(BaseTrainer):
             self.record(f"rewards/{name}/std", nanstd(per_function[:, i]).nan_to_num(0.0))
         self.record("reward", rewards.mean())
         return rewards
+
+    _extra_columns: dict[str, list] = {}
+
+    def _log_extra(self, column: str, values: Sequence) -> None:
+        """TRL's ``log_extra`` for reward functions: one value per completion (of this process), shown beside each
+        completion in ``completion_samples`` and the ``log_completions`` lines."""
+        self._extra_columns[column] = list(values)
+
+    def _log_metric(self, name: str, value: float) -> None:
+        """TRL's ``log_metric`` for reward functions: a scalar averaged over the logging window and logged as
+        ``name``."""
+        self.record(name, float(value))
 
     def combine_rewards(self, per_function: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
         """The reward (N,) of each completion from each function's (N, F; all processes, group layout). Default: the
@@ -658,7 +672,8 @@ class OnlineTrainer(BaseTrainer):
             for k, v in local.items():
                 batch[k] = v[c * size : (c + 1) * size].to(args.device)
         self._last_samples = [
-            {"prompt": p, "completion": t, "reward": float(r), **{k: float(v[i]) for k, v in local.items()}}
+            {"prompt": p, "completion": t, "reward": float(r), **{k: float(v[i]) for k, v in local.items()},
+             **{k: v[i] for k, v in self._extra_columns.items() if i < len(v)}}
             for i, (p, t, r) in enumerate(zip(prompts, gens.texts, local_rewards.tolist()))
         ]
         return batches
@@ -676,7 +691,8 @@ class OnlineTrainer(BaseTrainer):
             k = self.args.num_completions_to_print or 5
             lines = [f"step {self.state.global_step}: {len(self._last_samples)} completions, first {k}:"]
             for s in self._last_samples[:k]:
-                extra = " ".join(f"{key}={val:.3f}" for key, val in s.items() if key not in ("prompt", "completion"))
+                extra = " ".join(f"{key}={val:.3f}" if isinstance(val, float) else f"{key}={_short(val, 40)!r}"
+                                 for key, val in s.items() if key not in ("prompt", "completion"))
                 lines.append(f"  prompt={_short(s['prompt'])!r} completion={_short(s['completion'])!r} {extra}")
             logger.info("\n".join(lines))
         super().log(logs, start_time)

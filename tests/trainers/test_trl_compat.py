@@ -281,3 +281,19 @@ def test_trls_experimental_ppo_paths_hold_the_masked_statistics():
     assert again is PPOTrainer and AutoModelForSeq2SeqLMWithValueHead.transformers_parent_class is not None
     assert float(masked_mean(x, mask)) == 1.5 and float(masked_var(x, mask)) == float(torch.var(x[1:3]))
     torch.testing.assert_close(masked_whiten(x, mask)[1:3], (x[1:3] - 1.5) * torch.rsqrt(torch.var(x[1:3]) + 1e-8))
+
+
+def test_reward_functions_get_trls_log_extra_and_log_metric(tiny_model_dir, tokenizer, tmp_path):
+    def reward(completions, log_extra, log_metric, **kwargs):
+        log_extra("first_chars", [c[:3] for c in completions])
+        log_metric("custom_accuracy", 0.75)
+        return [float(len(c)) for c in completions]
+
+    args = train_args(GRPOConfig, tmp_path, num_generations=2, per_device_train_batch_size=4, max_steps=1,
+                      max_completion_length=4, log_completions=True)
+    trainer = GRPOTrainer(tiny_model_dir, reward_funcs=reward, args=args, processing_class=tokenizer,
+                          train_dataset=make_dataset("addition", "prompt_only", n=8))
+    trainer.train()
+    assert trainer.state.log_history[0]["custom_accuracy"] == 0.75
+    samples = trainer.completion_samples
+    assert samples and all(s["first_chars"] == s["completion"][:3] for s in samples)
