@@ -87,6 +87,8 @@ class GRPOConfig(OnlineConfig):
             "help": "With several reward functions: 'sum_then_normalize' (GRPO: the weighted sum's advantage) or "
                     "'normalize_then_sum' (GDPO: each function's rewards normalised in their group, then summed with "
                     "the weights and normalised over the batch).", "choices": list(MULTI_OBJECTIVE_AGGREGATIONS)})
+    num_generations_eval: int | None = field(
+        default=None, metadata={"help": "Completions per prompt in evaluation (default: num_generations)."})
     router_aux_loss_coef: float = field(default=0.001, metadata={"help": (
         "Mixture-of-Experts policies: the weight of the router's load-balancing loss added to the loss (logged as "
         "aux_loss); 0 turns it off. No effect on dense models.")})
@@ -120,7 +122,13 @@ class GRPOConfig(OnlineConfig):
         if self.num_generations < 2:
             raise ValueError(f"GRPO needs num_generations >= 2 (advantages compare the completions of a prompt); "
                              f"got {self.num_generations}.")
+        if self.num_generations_eval is not None and self.num_generations_eval < 1:
+            raise ValueError(f"num_generations_eval must be >= 1 (or None: num_generations), got "
+                             f"{self.num_generations_eval}.")
         super().__post_init__()
+
+    def eval_generations(self) -> int:
+        return self.num_generations_eval or self.num_generations
 
 
 class GRPOTrainer(OnlineTrainer):
@@ -169,13 +177,13 @@ class GRPOTrainer(OnlineTrainer):
 
     def combine_rewards(self, per_function: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
         if self.args.multi_objective_aggregation == "normalize_then_sum":
-            return decoupled_group_rewards(per_function, self.scorer.reward_weights, self.args.num_generations)
+            return decoupled_group_rewards(per_function, self.scorer.reward_weights, self.group_size())
         return rewards
 
     def process_rewards(self, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
         # GDPO's sums are normalised over the batch (their groups' means are 0 already)
         scale = "batch" if self.args.multi_objective_aggregation == "normalize_then_sum" else self.args.scale_rewards
-        adv = group_advantages(rewards, self.args.num_generations, scale)
+        adv = group_advantages(rewards, self.group_size(), scale)
         self.record("reward_std", nanstd(rewards).nan_to_num(0.0))  # over the whole generation batch, as TRL 1.x
         self.record("frac_reward_zero_std", adv.frac_reward_zero_std)
         return {"advantages": adv.advantages}

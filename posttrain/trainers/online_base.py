@@ -200,11 +200,17 @@ class OnlineConfig(PosttrainConfig):
                 "prompt gets all its completions in the same batch. Change num_generations, per_device_train_batch_size, "
                 "steps_per_generation or generation_batch_size.")
         if self.eval_strategy != "no":
-            per_eval = self.per_device_eval_batch_size * self.world_size * self.completions_per_row
-            if per_eval % self.num_generations != 0:
+            per_eval, g = self.per_device_eval_batch_size * self.world_size * self.completions_per_row, \
+                self.eval_generations()
+            if per_eval % g != 0:
                 raise ValueError(
-                    f"num_generations={self.num_generations} must divide the evaluation batch of {per_eval} completions "
-                    f"(per_device_eval_batch_size={self.per_device_eval_batch_size} x {self.world_size} process(es)).")
+                    f"The {g} completions sampled per prompt in evaluation must divide the evaluation batch of "
+                    f"{per_eval} completions (per_device_eval_batch_size={self.per_device_eval_batch_size} x "
+                    f"{self.world_size} process(es)).")
+
+    def eval_generations(self) -> int:
+        """Completions sampled per prompt in evaluation: ``num_generations`` (GRPO/RLOO: ``num_generations_eval``)."""
+        return self.num_generations
 
 
 def _rows_as_list(rows):
@@ -393,8 +399,8 @@ class OnlineTrainer(BaseTrainer):
             per_process, repeats = batch_size, args.steps_per_generation * args.num_iterations
         else:
             per_process, repeats = args.per_device_eval_batch_size * args.completions_per_row, 1
-        dataset = RepeatedPromptStream(dataset, args.num_generations,
-                                       per_process * args.world_size // args.num_generations, repeats)
+        g = args.num_generations if is_training else args.eval_generations()
+        dataset = RepeatedPromptStream(dataset, g, per_process * args.world_size // g, repeats)
         workers = args.dataloader_num_workers
         args.dataloader_num_workers = 0  # one reader, so that each prompt's group stays together (an eval stream too)
         try:
@@ -402,8 +408,7 @@ class OnlineTrainer(BaseTrainer):
         finally:
             args.dataloader_num_workers = workers
 
-    def _sampler(self, dataset, per_process_batch: int, repeats: int, shuffle: bool):
-        G = self.args.num_generations
+    def _sampler(self, dataset, per_process_batch: int, repeats: int, shuffle: bool, G: int):
         prompts_per_batch = per_process_batch * self.args.world_size // G
         return RepeatedPromptSampler(len(dataset), G, prompts_per_batch, repeats=repeats, shuffle=shuffle,
                                      seed=self.args.seed)
@@ -416,11 +421,12 @@ class OnlineTrainer(BaseTrainer):
         repeats = args.steps_per_generation * args.num_iterations
         return self._get_dataloader(
             dataset=self.train_dataset, description="Training", batch_size=per_process,
-            sampler_fn=lambda ds: self._sampler(ds, per_process, repeats, args.shuffle_dataset), is_training=True)
+            sampler_fn=lambda ds: self._sampler(ds, per_process, repeats, args.shuffle_dataset, args.num_generations),
+            is_training=True)
 
     def _get_eval_sampler(self, eval_dataset):
         return self._sampler(eval_dataset, self.args.per_device_eval_batch_size * self.args.completions_per_row, 1,
-                             False)
+                             False, self.args.eval_generations())
 
     # -- reference policy ----------------------------------------------------------------------------
     @property
@@ -594,11 +600,16 @@ class OnlineTrainer(BaseTrainer):
     # -- rollout layout: the ``num_generations`` completions of a prompt are consecutive rows -----------------
     def groups(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (one value per completion) as (prompts, num_generations)."""
-        return x.view(-1, self.args.num_generations)
+        return x.view(-1, self.group_size())
 
     def members(self, x, j: int):
         """Completion ``j`` of every prompt, from a tensor or list holding one entry per completion."""
-        return x[j::self.args.num_generations]
+        return x[j::self.group_size()]
+
+    def group_size(self) -> int:
+        """Completions per prompt in the batch at hand: ``num_generations`` while training, the config's
+        ``eval_generations()`` while evaluating."""
+        return self.args.num_generations if self.model.training else self.args.eval_generations()
 
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.args.device)

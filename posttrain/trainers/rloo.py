@@ -30,6 +30,8 @@ class RLOOConfig(OnlineConfig):
     epsilon: float = field(default=0.2, metadata={"help": "Lower clip range of the sequence importance ratio (and upper, unless epsilon_high)."})
     epsilon_high: float | None = field(default=None, metadata={"help": "Upper clip range (default: epsilon)."})
     normalize_advantages: bool = field(default=False, metadata={"help": "Standardise the advantages over the generation batch."})
+    num_generations_eval: int | None = field(
+        default=None, metadata={"help": "Completions per prompt in evaluation (default: num_generations)."})
     mask_truncated_completions: bool = field(
         default=False, metadata={"help": "Completions that hit max_completion_length without EOS get no loss."})
     reward_clip_range: list[float] | None = field(
@@ -45,7 +47,13 @@ class RLOOConfig(OnlineConfig):
             self.reward_clip_range = [float(x) for x in self.reward_clip_range]
         if self.epsilon_high is None:
             self.epsilon_high = self.epsilon
+        if self.num_generations_eval is not None and self.num_generations_eval < 1:
+            raise ValueError(f"num_generations_eval must be >= 1 (or None: num_generations), got "
+                             f"{self.num_generations_eval}.")
         super().__post_init__()
+
+    def eval_generations(self) -> int:
+        return self.num_generations_eval or self.num_generations
 
 
 class RLOOTrainer(OnlineTrainer):
@@ -93,7 +101,10 @@ class RLOOTrainer(OnlineTrainer):
         return shaped
 
     def process_rewards(self, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
-        k = self.args.num_generations
+        k = self.group_size()
+        if k == 1:  # evaluation with num_generations_eval=1: no other completion to be the baseline
+            self.record("frac_reward_zero_std", 1.0)
+            return {"advantages": torch.zeros_like(rewards)}
         group_std = self.groups(rewards).std(dim=1)
         self.record("frac_reward_zero_std", torch.isclose(group_std, torch.zeros_like(group_std)).float().mean())
         return {"advantages": rloo_advantages(rewards, k, normalize=self.args.normalize_advantages)}

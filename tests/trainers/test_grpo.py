@@ -375,3 +375,16 @@ def test_bf16_reference_stores_linear_layers_in_bf16(tiny_model_dir, tokenizer, 
     with torch.no_grad(), trainer.autocast_region():
         want = trainer.token_logps(trainer.model, batch)[0]
     assert torch.equal(trainer.reference_logps(batch), want)
+
+
+def test_evaluation_samples_num_generations_eval_completions_per_prompt(tiny_model_dir, tokenizer, prompts, tmp_path):
+    args = grpo_args(tmp_path, num_generations_eval=2, per_device_eval_batch_size=4)
+    trainer = GRPOTrainer(tiny_model_dir, token_count_reward, args=args, train_dataset=prompts,
+                          eval_dataset=prompts.select(range(4)), processing_class=tokenizer)
+    metrics = trainer.evaluate()
+    samples = trainer.completion_samples
+    assert len(samples) == 4 and [s["prompt"] for s in samples[::2]] == [s["prompt"] for s in samples[1::2]]
+    assert len({s["prompt"] for s in samples}) == 2  # 2 prompts x 2 completions (training samples 4 per prompt)
+    assert "eval_reward" in metrics
+    with pytest.raises(ValueError, match="num_generations_eval must be >= 1"):
+        grpo_args(tmp_path, num_generations_eval=0)
