@@ -74,6 +74,12 @@ class PosttrainConfig(TrainingArguments):
 
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps (or a fraction of the run if < 1)."})
     gradient_checkpointing: bool = checkpointing_field(True, "as in TRL 1.x")
+    activation_offloading: bool = field(
+        default=False,
+        metadata={"help": "Keep the activations saved for backward in CPU memory (pinned) instead of the "
+                  "accelerator's, moving them back as backward needs them: less accelerator memory for a copy each "
+                  "way. Only has an effect with an accelerator."},
+    )
     bf16: bool | None = field(
         default=None,
         metadata={"help": "bf16 mixed precision. Default: the `accelerate launch` config's mixed_precision; without "
@@ -262,6 +268,10 @@ class BaseTrainer(Trainer):
                          eval_dataset=eval_dataset, data_collator=data_collator, **kwargs)
         # Have the Trainer count the loss items of the whole (accumulated, all-process) batch for us.
         self.model_accepts_loss_kwargs = True
+        self._offload_activations = bool(args.activation_offloading) and has_accelerator()
+        if args.activation_offloading and not self._offload_activations:
+            warnings.warn("activation_offloading=True has no effect here: without an accelerator the activations are "
+                          "in CPU memory already.", stacklevel=2)
         if hasattr(self.model, "add_model_tags"):  # on the model card the Trainer writes (a PeftModel: its base's)
             self.model.add_model_tags(["posttrain", re.sub(r"(?<=[a-z])(?=[A-Z])", "-", self._run_suffix).lower()])
         sharded = self.is_fsdp_enabled or (self.is_deepspeed_enabled and is_deepspeed_zero3_enabled())
@@ -350,7 +360,9 @@ class BaseTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         # the whole step: gradient checkpointing recomputes the forward inside backward (models.attention)
-        with self.sequence_rows(inputs):
+        offload = torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()) if self._offload_activations \
+            else contextlib.nullcontext()
+        with self.sequence_rows(inputs), offload:
             loss = super().training_step(model, inputs, num_items_in_batch)
         if not bool(torch.isfinite(loss).all()):  # the Trainer syncs on this value anyway (logging_nan_inf_filter)
             self._nonfinite_loss = True

@@ -297,3 +297,28 @@ def test_reward_functions_get_trls_log_extra_and_log_metric(tiny_model_dir, toke
     assert trainer.state.log_history[0]["custom_accuracy"] == 0.75
     samples = trainer.completion_samples
     assert samples and all(s["first_chars"] == s["completion"][:3] for s in samples)
+
+
+def test_activation_offloading_keeps_saved_activations_on_the_cpu_with_the_same_training(tiny_model_dir, tmp_path,
+                                                                                         monkeypatch):
+    from posttrain.trainers import base
+
+    data = make_dataset("addition", "language_modeling", n=8)
+    with pytest.warns(UserWarning, match="activation_offloading=True has no effect here"):
+        SFTTrainer(tiny_model_dir, args=train_args(SFTConfig, tmp_path, activation_offloading=True), train_dataset=data)
+    monkeypatch.setattr(base, "has_accelerator", lambda: True)  # as on a GPU machine: the hooks are installed
+    entered = []
+    real = torch.autograd.graph.save_on_cpu
+
+    def spy(*args, **kwargs):
+        entered.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", spy)
+    losses = []
+    for offload in (False, True):
+        trainer = SFTTrainer(tiny_model_dir, train_dataset=data,
+                             args=train_args(SFTConfig, tmp_path / str(offload), max_steps=2, activation_offloading=offload))
+        trainer.train()
+        losses.append([row["loss"] for row in trainer.state.log_history if "loss" in row])
+    assert len(entered) == 2 and losses[0] == losses[1]
