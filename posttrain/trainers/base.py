@@ -301,7 +301,7 @@ class BaseTrainer(Trainer):
                              "counted): set max_steps to the number of optimizer steps to train.")
         if args.accelerator_config.dispatch_batches is None:
             args.accelerator_config.dispatch_batches = False
-            if getattr(self, "accelerator", None) is not None:  # a stream given to evaluate() after the Trainer's set-up
+            if getattr(self, "accelerator", None) is not None:  # a stream given to evaluate() after set-up
                 self.accelerator.dataloader_config.dispatch_batches = False
 
     # -- MoE router loss ---------------------------------------------------------------------------
