@@ -42,7 +42,7 @@ __all__ = [
     "rloo_loss",
 ]
 
-GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo")
 SCALE_REWARDS = ("group", "batch", "none")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
@@ -353,7 +353,9 @@ def grpo_loss(
               to T), Liu et al. 2025;
             * ``"dapo"``: S / (number of active tokens), where the trainer counts the tokens of the whole
               generation batch over all processes and accumulation micro-batches (``spans_batch``), so
-              the token-level average spans the global batch (Yu et al. 2025, Eq. 8).
+              the token-level average spans the global batch (Yu et al. 2025, Eq. 8);
+            * ``"luspo"``: S / B: each sequence's mean loss weighted by its length (LUSPO, arXiv 2602.05261: GSPO
+              without its length bias; meant for ``importance_sampling_level="sequence"``).
 
         importance_sampling_level: ``"token"`` (ratio per token) or ``"sequence"`` (GSPO: the log
             ratio is the length-normalised sequence log ratio
@@ -426,6 +428,8 @@ def grpo_loss(
     elif loss_type == "dr_grpo":
         L = int(max_completion_length) if max_completion_length is not None else w.shape[1]
         count = total.new_tensor(float(w.shape[0] * L))
+    elif loss_type == "luspo":  # sum_b |y_b| * (sequence b's mean loss), over the sequences
+        count = total.new_tensor(float(w.shape[0]))
     else:  # bnpo, dapo, cispo: a token mean
         count = w.sum().clamp(min=1.0).to(total.dtype)
 

@@ -49,7 +49,8 @@ class GRPOConfig(OnlineConfig):
         metadata={"help": "Loss normalisation: 'grpo' (per-sequence mean), 'bnpo' (tokens of the micro-batch), "
                   "'dr_grpo' (batch size x max_completion_length), 'dapo' (tokens of the whole accumulated batch); "
                   "or another surrogate: 'cispo' (capped, detached importance weights times log-probs; epsilon_high "
-                  "is the cap, e.g. 5.0), 'sapo' (a soft sigmoid gate instead of the clip).",
+                  "is the cap, e.g. 5.0), 'sapo' (a soft sigmoid gate instead of the clip), 'luspo' (each sequence's "
+                  "mean weighted by its length, over the sequences; with importance_sampling_level='sequence').",
                   "choices": list(GRPO_LOSS_TYPES)},
     )
     sapo_temperature_pos: float = field(
@@ -147,6 +148,9 @@ class GRPOTrainer(OnlineTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.use_router_aux_loss(self.args.router_aux_loss_coef)  # after the reference's copy: it only scores
+        if self.args.loss_type == "luspo" and self.args.importance_sampling_level != "sequence":
+            logger.warning("loss_type='luspo' is defined with one importance ratio per sequence: set "
+                           "importance_sampling_level='sequence' as in the LUSPO paper.")
         if self.args.importance_sampling_level == "sequence" and self.args.loss_type in TOKEN_SUMMED_LOSS_TYPES:
             logger.warning(
                 "importance_sampling_level='sequence' with loss_type=%r: that loss sums per-token contributions, which "

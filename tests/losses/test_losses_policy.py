@@ -643,3 +643,15 @@ def test_off_policy_sequence_mask_drops_only_drifted_sequences_with_negative_adv
     keep = off_policy_sequence_mask(advantages, logps, old, mask, threshold=drift - 1e-3)
     assert keep.tolist() == [False, True, True, False]  # rows 0, 3 drifted and negative; 1 positive; 2 no drift
     assert off_policy_sequence_mask(advantages, logps, old, mask, threshold=drift + 1e-3).all()
+
+
+def test_luspo_weights_each_sequences_mean_by_its_length():
+    """LUSPO: sum over tokens of the per-token loss, divided by the number of sequences. On-policy (ratio 1) the
+    per-token loss is -A, so the loss is -(sum_b A_b |y_b|) / B."""
+    logps = torch.zeros(2, 4, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+    advantages = torch.tensor([1.0, -2.0])
+    out = grpo_loss(logps, None, advantages, mask, loss_type="luspo", importance_sampling_level="sequence")
+    torch.testing.assert_close(out.total / out.count, torch.tensor(-(1.0 * 3 + (-2.0) * 1) / 2))
+    grpo = grpo_loss(logps, None, advantages, mask, loss_type="grpo", importance_sampling_level="sequence")
+    torch.testing.assert_close(grpo.total / grpo.count, torch.tensor(-(1.0 - 2.0) / 2))  # GSPO: lengths ignored

@@ -158,7 +158,8 @@ def test_reward_std_is_over_the_batch_and_zero_std_counts_groups(tiny_model_dir,
     dict(beta=0.04, epsilon_high=0.28, top_k=20, top_p=0.9, min_p=0.05, repetition_penalty=1.1),
     dict(loss_type="cispo", epsilon_high=5.0, num_iterations=2), dict(loss_type="sapo", num_iterations=2),
     dict(num_iterations=2, off_policy_mask_threshold=0.01, learning_rate=0.1),
-], ids=["grpo", "bnpo", "dr_grpo", "gspo", "batch-scale", "kl-sampling", "cispo", "sapo", "off-policy-mask"])
+    dict(loss_type="luspo", importance_sampling_level="sequence", num_iterations=2),
+], ids=["grpo", "bnpo", "dr_grpo", "gspo", "batch-scale", "kl-sampling", "cispo", "sapo", "off-policy-mask", "luspo"])
 def test_grpo_variants_run(tiny_model_dir, tokenizer, prompts, tmp_path, overrides):
     args = grpo_args(tmp_path, **overrides)
     trainer = GRPOTrainer(tiny_model_dir, token_count_reward, args=args, train_dataset=prompts,
