@@ -301,6 +301,11 @@ class OnlineTrainer(BaseTrainer):
         return list(self.scorer.reward_funcs) if self.scorer is not None else []
 
     @property
+    def reward_weights(self) -> torch.Tensor | None:
+        """The weights of the reward functions (F,), TRL's attribute; None without reward functions."""
+        return self.scorer.reward_weights if self.scorer is not None else None
+
+    @property
     def reward_processing_classes(self) -> list:
         """Each reward function's processing class (None for a callable), TRL's attribute."""
         return list(self.scorer.processing_classes) if self.scorer is not None else []

@@ -240,6 +240,7 @@ def test_online_trainers_expose_their_reward_functions_and_check_processing_clas
     trainer = GRPOTrainer(tiny_model_dir, reward_funcs=[one, two], args=args, train_dataset=prompts,
                           reward_processing_classes=[None, None])
     assert trainer.reward_funcs == [one, two] and trainer.reward_processing_classes == [None, None]
+    assert trainer.reward_weights.tolist() == [1.0, 1.0]
     with pytest.raises(ValueError, match="1 reward_processing_classes for 2 reward functions: their numbers must match"):
         GRPOTrainer(tiny_model_dir, reward_funcs=[one, two], args=args, train_dataset=prompts,
                     reward_processing_classes=tokenizer)
