@@ -325,6 +325,14 @@ class OnlineTrainer(BaseTrainer):
             return None
         refuse_transform(dataset, split)
         columns = column_names(dataset)
+        if "prompt" not in columns and "input_ids" in columns:  # TRL 0.x PPO's data: the prompts tokenized
+            tokenizer = getattr(processing_class, "tokenizer", processing_class)
+            dataset = dataset.map(
+                lambda ex: {"prompt": tokenizer.decode(ex["input_ids"], skip_special_tokens=True),
+                            "prompt_input_ids": list(ex["input_ids"])},
+                remove_columns=[c for c in ("input_ids", "attention_mask", "lengths") if c in columns],
+                **map_options(dataset, args.dataset_num_proc, f"Reading {split}'s tokenized prompts"))
+            columns = column_names(dataset)
         if "prompt" not in columns:
             raise DatasetFormatError(
                 f"{type(self).__name__} needs a 'prompt' column (text, or a list of messages), but the {split} dataset "
@@ -572,7 +580,12 @@ class OnlineTrainer(BaseTrainer):
         per_function = self._gather(scores.per_function)
         rewards = self.combine_rewards(per_function, self._gather(scores.rewards))
         if torch.isnan(rewards).any():
-            logger.warning("Every reward function returned None for %d completion(s); their reward is 0.",
+            local = torch.isnan(scores.rewards).nonzero().flatten().tolist()
+            first = {"prompt": prompts[local[0]], "completion": completions[local[0]],
+                     **{k: v[local[0]] for k, v in columns.items() if isinstance(v, list)}} if local else {}
+            logger.warning("All reward functions returned None for the following kwargs: %s (%d completion(s) in all); "
+                           "their reward is 0.", {k: _short(str(v)) if isinstance(v, (str, list)) else v
+                                                  for k, v in first.items() if k != "completion_ids"},
                            int(torch.isnan(rewards).sum()))
             rewards = torch.nan_to_num(rewards, nan=0.0)
         for i, name in enumerate(scores.names):

@@ -245,3 +245,13 @@ def test_peft_trains_the_adapter_and_the_value_model_with_the_adapter_free_polic
     trainer.save_model(str(tmp_path / "saved"))
     assert (tmp_path / "saved" / "adapter_config.json").exists()
     assert (tmp_path / "saved" / "value_model" / "config.json").exists()
+
+
+def test_trl_0x_tokenized_prompt_datasets_train(tiny_model_dir, value_dir, tokenizer, prompts, tmp_path):
+    """TRL 0.x's PPO examples tokenize the prompts beforehand (an 'input_ids' column, no 'prompt')."""
+    tokenized = prompts.map(lambda ex: tokenizer(ex["prompt"]), remove_columns=prompts.column_names)
+    trainer = PPOTrainer(args=ppo_args(tmp_path), processing_class=tokenizer, model=tiny_model_dir,
+                         reward_funcs=first_token_reward, value_model=value_dir, train_dataset=tokenized)
+    row = trainer.train_dataset[0]
+    assert row["prompt_input_ids"] == tokenized[0]["input_ids"] and row["prompt"] == prompts[0]["prompt"]
+    trainer.train()

@@ -323,3 +323,16 @@ def test_activation_offloading_keeps_saved_activations_on_the_cpu_with_the_same_
         trainer.train()
         losses.append([row["loss"] for row in trainer.state.log_history if "loss" in row])
     assert len(entered) == 2 and losses[0] == losses[1]
+
+
+def test_completions_no_reward_function_scores_are_named_in_the_warning(tiny_model_dir, tokenizer, tmp_path, caplog):
+    def abstains(completions, **kwargs):
+        return [None] * len(completions)
+
+    args = train_args(GRPOConfig, tmp_path, num_generations=2, per_device_train_batch_size=2, max_steps=1,
+                      max_completion_length=4)
+    trainer = GRPOTrainer(tiny_model_dir, reward_funcs=abstains, args=args, processing_class=tokenizer,
+                          train_dataset=make_dataset("addition", "prompt_only", n=4))
+    with caplog.at_level("WARNING", logger="posttrain"):
+        trainer.train()
+    assert "All reward functions returned None for the following kwargs: {'prompt':" in caplog.text
