@@ -23,24 +23,23 @@ def _available(module: str, distribution: str | None = None, min_version: str | 
         return False
 
 
-def is_deepspeed_available() -> bool:
-    return _available("deepspeed")
+def _checker(name: str, module: str, distribution: str | None = None):
+    def check(min_version: str | None = None) -> bool:
+        return _available(module, distribution, min_version)
+
+    check.__name__ = check.__qualname__ = name
+    check.__doc__ = f"Whether ``{distribution or module}`` is installed (at least ``min_version`` when given)."
+    return check
 
 
-def is_fastapi_available() -> bool:
-    return _available("fastapi")
-
-
-def is_harbor_available() -> bool:
-    return _available("harbor")
-
-
-def is_jmespath_available() -> bool:
-    return _available("jmespath")
-
-
-def is_joblib_available() -> bool:
-    return _available("joblib")
+# TRL's is_<name>_available functions: name -> (module, distribution when it differs)
+_PACKAGES = {"deepspeed": ("deepspeed", None), "fastapi": ("fastapi", None), "harbor": ("harbor", None),
+             "jmespath": ("jmespath", None), "joblib": ("joblib", None), "math_verify": ("math_verify", "math-verify"),
+             "mergekit": ("mergekit", None), "openreward": ("openreward", None), "pydantic": ("pydantic", None),
+             "requests": ("requests", None), "unsloth": ("unsloth", None), "uvicorn": ("uvicorn", None),
+             "vllm": ("vllm", None), "vllm_ascend": ("vllm_ascend", "vllm-ascend"), "weave": ("weave", None)}
+for _name, (_module, _distribution) in _PACKAGES.items():
+    globals()[f"is_{_name}_available"] = _checker(f"is_{_name}_available", _module, _distribution)
 
 
 def is_liger_kernel_available(min_version: str | None = LIGER_KERNEL_MIN_VERSION) -> bool:
@@ -49,44 +48,4 @@ def is_liger_kernel_available(min_version: str | None = LIGER_KERNEL_MIN_VERSION
     return _available("liger_kernel", "liger-kernel", min_version)
 
 
-def is_math_verify_available() -> bool:
-    return _available("math_verify", "math-verify")
-
-
-def is_mergekit_available() -> bool:
-    return _available("mergekit")
-
-
-def is_openreward_available() -> bool:
-    return _available("openreward")
-
-
-def is_pydantic_available() -> bool:
-    return _available("pydantic")
-
-
-def is_requests_available() -> bool:
-    return _available("requests")
-
-
-def is_unsloth_available() -> bool:
-    return _available("unsloth")
-
-
-def is_uvicorn_available() -> bool:
-    return _available("uvicorn")
-
-
-def is_vllm_available(min_version: str | None = None) -> bool:
-    return _available("vllm", "vllm", min_version)
-
-
-def is_vllm_ascend_available() -> bool:
-    return _available("vllm_ascend", "vllm-ascend")
-
-
-def is_weave_available() -> bool:
-    return _available("weave")
-
-
-__all__ = [name for name in dir() if name.startswith("is_")] + ["LIGER_KERNEL_MIN_VERSION"]
+__all__ = [f"is_{name}_available" for name in _PACKAGES] + ["is_liger_kernel_available", "LIGER_KERNEL_MIN_VERSION"]
