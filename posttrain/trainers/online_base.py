@@ -273,6 +273,12 @@ class OnlineTrainer(BaseTrainer):
                 f"The train dataset has {len(self.train_dataset)} prompts, but one generation batch needs "
                 f"{prompts_per_batch} (generation_batch_size={args.generation_batch_size} / num_generations="
                 f"{args.num_generations}). Use more prompts or a smaller generation batch.")
+        from transformers import GenerationConfig
+
+        self.generation_config = GenerationConfig(  # how completions are sampled (sampling_kwargs); TRL's attribute
+            max_new_tokens=args.max_completion_length, do_sample=True, temperature=args.temperature, top_p=args.top_p,
+            top_k=args.top_k or 0, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+            pad_token_id=self.tokenizer_.pad_token_id, eos_token_id=self.tokenizer_.eos_token_id)
         self._buffer: list[dict[str, Any]] | None = None
         self._micro_step = 0
         self._last_samples: list[dict[str, Any]] = []
@@ -562,11 +568,12 @@ class OnlineTrainer(BaseTrainer):
         return False
 
     def sampling_kwargs(self) -> dict[str, Any]:
-        """The sampling options of :func:`posttrain.rollout.generate` given by the config."""
-        args = self.args
-        return dict(max_new_tokens=args.max_completion_length, do_sample=True, temperature=args.temperature,
-                    top_p=args.top_p, top_k=args.top_k or 0, min_p=args.min_p,
-                    repetition_penalty=args.repetition_penalty, generation_kwargs=args.generation_kwargs)
+        """The sampling options of :func:`posttrain.rollout.generate`: :attr:`generation_config`'s (made from the
+        config; changing it changes what is sampled, as TRL's attribute), plus ``generation_kwargs``."""
+        config = self.generation_config
+        return dict(max_new_tokens=config.max_new_tokens, do_sample=True, temperature=config.temperature,
+                    top_p=config.top_p, top_k=config.top_k or 0, min_p=config.min_p,
+                    repetition_penalty=config.repetition_penalty, generation_kwargs=self.args.generation_kwargs)
 
     def score_completions(self, rows: list[Mapping[str, Any]], prompts: list, completions: list,
                           completion_ids: list[list[int]]) -> torch.Tensor:

@@ -336,3 +336,22 @@ def test_completions_no_reward_function_scores_are_named_in_the_warning(tiny_mod
     with caplog.at_level("WARNING", logger="posttrain"):
         trainer.train()
     assert "All reward functions returned None for the following kwargs: {'prompt':" in caplog.text
+
+
+def test_online_trainers_sample_as_their_generation_config_says(tiny_model_dir, tokenizer, tmp_path):
+    args = train_args(GRPOConfig, tmp_path, num_generations=2, per_device_train_batch_size=4, max_steps=1,
+                      max_completion_length=6, temperature=0.7, top_p=0.9)
+    trainer = GRPOTrainer(tiny_model_dir, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args,
+                          processing_class=tokenizer, train_dataset=make_dataset("addition", "prompt_only", n=8))
+    config = trainer.generation_config
+    assert (config.max_new_tokens, config.temperature, config.top_p) == (6, 0.7, 0.9)
+    trainer.generation_config.max_new_tokens = 2
+    seen, real = [], trainer.rollout_backend.generate
+
+    def generate(prompt_ids, **kwargs):
+        seen.append(kwargs)
+        return real(prompt_ids, **kwargs)
+
+    trainer.rollout_backend.generate = generate
+    trainer.train()
+    assert seen and all(kw["max_new_tokens"] == 2 and kw["temperature"] == 0.7 for kw in seen)
