@@ -279,6 +279,7 @@ class OnlineTrainer(BaseTrainer):
             max_new_tokens=args.max_completion_length, do_sample=True, temperature=args.temperature, top_p=args.top_p,
             top_k=args.top_k or 0, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
             pad_token_id=self.tokenizer_.pad_token_id, eos_token_id=self.tokenizer_.eos_token_id)
+        self.use_vllm = args.use_vllm  # TRL's attribute: whether completions come from vLLM (the rollout backend)
         self._buffer: list[dict[str, Any]] | None = None
         self._micro_step = 0
         self._last_samples: list[dict[str, Any]] = []
@@ -295,11 +296,6 @@ class OnlineTrainer(BaseTrainer):
         logger.info("Reward model %r: no tokenizer given or found in its folder; it reads the policy's tokenizer "
                     "(pass reward_processing_classes if it was trained with another).", name or type(model).__name__)
         return self.tokenizer_
-
-    @property
-    def use_vllm(self) -> bool:
-        """Whether completions come from vLLM (TRL's attribute; ``args.use_vllm``)."""
-        return self.args.use_vllm
 
     @property
     def reward_funcs(self) -> list:
