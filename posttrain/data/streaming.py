@@ -9,9 +9,13 @@ stream needs ``max_steps`` (the Trainer cannot know an epoch's length).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from .formats import DatasetFormatError
+
+logger = logging.getLogger("posttrain")
 
 
 def is_streaming(dataset) -> bool:
@@ -50,6 +54,22 @@ def map_options(dataset, num_proc: int | None, desc: str) -> dict[str, Any]:
     return {} if is_streaming(dataset) else {"num_proc": num_proc, "desc": desc}
 
 
+def drop_as_read(dataset, keep: Callable[[dict, int], bool], note: Callable[[dict, int], str]):
+    """A stream without the rows ``keep(row, index)`` rejects, dropped as it is read (a stream is not read ahead, so
+    nothing is counted): ``note(row, index)`` is logged as a warning once, at the first."""
+    warned = []
+
+    def check(row, i):
+        if keep(row, i):
+            return True
+        if not warned:
+            warned.append(True)
+            logger.warning(note(row, i))
+        return False
+
+    return dataset.filter(check, with_indices=True)
+
+
 def refuse_transform(dataset, split: str, can_skip: bool = False) -> None:
     """A split with an on-the-fly transform (``Dataset.with_transform()``, ``set_transform``) cannot be prepared:
     ``map`` reads its rows without the transform, which would be silently lost. ``can_skip``: the trainer takes
@@ -71,4 +91,4 @@ def require_sized(dataset, split: str, feature: str) -> None:
                          "with Dataset.from_generator), or turn the option off.")
 
 
-__all__ = ["is_streaming", "column_names", "first_row", "map_options", "refuse_transform", "require_sized"]
+__all__ = ["is_streaming", "column_names", "drop_as_read", "first_row", "map_options", "refuse_transform", "require_sized"]

@@ -279,6 +279,7 @@ class OnlineTrainer(BaseTrainer):
             max_new_tokens=args.max_completion_length, do_sample=True, temperature=args.temperature, top_p=args.top_p,
             top_k=args.top_k or 0, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
             pad_token_id=self.tokenizer_.pad_token_id, eos_token_id=self.tokenizer_.eos_token_id)
+        self._extra_columns: dict[str, list] = {}  # log_extra's columns of the latest generation batch
         self.use_vllm = args.use_vllm  # TRL's attribute: whether completions come from vLLM (the rollout backend)
         self._buffer: list[dict[str, Any]] | None = None
         self._micro_step = 0
@@ -596,8 +597,6 @@ class OnlineTrainer(BaseTrainer):
             self.record(f"rewards/{name}/std", nanstd(per_function[:, i]).nan_to_num(0.0))
         self.record("reward", rewards.mean())
         return rewards
-
-    _extra_columns: dict[str, list] = {}
 
     def _log_extra(self, column: str, values: Sequence) -> None:
         """TRL's ``log_extra`` for reward functions: one value per completion (of this process), shown beside each

@@ -31,7 +31,7 @@ from ..data import (
     tokenize_prompt_completion,
     validate_example,
 )
-from ..data.streaming import column_names, first_row, is_streaming, map_options, refuse_transform
+from ..data.streaming import column_names, drop_as_read, first_row, is_streaming, map_options, refuse_transform
 from ..data.tokenize import row_template_kwargs
 from ..data.formats import PREFERENCE, PREFERENCE_IMPLICIT
 from ..losses.reward import bradley_terry_loss, reward_accuracy
@@ -192,21 +192,14 @@ def _margin_error(row: int, value) -> str:
 def _checked_stream(dataset, split: str, max_length: int | None, margin: bool):
     """A tokenized stream whose margins are checked and whose pairs longer than ``max_length`` are dropped as it is
     read (a warning at the first)."""
-    warned = []
-
     def keep(ex, i):
         if margin and not _is_margin(ex["margin"]):
             raise DatasetFormatError(_margin_error(i, ex["margin"]))
-        longest = max(len(ex["chosen_ids"]), len(ex["rejected_ids"]))
-        if max_length is None or longest <= max_length:
-            return True
-        if not warned:
-            warned.append(True)
-            logger.warning("%s dataset: pairs longer than max_length=%d tokens are dropped (row %d: %d tokens).",
-                           split, max_length, i, longest)
-        return False
+        return max_length is None or max(len(ex["chosen_ids"]), len(ex["rejected_ids"])) <= max_length
 
-    return dataset.filter(keep, with_indices=True)
+    return drop_as_read(dataset, keep, lambda ex, i: (
+        f"{split} dataset: pairs longer than max_length={max_length} tokens are dropped (row {i}: "
+        f"{max(len(ex['chosen_ids']), len(ex['rejected_ids']))} tokens)."))
 
 
 class ClassifierTrainer(BaseTrainer):

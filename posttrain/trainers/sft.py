@@ -33,6 +33,7 @@ from ..data import (
     video_column,
 )
 from ..data.formats import LANGUAGE_MODELING, PROMPT_COMPLETION
+from ..data.streaming import drop_as_read
 from ..data_utils import is_conversational_from_value, maybe_convert_to_chatml
 from ..data.vision import padded_only_error
 from ..data.tokenize import MASK_COLUMNS, TRUNCATION_MODES, has_trainable_label, labelled_row
@@ -101,17 +102,8 @@ def _drop_unlearnable(dataset, name: str, args: SFTConfig):
             "(increase it, shorten or filter long prompts, or use truncation_mode='keep_end'), or the masks leave no "
             "token to train on (completion_only_loss, assistant_only_loss).")
     if is_streaming(dataset):
-        warned = []
-
-        def keep(ex, i):
-            if has_trainable_label(ex):
-                return True
-            if not warned:
-                warned.append(True)
-                logger.warning("%s dataset: rows with no token to train on are dropped (row %d). %s", name, i, hint)
-            return False
-
-        return dataset.filter(keep, with_indices=True)
+        return drop_as_read(dataset, lambda ex, i: has_trainable_label(ex),
+                            lambda ex, i: f"{name} dataset: rows with no token to train on are dropped (row {i}). {hint}")
     keep = [i for i, labels in enumerate(dataset["labels"]) if has_trainable_label({"labels": labels})]
     if not keep:
         raise DatasetFormatError(f"No row of the {name} dataset has a token to train on: {hint}")
