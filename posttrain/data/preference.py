@@ -114,7 +114,7 @@ def tokenize_preference_texts(
     """Validate one row and tokenize its prompt and completion ``columns``, untruncated. Returns the row with an
     explicit prompt (extracted from implicit-prompt rows), the prompt's ids and each column's completion ids.
     ``template_kwargs`` (e.g. a processor's ``chat_template``) go to the chat template."""
-    template_kwargs = row_template_kwargs(example, template_kwargs)
+    template_kwargs = row_template_kwargs(example, template_kwargs, row)
     if fmt.kind == PREFERENCE_IMPLICIT:
         validate_example(example, fmt, row)
         example = {**example, **extract_prompt(example, row)}
@@ -233,8 +233,11 @@ def report_truncation(dataset, split: str, args, paired: bool):
 def build_rows(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *, pad_token_id: int,
                padding_free: bool = False, pad_to_multiple_of: int | None = None,
                flatten: bool = True, length_buckets: bool = False,
-               per_sequence_cost: float | None = None) -> dict[str, torch.Tensor]:
-    """Model inputs for ``prompt[i] + completion[i]`` rows with a 0/1 ``completion_mask``.
+               per_sequence_cost: float | None = None,
+               completion_masks: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
+    """Model inputs for ``prompt[i] + completion[i]`` rows with a 0/1 ``completion_mask``: 1 on every completion
+    token, or ``completion_masks[i]`` over completion ``i``'s tokens (a multi-turn rollout's sampled tokens: the
+    tokens inserted between its turns are context, never scored).
 
     Padded: ``input_ids``/``attention_mask``/``completion_mask`` of shape (R, L), right-padded.
     Padding-free: sequences laid end to end with ``position_ids`` restarting at 0 at each sequence start, no
@@ -244,7 +247,12 @@ def build_rows(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[
     longer than the longest sequence, each row's end padded to the widest row.
     """
     seqs = [list(p) + list(c) for p, c in zip(prompts, completions)]
-    masks = [[0] * len(p) + [1] * len(c) for p, c in zip(prompts, completions)]
+    if completion_masks is None:
+        masks = [[0] * len(p) + [1] * len(c) for p, c in zip(prompts, completions)]
+    else:
+        masks = [[0] * len(p) + [int(bool(m)) for m in cm] for p, cm in zip(prompts, completion_masks)]
+        if any(len(m) != len(s) for m, s in zip(masks, seqs)):
+            raise ValueError("build_rows: each completion mask needs one entry per completion token.")
     if padding_free:
         groups, flat = padding_free_rows([len(s) for s in seqs], flatten, per_sequence_cost)
         width = row_width(max(sum(len(seqs[i]) for i in g) for g in groups), pad_to_multiple_of, length_buckets and flat)

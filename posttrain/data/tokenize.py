@@ -22,6 +22,7 @@ from .formats import (
 )
 from .collators import IGNORE_INDEX, label_ids
 from .templates import require_chat_template
+from .tools import TOOL_ROLE, check_tool_messages, row_tools
 
 TRUNCATION_MODES = ("keep_start", "keep_end")
 
@@ -47,15 +48,21 @@ def truncate(seq: Sequence, max_length: int | None, mode: str = "keep_start") ->
     return seq[truncation_window(len(seq), max_length, mode)]
 
 
-def row_template_kwargs(example: Mapping[str, Any], configured: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def row_template_kwargs(example: Mapping[str, Any], configured: Mapping[str, Any] | None = None,
+                        row: int | None = None) -> dict[str, Any]:
     """The keyword arguments a row's chat template is rendered with: the config's ``chat_template_kwargs``, then the
-    row's own ``chat_template_kwargs`` column (TRL's per-row column) over them. A None in the row is no value: an
-    Arrow column of dicts gives every row every key, None where the row had none."""
+    row's own ``chat_template_kwargs`` column (TRL's per-row column) over them, and the row's ``tools`` column (a list
+    of JSON schemas, or its JSON string: :func:`~posttrain.data.tools.row_tools`) as ``tools``. A None in the row is
+    no value: an Arrow column of dicts gives every row every key, None where the row had none."""
     row = example.get("chat_template_kwargs")
     if row is not None and not isinstance(row, Mapping):
         raise DatasetFormatError(f"Column 'chat_template_kwargs': expected a dict of template arguments, got "
                                  f"{type(row).__name__}.")
-    return {**dict(configured or {}), **{k: v for k, v in (row or {}).items() if v is not None}}
+    out = {**dict(configured or {}), **{k: v for k, v in (row or {}).items() if v is not None}}
+    tools = row_tools(example.get("tools"), row)  # TRL's per-row tools column
+    if tools:
+        out["tools"] = tools
+    return out
 
 
 def chat_template_ids(tokenizer, messages: list, add_generation_prompt: bool = False, assistant_mask: bool = False, **kwargs):
@@ -99,6 +106,21 @@ def tokenize_prompt_completion(tokenizer, prompt: Any, completion: Any, conversa
     return prompt_ids, completion_ids
 
 
+def tool_free_mask(tokenizer, prompt: list, completion: list, prompt_len: int, row: int | None = None,
+                   **template_kwargs) -> list[int]:
+    """The completion mask of a conversational prompt-completion row whose completion holds tool results: 1 on the
+    assistant turns' tokens only (the template's ``{% generation %}`` markers), so tool results are never trained
+    on."""
+    ids, amask = chat_template_ids(tokenizer, list(prompt) + list(completion), assistant_mask=True, **template_kwargs)
+    mask = [0] * prompt_len + list(amask[prompt_len:])
+    if not any(mask):
+        raise DatasetFormatError(
+            f"Row {row} (0-based): the completion holds 'tool' messages, which must not be trained on, but the chat "
+            "template does not mark assistant tokens ({% generation %} ... {% endgeneration %}), so they cannot be "
+            "told apart. Use a template with the markers, or drop the tool messages from completions.")
+    return mask
+
+
 def tokenize_sft_example(
     example: Mapping[str, Any],
     row: int,
@@ -115,7 +137,11 @@ def tokenize_sft_example(
 ) -> dict[str, list[int]]:
     """Validate and tokenize one SFT row (language modeling or prompt-completion, standard or conversational)."""
     validate_example(example, fmt, row, text_field=text_field)
-    template_kwargs = row_template_kwargs(example, template_kwargs)
+    if fmt.conversational:
+        for column in ("messages", "prompt", "completion"):
+            if isinstance(example.get(column), list):
+                check_tool_messages(example[column], row, column)
+    template_kwargs = row_template_kwargs(example, template_kwargs, row)
     out: dict[str, list[int]] = {}
     if fmt.conversational and not template_kwargs.get("chat_template"):
         require_chat_template(tokenizer)
@@ -137,6 +163,9 @@ def tokenize_sft_example(
         )
         out["input_ids"] = prompt_ids + completion_ids
         out["completion_mask"] = [0] * len(prompt_ids) + [1] * len(completion_ids)
+        if fmt.conversational and any(m.get("role") == TOOL_ROLE for m in example["completion"]):
+            out["completion_mask"] = tool_free_mask(tokenizer, example["prompt"], example["completion"], len(prompt_ids),
+                                                    row, **template_kwargs)
         if assistant_only_loss:
             out["assistant_masks"] = list(out["completion_mask"])
     else:

@@ -55,11 +55,24 @@ MODEL_MAX_LENGTH = 2048
 SEED = 1234
 DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent / "tokenizer"
 
-CHAT_TEMPLATE = r"""{%- for message in messages -%}
+CHAT_TEMPLATE = r"""{%- if tools -%}
+{{- '<|im_start|>system\n<tools>' -}}
+{%- for tool in tools -%}
+{%- set fn = tool['function'] if tool['function'] is defined else tool -%}
+{{- '\n' + fn['name'] + '(' + ((fn['parameters'] or {})['properties'] or {}).keys() | join(', ') + ')' -}}
+{%- endfor -%}
+{{- '\n</tools><|im_end|>\n' -}}
+{%- endif -%}
+{%- for message in messages -%}
 {%- if message['role'] == 'assistant' -%}
 {{- '<|im_start|>assistant\n' -}}
 {%- generation -%}
-{{- message['content'] + '<|im_end|>' -}}
+{{- message['content'] or '' -}}
+{%- for call in message['tool_calls'] or [] -%}
+{%- set fn = call['function'] if call['function'] is defined else call -%}
+{{- '<tool_call>{"name": ' + (fn['name'] | tojson) + ', "arguments": ' + (fn['arguments'] if fn['arguments'] is string else (fn['arguments'] | tojson)) + '}</tool_call>' -}}
+{%- endfor -%}
+{{- '<|im_end|>' -}}
 {%- endgeneration -%}
 {{- '\n' -}}
 {%- else -%}
@@ -70,7 +83,9 @@ CHAT_TEMPLATE = r"""{%- for message in messages -%}
 {{- '<|im_start|>assistant\n' -}}
 {%- endif -%}"""
 """ChatML template: ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per message; assistant
-content and its ``<|im_end|>`` are inside a ``{% generation %}`` block."""
+content, its tool calls (``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, the Hermes/Qwen format) and
+its ``<|im_end|>`` are inside a ``{% generation %}`` block; ``tools`` are listed compactly in a first system turn
+(``name(arg, ...)`` a line: tiny models read no JSON schemas); ``tool`` messages are turns of role ``tool``."""
 
 _SYSTEM_PROMPTS = ("You are a helpful assistant.", "Answer with the result only.", "Think step by step.")
 

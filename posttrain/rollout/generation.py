@@ -31,6 +31,13 @@ class Generations:
     logprobs: list[list[float]] | None = None
     """With ``return_logprobs=True``: for every completion token, its log-probability under the distribution it
     was drawn from (the model's logits after temperature, top-k, top-p, min-p and repetition penalty)."""
+    loss_masks: list[list[int]] | None = None
+    """Multi-turn rollouts (:mod:`posttrain.rollout.agent`): 1 on each completion's sampled tokens, 0 on the tokens
+    inserted between its turns (tool results, observations); None: every token was sampled."""
+    messages: list[list[dict]] | None = None
+    """Multi-turn rollouts: each completion as its messages (assistant turns and inserted messages)."""
+    truncated: list[bool] | None = None
+    """Multi-turn rollouts: whether each episode ran out of its token budget (None: a completion without EOS is)."""
 
 
 def encode_prompts(tokenizer, prompts: Sequence) -> list[list[int]]:

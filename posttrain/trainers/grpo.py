@@ -144,6 +144,7 @@ class GRPOTrainer(OnlineTrainer):
     """
 
     config_class = GRPOConfig
+    supports_agents = True  # tools=, environment_factory= (docs/agents.md)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

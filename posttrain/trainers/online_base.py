@@ -66,6 +66,8 @@ from ..models.sharding import frozen_copy
 from ..rollout import RewardScorer
 from ..rollout.backends import make_backend
 from ..rollout.scoring import completion_for_model
+from ..models.sharding import is_zero3_partitioned
+from .agents import AgentRollouts
 from .base import BaseTrainer, PosttrainConfig, check_choice, require_positive
 from .logprobs import ROW_KEYS, token_logps
 from .reference import ReferencePolicy
@@ -140,6 +142,13 @@ class OnlineConfig(PosttrainConfig):
     vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "Colocate mode: training processes sharing one vLLM engine (tensor parallel)."})
     vllm_enable_sleep_mode: bool = field(default=False, metadata={"help": "Colocate mode: release vLLM's weights and KV cache between generations."})
     vllm_max_model_length: int | None = field(default=None, metadata={"help": "Colocate mode: vLLM's max_model_len (default: max_prompt_length + max_completion_length)."})
+    # -- tools and environments (GRPO, RLOO; docs/agents.md) --
+    max_tool_calling_iterations: int | None = field(default=None, metadata={
+        "help": "With tools or an environment: the most tool-calling (or environment) rounds after the first assistant "
+                "turn of a rollout (None: until the model stops calling tools, the episode ends, or "
+                "max_completion_length, which bounds the whole multi-turn completion)."})
+    tool_call_timeout: float | None = field(default=60.0, metadata={
+        "help": "Seconds a tool call may take; one that overruns is answered with an error message (None: no limit)."})
     # -- rewards and reference --
     reward_weights: list[float] | None = field(default=None, metadata={"help": "One weight per reward function (default: all 1)."})
     beta: float = field(default=0.0, metadata={"help": "KL coefficient; 0 creates no reference model."})
@@ -234,17 +243,27 @@ class OnlineTrainer(BaseTrainer):
     """
 
     requires_reward_funcs = True
+    supports_agents = False  # tools= and environment_factory= (GRPO, RLOO)
 
     config_class = OnlineConfig
     _input_columns = ("prompt",)
 
-    def __init__(self, model, reward_funcs, args: OnlineConfig | None = None, train_dataset=None, eval_dataset=None,
+    def __init__(self, model, reward_funcs=None, args: OnlineConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, reward_processing_classes=None, callbacks=None, optimizers=(None, None),
-                 peft_config=None, ref_model=None):
+                 peft_config=None, ref_model=None, tools=None, environment_factory=None, tool_call_parser=None):
+        self.agent = None
+        if tools or environment_factory is not None:
+            if not self.supports_agents:
+                raise ValueError(f"{type(self).__name__} does not take tools or environments; GRPOTrainer and "
+                                 "RLOOTrainer do (docs/agents.md).")
+            self.agent = AgentRollouts(tools, environment_factory, tool_call_parser=tool_call_parser,
+                                       tool_timeout=getattr(args, "tool_call_timeout", 60.0))
         no_funcs = reward_funcs is None or (isinstance(reward_funcs, (list, tuple)) and not reward_funcs)
-        if no_funcs and self.requires_reward_funcs:
+        env_reward = self.agent is not None and self.agent.env_has_reward
+        if no_funcs and self.requires_reward_funcs and not env_reward:
             raise ValueError(f"{type(self).__name__} needs reward_funcs: a reward function, a reward model (object, "
-                             "name or path) or a list of them.")
+                             "name or path) or a list of them" + (" (or an environment that gives the reward)"
+                                                                  if self.supports_agents else "") + ".")
         self._truncated_prompts = 0
         super().__init__(model, args, processing_class=processing_class, peft_config=peft_config,
                          train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks,
@@ -252,10 +271,19 @@ class OnlineTrainer(BaseTrainer):
         args = self.args
         # Reward models are frozen models (ZeRO-3: an inference engine each, partitioned) that score in the training
         # precision (TRL 1.x's GRPO: accelerate's evaluation-mode preparation), so they store their linear layers in it.
-        self.scorer = None if no_funcs else RewardScorer(reward_funcs, reward_processing_classes, args.reward_weights,
+        given = [] if no_funcs else list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        weights = args.reward_weights
+        if env_reward:  # the environment's reward: one more source, weight 1 unless reward_weights has one for it
+            if weights is not None and len(weights) == len(given):
+                weights = list(weights) + [1.0]
+            if reward_processing_classes is not None:
+                reward_processing_classes = (list(reward_processing_classes) if isinstance(
+                    reward_processing_classes, (list, tuple)) else [reward_processing_classes]) + [None]
+            given = given + [self.agent.reward_function()]
+            no_funcs = False
+        self.scorer = None if no_funcs else RewardScorer(given, reward_processing_classes, weights,
                                                          model_context=self.autocast_region)
         if self.scorer is not None:
-            given = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
             self.scorer.processing_classes = [
                 self._reward_tokenizer(f) if tok is None and isinstance(f, torch.nn.Module) else tok
                 for f, tok in zip(self.scorer.reward_funcs, self.scorer.processing_classes)]
@@ -347,6 +375,11 @@ class OnlineTrainer(BaseTrainer):
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         if is_conversational_value(row["prompt"]):
             require_chat_template(tokenizer, f"The {split} dataset")
+        elif self.agent is not None:
+            raise DatasetFormatError(
+                f"Tools and environments need conversational prompts (lists of messages, rendered by the chat template "
+                f"with the tools), but the {split} dataset's prompts are plain text. Write each prompt as "
+                "[{\"role\": \"user\", \"content\": \"...\"}].")
         limit = args.max_prompt_length
         streaming = is_streaming(dataset)
         warned = []
@@ -355,7 +388,7 @@ class OnlineTrainer(BaseTrainer):
             prompt = example["prompt"]
             if is_conversational_value(prompt):
                 ids = chat_template_ids(tokenizer, prompt, add_generation_prompt=True,
-                                        **row_template_kwargs(example, args.chat_template_kwargs))
+                                        **row_template_kwargs(example, self._template_kwargs(args)))
             elif isinstance(prompt, str):
                 ids = tokenizer(prompt)["input_ids"]
             else:
@@ -387,6 +420,10 @@ class OnlineTrainer(BaseTrainer):
                 lambda ex: {"prompt_input_ids": truncate(ex["prompt_input_ids"], limit, "keep_end")},
                 num_proc=args.dataset_num_proc, desc=f"Truncating {split} prompts")
         return dataset
+
+    def _template_kwargs(self, args) -> dict[str, Any]:
+        """The chat template's keyword arguments of every prompt: the config's, and the tools' schemas."""
+        return {**dict(args.chat_template_kwargs or {}), **(self.agent.template_kwargs if self.agent else {})}
 
     def settle_streaming(self, args, train: bool) -> None:
         """As every trainer's (:meth:`BaseTrainer.settle_streaming`), and: a stream cannot be dispatched from the main
@@ -559,6 +596,35 @@ class OnlineTrainer(BaseTrainer):
         return self.rollout_backend.generate(prompt_ids, return_logprobs=self.needs_sampling_logps(),
                                              **self.sampling_kwargs())
 
+    def sample_episodes(self, rows: list[Mapping[str, Any]]):
+        """Multi-turn rollouts with the trainer's tools or environment (:class:`~posttrain.trainers.agents.AgentRollouts`),
+        every turn sampled by the rollout backend as :meth:`sample_completions` does; returns the prompts as the
+        rollouts saw them and :class:`~posttrain.rollout.Generations` with loss masks. Records ``tools/*`` and
+        ``turns/*``."""
+        args = self.args
+        if self.accelerator.num_processes > 1 and is_zero3_partitioned(unwrap(self.model)) and not args.use_vllm:
+            raise ValueError("Tools and environments with DeepSpeed ZeRO-3 need use_vllm=True: the partitioned "
+                             "policy's generation is collective, and processes run different numbers of turns.")
+        self.rollout_backend.sync_weights(self.model, self.state.global_step)
+        sampling = self.sampling_kwargs()
+        sampling.pop("max_new_tokens")
+        prompts, gens = self.agent.rollout(
+            self.rollout_backend.generate, rows, tokenizer=self.tokenizer_,
+            config_template_kwargs=args.chat_template_kwargs, max_prompt_length=args.max_prompt_length,
+            max_completion_length=args.max_completion_length, max_iterations=args.max_tool_calling_iterations,
+            return_logprobs=self.needs_sampling_logps(), **sampling)
+        episodes = self.agent.last_episodes
+        turns = self._gather(torch.tensor([float(e.turns) for e in episodes]))
+        calls = self._gather(torch.tensor([float(e.tool_calls) for e in episodes]))
+        failures = self._gather(torch.tensor([float(e.tool_failures) for e in episodes]))
+        self.record("turns/mean", turns.mean())
+        self.record("turns/max", turns.max())
+        self.record("turns/truncated_ratio", self._gather(torch.tensor([float(e.truncated) for e in episodes])).mean())
+        if self.agent.schemas:  # TRL's names: calls per completion, failed calls per call
+            self.record("tools/call_frequency", calls.mean())
+            self.record("tools/failure_frequency", failures.sum() / calls.sum().clamp(min=1.0))
+        return prompts, gens
+
     def needs_sampling_logps(self) -> bool:
         """Whether micro-batches carry the sampler's log-probs of the completion tokens (``sampling_logps``, (B, T)
         like :meth:`token_logps`), e.g. for GRPO's vLLM importance-sampling correction. Default: False."""
@@ -579,6 +645,8 @@ class OnlineTrainer(BaseTrainer):
         columns = {k: [r[k] for r in rows] for k in rows[0] if k not in ("prompt", "prompt_input_ids")}
         columns.update(completion_ids=completion_ids, trainer_state=self.state, log_extra=self._log_extra,
                        log_metric=self._log_metric)
+        if self.agent is not None and self.agent.factory is not None:
+            columns["environments"] = self.agent.batch_environments
         self._extra_columns = {}
         scores = self.scorer(prompts, completions, **columns)
         per_function = self._gather(scores.per_function)
@@ -643,14 +711,22 @@ class OnlineTrainer(BaseTrainer):
         n = len(rows)
         prompts = [r["prompt"] for r in rows]
         with self.generation_precision():
-            gens = self.sample_completions([r["prompt_input_ids"] for r in rows])
+            if self.agent is not None:
+                prompts, gens = self.sample_episodes(rows)
+            else:
+                gens = self.sample_completions([r["prompt_input_ids"] for r in rows])
         prompt_ids, completion_ids = gens.prompt_ids, gens.completion_ids
         eos = tokenizer.eos_token_id
-        truncated = torch.tensor([not (ids and ids[-1] == eos) for ids in completion_ids], dtype=torch.bool)
+        truncated = torch.tensor(gens.truncated if gens.truncated is not None else
+                                 [not (ids and ids[-1] == eos) for ids in completion_ids], dtype=torch.bool)
         lengths = torch.tensor([len(ids) for ids in completion_ids], dtype=torch.float32)
+        # the loss's tokens: the sampled ones (a multi-turn rollout's inserted tokens are context only)
+        sampled = lengths if gens.loss_masks is None else \
+            torch.tensor([sum(m) for m in gens.loss_masks], dtype=torch.float32)
 
         # -- rewards of the whole generation batch (all processes)
-        completions = [completion_for_model(p, t) for p, t in zip(prompts, gens.texts)]
+        completions = gens.messages if gens.messages is not None else \
+            [completion_for_model(p, t) for p, t in zip(prompts, gens.texts)]
         rewards = self.score_completions(rows, prompts, completions, completion_ids)
         all_lengths, all_truncated = self._gather(lengths), self._gather(truncated)
         self.record("completions/mean_length", all_lengths.mean())
@@ -664,7 +740,7 @@ class OnlineTrainer(BaseTrainer):
         self.count_tokens(sum(len(p) for p in prompt_ids) + int(lengths.sum()))
 
         # -- split into micro-batches; log-probs of the sampling policy and of the reference once per batch
-        loss_tokens = self.loss_items(lengths, truncated)
+        loss_tokens = self.loss_items(sampled, truncated)
         num_items = loss_tokens.sum().reshape(1)
         if args.average_tokens_across_devices:  # counted as Trainer counts it (BaseTrainer.reduce_loss)
             num_items = self._gather(num_items)
@@ -677,7 +753,9 @@ class OnlineTrainer(BaseTrainer):
             sl = slice(c * size, (c + 1) * size)
             batch: dict[str, Any] = {k: v.to(args.device) for k, v in
                                      build_rows(prompt_ids[sl], completion_ids[sl], pad_token_id=pad,
-                                                pad_to_multiple_of=args.pad_to_multiple_of).items()}
+                                                pad_to_multiple_of=args.pad_to_multiple_of,
+                                                completion_masks=None if gens.loss_masks is None
+                                                else gens.loss_masks[sl]).items()}
             batch["truncated"] = truncated[sl].to(args.device)
             if gens.logprobs is not None:  # the sampler's log-probs, laid out like token_logps
                 batch["sampling_logps"] = torch.nn.utils.rnn.pad_sequence(

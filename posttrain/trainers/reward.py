@@ -88,7 +88,7 @@ def tokenize_preference_pair(example: Mapping[str, Any], row: int, *, tokenizer,
     found (one answer may even be a prefix of the other).
     """
     validate_example(example, fmt, row)
-    template_kwargs = row_template_kwargs(example, template_kwargs)
+    template_kwargs = row_template_kwargs(example, template_kwargs, row)
     out: dict[str, Any] = {}
     for key in ("chosen", "rejected"):
         if fmt.kind == PREFERENCE_IMPLICIT:

@@ -70,6 +70,7 @@ class RLOOTrainer(OnlineTrainer):
     """
 
     config_class = RLOOConfig
+    supports_agents = True  # tools=, environment_factory= (docs/agents.md)
     _run_suffix = "RLOO"
 
     def _needs_old_logps_for_rewards(self) -> bool:
