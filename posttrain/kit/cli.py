@@ -12,6 +12,9 @@ Examples::
     posttrain kit make-data --task addition --format prompt_completion --n 1000 --seed 0 --output data/train.jsonl
     posttrain kit make-data --task addition --format prompt_only --n 100 --seed 1 \
         --exclude data/train.jsonl --output data/test.jsonl
+    posttrain kit make-agent-data --kind tool_sft --n 3000 --output tools_sft.jsonl     # docs/agents.md
+    posttrain kit make-agent-data --kind tool_prompts --n 512 --seed 5 --output tool_prompts.jsonl
+    posttrain kit make-agent-data --kind guess_prompts --n 512 --output guess_prompts.jsonl
     posttrain kit tokenizer-path
 """
 
@@ -32,6 +35,7 @@ _ARCHS = ("qwen2", "llama", "gpt2", "gemma3")
 _VLM_ARCHS = ("llava", "gemma3-vlm", "smolvlm")
 _HEADS = ("causal-lm", "seq-cls", "token-cls")
 _SIZES = ("tiny", "small", "bench", "real", "real-262k")
+_AGENT_KINDS = ("tool_sft", "tool_prompts", "guess_prompts", "guess_sft")
 _FORMATS = (
     "language_modeling",
     "prompt_only",
@@ -101,6 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
         "with probability 1/2, labelled on its own)",
     )  # fmt: skip
 
+    agent = sub.add_parser("make-agent-data", help="write a kit dataset for tool calling or a multi-turn "
+                           "environment (docs/agents.md)")
+    agent.add_argument("--kind", required=True, choices=_AGENT_KINDS,
+                       help="tool_sft: multiply-tool demonstrations (messages + tools); tool_prompts: questions with "
+                       "their answer; guess_prompts: guessing-game prompts with their secret; guess_sft: games played")
+    agent.add_argument("--n", type=int, required=True, help="number of rows")
+    agent.add_argument("--seed", type=int, default=0)
+    agent.add_argument("--wrong_fraction", type=float, default=0.0, help="tool_sft: share of calls with wrong arguments")
+    agent.add_argument("--high", type=int, default=8, help="guess_*: numbers from 1 to HIGH")
+    agent.add_argument("--output", required=True, help="output file (.jsonl, .json, .parquet, .csv) or folder")
+
     sub.add_parser("tokenizer-path", help="print the folder of the shipped tokenizer")
     return parser
 
@@ -145,6 +160,21 @@ def _make_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_agent_data(args: argparse.Namespace) -> int:
+    from datasets import Dataset
+
+    from posttrain.kit import agents
+    from posttrain.kit.datasets import write_dataset
+
+    rows = {"tool_sft": lambda: agents.tool_use_rows(args.n, args.seed, args.wrong_fraction),
+            "tool_prompts": lambda: agents.tool_prompt_rows(args.n, args.seed),
+            "guess_prompts": lambda: agents.guess_prompt_rows(args.n, args.high, args.seed),
+            "guess_sft": lambda: agents.guess_demo_rows(args.n, args.high, args.seed)}[args.kind]()
+    path = write_dataset(Dataset.from_list(rows), args.output)
+    print(f"wrote {len(rows)} {args.kind} rows to {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``posttrain kit`` with ``argv`` (``sys.argv[1:]`` if None); returns the exit code."""
     parser = build_parser()
@@ -154,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             return _build_model(args)
         if args.command == "make-data":
             return _make_data(args)
+        if args.command == "make-agent-data":
+            return _make_agent_data(args)
         from posttrain.kit import tokenizer_path
 
         print(tokenizer_path())

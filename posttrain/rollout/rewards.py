@@ -176,6 +176,33 @@ _TRL_NAMES = {"accuracy_reward": "accuracy", "format_reward": "format", "think_f
               "get_length_penalty": "length", "get_soft_overlong_punishment": "soft_overlong"}
 
 
+def load_callable(name: str, what: str = "function") -> Callable:
+    """The callable a ``module:attribute`` or ``path/to/file.py:attribute`` path names (reward functions, tools,
+    environment classes on the command line). Naming code runs it, so the module or file imported is logged (a
+    config that names code is code, docs/grpo.md)."""
+    if ":" not in name:
+        raise ValueError(f"{what} {name!r}: give a 'module:name' or 'file.py:name' path.")
+    module_name, _, attr = name.rpartition(":")
+    if module_name.endswith(".py"):
+        logger.warning("%s %r: running the Python file %s to import it.", what, name, os.path.abspath(module_name))
+        spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(module_name))[0], module_name)
+        if spec is None or spec.loader is None:
+            raise ValueError(f"Cannot load {what} {name!r} from {module_name!r}.")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_name)
+            logger.warning("%s %r: imported module %s from %s.", what, name, module_name,
+                           getattr(module, "__file__", None) or "(built in)")
+        except ImportError as err:
+            raise ValueError(f"Cannot import module {module_name!r} of {what} {name!r}: {err}") from err
+    func = getattr(module, attr, None)
+    if func is None or not callable(func):
+        raise ValueError(f"Module {module_name!r} has no callable {attr!r} ({what} {name!r}).")
+    return func
+
+
 def get_reward_func(name: str, *, max_completion_length: int | None = None, soft_punish_cache: int | None = None,
                     length_coef: float = 1.0) -> Callable[..., list]:
     """A reward function from a built-in name (see :data:`BUILTIN_REWARDS`) or a ``module:function`` path
@@ -198,24 +225,4 @@ def get_reward_func(name: str, *, max_completion_length: int | None = None, soft
     if ":" not in name:
         raise ValueError(f"Unknown reward function {name!r}. Built-in names: {', '.join(BUILTIN_REWARDS)}; or give "
                          "a 'module:function' path to your own function.")
-    module_name, _, attr = name.rpartition(":")
-    # naming code runs it: say which file or module is imported (a config that names code is code, docs/grpo.md)
-    if module_name.endswith(".py"):
-        logger.warning("Reward function %r: running the Python file %s to import it.", name,
-                       os.path.abspath(module_name))
-        spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(module_name))[0], module_name)
-        if spec is None or spec.loader is None:
-            raise ValueError(f"Cannot load reward functions from {module_name!r}.")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(module_name)
-            logger.warning("Reward function %r: imported module %s from %s.", name, module_name,
-                           getattr(module, "__file__", None) or "(built in)")
-        except ImportError as err:
-            raise ValueError(f"Cannot import module {module_name!r} of reward function {name!r}: {err}") from err
-    func = getattr(module, attr, None)
-    if func is None or not callable(func):
-        raise ValueError(f"Module {module_name!r} has no callable {attr!r} (reward function {name!r}).")
-    return func
+    return load_callable(name, "reward function")

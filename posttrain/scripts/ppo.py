@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 from ..trainers.ppo import PPOConfig, PPOTrainer
 from .common import parse, train
-from .grpo import GRPOScriptArguments, reward_functions
+from .grpo import OnlineScriptArguments, reward_functions
 
 
 @dataclass
-class PPOScriptArguments(GRPOScriptArguments):
+class PPOScriptArguments(OnlineScriptArguments):
     """Data, reward and model-path options of the PPO scripts (TRL's names)."""
 
     sft_model_path: str | None = field(default=None, metadata={"help": "The policy to start from (default: --model_name_or_path)."})
