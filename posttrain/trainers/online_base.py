@@ -63,7 +63,7 @@ from ..data.tokenize import chat_template_ids, row_template_kwargs, truncate
 from ..losses.tokens import nanstd
 from ..models import disable_dropout, is_peft_model, load_frozen, load_tokenizer, unwrap
 from ..models.sharding import frozen_copy
-from ..rollout import RewardScorer
+from ..rollout import Generations, RewardScorer
 from ..rollout.backends import make_backend
 from ..rollout.scoring import completion_for_model
 from ..models.sharding import is_zero3_partitioned
@@ -250,12 +250,18 @@ class OnlineTrainer(BaseTrainer):
 
     def __init__(self, model, reward_funcs=None, args: OnlineConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, reward_processing_classes=None, callbacks=None, optimizers=(None, None),
-                 peft_config=None, ref_model=None, tools=None, environment_factory=None, tool_call_parser=None):
+                 peft_config=None, ref_model=None, tools=None, environment_factory=None, tool_call_parser=None,
+                 rollout_func=None):
         self.agent = None
+        if (tools or environment_factory is not None or rollout_func is not None) and not self.supports_agents:
+            raise ValueError(f"{type(self).__name__} does not take tools, environments or a rollout_func; GRPOTrainer "
+                             "and RLOOTrainer do (docs/agents.md).")
+        if rollout_func is not None and (tools or environment_factory is not None):
+            raise ValueError("rollout_func replaces the trainer's rollouts; tools and environment_factory are part of "
+                             "them. Give one or the other.")
+        self.rollout_func = rollout_func
+        self._rollout_columns: dict[str, list] = {}  # rollout_func's extra fields, for the reward functions
         if tools or environment_factory is not None:
-            if not self.supports_agents:
-                raise ValueError(f"{type(self).__name__} does not take tools or environments; GRPOTrainer and "
-                                 "RLOOTrainer do (docs/agents.md).")
             self.agent = AgentRollouts(tools, environment_factory, tool_call_parser=tool_call_parser,
                                        tool_timeout=getattr(args, "tool_call_timeout", 60.0))
         no_funcs = reward_funcs is None or (isinstance(reward_funcs, (list, tuple)) and not reward_funcs)
@@ -625,6 +631,37 @@ class OnlineTrainer(BaseTrainer):
             self.record("tools/failure_frequency", failures.sum() / calls.sum().clamp(min=1.0))
         return prompts, gens
 
+    def custom_rollouts(self, prompts: list):
+        """Completions from the user's ``rollout_func(prompts, trainer)`` (TRL's escape hatch): one completion per
+        prompt given (this process's, each repeated as the rows are), as a dict with ``prompt_ids``,
+        ``completion_ids`` and ``logprobs`` (lists, one per completion; ``logprobs`` may be None), optionally
+        ``env_mask`` (1 on tokens the policy sampled, 0 on inserted ones: out of the loss); every other key is a
+        column (one value per completion) for the reward functions."""
+        self.rollout_backend.sync_weights(self.model, self.state.global_step)
+        output = self.rollout_func(prompts, self)
+        if not isinstance(output, Mapping):
+            raise ValueError(f"rollout_func must return a dict, got {type(output).__name__}.")
+        missing = sorted({"prompt_ids", "completion_ids", "logprobs"} - set(output))
+        if missing:
+            raise ValueError(f"rollout_func must return keys {missing} in its output dict.")
+        n = len(prompts)
+        for key, value in output.items():
+            if value is not None and len(value) != n:
+                raise ValueError(f"rollout_func returned {len(value)} {key!r} for {n} prompts; one per prompt is "
+                                 "needed (the prompts are already repeated num_generations times).")
+        completion_ids = [list(c) for c in output["completion_ids"]]
+        masks = output.get("env_mask")
+        if masks is not None and any(len(m) != len(c) for m, c in zip(masks, completion_ids)):
+            raise ValueError("rollout_func's env_mask needs one entry per completion token.")
+        self._rollout_columns = {k: list(v) for k, v in output.items()
+                                 if k not in ("prompt_ids", "completion_ids", "logprobs", "env_mask")}
+        logprobs = output["logprobs"] if self.needs_sampling_logps() else None
+        if logprobs is not None and masks is not None:  # laid out like token_logps: sampled tokens only
+            logprobs = [[lp for lp, m in zip(lps, mask) if m] for lps, mask in zip(logprobs, masks)]
+        return Generations(prompt_ids=[list(p) for p in output["prompt_ids"]], completion_ids=completion_ids,
+                           texts=self.tokenizer_.batch_decode(completion_ids, skip_special_tokens=True),
+                           logprobs=logprobs, loss_masks=None if masks is None else [list(m) for m in masks])
+
     def needs_sampling_logps(self) -> bool:
         """Whether micro-batches carry the sampler's log-probs of the completion tokens (``sampling_logps``, (B, T)
         like :meth:`token_logps`), e.g. for GRPO's vLLM importance-sampling correction. Default: False."""
@@ -647,6 +684,7 @@ class OnlineTrainer(BaseTrainer):
                        log_metric=self._log_metric)
         if self.agent is not None and self.agent.factory is not None:
             columns["environments"] = self.agent.batch_environments
+        columns.update(self._rollout_columns)
         self._extra_columns = {}
         scores = self.scorer(prompts, completions, **columns)
         per_function = self._gather(scores.per_function)
@@ -713,6 +751,8 @@ class OnlineTrainer(BaseTrainer):
         with self.generation_precision():
             if self.agent is not None:
                 prompts, gens = self.sample_episodes(rows)
+            elif self.rollout_func is not None:
+                gens = self.custom_rollouts(prompts)
             else:
                 gens = self.sample_completions([r["prompt_input_ids"] for r in rows])
         prompt_ids, completion_ids = gens.prompt_ids, gens.completion_ids
@@ -728,7 +768,7 @@ class OnlineTrainer(BaseTrainer):
         completions = gens.messages if gens.messages is not None else \
             [completion_for_model(p, t) for p, t in zip(prompts, gens.texts)]
         rewards = self.score_completions(rows, prompts, completions, completion_ids)
-        all_lengths, all_truncated = self._gather(lengths), self._gather(truncated)
+        all_lengths, all_truncated = self._gather(sampled), self._gather(truncated)  # TRL: sampled tokens
         self.record("completions/mean_length", all_lengths.mean())
         self.record("completions/min_length", all_lengths.min())
         self.record("completions/max_length", all_lengths.max())
@@ -737,7 +777,7 @@ class OnlineTrainer(BaseTrainer):
         for stat in ("mean", "min", "max"):
             value = getattr(terminated, stat)() if terminated.numel() else torch.tensor(0.0)
             self.record(f"completions/{stat}_terminated_length", value)
-        self.count_tokens(sum(len(p) for p in prompt_ids) + int(lengths.sum()))
+        self.count_tokens(sum(len(p) for p in prompt_ids) + int(sampled.sum()))
 
         # -- split into micro-batches; log-probs of the sampling policy and of the reference once per batch
         loss_tokens = self.loss_items(sampled, truncated)

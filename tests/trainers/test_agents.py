@@ -197,3 +197,41 @@ def test_agent_setups_that_cannot_work_fail_early(tiny_model_dir, tmp_path):
         GRPOTrainer(tiny_model_dir, lambda **k: [0.0], args=_args(GRPOConfig, tmp_path), train_dataset=prompts,
                     tools=[lambda x: x])
     assert json.loads(json.dumps(AgentRollouts([multiply], None).schemas))[0]["function"]["name"] == "multiply"
+
+
+def test_rollout_func_replaces_the_rollouts(tiny_model_dir, tmp_path):
+    """TRL's escape hatch: the trainer trains on what rollout_func returns; env_mask keeps inserted tokens out of the
+    loss; extra keys reach the reward functions; wrong shapes are errors naming the key."""
+    seen = {}
+
+    def rollout_func(prompts, trainer):
+        tok = trainer.processing_class
+        prompt_ids = [tok.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"]
+                      for p in prompts]
+        completion = tok("12 then 34", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        mask = [1] * 2 + [0] * (len(completion) - 4) + [1] * 2
+        return {"prompt_ids": prompt_ids, "completion_ids": [completion] * len(prompts), "logprobs": None,
+                "env_mask": [mask] * len(prompts), "score": [float(i) for i in range(len(prompts))]}
+
+    def reward(prompts, completions, score, **kw):
+        seen["score"] = score
+        return score
+
+    trainer = GRPOTrainer(tiny_model_dir, reward, args=_args(GRPOConfig, tmp_path),
+                          train_dataset=Dataset.from_list(tool_prompt_rows(8)), rollout_func=rollout_func)
+    trainer.model.train()
+    (batch,) = trainer.generate_and_score([trainer.train_dataset[i] for i in range(4)], 1)
+    assert seen["score"] == [0.0, 1.0, 2.0, 3.0]
+    assert int(batch["completion_mask"].sum()) == 4 * 4 == float(batch["num_items_in_batch"])
+    trainer.train()
+    assert trainer.state.log_history[0]["completions/mean_length"] == 4.0
+
+    def short(prompts, trainer):
+        return {"prompt_ids": [[1]], "completion_ids": [[2]], "logprobs": None}
+
+    trainer.rollout_func = short
+    with pytest.raises(ValueError, match="returned 1 'prompt_ids' for 4 prompts"):
+        trainer.generate_and_score([trainer.train_dataset[i] for i in range(4)], 1)
+    with pytest.raises(ValueError, match="rollout_func replaces"):
+        GRPOTrainer(tiny_model_dir, reward, args=_args(GRPOConfig, tmp_path), train_dataset=Dataset.from_list(
+            tool_prompt_rows(8)), rollout_func=rollout_func, tools=[multiply])
