@@ -12,12 +12,16 @@ PIP    = $(BIN)/pip install -q --disable-pip-version-check $(CONSTRAINTS)
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.posttrain-installed
 DS_STAMP := $(VENV)/.posttrain-deepspeed-installed
+# An OpenEnv server's own environment (openenv-core and its web stack, which pin versions posttrain's environment does not
+# share): the tests start the kit's environment server from it (posttrain/kit/openenv_server.py, docs/agents.md).
+OPENENV_VENV ?= .venv-openenv
+OPENENV_STAMP := $(OPENENV_VENV)/.posttrain-openenv-installed
 PYTEST := $(BIN)/python -m pytest
 # test workers (pytest-xdist): each test runs on one thread (tests/conftest.py), so one worker per core
 TEST_WORKERS ?= 2
 OUT    ?= outputs/demo
 
-.PHONY: install demo test test-fast test-slow test-distributed test-all test-seeds test-newest lock bench bench-packing bench-trl trl-venv gpu-check clean
+.PHONY: openenv-venv install demo test test-fast test-slow test-distributed test-all test-seeds test-newest lock bench bench-packing bench-trl trl-venv gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,15 +33,22 @@ $(STAMP): $(BIN)/python pyproject.toml $(LOCK)
 
 install: $(STAMP)
 
+$(OPENENV_STAMP):
+	$(PYTHON) -m venv $(OPENENV_VENV)
+	$(OPENENV_VENV)/bin/pip install -q --disable-pip-version-check openenv-core==0.3.0
+	@touch $(OPENENV_STAMP)
+
+openenv-venv: $(OPENENV_STAMP)
+
 demo: install
 	$(BIN)/python -m posttrain.demo --output_dir $(OUT)
 
-test: install
+test: install $(OPENENV_STAMP)
 	$(PYTEST) -q -n $(TEST_WORKERS) -m "not slow and not distributed" --durations=10
 
 # the default suite without the learning tests (-m learning: each trains a model until a metric moves) and the runs of
 # the shipped notebooks and example scripts (-m example): a quick check while working; `make test` is the measure
-test-fast: install
+test-fast: install $(OPENENV_STAMP)
 	$(PYTEST) -q -n $(TEST_WORKERS) -m "not slow and not distributed and not learning and not example" --durations=5
 
 test-slow: install
@@ -55,12 +66,12 @@ $(DS_STAMP): $(STAMP)
 test-distributed: install $(DS_STAMP)
 	DS_ACCELERATOR=cpu $(PYTEST) -q -m "distributed" --durations=25
 
-test-all: install
+test-all: install $(OPENENV_STAMP)
 	$(PYTEST) -q
 
 # The learning tests (-m learning) with training seeds 0, 1 and 2; each seed's output in outputs/seeds/, and the lines
 # the tests print about what they measured (their margins) shown here. Their docstrings record these margins.
-test-seeds: install
+test-seeds: install $(OPENENV_STAMP)
 	@mkdir -p outputs/seeds
 	@for s in 0 1 2; do echo "== seed $$s"; POSTTRAIN_TEST_SEED=$$s $(PYTEST) -q -s -m "learning and not distributed" \
 		-p no:cacheprovider > outputs/seeds/seed-$$s.log 2>&1; \

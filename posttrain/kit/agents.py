@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["multiply", "MULTIPLY_SCHEMA", "tool_use_rows", "tool_prompt_rows", "tool_answer_reward", "final_answer",
-           "GuessNumberEnv", "guess_prompt_rows", "guess_demo_rows"]
+           "GuessNumberEnv", "guess_prompt_rows", "guess_demo_rows", "openenv_guess_env"]
 
 
 def multiply(a: int, b: int) -> int:
@@ -132,6 +132,16 @@ class GuessNumberEnv:
         return ("higher" if guess < self.secret else "lower"), 0.0, False
 
 
+def openenv_guess_env(url: str | None = None):
+    """The guessing game of the kit's OpenEnv server (``posttrain/kit/openenv_server.py``) at ``url`` (default
+    ``$POSTTRAIN_OPENENV_URL``, else ``http://127.0.0.1:8765``), as an environment for ``environment_factory``."""
+    import os
+
+    from posttrain.rollout.openenv import OpenEnvEnvironment
+
+    return OpenEnvEnvironment(url or os.environ.get("POSTTRAIN_OPENENV_URL", "http://127.0.0.1:8765"))
+
+
 def guess_prompt_rows(n: int, high: int = 8, seed: int = 0) -> list[dict[str, Any]]:
     """Prompts of the guessing game with their ``secret`` column (read by :meth:`GuessNumberEnv.reset`)."""
     rng = random.Random(seed)
@@ -139,24 +149,28 @@ def guess_prompt_rows(n: int, high: int = 8, seed: int = 0) -> list[dict[str, An
              "secret": rng.randint(1, high)} for _ in range(n)]
 
 
-def guess_demo_rows(n: int, high: int = 8, seed: int = 0) -> list[dict[str, Any]]:
-    """SFT demonstrations of the game played by guessing at random among the numbers still possible: the format
-    and the feedback's meaning, without the best strategy (bisection), which RL can then find."""
+def guess_demo_rows(n: int, high: int = 8, seed: int = 0, bisect_fraction: float = 0.5) -> list[dict[str, Any]]:
+    """SFT demonstrations of the game: a ``bisect_fraction`` share played by bisection (the middle of the numbers
+    still possible: found in at most log2(high) + 1 guesses), the rest by guessing numbers not yet tried at random,
+    ignoring the feedback. A model trained on them plays both ways; RL can then prefer the one that wins in fewer
+    turns."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
         secret, low, top = rng.randint(1, high), 1, high
+        bisect = rng.random() < bisect_fraction
+        untried = list(range(1, high + 1))
+        rng.shuffle(untried)
         messages = [{"role": "user", "content": f"Guess my number from 1 to {high}."}]
         while True:
-            guess = rng.randint(low, top)
+            guess = (low + top) // 2 if bisect else untried.pop()
             messages.append({"role": "assistant", "content": str(guess)})
             if guess == secret:
                 break
-            if guess < secret:
-                low = guess + 1
-                messages.append({"role": "user", "content": "higher"})
+            if bisect:
+                low, top = (guess + 1, top) if guess < secret else (low, guess - 1)
             else:
-                top = guess - 1
-                messages.append({"role": "user", "content": "lower"})
+                untried = [u for u in untried if u != guess]
+            messages.append({"role": "user", "content": "higher" if guess < secret else "lower"})
         rows.append({"messages": messages})
     return rows
