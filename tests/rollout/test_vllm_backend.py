@@ -421,3 +421,28 @@ def test_sampler_importance_weights():
     assert torch.allclose(seq_mask.weights, torch.tensor([[math.exp(-0.5)], [0.0]]))
     with pytest.raises(ValueError, match="mode"):
         sampler_importance_weights(trainer, sampler, mask, mode="tokens")
+
+
+def test_multi_turn_rollouts_through_vllm(fake_vllm, tiny_model_dir, tokenizer, tmp_path):
+    """An episodic environment's turns are all sampled by the vLLM backend (colocate); the sampler's log-probs come
+    back for the sampled tokens only, laid out like the trainer's, and equal them (the stand-in samples with the
+    same weights): the inserted tokens are masked on both sides."""
+    from agent_helpers import eos_prone
+    from datasets import Dataset
+
+    from posttrain.kit.agents import GuessNumberEnv, guess_prompt_rows
+
+    path = tmp_path / "eos-prone"
+    eos_prone(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    args = vllm_grpo_args(tmp_path, vllm_mode="colocate", max_completion_length=40, max_prompt_length=None,
+                          max_tool_calling_iterations=3)
+    trainer = GRPOTrainer(str(path), args=args, train_dataset=Dataset.from_list(guess_prompt_rows(8, seed=4)),
+                          processing_class=tokenizer, environment_factory=lambda: GuessNumberEnv(8, 4))
+    trainer.model.eval()
+    torch.manual_seed(0)
+    batch = trainer.generate_and_score([trainer.train_dataset[i] for i in range(2) for _ in range(4)], 1)[0]
+    assert max(e.turns for e in trainer.agent.last_episodes) >= 2
+    logps, mask, _ = trainer.token_logps(trainer.model, batch)
+    assert batch["sampling_logps"].shape == logps.shape
+    torch.testing.assert_close(batch["sampling_logps"][mask.bool()], logps[mask.bool()], atol=1e-3, rtol=1e-3)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from agent_helpers import eos_prone
 from conftest import train_args
 from posttrain import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 from posttrain.data import DatasetFormatError
@@ -77,19 +78,6 @@ def test_grpo_with_tools_trains_only_on_sampled_tokens(tiny_model_dir, tmp_path)
     assert 2.0 <= logged["turns/mean"] <= 3.0 and "turns/truncated_ratio" in logged
 
 
-def _eos_prone(model, tok, p_eos=0.25):
-    """Make ``model`` end a turn with probability about ``p_eos`` per token (random tiny models rarely sample EOS)."""
-    with torch.no_grad():
-        ids = torch.randint(4, 1000, (8, 24))
-        h = model(ids, output_hidden_states=True).hidden_states[-1].reshape(-1, model.config.hidden_size)
-        m = h.mean(0)
-        w = model.get_output_embeddings().weight
-        w[tok.eos_token_id] = 0
-        base = torch.logsumexp(h @ w.T, dim=-1).mean()
-        target = base + torch.log(torch.tensor(p_eos / (1 - p_eos)))
-        w[tok.eos_token_id] = m * (target / (h @ m).mean())
-
-
 def test_token_in_token_out_the_trainer_scores_exactly_what_was_sampled(tiny_model_dir, tokenizer):
     """Multi-turn rollouts of the real sampler (an episodic environment answering every turn): the trainer's log-probs
     of the sampled tokens, on the rows built from the rollouts with the inserted tokens masked, equal the sampler's
@@ -97,7 +85,7 @@ def test_token_in_token_out_the_trainer_scores_exactly_what_was_sampled(tiny_mod
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    _eos_prone(model, tokenizer)
+    eos_prone(model, tokenizer)
     agent = AgentRollouts(None, lambda: GuessNumberEnv(high=9, max_guesses=4))
     rows = []
     for r in guess_prompt_rows(6, high=9):

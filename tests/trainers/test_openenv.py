@@ -5,7 +5,7 @@ import pytest
 from datasets import Dataset
 
 from conftest import train_args
-from openenv_helpers import openenv_server
+from agent_helpers import openenv_server
 from posttrain import GRPOConfig, GRPOTrainer
 from posttrain.kit.agents import guess_prompt_rows
 from posttrain.rollout.openenv import OpenEnvClient, OpenEnvEnvironment, OpenEnvError

@@ -1,4 +1,5 @@
-"""A real OpenEnv server with the kit's guessing game, for the tests (posttrain/kit/openenv_server.py)."""
+"""Helpers of the agent tests: a real OpenEnv server with the kit's guessing game (posttrain/kit/openenv_server.py),
+and a tiny model that ends its turns often enough for multi-turn rollouts."""
 
 import contextlib
 import os
@@ -60,4 +61,20 @@ def openenv_server(high: int = 8, max_guesses: int = 4, timeout: float = 90.0):
         log.close()
 
 
-__all__ = ["openenv_server", "server_python"]
+def eos_prone(model, tokenizer, p_eos=0.25):
+    """Make ``model`` (a random tiny model, which rarely samples EOS) end a turn with probability about ``p_eos`` per
+    token: EOS's output row points along the mean final hidden state, scaled to that probability."""
+    import torch
+
+    with torch.no_grad():
+        ids = torch.randint(4, 1000, (8, 24), generator=torch.Generator().manual_seed(0))
+        h = model(ids, output_hidden_states=True).hidden_states[-1].reshape(-1, model.config.hidden_size)
+        w = model.get_output_embeddings().weight
+        w[tokenizer.eos_token_id] = 0
+        target = torch.logsumexp(h @ w.T, dim=-1).mean() + torch.log(torch.tensor(p_eos / (1 - p_eos)))
+        m = h.mean(0)
+        w[tokenizer.eos_token_id] = m * (target / (h @ m).mean())
+    return model
+
+
+__all__ = ["eos_prone", "openenv_server", "server_python"]
