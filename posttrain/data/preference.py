@@ -28,6 +28,7 @@ from .streaming import is_streaming
 from .formats import (PREFERENCE, PREFERENCE_IMPLICIT, DatasetFormat, DatasetFormatError, detect_format, require_kind,
                       validate_example)
 from .templates import extract_prompt, render_messages, require_chat_template
+from .tools import check_tool_messages
 from .tokenize import check_truncation_mode, row_template_kwargs, tokenize_prompt_completion, truncate
 from .vision import (check_image_parts, process_images, processor_image_token, rendering, row_images,
                      template_kwargs, text_rows)
@@ -120,8 +121,11 @@ def tokenize_preference_texts(
         example = {**example, **extract_prompt(example, row)}
         fmt = DatasetFormat(PREFERENCE, fmt.conversational)
     validate_example(example, fmt, row)
-    if fmt.conversational and not template_kwargs.get("chat_template"):
-        require_chat_template(tokenizer, f"Row {row} (0-based)")
+    if fmt.conversational:
+        for col in ("prompt", *columns):
+            check_tool_messages(example[col], row, col)
+        if not template_kwargs.get("chat_template"):
+            require_chat_template(tokenizer, f"Row {row} (0-based)")
     prompt_ids = None
     comps = []
     for col in columns:

@@ -54,11 +54,11 @@ def row_template_kwargs(example: Mapping[str, Any], configured: Mapping[str, Any
     row's own ``chat_template_kwargs`` column (TRL's per-row column) over them, and the row's ``tools`` column (a list
     of JSON schemas, or its JSON string: :func:`~posttrain.data.tools.row_tools`) as ``tools``. A None in the row is
     no value: an Arrow column of dicts gives every row every key, None where the row had none."""
-    row = example.get("chat_template_kwargs")
-    if row is not None and not isinstance(row, Mapping):
+    own = example.get("chat_template_kwargs")
+    if own is not None and not isinstance(own, Mapping):
         raise DatasetFormatError(f"Column 'chat_template_kwargs': expected a dict of template arguments, got "
-                                 f"{type(row).__name__}.")
-    out = {**dict(configured or {}), **{k: v for k, v in (row or {}).items() if v is not None}}
+                                 f"{type(own).__name__}.")
+    out = {**dict(configured or {}), **{k: v for k, v in (own or {}).items() if v is not None}}
     tools = row_tools(example.get("tools"), row)  # TRL's per-row tools column
     if tools:
         out["tools"] = tools

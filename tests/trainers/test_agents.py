@@ -223,3 +223,39 @@ def test_rollout_func_replaces_the_rollouts(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="rollout_func replaces"):
         GRPOTrainer(tiny_model_dir, reward, args=_args(GRPOConfig, tmp_path), train_dataset=Dataset.from_list(
             tool_prompt_rows(8)), rollout_func=rollout_func, tools=[multiply])
+
+
+def test_offline_trainers_take_tool_use_data(tiny_model_dir, tmp_path):
+    """A `tools` column reaches the chat template (SFT, DPO); tool results are never SFT labels (assistant-only loss,
+    and a prompt-completion row whose completion holds a tool message); bad tool calls name the row and column."""
+    from posttrain import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+    from posttrain.kit.agents import MULTIPLY_SCHEMA, tool_use_rows
+
+    rows = tool_use_rows(4, seed=1)
+    result = rows[0]["messages"][2]["content"]
+    for data, kw in [(rows, dict(assistant_only_loss=True)),
+                     ([{"prompt": r["messages"][:1], "completion": r["messages"][1:], "tools": r["tools"]} for r in rows],
+                      {})]:
+        trainer = SFTTrainer(tiny_model_dir, args=train_args(SFTConfig, tmp_path, max_steps=1, **kw),
+                             train_dataset=Dataset.from_list(data))
+        tok, row = trainer.processing_class, trainer.train_dataset[0]
+        assert "<tools>\nmultiply(a, b)\n</tools>" in tok.decode(row["input_ids"])
+        trained = tok.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label != -100])
+        assert "<tool_call>" in trained and trained.endswith(f"{result}<|im_end|>")
+        assert f"tool\n{result}" not in trained and "<|im_start|>" not in trained  # the tool turn is context only
+
+    def call(args):
+        return {"role": "assistant", "content": "",
+                "tool_calls": [{"type": "function", "function": {"name": "multiply", "arguments": args}}]}
+
+    pairs = [{"prompt": [{"role": "user", "content": "2*3?"}], "chosen": [call({"a": 2, "b": 3})],
+              "rejected": [call({"a": 2, "b": 4})], "tools": json.dumps([MULTIPLY_SCHEMA])}] * 4
+    trainer = DPOTrainer(tiny_model_dir, args=train_args(DPOConfig, tmp_path, max_steps=1),
+                         train_dataset=Dataset.from_list(pairs))
+    assert "multiply(a, b)" in trainer.processing_class.decode(trainer.train_dataset[0]["prompt_ids"])
+    bad = [{**pairs[0], "chosen": [{"role": "assistant", "content": "", "tool_calls": [{"function": {"arguments": {}}}]}]}]
+    with pytest.raises(DatasetFormatError, match=r"Row 0 \(0-based\), column 'chosen', message 0, tool call 0"):
+        DPOTrainer(tiny_model_dir, args=train_args(DPOConfig, tmp_path, max_steps=1), train_dataset=Dataset.from_list(bad * 2))
+    with pytest.raises(DatasetFormatError, match=r"column 'tools': not valid JSON"):
+        DPOTrainer(tiny_model_dir, args=train_args(DPOConfig, tmp_path, max_steps=1),
+                   train_dataset=Dataset.from_list([{**pairs[0], "tools": "[{"}] * 2))
