@@ -127,11 +127,13 @@ def assistant_message(turn: ParsedTurn) -> dict[str, Any]:
 
 
 def multi_turn_rollout(generate: Callable[..., Any], prompt_ids: Sequence[Sequence[int]], respond: Respond, *,
-                       tokenizer, renderer: TurnRenderer, max_completion_length: int, max_turns: int | None = None,
+                       tokenizer, renderer: TurnRenderer | Sequence[TurnRenderer], max_completion_length: int,
+                       max_turns: int | None = None,
                        parser: Callable[[str], ParsedTurn] | None = None, return_logprobs: bool = False,
                        **sampling) -> list[Episode]:
     """Run one episode per prompt (see the module docstring). ``generate(prompt_ids, max_new_tokens=...,
-    return_logprobs=..., **sampling)`` is a rollout backend's :meth:`generate`; ``max_turns`` bounds the assistant
+    return_logprobs=..., **sampling)`` is a rollout backend's :meth:`generate`; ``renderer`` makes the inserted tokens
+    (one for all episodes, or one each: rows whose templates render other tools); ``max_turns`` bounds the assistant
     turns of an episode (None: the token budget alone)."""
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
     parser = parser or HermesToolCallParser()
@@ -158,7 +160,7 @@ def multi_turn_rollout(generate: Callable[..., Any], prompt_ids: Sequence[Sequen
             if not follow:
                 ep.done = True
                 continue
-            inserted = renderer.insert_ids(follow, turn.tool_calls)
+            inserted = (renderer if isinstance(renderer, TurnRenderer) else renderer[i]).insert_ids(follow, turn.tool_calls)
             if len(ep.completion_ids) + len(inserted) >= max_completion_length:
                 ep.truncated, ep.done = True, True  # no room for the messages and a reply: stop before them
                 continue

@@ -280,12 +280,14 @@ class OnlineTrainer(BaseTrainer):
         given = [] if no_funcs else list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         weights = args.reward_weights
         if env_reward:  # the environment's reward: one more source, weight 1 unless reward_weights has one for it
+            m = len(self.agent.reward_functions())
             if weights is not None and len(weights) == len(given):
-                weights = list(weights) + [1.0]
+                weights = list(weights) + [1.0] * m
             if reward_processing_classes is not None:
                 reward_processing_classes = (list(reward_processing_classes) if isinstance(
-                    reward_processing_classes, (list, tuple)) else [reward_processing_classes]) + [None]
-            given = given + [self.agent.reward_function()]
+                    reward_processing_classes, (list, tuple)) else [reward_processing_classes]) + [None] * m
+            extra = self.agent.reward_functions()
+            given = given + extra
             no_funcs = False
         self.scorer = None if no_funcs else RewardScorer(given, reward_processing_classes, weights,
                                                          model_context=self.autocast_region)
@@ -394,7 +396,7 @@ class OnlineTrainer(BaseTrainer):
             prompt = example["prompt"]
             if is_conversational_value(prompt):
                 ids = chat_template_ids(tokenizer, prompt, add_generation_prompt=True,
-                                        **row_template_kwargs(example, self._template_kwargs(args)))
+                                        **row_template_kwargs(example, self._template_kwargs(args, example, row), row))
             elif isinstance(prompt, str):
                 ids = tokenizer(prompt)["input_ids"]
             else:
@@ -427,9 +429,10 @@ class OnlineTrainer(BaseTrainer):
                 num_proc=args.dataset_num_proc, desc=f"Truncating {split} prompts")
         return dataset
 
-    def _template_kwargs(self, args) -> dict[str, Any]:
-        """The chat template's keyword arguments of every prompt: the config's, and the tools' schemas."""
-        return {**dict(args.chat_template_kwargs or {}), **(self.agent.template_kwargs if self.agent else {})}
+    def _template_kwargs(self, args, example=None, row=None) -> dict[str, Any]:
+        """The chat template's keyword arguments of a prompt: the config's, and the schemas of the tools its rollout
+        may call."""
+        return {**dict(args.chat_template_kwargs or {}), **(self.agent.template_kwargs(example, row) if self.agent else {})}
 
     def settle_streaming(self, args, train: bool) -> None:
         """As every trainer's (:meth:`BaseTrainer.settle_streaming`), and: a stream cannot be dispatched from the main
@@ -626,7 +629,7 @@ class OnlineTrainer(BaseTrainer):
         self.record("turns/mean", turns.mean())
         self.record("turns/max", turns.max())
         self.record("turns/truncated_ratio", self._gather(torch.tensor([float(e.truncated) for e in episodes])).mean())
-        if self.agent.schemas:  # TRL's names: calls per completion, failed calls per call
+        if self.agent.has_tools:  # TRL's names: calls per completion, failed calls per call
             self.record("tools/call_frequency", calls.mean())
             self.record("tools/failure_frequency", failures.sum() / calls.sum().clamp(min=1.0))
         return prompts, gens
@@ -682,7 +685,7 @@ class OnlineTrainer(BaseTrainer):
         columns = {k: [r[k] for r in rows] for k in rows[0] if k not in ("prompt", "prompt_input_ids")}
         columns.update(completion_ids=completion_ids, trainer_state=self.state, log_extra=self._log_extra,
                        log_metric=self._log_metric)
-        if self.agent is not None and self.agent.factory is not None:
+        if self.agent is not None and self.agent.kinds:
             columns["environments"] = self.agent.batch_environments
         columns.update(self._rollout_columns)
         self._extra_columns = {}

@@ -184,7 +184,7 @@ def test_agent_setups_that_cannot_work_fail_early(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="docstring"):
         GRPOTrainer(tiny_model_dir, lambda **k: [0.0], args=_args(GRPOConfig, tmp_path), train_dataset=prompts,
                     tools=[lambda x: x])
-    assert json.loads(json.dumps(AgentRollouts([multiply], None).schemas))[0]["function"]["name"] == "multiply"
+    assert AgentRollouts([multiply], None).template_kwargs()["tools"][0]["function"]["name"] == "multiply"
 
 
 def test_rollout_func_replaces_the_rollouts(tiny_model_dir, tmp_path):
@@ -259,3 +259,29 @@ def test_offline_trainers_take_tool_use_data(tiny_model_dir, tmp_path):
     with pytest.raises(DatasetFormatError, match=r"column 'tools': not valid JSON"):
         DPOTrainer(tiny_model_dir, args=train_args(DPOConfig, tmp_path, max_steps=1),
                    train_dataset=Dataset.from_list([{**pairs[0], "tools": "[{"}] * 2))
+
+
+def test_a_dict_of_environments_each_row_names_its_own(tiny_model_dir, tmp_path):
+    """TRL's multi-environment form: {name: factory}; a row's `environment` column picks its environment, its prompt
+    shows only that environment's tools, and each environment class's reward scores only its own rollouts."""
+    rows = [{"prompt": [{"role": "user", "content": "count"}], "environment": "counter", "start": 1, "secret": None},
+            {"prompt": [{"role": "user", "content": "guess"}], "environment": "guess", "start": None, "secret": 3}] * 4
+    factories = {"counter": Counter, "guess": lambda: GuessNumberEnv(8, 3)}
+    trainer = GRPOTrainer(tiny_model_dir, args=_args(GRPOConfig, tmp_path, num_generations=2),
+                          train_dataset=Dataset.from_list(rows), environment_factory=factories)
+    tok = trainer.tokenizer_
+    assert "add(n)" in tok.decode(trainer.train_dataset[0]["prompt_input_ids"])
+    assert "<tools>" not in tok.decode(trainer.train_dataset[1]["prompt_input_ids"])
+    assert [f.__name__ for f in trainer.reward_funcs] == ["Counter", "GuessNumberEnv"]
+    _force_first_turn(trainer, '<tool_call>{"name": "add", "arguments": {"n": 2}}</tool_call>')
+    trainer.model.train()
+    trainer.generate_and_score([trainer.train_dataset[i] for i in (0, 0, 1, 1)], 1)
+    envs = trainer.agent.batch_environments
+    assert [type(e).__name__ for e in envs] == ["Counter", "Counter", "GuessNumberEnv", "GuessNumberEnv"]
+    assert [e.total for e in envs[:2]] == [3, 3] and all(e.guesses == 1 for e in envs[2:])
+    assert [s["reward"] for s in trainer.completion_samples][:2] == [3.0, 3.0]
+    trainer.train()
+    with pytest.raises(ValueError, match=r"Row 0 \(0-based\), column 'environment': 'nope' is not one of"):
+        GRPOTrainer(tiny_model_dir, args=_args(GRPOConfig, tmp_path, num_generations=2),
+                    train_dataset=Dataset.from_list([{**rows[0], "environment": "nope"}] * 4),
+                    environment_factory=factories)
