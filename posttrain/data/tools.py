@@ -247,10 +247,9 @@ class TurnRenderer:
         writes the next assistant turn. ``calls`` are the turn's tool calls (some templates name a tool response
         after its call)."""
         assistant = {"role": "assistant", "content": _REPLY}
-        if calls:
-            assistant["tool_calls"] = [c.as_message_call() for c in calls if not c.error] or None
-            if assistant["tool_calls"] is None:
-                del assistant["tool_calls"]
+        readable = [c.as_message_call() for c in calls if not c.error]
+        if readable:
+            assistant["tool_calls"] = readable
         head = [{"role": "user", "content": _USER}, assistant]
         prefix = self._render(head)
         full = self._render(head + list(messages), add_generation_prompt=True)

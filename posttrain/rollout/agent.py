@@ -98,8 +98,6 @@ class Episode:
     tool_calls: int = 0
     tool_failures: int = 0
     truncated: bool = False
-    done: bool = False
-    env_reward: float | None = None
 
     def add(self, ids: Sequence[int], sampled: bool, logprobs: Sequence[float] | None = None) -> None:
         self.completion_ids.extend(ids)
@@ -154,15 +152,14 @@ def multi_turn_rollout(generate: Callable[..., Any], prompt_ids: Sequence[Sequen
             turn = parser(tokenizer.decode(ids, skip_special_tokens=True))
             ep.messages.append(assistant_message(turn))
             if not ended:  # the budget ran out mid-turn
-                ep.truncated, ep.done = True, True
+                ep.truncated = True
                 continue
             follow = respond(i, turn, ep) if max_turns is None or ep.turns < max_turns else None
             if not follow:
-                ep.done = True
                 continue
             inserted = (renderer if isinstance(renderer, TurnRenderer) else renderer[i]).insert_ids(follow, turn.tool_calls)
             if len(ep.completion_ids) + len(inserted) >= max_completion_length:
-                ep.truncated, ep.done = True, True  # no room for the messages and a reply: stop before them
+                ep.truncated = True  # no room for the messages and a reply: stop before them
                 continue
             ep.add(inserted, sampled=False)
             ep.messages.extend(follow)

@@ -22,6 +22,8 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .agent import observation_text as any_observation_text
+
 TEXT_FIELDS = ("text", "message", "feedback", "content", "response", "observation", "prompt")
 
 
@@ -106,7 +108,7 @@ def observation_text(observation: Any) -> str:
         strings = [v for v in observation.values() if isinstance(v, str)]
         if len(strings) == 1:
             return strings[0]
-    return json.dumps(observation)
+    return any_observation_text(observation)
 
 
 def _jsonable(value: Any) -> bool:

@@ -79,9 +79,8 @@ class AgentRollouts:
         if self.multi and not factories:
             raise ValueError("environment_factory is an empty dict; give {name: factory} for each environment.")
         self.kinds: dict[str | None, EnvironmentKind] = {name: self._probe(name, f) for name, f in factories.items()}
-        self.factory = environment_factory
         self._base_schemas = tool_schemas(self.tools)
-        self._renderers: dict[int, TurnRenderer] = {}
+        self._renderers: dict[str, TurnRenderer] = {}
         self._rewards: list[float | None] = []
         self._environments: list[Any] = []
         self.last_episodes: list = []
@@ -132,7 +131,7 @@ class AgentRollouts:
     def template_kwargs(self, row: Mapping[str, Any] | None = None, index: int | None = None) -> dict[str, Any]:
         """What a row's chat template is rendered with besides the config's: the schemas of the tools its rollout
         may call (the trainer's, and its environment's methods)."""
-        kind = self.kind_of(row or {}, index) if self.kinds and (self.multi is False or row is not None) else None
+        kind = None if self.multi and row is None else self.kind_of(row or {}, index)
         schemas = kind.schemas if kind is not None else self._base_schemas
         return {"tools": schemas} if schemas else {}
 
@@ -172,7 +171,7 @@ class AgentRollouts:
 
     # -- rollouts --------------------------------------------------------------------------------------
     def _renderer(self, tokenizer, template_kwargs: Mapping[str, Any]) -> TurnRenderer:
-        key = hash(repr(sorted(template_kwargs.items(), key=lambda kv: kv[0])))
+        key = repr(sorted(template_kwargs.items(), key=lambda kv: kv[0]))
         if key not in self._renderers:
             self._renderers[key] = TurnRenderer(tokenizer, template_kwargs)
         return self._renderers[key]
@@ -190,8 +189,7 @@ class AgentRollouts:
         kinds = [self.kind_of(r) for r in rows]
         envs = self.environments(kinds) if self.kinds else [None] * n
         self._environments = [e for e in envs if e is not None]
-        kwargs = [{**dict(config_template_kwargs or {}), **self.template_kwargs(r if self.multi else None)}
-                  for r in rows]
+        kwargs = [{**dict(config_template_kwargs or {}), **self.template_kwargs(r)} for r in rows]
         for i, (env, row) in enumerate(zip(envs, rows)):
             if env is None:
                 continue
@@ -226,10 +224,9 @@ class AgentRollouts:
             renderer=[self._renderer(tokenizer, kw) for kw in kwargs], max_completion_length=max_completion_length,
             max_turns=None if max_iterations is None else max_iterations + 1, parser=self.parser,
             return_logprobs=return_logprobs, **sampling)
-        self._rewards = [None if k is None or not k.has_reward else
+        self._rewards = [None if not k.has_reward else
                          float(e.get_reward()) if callable(getattr(e, "get_reward", None)) else step_rewards[i]
-                         for i, (e, k) in enumerate(zip(envs, kinds))]
-        self._rewards = [r for r, e in zip(self._rewards, envs) if e is not None]
+                         for i, (e, k) in enumerate(zip(envs, kinds)) if e is not None]
         self.last_episodes = episodes
         gens = Generations(
             prompt_ids=prompt_ids, completion_ids=[e.completion_ids for e in episodes], texts=[e.text for e in episodes],

@@ -62,11 +62,10 @@ from ..data.sampling import RepeatedPromptSampler, RepeatedPromptStream
 from ..data.tokenize import chat_template_ids, row_template_kwargs, truncate
 from ..losses.tokens import nanstd
 from ..models import disable_dropout, is_peft_model, load_frozen, load_tokenizer, unwrap
-from ..models.sharding import frozen_copy
+from ..models.sharding import frozen_copy, is_zero3_partitioned
 from ..rollout import Generations, RewardScorer
 from ..rollout.backends import make_backend
 from ..rollout.scoring import completion_for_model
-from ..models.sharding import is_zero3_partitioned
 from .agents import AgentRollouts
 from .base import BaseTrainer, PosttrainConfig, check_choice, require_positive
 from .logprobs import ROW_KEYS, token_logps
@@ -280,13 +279,12 @@ class OnlineTrainer(BaseTrainer):
         given = [] if no_funcs else list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         weights = args.reward_weights
         if env_reward:  # the environment's reward: one more source, weight 1 unless reward_weights has one for it
-            m = len(self.agent.reward_functions())
+            extra = self.agent.reward_functions()
             if weights is not None and len(weights) == len(given):
-                weights = list(weights) + [1.0] * m
+                weights = list(weights) + [1.0] * len(extra)
             if reward_processing_classes is not None:
                 reward_processing_classes = (list(reward_processing_classes) if isinstance(
-                    reward_processing_classes, (list, tuple)) else [reward_processing_classes]) + [None] * m
-            extra = self.agent.reward_functions()
+                    reward_processing_classes, (list, tuple)) else [reward_processing_classes]) + [None] * len(extra)
             given = given + extra
             no_funcs = False
         self.scorer = None if no_funcs else RewardScorer(given, reward_processing_classes, weights,
@@ -622,13 +620,12 @@ class OnlineTrainer(BaseTrainer):
             config_template_kwargs=args.chat_template_kwargs, max_prompt_length=args.max_prompt_length,
             max_completion_length=args.max_completion_length, max_iterations=args.max_tool_calling_iterations,
             return_logprobs=self.needs_sampling_logps(), **sampling)
-        episodes = self.agent.last_episodes
-        turns = self._gather(torch.tensor([float(e.turns) for e in episodes]))
-        calls = self._gather(torch.tensor([float(e.tool_calls) for e in episodes]))
-        failures = self._gather(torch.tensor([float(e.tool_failures) for e in episodes]))
+        counts = self._gather(torch.tensor([[e.turns, e.tool_calls, e.tool_failures, e.truncated]
+                                            for e in self.agent.last_episodes], dtype=torch.float32))
+        turns, calls, failures, truncated = counts.unbind(dim=1)
         self.record("turns/mean", turns.mean())
         self.record("turns/max", turns.max())
-        self.record("turns/truncated_ratio", self._gather(torch.tensor([float(e.truncated) for e in episodes])).mean())
+        self.record("turns/truncated_ratio", truncated.mean())
         if self.agent.has_tools:  # TRL's names: calls per completion, failed calls per call
             self.record("tools/call_frequency", calls.mean())
             self.record("tools/failure_frequency", failures.sum() / calls.sum().clamp(min=1.0))
@@ -762,10 +759,9 @@ class OnlineTrainer(BaseTrainer):
         eos = tokenizer.eos_token_id
         truncated = torch.tensor(gens.truncated if gens.truncated is not None else
                                  [not (ids and ids[-1] == eos) for ids in completion_ids], dtype=torch.bool)
-        lengths = torch.tensor([len(ids) for ids in completion_ids], dtype=torch.float32)
-        # the loss's tokens: the sampled ones (a multi-turn rollout's inserted tokens are context only)
-        sampled = lengths if gens.loss_masks is None else \
-            torch.tensor([sum(m) for m in gens.loss_masks], dtype=torch.float32)
+        # each completion's sampled tokens: the loss's (a multi-turn rollout's inserted tokens are context only)
+        sampled = torch.tensor([len(ids) for ids in completion_ids] if gens.loss_masks is None else
+                               [sum(m) for m in gens.loss_masks], dtype=torch.float32)
 
         # -- rewards of the whole generation batch (all processes)
         completions = gens.messages if gens.messages is not None else \
