@@ -47,3 +47,15 @@ def test_cli_loads_tools_from_a_file(tiny_model_dir, tmp_path):
                  "--tools", f"{tools}:lookup", "--reward_funcs", f"{tools}:exact", *COMMON])
     assert code == 0
     assert os.path.exists(os.path.join(out, "model.safetensors"))
+
+
+def test_cli_names_a_tool_it_cannot_load(tiny_model_dir, tmp_path, capsys):
+    from posttrain.cli import main
+
+    data = str(tmp_path / "prompts.jsonl")
+    Dataset.from_list(tool_prompt_rows(8)).to_json(data)
+    code = main(["grpo", "--model_name_or_path", tiny_model_dir, "--dataset_name", data, "--output_dir",
+                 str(tmp_path / "out"), "--tools", "nosuchmodule:fn", "--reward_funcs", "accuracy", *COMMON])
+    err = capsys.readouterr().err
+    assert code == 2 and "Cannot import module 'nosuchmodule' of tool 'nosuchmodule:fn'" in err
+    assert "Traceback" not in err
